@@ -1,0 +1,751 @@
+//! A blocking xenstore client over any byte transport.
+//!
+//! The transport is anything that is `Read + Write`: a [`UnixStream`] to a
+//! daemon's socket, or a [`RingTransport`] (the guest end of a ring page plus
+//! a notify and a wait callback). Requests may be pipelined
+//! ([`Client::submit`] / [`Client::wait_reply`]); watch events that arrive
+//! while waiting for a reply are queued and handed out by
+//! [`Client::next_watch_event`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::vec::Vec;
+use std::{format, vec};
+
+use crate::codec::{build_args, build_path_value, split_args, Decoder, Message};
+use crate::error::Error;
+use crate::page::RingErrorCode;
+use crate::perms::{format_perm_list, parse_perm_list, DomId, Perm};
+use crate::ring::GuestEnd;
+use crate::wire::{Header, MsgType, XsErrno, HEADER_SIZE, PAYLOAD_MAX};
+
+/// `XEN_RUN_STORED` as Debian builds it.
+pub const DEFAULT_RUNDIR: &str = "/var/run/xenstored";
+
+/// The daemon socket path the way Xen's libxenstore finds it:
+/// `$XENSTORED_PATH`, else `$XENSTORED_RUNDIR/socket`, else
+/// `/var/run/xenstored/socket`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("XENSTORED_PATH") {
+        return PathBuf::from(path);
+    }
+    let rundir = std::env::var_os("XENSTORED_RUNDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUNDIR));
+    rundir.join("socket")
+}
+
+/// A watch event: the path that changed and the watch's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The event path (relative if the watch was registered relative).
+    pub path: String,
+    /// The token given to [`Client::watch`].
+    pub token: String,
+}
+
+impl WatchEvent {
+    /// Parses a `XS_WATCH_EVENT` payload: `<epath>|<token>|`.
+    pub fn parse(payload: &[u8]) -> Result<Self, Error> {
+        let mut args = split_args(payload);
+        let bad = || Error::BadPayload {
+            what: "XS_WATCH_EVENT",
+        };
+        let path = args.next().ok_or_else(bad)?;
+        let token = args.next().ok_or_else(bad)?;
+        Ok(Self {
+            path: String::from_utf8_lossy(path).into_owned(),
+            token: String::from_utf8_lossy(token).into_owned(),
+        })
+    }
+}
+
+/// A blocking xenstore client.
+#[derive(Debug)]
+pub struct Client<T> {
+    io: T,
+    decoder: Decoder,
+    next_req_id: u32,
+    rbuf: Vec<u8>,
+    events: VecDeque<WatchEvent>,
+    replies: BTreeMap<u32, Message>,
+    in_flight: BTreeMap<u32, MsgType>,
+}
+
+impl Client<UnixStream> {
+    /// Connects to a daemon's Unix socket.
+    pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(Self::new(UnixStream::connect(path)?))
+    }
+
+    /// Connects to the socket [`default_socket_path`] names.
+    pub fn connect_default() -> Result<Self, Error> {
+        Self::connect_unix(default_socket_path())
+    }
+}
+
+impl<T: Read + Write> Client<T> {
+    /// A client over `io`.
+    pub fn new(io: T) -> Self {
+        Self {
+            io,
+            decoder: Decoder::new(),
+            next_req_id: 1,
+            rbuf: vec![0; HEADER_SIZE + PAYLOAD_MAX],
+            events: VecDeque::new(),
+            replies: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+        }
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The transport, mutably (e.g. to set a socket timeout).
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Sends a request without waiting; returns its `req_id`.
+    pub fn submit(&mut self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<u32, Error> {
+        let req_id = self.next_req_id;
+        self.next_req_id = self.next_req_id.wrapping_add(1);
+        let mut bytes = Vec::with_capacity(HEADER_SIZE + payload.len());
+        crate::codec::encode(&mut bytes, ty, req_id, tx_id, payload)?;
+        self.io.write_all(&bytes)?;
+        self.io.flush()?;
+        self.in_flight.insert(req_id, ty);
+        Ok(req_id)
+    }
+
+    /// Waits for the reply to `req_id`. An `XS_ERROR` reply becomes
+    /// [`Error::Xs`]; unknown error names become `EINVAL`, as Linux does.
+    pub fn wait_reply(&mut self, req_id: u32) -> Result<Message, Error> {
+        let sent = *self.in_flight.get(&req_id).ok_or(Error::UnexpectedReply {
+            sent: "nothing",
+            req_id,
+            got_type: 0,
+            got_req_id: req_id,
+        })?;
+        let reply = loop {
+            if let Some(reply) = self.replies.remove(&req_id) {
+                break reply;
+            }
+            if let Err(e) = self.receive_one() {
+                self.in_flight.remove(&req_id);
+                return Err(e);
+            }
+        };
+        self.in_flight.remove(&req_id);
+        match reply.msg_type() {
+            Ok(MsgType::Error) => Err(Error::Xs(
+                XsErrno::from_wire(&reply.payload).unwrap_or(XsErrno::EINVAL),
+            )),
+            Ok(ty) if ty == sent => Ok(reply),
+            _ => Err(Error::UnexpectedReply {
+                sent: sent.name(),
+                req_id,
+                got_type: reply.header.msg_type,
+                got_req_id: reply.header.req_id,
+            }),
+        }
+    }
+
+    /// Reads and files one message (a reply or a watch event).
+    fn receive_one(&mut self) -> Result<(), Error> {
+        let n = self.io.read(&mut self.rbuf)?;
+        if n == 0 {
+            return Err(Error::Closed);
+        }
+        let mut input = &self.rbuf[..n];
+        while let Some(msg) = self.decoder.decode(&mut input)? {
+            if msg.header.msg_type == MsgType::WatchEvent.raw() {
+                self.events.push_back(WatchEvent::parse(&msg.payload)?);
+            } else if self.in_flight.contains_key(&msg.header.req_id) {
+                self.replies.insert(msg.header.req_id, msg);
+            } else {
+                return Err(Error::UnexpectedReply {
+                    sent: "nothing",
+                    req_id: msg.header.req_id,
+                    got_type: msg.header.msg_type,
+                    got_req_id: msg.header.req_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a request and waits for its reply.
+    pub fn request(&mut self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<Message, Error> {
+        let req_id = self.submit(ty, tx_id, payload)?;
+        self.wait_reply(req_id)
+    }
+
+    /// Sends a request whose success reply is `OK`.
+    fn request_ok(&mut self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<(), Error> {
+        self.request(ty, tx_id, payload).map(|_| ())
+    }
+
+    /// Sends a request whose reply is one string.
+    fn request_string(&mut self, ty: MsgType, payload: &[u8]) -> Result<String, Error> {
+        let reply = self.request(ty, 0, payload)?;
+        Ok(reply_string(&reply.payload))
+    }
+
+    /// `XS_READ`.
+    pub fn read(&mut self, tx_id: u32, path: &str) -> Result<Vec<u8>, Error> {
+        Ok(self
+            .request(MsgType::Read, tx_id, &build_args(&[path.as_bytes()]))?
+            .payload)
+    }
+
+    /// `XS_WRITE` (creates missing parents).
+    pub fn write(&mut self, tx_id: u32, path: &str, value: &[u8]) -> Result<(), Error> {
+        self.request_ok(
+            MsgType::Write,
+            tx_id,
+            &build_path_value(path.as_bytes(), value),
+        )
+    }
+
+    /// `XS_MKDIR`.
+    pub fn mkdir(&mut self, tx_id: u32, path: &str) -> Result<(), Error> {
+        self.request_ok(MsgType::Mkdir, tx_id, &build_args(&[path.as_bytes()]))
+    }
+
+    /// `XS_RM` (the node and its children).
+    pub fn rm(&mut self, tx_id: u32, path: &str) -> Result<(), Error> {
+        self.request_ok(MsgType::Rm, tx_id, &build_args(&[path.as_bytes()]))
+    }
+
+    /// `XS_DIRECTORY`: the children's leaf names.
+    pub fn directory(&mut self, tx_id: u32, path: &str) -> Result<Vec<String>, Error> {
+        let reply = self.request(MsgType::Directory, tx_id, &build_args(&[path.as_bytes()]))?;
+        Ok(string_list(&reply.payload))
+    }
+
+    /// `XS_DIRECTORY_PART`: the node's generation count and the children
+    /// listed from byte `offset` of the full list.
+    pub fn directory_part(
+        &mut self,
+        tx_id: u32,
+        path: &str,
+        offset: usize,
+    ) -> Result<(String, Vec<String>), Error> {
+        let offset = offset.to_string();
+        let reply = self.request(
+            MsgType::DirectoryPart,
+            tx_id,
+            &build_args(&[path.as_bytes(), offset.as_bytes()]),
+        )?;
+        let mut parts = string_list(&reply.payload);
+        if parts.is_empty() {
+            return Err(Error::BadPayload {
+                what: "XS_DIRECTORY_PART",
+            });
+        }
+        let gen = parts.remove(0);
+        Ok((gen, parts))
+    }
+
+    /// `XS_GET_PERMS`.
+    pub fn get_perms(&mut self, tx_id: u32, path: &str) -> Result<Vec<Perm>, Error> {
+        let reply = self.request(MsgType::GetPerms, tx_id, &build_args(&[path.as_bytes()]))?;
+        parse_perm_list(&reply.payload)
+    }
+
+    /// `XS_SET_PERMS`: owner entry first.
+    pub fn set_perms(&mut self, tx_id: u32, path: &str, perms: &[Perm]) -> Result<(), Error> {
+        let mut payload = build_args(&[path.as_bytes()]);
+        payload.extend_from_slice(&format_perm_list(perms));
+        self.request_ok(MsgType::SetPerms, tx_id, &payload)
+    }
+
+    /// `XS_WATCH`. The daemon fires the watch once straight away.
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), Error> {
+        self.request_ok(
+            MsgType::Watch,
+            0,
+            &build_args(&[path.as_bytes(), token.as_bytes()]),
+        )
+    }
+
+    /// `XS_WATCH` with a depth limit (the optional third argument).
+    pub fn watch_depth(&mut self, path: &str, token: &str, depth: u32) -> Result<(), Error> {
+        let depth = depth.to_string();
+        self.request_ok(
+            MsgType::Watch,
+            0,
+            &build_args(&[path.as_bytes(), token.as_bytes(), depth.as_bytes()]),
+        )
+    }
+
+    /// `XS_UNWATCH`.
+    pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), Error> {
+        self.request_ok(
+            MsgType::Unwatch,
+            0,
+            &build_args(&[path.as_bytes(), token.as_bytes()]),
+        )
+    }
+
+    /// `XS_RESET_WATCHES`: drops all watches and transactions of this
+    /// connection.
+    pub fn reset_watches(&mut self) -> Result<(), Error> {
+        self.request_ok(MsgType::ResetWatches, 0, b"\0")
+    }
+
+    /// The next watch event, waiting for one if none is queued.
+    pub fn next_watch_event(&mut self) -> Result<WatchEvent, Error> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Ok(event);
+            }
+            self.receive_one()?;
+        }
+    }
+
+    /// A watch event already received, if any (does not block).
+    pub fn queued_watch_event(&mut self) -> Option<WatchEvent> {
+        self.events.pop_front()
+    }
+
+    /// `XS_TRANSACTION_START`: the new transaction id.
+    pub fn transaction_start(&mut self) -> Result<u32, Error> {
+        let id = self.request_string(MsgType::TransactionStart, b"\0")?;
+        id.parse().map_err(|_| Error::BadPayload {
+            what: "XS_TRANSACTION_START",
+        })
+    }
+
+    /// `XS_TRANSACTION_END`: commit (`T`) or abort (`F`). A conflicting
+    /// commit is `Err(Error::Xs(XsErrno::EAGAIN))`.
+    pub fn transaction_end(&mut self, tx_id: u32, commit: bool) -> Result<(), Error> {
+        let arg: &[u8] = if commit { b"T\0" } else { b"F\0" };
+        self.request_ok(MsgType::TransactionEnd, tx_id, arg)
+    }
+
+    /// `XS_INTRODUCE`: domid, the ring's mfn (or gfn), the guest's unbound
+    /// event-channel port.
+    pub fn introduce(&mut self, domid: DomId, mfn: u64, port: u32) -> Result<(), Error> {
+        let (d, m, p) = (domid.to_string(), mfn.to_string(), port.to_string());
+        self.request_ok(
+            MsgType::Introduce,
+            0,
+            &build_args(&[d.as_bytes(), m.as_bytes(), p.as_bytes()]),
+        )
+    }
+
+    /// `XS_RELEASE`.
+    pub fn release(&mut self, domid: DomId) -> Result<(), Error> {
+        self.request_ok(
+            MsgType::Release,
+            0,
+            &build_args(&[domid.to_string().as_bytes()]),
+        )
+    }
+
+    /// `XS_RESUME`.
+    pub fn resume(&mut self, domid: DomId) -> Result<(), Error> {
+        self.request_ok(
+            MsgType::Resume,
+            0,
+            &build_args(&[domid.to_string().as_bytes()]),
+        )
+    }
+
+    /// `XS_GET_DOMAIN_PATH`.
+    pub fn get_domain_path(&mut self, domid: DomId) -> Result<String, Error> {
+        self.request_string(
+            MsgType::GetDomainPath,
+            &build_args(&[domid.to_string().as_bytes()]),
+        )
+    }
+
+    /// `XS_IS_DOMAIN_INTRODUCED`.
+    pub fn is_domain_introduced(&mut self, domid: DomId) -> Result<bool, Error> {
+        let answer = self.request_string(
+            MsgType::IsDomainIntroduced,
+            &build_args(&[domid.to_string().as_bytes()]),
+        )?;
+        Ok(answer == "T")
+    }
+
+    /// `XS_SET_TARGET`: `domid` may act for `target`.
+    pub fn set_target(&mut self, domid: DomId, target: DomId) -> Result<(), Error> {
+        let (d, t) = (domid.to_string(), target.to_string());
+        self.request_ok(
+            MsgType::SetTarget,
+            0,
+            &build_args(&[d.as_bytes(), t.as_bytes()]),
+        )
+    }
+
+    /// `XS_CONTROL` with a command and its parameters; the reply payload.
+    pub fn control(&mut self, args: &[&str]) -> Result<Vec<u8>, Error> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        Ok(self
+            .request(MsgType::Control, 0, &build_args(&args))?
+            .payload)
+    }
+
+    /// `XS_GET_FEATURE`: the features of `domid`, or the daemon's own with
+    /// `None`.
+    pub fn get_feature(&mut self, domid: Option<DomId>) -> Result<u32, Error> {
+        let payload = domid.map_or_else(
+            || b"\0".to_vec(),
+            |d| build_args(&[d.to_string().as_bytes()]),
+        );
+        parse_u32(
+            &self.request_string(MsgType::GetFeature, &payload)?,
+            "XS_GET_FEATURE",
+        )
+    }
+
+    /// `XS_SET_FEATURE` for `domid`.
+    pub fn set_feature(&mut self, domid: DomId, features: u32) -> Result<(), Error> {
+        let (d, f) = (domid.to_string(), features.to_string());
+        self.request_ok(
+            MsgType::SetFeature,
+            0,
+            &build_args(&[d.as_bytes(), f.as_bytes()]),
+        )
+    }
+
+    /// `XS_GET_QUOTA`: with no arguments the list of quota names; with a
+    /// name (and optionally a domid) its value.
+    pub fn get_quota(&mut self, domid: Option<DomId>, name: Option<&str>) -> Result<String, Error> {
+        let d = domid.map(|d| d.to_string());
+        let mut args: Vec<&[u8]> = Vec::new();
+        if let Some(d) = &d {
+            args.push(d.as_bytes());
+        }
+        if let Some(name) = name {
+            args.push(name.as_bytes());
+        }
+        let payload = if args.is_empty() {
+            b"\0".to_vec()
+        } else {
+            build_args(&args)
+        };
+        self.request_string(MsgType::GetQuota, &payload)
+    }
+
+    /// `XS_SET_QUOTA`, globally (`domid` `None`) or for one domain.
+    pub fn set_quota(&mut self, domid: Option<DomId>, name: &str, value: u32) -> Result<(), Error> {
+        let d = domid.map(|d| d.to_string());
+        let v = value.to_string();
+        let mut args: Vec<&[u8]> = Vec::new();
+        if let Some(d) = &d {
+            args.push(d.as_bytes());
+        }
+        args.push(name.as_bytes());
+        args.push(v.as_bytes());
+        self.request_ok(MsgType::SetQuota, 0, &build_args(&args))
+    }
+}
+
+fn reply_string(payload: &[u8]) -> String {
+    let body = payload.strip_suffix(&[0]).unwrap_or(payload);
+    String::from_utf8_lossy(body).into_owned()
+}
+
+fn string_list(payload: &[u8]) -> Vec<String> {
+    split_args(payload)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+fn parse_u32(text: &str, what: &'static str) -> Result<u32, Error> {
+    text.parse().map_err(|_| Error::BadPayload { what })
+}
+
+/// A byte transport over the guest end of a ring: writes requests, reads
+/// responses, calls `notify` after moving bytes and `wait` when it must block
+/// (for an event on the ring's event channel; spurious returns are fine).
+pub struct RingTransport<'a, N, W> {
+    end: GuestEnd<'a>,
+    notify: N,
+    wait: W,
+}
+
+impl<'a, N, W> RingTransport<'a, N, W>
+where
+    N: FnMut() -> io::Result<()>,
+    W: FnMut() -> io::Result<()>,
+{
+    /// A transport over `end`.
+    pub fn new(end: GuestEnd<'a>, notify: N, wait: W) -> Self {
+        Self { end, notify, wait }
+    }
+
+    /// The ring end.
+    pub fn end(&self) -> GuestEnd<'a> {
+        self.end
+    }
+
+    fn check_error_word(&self) -> io::Result<()> {
+        match self.end.error() {
+            RingErrorCode::None => Ok(()),
+            code => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                Error::RingErrorSet(code.to_raw()),
+            )),
+        }
+    }
+}
+
+fn ring_io_error(e: Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl<N, W> Read for RingTransport<'_, N, W>
+where
+    N: FnMut() -> io::Result<()>,
+    W: FnMut() -> io::Result<()>,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let n = self.end.read(buf).map_err(ring_io_error)?;
+            if n > 0 {
+                // The server may be waiting for response space.
+                (self.notify)()?;
+                return Ok(n);
+            }
+            self.check_error_word()?;
+            (self.wait)()?;
+        }
+    }
+}
+
+impl<N, W> Write for RingTransport<'_, N, W>
+where
+    N: FnMut() -> io::Result<()>,
+    W: FnMut() -> io::Result<()>,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            self.check_error_word()?;
+            let n = self.end.write(buf).map_err(ring_io_error)?;
+            if n > 0 {
+                (self.notify)()?;
+                return Ok(n);
+            }
+            (self.wait)()?;
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<N, W> core::fmt::Debug for RingTransport<'_, N, W> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RingTransport")
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+/// Decodes the reply header of a raw exchange (for tools that want to print
+/// what came back).
+pub fn describe_reply(header: &Header) -> String {
+    match header.msg_type() {
+        Ok(ty) => ty.name().to_string(),
+        Err(_) => format!("type {}", header.msg_type),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode;
+    use crate::page::OwnedPage;
+    use crate::ring::ServerEnd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A scripted server on the other end of a socket pair: answers each
+    /// request with the reply the closure returns, after optional events.
+    fn serve(
+        stream: UnixStream,
+        mut answer: impl FnMut(&Message) -> Vec<Message> + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut dec = Decoder::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut msgs = Vec::new();
+                dec.decode_all(&buf[..n], &mut msgs).unwrap();
+                for m in msgs {
+                    for reply in answer(&m) {
+                        stream.write_all(&reply.to_bytes()).unwrap();
+                    }
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn test_client_read_write_over_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _server = serve(b, |m| {
+            let ty = m.msg_type().unwrap();
+            let payload = match ty {
+                MsgType::Read => b"value".to_vec(),
+                MsgType::Directory => b"a\0b\0".to_vec(),
+                MsgType::TransactionStart => b"17\0".to_vec(),
+                MsgType::GetPerms => b"n0\0r5\0".to_vec(),
+                _ => b"OK\0".to_vec(),
+            };
+            vec![Message::new(ty, m.header.req_id, m.header.tx_id, payload).unwrap()]
+        });
+        let mut c = Client::new(a);
+        c.write(0, "/a", b"v").unwrap();
+        assert_eq!(c.read(0, "/a").unwrap(), b"value");
+        assert_eq!(c.directory(0, "/").unwrap(), vec!["a", "b"]);
+        assert_eq!(c.transaction_start().unwrap(), 17);
+        assert_eq!(c.get_perms(0, "/a").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn test_client_error_reply_is_typed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _server = serve(b, |m| {
+            vec![Message::error_reply(&m.header, XsErrno::ENOENT)]
+        });
+        let mut c = Client::new(a);
+        assert!(matches!(
+            c.read(0, "/nope"),
+            Err(Error::Xs(XsErrno::ENOENT))
+        ));
+    }
+
+    #[test]
+    fn test_client_watch_events_queued_while_waiting() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let _server = serve(b, |m| {
+            let ev = Message::new(MsgType::WatchEvent, 0, 0, b"/x\0tok\0".to_vec()).unwrap();
+            let ok =
+                Message::new(m.msg_type().unwrap(), m.header.req_id, 0, b"OK\0".to_vec()).unwrap();
+            vec![ev, ok]
+        });
+        let mut c = Client::new(a);
+        c.watch("/x", "tok").unwrap();
+        let ev = c.next_watch_event().unwrap();
+        assert_eq!(
+            ev,
+            WatchEvent {
+                path: "/x".into(),
+                token: "tok".into()
+            }
+        );
+        assert!(c.queued_watch_event().is_none());
+    }
+
+    #[test]
+    fn test_client_pipelined_replies_matched_by_req_id() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Answers every second request only after the next one, out of order.
+        let mut held: Option<Message> = None;
+        let _server = serve(b, move |m| {
+            let reply = Message::new(
+                MsgType::Read,
+                m.header.req_id,
+                0,
+                m.header.req_id.to_string().into_bytes(),
+            )
+            .unwrap();
+            match held.take() {
+                None => {
+                    held = Some(reply);
+                    vec![]
+                }
+                Some(prev) => vec![reply, prev],
+            }
+        });
+        let mut c = Client::new(a);
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert_eq!(c.wait_reply(r1).unwrap().payload, r1.to_string().as_bytes());
+        assert_eq!(c.wait_reply(r2).unwrap().payload, r2.to_string().as_bytes());
+    }
+
+    #[test]
+    fn test_client_over_ring_with_server_thread() {
+        let page = Arc::new(OwnedPage::new());
+        let start = u32::MAX - 100;
+        for idx in [
+            crate::page::RingIndex::ReqCons,
+            crate::page::RingIndex::ReqProd,
+            crate::page::RingIndex::RspCons,
+            crate::page::RingIndex::RspProd,
+        ] {
+            page.ring().store_index(idx, start, Ordering::Relaxed);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let page = Arc::clone(&page);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let end = ServerEnd::new(page.ring());
+                let mut dec = Decoder::new();
+                let mut out: VecDeque<u8> = VecDeque::new();
+                let mut buf = [0u8; 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    let n = end.read(&mut buf).unwrap();
+                    let mut msgs = Vec::new();
+                    dec.decode_all(&buf[..n], &mut msgs).unwrap();
+                    for m in msgs {
+                        let mut reply = Vec::new();
+                        // Echo the path back as the value, padded to force wrap-around.
+                        let mut value = m.payload.clone();
+                        value.resize(900, b'.');
+                        encode(&mut reply, MsgType::Read, m.header.req_id, 0, &value).unwrap();
+                        out.extend(reply);
+                    }
+                    let (front, _) = out.as_slices();
+                    let w = end.write(front).unwrap();
+                    out.drain(..w);
+                    if n == 0 && w == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+            })
+        };
+        let transport = RingTransport::new(
+            GuestEnd::new(page.ring()),
+            || Ok(()),
+            || {
+                std::thread::yield_now();
+                Ok(())
+            },
+        );
+        let mut c = Client::new(transport);
+        for i in 0..50 {
+            let path = format!("/k/{i}");
+            let v = c.read(0, &path).unwrap();
+            assert_eq!(v.len(), 900);
+            assert!(v.starts_with(path.as_bytes()));
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
+}

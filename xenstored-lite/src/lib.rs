@@ -1,0 +1,1 @@
+//! Filled by a later step of the roadmap (see the workspace README).
