@@ -304,7 +304,7 @@ mod tests {
         set_indices(&page.ring(), (start, start), (start, start));
         let guest = GuestEnd::new(page.ring());
         let server = ServerEnd::new(page.ring());
-        let msg: [u8; 40] = core::array::from_fn(|i| i as u8);
+        let msg: [u8; 40] = core::array::from_fn(|i| u8::try_from(i).unwrap_or(0));
         assert_eq!(guest.write(&msg).unwrap(), 40);
         let mut got = [0u8; 64];
         assert_eq!(server.read(&mut got).unwrap(), 40);

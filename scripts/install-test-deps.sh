@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs, idempotently: packages
+# already installed are left alone, and apt-get runs only when something is
+# missing. Called by scripts/test.sh; safe to run by hand.
+set -euo pipefail
+
+# gcc + linux-libc-dev: the ioctl-number tests compile a C program against
+# the kernel's xen/*.h headers.
+PACKAGES=(gcc linux-libc-dev)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+echo "install-test-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
