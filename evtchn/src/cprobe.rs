@@ -42,17 +42,35 @@ fn scratch() -> Scratch {
     Scratch(dir)
 }
 
-/// Evaluates each `(name, C expression)` after `#include <header>` and returns
-/// the values in order, or the reason the probe cannot run here.
+/// Evaluates each `(name, C expression)` after `#include <header>` (a Linux
+/// UAPI header) and returns the values in order, or the reason the probe
+/// cannot run here.
 pub fn probe(header: &str, exprs: &[(&str, &str)]) -> Result<Vec<u64>, String> {
+    probe_with(&[], "#include <xen/interface/xen.h>\n", header, exprs)
+}
+
+/// [`probe`] with extra include directories (searched first) and extra
+/// preamble text before the header.
+pub fn probe_with(
+    include_dirs: &[&std::path::Path],
+    preamble: &str,
+    header: &str,
+    exprs: &[(&str, &str)],
+) -> Result<Vec<u64>, String> {
     let dir = scratch();
     let prelude = format!(
-        "#include <stdio.h>\n#include <sys/ioctl.h>\n#include <xen/interface/xen.h>\n#include <{header}>\n"
+        "#include <stdio.h>\n#include <stddef.h>\n#include <stdint.h>\n#include <sys/ioctl.h>\n{preamble}#include <{header}>\n"
     );
+    let mut include_args = Vec::new();
+    for extra in include_dirs {
+        include_args.push("-I".to_owned());
+        include_args.push(extra.display().to_string());
+    }
     let src = dir.0.join("probe.c");
     // First: is the header there at all (preprocess only)?
     std::fs::write(&src, &prelude).expect("write probe source");
     let pre = match Command::new("cc")
+        .args(&include_args)
         .arg("-E")
         .arg("-I")
         .arg(&dir.0)
@@ -84,6 +102,7 @@ pub fn probe(header: &str, exprs: &[(&str, &str)]) -> Result<Vec<u64>, String> {
     std::fs::write(&src, body).expect("write probe source");
     let exe = dir.0.join("probe");
     let out = Command::new("cc")
+        .args(&include_args)
         .arg("-I")
         .arg(&dir.0)
         .arg(&src)

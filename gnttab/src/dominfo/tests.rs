@@ -1,0 +1,294 @@
+use super::*;
+
+use std::cell::{Cell, RefCell};
+use std::io::Write as _;
+use std::os::fd::{OwnedFd, RawFd};
+
+thread_local! {
+    /// The "hypervisor's" domains, sorted by domid.
+    static DOMAINS: RefCell<Vec<sys::XenDomctlGetdomaininfo>> = const { RefCell::new(Vec::new()) };
+    /// Errno the fake sysctl fails with, if any.
+    static FAIL: Cell<Option<i32>> = const { Cell::new(None) };
+    /// (interface_version, first_domain, max_domains) of each sysctl.
+    static SEEN: RefCell<Vec<(u32, u16, u32)>> = const { RefCell::new(Vec::new()) };
+    /// Lie about the count returned.
+    static OVERCOUNT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Plays Xen: answers sysctl getdomaininfolist and xen_version.
+///
+/// # Safety
+///
+/// As for the backend's ioctl: `arg` is a `privcmd_hypercall` whose pointer
+/// arguments are valid.
+unsafe fn fake_hypervisor(_fd: RawFd, request: u32, arg: *mut c_void) -> io::Result<libc::c_int> {
+    assert_eq!(request, sys::ioctl_privcmd_hypercall());
+    // SAFETY: the request says `arg` is a privcmd_hypercall.
+    let call = unsafe { arg.cast::<sys::PrivcmdHypercall>().read() };
+    match call.op {
+        sys::HYPERVISOR_XEN_VERSION => Ok(0x0004_0011),
+        sys::HYPERVISOR_SYSCTL => {
+            let op_ptr = call.arg[0] as *mut sys::XenSysctlGetdomaininfolistOp;
+            // SAFETY: the backend points arg[0] at its sysctl struct.
+            let mut op = unsafe { op_ptr.read() };
+            let req = op.getdomaininfolist;
+            SEEN.with(|s| {
+                s.borrow_mut()
+                    .push((op.interface_version, req.first_domain, req.max_domains))
+            });
+            if let Some(errno) = FAIL.with(Cell::get) {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            let records = req.buffer as *mut sys::XenDomctlGetdomaininfo;
+            let chosen: Vec<_> = DOMAINS.with(|d| {
+                d.borrow()
+                    .iter()
+                    .filter(|x| x.domain >= req.first_domain)
+                    .take(req.max_domains as usize)
+                    .copied()
+                    .collect()
+            });
+            for (i, rec) in chosen.iter().enumerate() {
+                // SAFETY: the backend sized the buffer for max_domains records.
+                unsafe { records.add(i).write(*rec) };
+            }
+            op.getdomaininfolist.num_domains = u32::try_from(chosen.len()).expect("small")
+                + u32::from(OVERCOUNT.with(Cell::get)) * 100_000;
+            // SAFETY: as above.
+            unsafe { op_ptr.write(op) };
+            Ok(0)
+        }
+        other => panic!("unexpected hypercall {other}"),
+    }
+}
+
+fn domain(domid: DomId, flags: u32, handle_byte: u8) -> sys::XenDomctlGetdomaininfo {
+    sys::XenDomctlGetdomaininfo {
+        domain: domid,
+        flags,
+        handle: [handle_byte; 16],
+        ..Default::default()
+    }
+}
+
+fn source(domains: Vec<sys::XenDomctlGetdomaininfo>) -> PrivcmdDomainInfo {
+    DOMAINS.with(|d| *d.borrow_mut() = domains);
+    FAIL.with(|f| f.set(None));
+    OVERCOUNT.with(|o| o.set(false));
+    SEEN.with(|s| s.borrow_mut().clear());
+    let mut file = tempfile::tempfile().expect("tempfile");
+    file.write_all(&[0; 16]).expect("fill");
+    PrivcmdDomainInfo::with_device(Device {
+        path: "fake-privcmd".into(),
+        fd: OwnedFd::from(file),
+        ioctl: fake_hypervisor,
+    })
+}
+
+#[test]
+fn test_list_decodes_flags_and_handle() {
+    let shutdown_crash = sys::XEN_DOMINF_SHUTDOWN | (3 << sys::XEN_DOMINF_SHUTDOWNSHIFT);
+    let mut src = source(vec![
+        domain(0, 0, 0),
+        domain(3, sys::XEN_DOMINF_DYING, 3),
+        domain(5, shutdown_crash, 5),
+    ]);
+    let list = src.list().expect("list");
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0].domid, 0);
+    assert!(list[1].dying && list[1].shutdown.is_none());
+    assert_eq!(list[1].handle, [3; 16]);
+    assert_eq!(list[2].shutdown, Some(ShutdownReason::Crash));
+    assert!(!list[2].dying);
+    assert_eq!(list[2].unique_id, None);
+    assert_eq!(
+        SEEN.with(|s| s.borrow()[0]),
+        (
+            sys::XEN_SYSCTL_INTERFACE_VERSION,
+            0,
+            u32::try_from(LIST_CAPACITY).expect("small")
+        )
+    );
+}
+
+#[test]
+fn test_list_more_than_one_batch_continues_after_last() {
+    let many: Vec<_> = (1..=300u16).map(|d| domain(d * 2, 0, 0)).collect();
+    let mut src = source(many);
+    let list = src.list().expect("list");
+    assert_eq!(list.len(), 300);
+    assert_eq!(list.last().map(|d| d.domid), Some(600));
+    let seen = SEEN.with(|s| s.borrow().clone());
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert_eq!(seen[1].1, list[LIST_CAPACITY - 1].domid + 1);
+}
+
+#[test]
+fn test_get_existing_domain_returns_it() {
+    let mut src = source(vec![domain(0, 0, 0), domain(4, 0, 4)]);
+    let info = src.get(4).expect("get").expect("present");
+    assert_eq!(info.domid, 4);
+    assert_eq!(SEEN.with(|s| s.borrow()[0].2), 1);
+}
+
+#[test]
+fn test_get_absent_domain_next_one_returned_is_none() {
+    let mut src = source(vec![domain(0, 0, 0), domain(9, 0, 9)]);
+    assert_eq!(src.get(4).expect("get"), None);
+    assert_eq!(src.get(10).expect("get"), None);
+}
+
+#[test]
+fn test_list_interface_version_rejected_unsupported_xen_error() {
+    let mut src = source(vec![]);
+    FAIL.with(|f| f.set(Some(libc::EACCES)));
+    let err = src.list().expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedXen {
+                major: 4,
+                minor: 17,
+                ours: 0x15
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "Xen 4.17 rejected sysctl interface version 0x15 (this backend speaks Xen 4.17's)"
+    );
+}
+
+#[test]
+fn test_list_hypercall_fails_typed_error() {
+    let mut src = source(vec![]);
+    FAIL.with(|f| f.set(Some(libc::EPERM)));
+    let err = src.list().expect_err("must fail");
+    assert!(
+        matches!(
+            err,
+            Error::Hypercall {
+                op: "sysctl getdomaininfolist",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn test_list_count_beyond_buffer_rejected() {
+    let mut src = source(vec![domain(0, 0, 0)]);
+    OVERCOUNT.with(|o| o.set(true));
+    let err = src.list().expect_err("must fail");
+    assert!(matches!(err, Error::BadDomainCount { .. }), "{err:?}");
+}
+
+#[test]
+fn test_shutdown_reason_codes_decode() {
+    assert_eq!(ShutdownReason::from_code(0), ShutdownReason::Poweroff);
+    assert_eq!(ShutdownReason::from_code(5), ShutdownReason::SoftReset);
+    assert_eq!(ShutdownReason::from_code(77), ShutdownReason::Other(77));
+}
+
+#[test]
+fn test_open_absent_privcmd_error_names_device() {
+    let err = PrivcmdDomainInfo::open_paths(
+        Path::new("/nonexistent/privcmd"),
+        Path::new("/nonexistent/hypercall"),
+    )
+    .expect_err("must fail");
+    assert!(
+        matches!(err, Error::DeviceOpen { ref path, .. } if path == Path::new("/nonexistent/privcmd")),
+        "{err:?}"
+    );
+}
+
+// ---- On real Xen (dom0). ----
+
+fn real() -> Option<PrivcmdDomainInfo> {
+    if !Path::new("/dev/xen/privcmd").exists() {
+        println!("skipping: /dev/xen/privcmd absent");
+        return None;
+    }
+    Some(PrivcmdDomainInfo::open().expect("open privcmd"))
+}
+
+#[test]
+fn test_real_list_contains_dom0() {
+    let Some(mut src) = real() else { return };
+    println!(
+        "hypervisor version {:?}",
+        src.xen_version().expect("xen_version")
+    );
+    let list = src.list().expect("list domains");
+    for d in &list {
+        println!("domain {d:?}");
+    }
+    let dom0 = list.iter().find(|d| d.domid == 0).expect("dom0 listed");
+    assert!(!dom0.dying && dom0.shutdown.is_none());
+    assert_eq!(src.get(0).expect("get dom0").map(|d| d.domid), Some(0));
+    assert_eq!(src.get(0x7fe0).expect("get absent"), None);
+}
+
+/// With a guest running (scripts/xen-qemu-devtests.sh starts one that powers
+/// itself off), bind VIRQ_DOM_EXC and watch the guest shut down and vanish.
+#[test]
+fn test_real_guest_lifecycle_seen_through_virq_dom_exc() {
+    use evtchn::EventChannel as _;
+    let Some(mut src) = real() else { return };
+    let Some(domid) = std::env::var("XENQEMU_LIFECYCLE_DOMID")
+        .ok()
+        .and_then(|d| d.parse::<DomId>().ok())
+    else {
+        println!("skipping: XENQEMU_LIFECYCLE_DOMID unset");
+        return;
+    };
+    let mut chan = evtchn::LinuxEventChannel::open().expect("open evtchn");
+    let virq = chan
+        .bind_virq(evtchn::VIRQ_DOM_EXC)
+        .expect("bind VIRQ_DOM_EXC");
+    let first = src.get(domid).expect("get").expect("guest exists at start");
+    println!("guest at start: {first:?}");
+    assert!(!first.dying);
+    let start = std::time::Instant::now();
+    let mut fired = 0;
+    let mut states = vec![first];
+    let mut gone = false;
+    let mut pending = Vec::new();
+    while start.elapsed() < std::time::Duration::from_secs(180) {
+        pending.clear();
+        chan.wait(Some(std::time::Duration::from_secs(1)), &mut pending)
+            .expect("wait");
+        if pending.contains(&virq) {
+            fired += 1;
+            chan.unmask(&[virq]).expect("unmask");
+        }
+        match src.get(domid).expect("get") {
+            Some(now) => {
+                if states.last() != Some(&now) {
+                    println!(
+                        "t={:.1}s VIRQ_DOM_EXC x{fired}: {now:?}",
+                        start.elapsed().as_secs_f32()
+                    );
+                    states.push(now);
+                }
+            }
+            None => {
+                println!(
+                    "t={:.1}s VIRQ_DOM_EXC x{fired}: domain {domid} gone",
+                    start.elapsed().as_secs_f32()
+                );
+                gone = true;
+                break;
+            }
+        }
+    }
+    assert!(gone, "guest {domid} did not go away: {states:?}");
+    assert!(fired > 0, "VIRQ_DOM_EXC never fired");
+    assert!(
+        states.iter().any(|s| s.shutdown.is_some() || s.dying),
+        "no shutdown/dying state observed before the domain vanished (it may have been too quick): {states:?}"
+    );
+}
