@@ -106,6 +106,12 @@ impl<T: Read + Write> Client<T> {
         &self.io
     }
 
+    /// Gives the transport back. Replies and events not yet collected are
+    /// dropped.
+    pub fn into_inner(self) -> T {
+        self.io
+    }
+
     /// The transport, mutably (e.g. to set a socket timeout).
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.io

@@ -1,0 +1,319 @@
+//! [`evtchn::EventChannel`] on the simulated hypervisor, with the semantics
+//! of Linux's `/dev/xen/evtchn`: a port reported by `read_pending` stays
+//! masked until it is unmasked; the descriptor to poll becomes readable when
+//! something is pending.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use evtchn::{DomId, EventChannel, Port, Virq};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::conn::{Conn, Connector};
+use crate::error::Error;
+use crate::hv::{event_index, kick, raise, EV_GEN_MASK, EV_MASKED, EV_PENDING};
+use crate::proto::{Request, Response};
+
+#[derive(Debug)]
+struct Route {
+    slot: u32,
+    port: u32,
+    gen: u32,
+    wake: Option<OwnedFd>,
+}
+
+/// An event-channel handle on mock-xen (one connection, like one open of
+/// `/dev/xen/evtchn`).
+#[derive(Debug)]
+pub struct MockEventChannel {
+    conn: Conn,
+    eventfd: OwnedFd,
+    slot: u32,
+    ports: BTreeSet<u32>,
+    routes: BTreeMap<u32, Route>,
+}
+
+fn op_error(op: &'static str, e: Error) -> evtchn::Error {
+    evtchn::Error::Ioctl {
+        op,
+        source: io::Error::other(e),
+    }
+}
+
+impl MockEventChannel {
+    /// Opens a handle acting for `domid`.
+    pub fn open(connector: &Connector, domid: DomId) -> Result<Self, Error> {
+        Self::from_conn(connector.connect(domid)?)
+    }
+
+    /// Makes `conn` an event-channel handle.
+    pub fn from_conn(conn: Conn) -> Result<Self, Error> {
+        let (response, fds) = conn.call(&Request::OpenEvtchn)?;
+        let Response::Evtchn { slot } = response else {
+            return Err(Error::Protocol("unexpected answer to open_evtchn"));
+        };
+        let eventfd = fds
+            .into_iter()
+            .next()
+            .ok_or(Error::Protocol("open_evtchn without its eventfd"))?;
+        Ok(Self {
+            conn,
+            eventfd,
+            slot,
+            ports: BTreeSet::new(),
+            routes: BTreeMap::new(),
+        })
+    }
+
+    /// Re-adopts a handle inherited across `exec()`: every port bound
+    /// through it before the exec is still bound.
+    ///
+    /// # Safety
+    ///
+    /// As [`Conn::adopt`]: `fd` is an open mock-xen connection this process
+    /// owns, made inheritable by [`MockEventChannel::into_inheritable_fd`].
+    pub unsafe fn adopt(fd: RawFd, domid: DomId) -> Result<Self, Error> {
+        // SAFETY: forwarded from our caller's contract.
+        let conn = unsafe { Conn::adopt(fd, domid)? };
+        let (response, fds) = conn.call(&Request::Readopt)?;
+        let Response::Readopt { slot, ports } = response else {
+            return Err(Error::Protocol("unexpected answer to readopt"));
+        };
+        let eventfd = fds
+            .into_iter()
+            .next()
+            .ok_or(Error::Protocol("readopt without its eventfd"))?;
+        let handle = Self {
+            conn,
+            eventfd,
+            slot,
+            ports: ports.into_iter().collect(),
+            routes: BTreeMap::new(),
+        };
+        // Events raised while nobody was polling stay pending; make sure the
+        // new program's first poll sees them.
+        kick(&handle.eventfd);
+        Ok(handle)
+    }
+
+    /// Keeps the handle open across `exec()`; returns the descriptor number
+    /// to pass to the new program.
+    pub fn into_inheritable_fd(self) -> Result<RawFd, Error> {
+        self.conn.into_inheritable_fd()
+    }
+
+    /// Attaches an unowned port of our domain (the guest kernel's store
+    /// port, allocated by the toolstack) to this handle.
+    pub fn claim(&mut self, port: Port) -> Result<(), Error> {
+        self.conn.call_ok(&Request::Claim { port: port.get() })?;
+        self.ports.insert(port.get());
+        Ok(())
+    }
+
+    /// The connection.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// Ports bound through this handle.
+    pub fn bound_ports(&self) -> impl Iterator<Item = Port> + '_ {
+        self.ports.iter().map(|&p| Port::new(p))
+    }
+
+    fn route(&mut self, port: u32) -> Result<Option<&Route>, Error> {
+        let stale = match self.routes.get(&port) {
+            None => true,
+            Some(r) => {
+                let word = self.conn.events().word(event_index(r.slot, r.port));
+                word.is_none_or(|w| w.load(Ordering::SeqCst) & EV_GEN_MASK != r.gen)
+            }
+        };
+        if stale {
+            self.routes.remove(&port);
+            let (response, fds) = self.conn.call(&Request::PeerOf { port })?;
+            match response {
+                Response::Peer {
+                    slot,
+                    port: rport,
+                    gen,
+                    has_fd,
+                } => {
+                    let wake = match (has_fd, fds.into_iter().next()) {
+                        (true, Some(fd)) => Some(fd),
+                        _ => None,
+                    };
+                    self.routes.insert(
+                        port,
+                        Route {
+                            slot,
+                            port: rport,
+                            gen,
+                            wake,
+                        },
+                    );
+                }
+                Response::NoPeer => return Ok(None),
+                _ => return Err(Error::Protocol("unexpected answer to peer_of")),
+            }
+        }
+        Ok(self.routes.get(&port))
+    }
+
+    fn drain_eventfd(&self) {
+        let mut buf = [0u8; 8];
+        // Nonblocking: EAGAIN means nothing to drain.
+        let _ = nix::unistd::read(&self.eventfd, &mut buf);
+    }
+
+    fn collect(&self, out: &mut Vec<Port>) {
+        let events = self.conn.events();
+        for &port in &self.ports {
+            let Some(word) = events.word(event_index(self.slot, port)) else {
+                continue;
+            };
+            let mut old = word.load(Ordering::SeqCst);
+            while old & EV_PENDING != 0 && old & EV_MASKED == 0 {
+                match word.compare_exchange(
+                    old,
+                    (old & !EV_PENDING) | EV_MASKED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => {
+                        out.push(Port::new(port));
+                        break;
+                    }
+                    Err(now) => old = now,
+                }
+            }
+        }
+    }
+}
+
+impl AsRawFd for MockEventChannel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+}
+
+impl EventChannel for MockEventChannel {
+    fn bind_interdomain(
+        &mut self,
+        remote: DomId,
+        remote_port: Port,
+    ) -> Result<Port, evtchn::Error> {
+        let port = self
+            .conn
+            .call_port(&Request::BindInterdomain {
+                remote,
+                remote_port: remote_port.get(),
+            })
+            .map_err(|e| op_error("bind_interdomain", e))?;
+        self.ports.insert(port);
+        Ok(Port::new(port))
+    }
+
+    fn bind_virq(&mut self, virq: Virq) -> Result<Port, evtchn::Error> {
+        let port = self
+            .conn
+            .call_port(&Request::BindVirq { virq })
+            .map_err(|e| op_error("bind_virq", e))?;
+        self.ports.insert(port);
+        Ok(Port::new(port))
+    }
+
+    fn bind_unbound(&mut self, remote: DomId) -> Result<Port, evtchn::Error> {
+        let port = self
+            .conn
+            .call_port(&Request::BindUnbound { remote })
+            .map_err(|e| op_error("bind_unbound_port", e))?;
+        self.ports.insert(port);
+        Ok(Port::new(port))
+    }
+
+    fn unbind(&mut self, port: Port) -> Result<(), evtchn::Error> {
+        self.conn
+            .call_ok(&Request::Unbind { port: port.get() })
+            .map_err(|e| op_error("unbind", e))?;
+        self.ports.remove(&port.get());
+        self.routes.remove(&port.get());
+        Ok(())
+    }
+
+    fn notify(&mut self, port: Port) -> Result<(), evtchn::Error> {
+        if !self.ports.contains(&port.get()) {
+            return Err(evtchn::Error::Ioctl {
+                op: "notify",
+                source: io::Error::from_raw_os_error(nix::libc::EINVAL),
+            });
+        }
+        let events = Arc::clone(self.conn.events());
+        let Some(route) = self.route(port.get()).map_err(|e| op_error("notify", e))? else {
+            return Ok(());
+        };
+        if let Some(word) = events.word(event_index(route.slot, route.port)) {
+            if raise(word) {
+                if let Some(fd) = &route.wake {
+                    kick(fd.as_fd());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_pending(&mut self, out: &mut Vec<Port>) -> Result<(), evtchn::Error> {
+        self.drain_eventfd();
+        self.collect(out);
+        Ok(())
+    }
+
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        out: &mut Vec<Port>,
+    ) -> Result<(), evtchn::Error> {
+        // Anything already pending is reported without a system call; the
+        // eventfd is drained after the poll below.
+        let before = out.len();
+        self.collect(out);
+        if out.len() > before {
+            return Ok(());
+        }
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+        };
+        let mut fds = [PollFd::new(self.eventfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                return Err(evtchn::Error::Poll {
+                    source: io::Error::from(e),
+                })
+            }
+        }
+        self.read_pending(out)
+    }
+
+    fn unmask(&mut self, ports: &[Port]) -> Result<(), evtchn::Error> {
+        let events = self.conn.events();
+        let mut rewake = false;
+        for port in ports {
+            if !self.ports.contains(&port.get()) {
+                continue;
+            }
+            if let Some(word) = events.word(event_index(self.slot, port.get())) {
+                let old = word.fetch_and(!EV_MASKED, Ordering::SeqCst);
+                rewake |= old & EV_PENDING != 0;
+            }
+        }
+        if rewake {
+            kick(&self.eventfd);
+        }
+        Ok(())
+    }
+}
