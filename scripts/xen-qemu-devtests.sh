@@ -1,0 +1,123 @@
+#!/bin/bash
+# Runs the evtchn and gnttab tests on real Xen 4.17 (Debian) inside QEMU/TCG,
+# in a PV dom0, with a PV guest to map, bind to and watch die.
+#
+#   scripts/xen-qemu-devtests.sh            # image cached in /var/tmp/xenqemu
+#   XENQEMU_DIR=/path XENQEMU_SHARED=/work/shared/xen-qemu scripts/xen-qemu-devtests.sh
+#
+# Exits non-zero when a test fails; prints "skipping: <reason>" and exits 0
+# only when QEMU or the Debian packages cannot be had.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORKSPACE=${WORKSPACE:-$ROOT}              # where to build the tests from
+SHARED=${XENQEMU_SHARED:-$ROOT/../shared/xen-qemu}
+[ -d "$SHARED" ] || SHARED=/work/shared/xen-qemu
+IMAGE=${XENQEMU_DIR:-/var/tmp/xenqemu}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-devices}
+
+skip() { echo "skipping: $*"; exit 0; }
+
+[ -f "$SHARED/run.sh" ] || skip "xen-qemu harness not found (looked in $SHARED)"
+if [ ! -f "$IMAGE/xen" ] || [ ! -f "$IMAGE/dom0.cpio" ]; then
+  [ "$(id -u)" = 0 ] || skip "no image in $IMAGE and not root (build.sh needs apt)"
+  command -v apt-get >/dev/null || skip "no image in $IMAGE and no apt-get"
+  echo "building the xen-qemu image in $IMAGE"
+  if ! bash "$SHARED/build.sh" "$IMAGE" > "$IMAGE.build.log" 2>&1; then
+    tail -20 "$IMAGE.build.log"
+    skip "building the Xen/QEMU image failed (Debian packages unavailable?), see $IMAGE.build.log"
+  fi
+fi
+
+WORK=$(mktemp -d /tmp/xen-qemu-devtests.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/files" "$WORK/guest" "$WORK/out"
+
+# Baseline x86-64 test binaries (the VM's CPU is qemu64: no target-cpu=native).
+echo "building test binaries"
+(cd "$WORKSPACE" && RUSTFLAGS="${RUSTFLAGS:-} -C target-cpu=x86-64" \
+  cargo test -p evtchn -p gnttab --no-run --message-format=json) \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do cp "$exe" "$WORK/files/$name"; done
+ls "$WORK/files/evtchn" "$WORK/files/gnttab" >/dev/null
+
+# The guest says it is up, then powers itself off (SHUTDOWN_poweroff).
+cat > "$WORK/guest/guest.sh" <<'G'
+xenstore-write data/ready 1
+echo "GUEST: devtest guest up, sleeping before poweroff"
+sleep 30
+exit 0
+G
+
+cat > "$WORK/cmd.sh" <<'C'
+. /xenqemu/lib.sh
+rc=0
+T=/test/files
+run() { # run NAME ENV... -- ARGS : one test binary, record failure
+  name=$1; shift
+  xq_log "RUN $name $*"
+  if env "$@"; then xq_log "PASS $name"; else xq_log "FAIL $name"; rc=1; fi
+}
+# 1. Everything that needs dom0 only (devices, VIRQ, xsd_kva, loopback,
+#    exec), before any xenstored holds VIRQ_DOM_EXC.
+run evtchn-all $T/evtchn --test-threads=1 --nocapture
+run gnttab-all $T/gnttab --test-threads=1 --nocapture
+start_xenstored c || exit 1
+start_xenconsoled   # xl create waits for the guest console
+
+# 2. A guest served by C xenstored: map its grant 1 (xenstored maps it too)
+#    and its store mfn; its store port is xenstored's, so binding it fails.
+boot_guest() { # NAME -> prints the domid once the guest's userspace is up
+  sed "s/^name *=.*/name = \"$1\"/" /guest/guest.cfg > /tmp/$1.cfg
+  xl create /tmp/$1.cfg >/dev/null || return 1
+  gd=$(xl domid $1) || return 1
+  i=0
+  while [ $i -lt 240 ] && ! xenstore-read /local/domain/$gd/data/ready >/dev/null 2>&1; do
+    sleep 0.5; i=$((i+1))
+  done
+  echo $gd
+}
+d=$(boot_guest devtest) || { xq_log "xl create failed"; exit 1; }
+port=$(xenstore-read /local/domain/$d/store/port)
+mfn=$(xenstore-read /local/domain/$d/store/ring-ref)
+xq_log "guest devtest domid=$d store port=$port mfn=$mfn"
+run gnttab-guest XENQEMU_GUEST_DOMID=$d XENQEMU_GUEST_STORE_MFN=$mfn \
+    $T/gnttab --test-threads=1 --nocapture test_real_guest_grant
+run evtchn-guest XENQEMU_GUEST_DOMID=$d XENQEMU_GUEST_STORE_PORT=$port \
+    $T/evtchn --test-threads=1 --nocapture test_real_guest_store_port_held
+
+# 3. A second guest, then xenstored exits: the guest's store port is unbound
+#    again and a new daemon can bind it (what a restart relies on), and
+#    VIRQ_DOM_EXC is free to watch the guest power off and be destroyed.
+d2=$(boot_guest devtest2) || { xq_log "xl create failed"; exit 1; }
+port2=$(xenstore-read /local/domain/$d2/store/port)
+# xenconsoled goes too: its mapping of the console page would keep the
+# destroyed guest a zombie, and without xenstore nobody tells it to let go.
+kill "$(cat /run/xen/xenstored.pid)" "$(cat /run/xen/xenconsoled.pid)"; sleep 1
+xq_log "xenstored and xenconsoled stopped; guest devtest2 domid=$d2 store port=$port2"
+run evtchn-free-port XENQEMU_FREE_GUEST_DOMID=$d2 XENQEMU_FREE_GUEST_STORE_PORT=$port2 \
+    $T/evtchn --test-threads=1 --nocapture test_real_guest_store_port_free
+run gnttab-lifecycle XENQEMU_LIFECYCLE_DOMID=$d2 \
+    $T/gnttab --test-threads=1 --nocapture test_real_guest_lifecycle
+
+xq_log "devtests rc=$rc"
+exit $rc
+C
+
+echo "booting Xen in QEMU"
+start=$(date +%s)
+set +e
+bash "$SHARED/run.sh" -t 900 -d "$WORK/files" -g "$WORK/guest" -l "$WORK/console.log" \
+  "$IMAGE" "$WORK/cmd.sh" | tee "$WORK/stdout.log"
+rc=${PIPESTATUS[0]}
+set -e
+echo "==== summary (wall $(( $(date +%s) - start )) s, rc=$rc) ===="
+grep -aE 'XENQEMU\[.*\]: (RUN|PASS|FAIL|guest|devtests|xenstored)|test result:|^test .* \.\.\. (ok|FAILED)' \
+  "$WORK/stdout.log" | tr -d '\r' || true
+exit "$rc"
