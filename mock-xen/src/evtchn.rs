@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use evtchn::{DomId, EventChannel, Port, Virq};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -276,27 +276,39 @@ impl EventChannel for MockEventChannel {
         timeout: Option<Duration>,
         out: &mut Vec<Port>,
     ) -> Result<(), evtchn::Error> {
-        // Anything already pending is reported without a system call; the
-        // eventfd is drained after the poll below.
+        let deadline = timeout.map(|t| Instant::now() + t);
         let before = out.len();
-        self.collect(out);
-        if out.len() > before {
-            return Ok(());
-        }
-        let timeout = match timeout {
-            None => PollTimeout::NONE,
-            Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
-        };
-        let mut fds = [PollFd::new(self.eventfd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                return Err(evtchn::Error::Poll {
-                    source: io::Error::from(e),
-                })
+        loop {
+            // Anything already pending is reported without a system call.
+            self.collect(out);
+            if out.len() > before {
+                return Ok(());
             }
+            let poll_timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(());
+                    }
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.eventfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, poll_timeout) {
+                Ok(_) => {}
+                // A signal: report nothing, as the device's poll would.
+                Err(nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => {
+                    return Err(evtchn::Error::Poll {
+                        source: io::Error::from(e),
+                    })
+                }
+            }
+            // A kick may be left over from a port reported earlier without
+            // draining: drain, look again, and keep waiting if it was stale.
+            self.drain_eventfd();
         }
-        self.read_pending(out)
     }
 
     fn unmask(&mut self, ports: &[Port]) -> Result<(), evtchn::Error> {

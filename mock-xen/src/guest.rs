@@ -255,9 +255,16 @@ impl Read for Guest {
         }
         let deadline = Instant::now() + self.block_limit;
         loop {
+            // As Linux's xenbus driver does: tell the server about freed
+            // space only when the ring was full (it may be waiting for
+            // room); otherwise it has no reason to care.
+            let was_full =
+                self.end().readable().map_err(io::Error::other)? == xenring::page::RING_SIZE_U32;
             let n = self.end().read(buf).map_err(io::Error::other)?;
             if n > 0 {
-                self.notify()?;
+                if was_full {
+                    self.notify()?;
+                }
                 return Ok(n);
             }
             self.check_error_word()?;

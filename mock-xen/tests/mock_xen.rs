@@ -211,12 +211,13 @@ fn wait_for_socket(path: &std::path::Path) {
 fn test_ring_cross_process_exchange_with_notifications() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("mock-xen.sock");
-    let mut hv = Command::new(bin("mock-xen"))
+    let hv = Command::new(bin("mock-xen"))
         .arg("--socket")
         .arg(&sock)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _hv = KillOnDrop(hv);
     wait_for_socket(&sock);
     let connector = Connector::remote(&sock);
     let ts = Toolstack::open(&connector).unwrap();
@@ -238,8 +239,16 @@ fn test_ring_cross_process_exchange_with_notifications() {
     let mut back = [0u8; 4];
     guest.read_exact(&mut back).unwrap();
     assert!(dom0.child.wait().unwrap().success());
-    let _ = hv.kill();
-    let _ = hv.wait();
+}
+
+/// A child process killed when the test ends, whichever way it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -548,4 +557,34 @@ fn test_fault_death_mid_request_leaves_partial_bytes_and_fires_virq() {
     );
     // The dead guest can no longer act.
     assert!(guest.notify().is_err());
+}
+
+/// Many quick round trips between two processes: a lost wakeup anywhere in
+/// the notify/mask/unmask protocol would stall one of them.
+#[test]
+fn test_ring_cross_process_many_round_trips_lose_no_wakeup() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerThread::start(dir.path().join("hv.sock")).unwrap();
+    let connector = Connector::remote(server.path());
+    let ts = Toolstack::open(&connector).unwrap();
+    let record = ts.create_domain().unwrap();
+    let mut guest = Guest::attach(&connector, &record).unwrap();
+    let sock_s = server.path().to_string_lossy().to_string();
+    let domid = record.info.domid.to_string();
+    let mut dom0 = Proc::spawn(&["echo-dom0", &sock_s, &domid]);
+    assert!(dom0.line().starts_with("ready "));
+    for i in 0..5000u32 {
+        let msg = i.to_le_bytes();
+        guest.write_all(&msg).unwrap();
+        let mut back = [0u8; 4];
+        if let Err(e) = guest.read_exact(&mut back) {
+            panic!("round {i}: {e}");
+        }
+        assert_eq!(back, msg);
+    }
+    guest.write_all(b"quit").unwrap();
+    let mut back = [0u8; 4];
+    guest.read_exact(&mut back).unwrap();
+    assert!(dom0.child.wait().unwrap().success());
 }

@@ -17,7 +17,7 @@ use std::{format, vec};
 
 use crate::codec::{build_args, build_path_value, split_args, Decoder, Message};
 use crate::error::Error;
-use crate::page::RingErrorCode;
+use crate::page::{RingErrorCode, RING_SIZE_U32};
 use crate::perms::{format_perm_list, parse_perm_list, DomId, Perm};
 use crate::ring::GuestEnd;
 use crate::wire::{Header, MsgType, XsErrno, HEADER_SIZE, PAYLOAD_MAX};
@@ -520,10 +520,14 @@ where
             return Ok(0);
         }
         loop {
+            // Only a full ring can have a server waiting for space: notify
+            // after reading only then (as Linux's xenbus driver does).
+            let was_full = self.end.readable().map_err(ring_io_error)? == RING_SIZE_U32;
             let n = self.end.read(buf).map_err(ring_io_error)?;
             if n > 0 {
-                // The server may be waiting for response space.
-                (self.notify)()?;
+                if was_full {
+                    (self.notify)()?;
+                }
                 return Ok(n);
             }
             self.check_error_word()?;
