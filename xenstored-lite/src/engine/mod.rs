@@ -1,0 +1,1265 @@
+//! The xenstore engine: a deterministic state machine with no I/O.
+//!
+//! Inputs ([`Input`]): a connection opened or closed, a complete request
+//! from connection N, the result of an introduction the I/O shell carried
+//! out, a domain's state, the time. Outputs: replies and watch events queued
+//! per connection ([`Engine::pop_output`]), and [`Action`]s for the shell
+//! (map and bind a ring for INTRODUCE, release a ring, cut a connection
+//! off). No clock is read, nothing is random, and no hash order reaches an
+//! output, so the same inputs give the same outputs, byte for byte.
+//!
+//! The rooms are those of C xenstored and oxenstored: [`store`] (the tree),
+//! [`ops`] (the requests on it), [`perms`], [`watch`], [`quota`], and here
+//! the connections, transactions, domains and the dispatch table.
+
+pub mod ops;
+pub mod perms;
+pub mod quota;
+pub mod store;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use xenring::codec::{build_args, split_args, Message};
+use xenring::{DomId, Header, MsgType, Perm, XsErrno};
+
+use ops::{canonical, one_arg, Ctx, Event, Limits};
+use perms::{access, Who};
+use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
+use store::Store;
+use watch::{Watch, Watches};
+
+/// A connection, numbered by the I/O shell.
+pub type ConnId = u32;
+
+/// Milliseconds on the shell's monotonic clock.
+pub type Time = u64;
+
+/// `XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR`.
+pub const SERVER_FEATURES: u32 = 3;
+
+/// Lowest reserved domid (`DOMID_FIRST_RESERVED`).
+pub const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// What is at the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A Unix-socket client in dom0 (privileged).
+    Socket,
+    /// A domain's ring.
+    Domain(DomId),
+}
+
+/// Settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The privileged domain (`--priv-domid`, normally 0).
+    pub priv_domid: DomId,
+    /// Global quotas.
+    pub quotas: Quotas,
+    /// Undelivered watch events to an unprivileged domain expire after this.
+    pub watch_event_timeout_ms: u64,
+    /// Bytes that may wait in an unprivileged connection's output queue
+    /// before it is cut off.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            priv_domid: 0,
+            quotas: Quotas::default(),
+            watch_event_timeout_ms: 20_000,
+            max_queued_bytes: 1 << 20,
+        }
+    }
+}
+
+/// An input.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A connection was opened (sockets; dom0's own ring).
+    Connect {
+        /// Its number.
+        conn: ConnId,
+        /// Its kind.
+        kind: ConnKind,
+    },
+    /// A connection went away (socket closed). Its watches and transactions
+    /// go with it.
+    Disconnect {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A ring was reset by the guest's reconnection handshake: its watches,
+    /// transactions and queued output are dropped; the domain stays.
+    Reset {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A complete request.
+    Request {
+        /// From this connection.
+        conn: ConnId,
+        /// The request.
+        msg: &'a Message,
+    },
+    /// The shell carried out an [`Action::Introduce`].
+    Introduced {
+        /// The action's token.
+        token: u64,
+        /// The ring's new connection, or why it could not be set up.
+        result: Result<ConnId, XsErrno>,
+    },
+    /// What the hypervisor says about a domain (after `VIRQ_DOM_EXC`).
+    DomainState {
+        /// The domain.
+        domid: DomId,
+        /// It has shut down.
+        shutdown: bool,
+        /// It is dying or gone.
+        dying: bool,
+    },
+    /// The current time.
+    Time(Time),
+}
+
+/// Something only the I/O shell can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Map `domid`'s ring (grant 1, else `mfn`) and bind to its `port`;
+    /// answer with [`Input::Introduced`].
+    Introduce {
+        /// Echo in the answer.
+        token: u64,
+        /// The domain.
+        domid: DomId,
+        /// Its ring frame.
+        mfn: u64,
+        /// Its unbound port.
+        port: u32,
+    },
+    /// Unmap and unbind a domain's ring; the connection is gone.
+    Release {
+        /// The ring's connection.
+        conn: ConnId,
+        /// The domain.
+        domid: DomId,
+    },
+    /// Stop serving a connection (set the ring's error word, or close the
+    /// socket); the engine has forgotten its state.
+    Kill {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: String,
+    },
+    /// A line for the daemon's log (XS_CONTROL print, soft quotas).
+    Log(String),
+    /// An XS_CONTROL command the engine does not implement itself (logging
+    /// switches and files, live update): the shell acts on it; the engine
+    /// has already answered.
+    Control {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The command and its arguments.
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Queued {
+    msg: Message,
+    at: Time,
+    event: bool,
+}
+
+/// A request run in a transaction, and the reply its client received.
+type TxOp = (MsgType, Vec<u8>, Result<Vec<u8>, XsErrno>);
+
+#[derive(Debug, Clone)]
+struct Transaction {
+    base_version: u64,
+    store: Store,
+    ops: Vec<TxOp>,
+    events: Vec<Event>,
+    writes: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    kind: ConnKind,
+    transactions: BTreeMap<u32, Transaction>,
+    next_tx: u32,
+    out: VecDeque<Queued>,
+    out_bytes: usize,
+    replies_queued: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Domain {
+    conn: ConnId,
+    mfn: u64,
+    port: u32,
+    shutdown_seen: bool,
+    target: Option<DomId>,
+    features: u32,
+}
+
+/// Flags of a request type, as in C xenstored's dispatch table.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    /// Privileged callers only.
+    privileged: bool,
+    /// The header's transaction id is ignored.
+    no_tx: bool,
+    /// Operates on the tree (and so may run in a transaction).
+    store: bool,
+}
+
+const fn spec(privileged: bool, no_tx: bool, store: bool) -> Spec {
+    Spec {
+        privileged,
+        no_tx,
+        store,
+    }
+}
+
+/// The dispatch table: one entry per request type.
+fn dispatch_spec(ty: MsgType) -> Option<Spec> {
+    Some(match ty {
+        MsgType::Control => spec(true, true, false),
+        MsgType::Directory | MsgType::Read | MsgType::GetPerms | MsgType::DirectoryPart => {
+            spec(false, false, true)
+        }
+        MsgType::Write | MsgType::Mkdir | MsgType::Rm | MsgType::SetPerms => {
+            spec(false, false, true)
+        }
+        MsgType::Watch | MsgType::Unwatch | MsgType::ResetWatches => spec(false, true, false),
+        MsgType::TransactionStart => spec(false, true, false),
+        MsgType::TransactionEnd => spec(false, false, false),
+        MsgType::Introduce | MsgType::Release | MsgType::Resume | MsgType::SetTarget => {
+            spec(true, true, false)
+        }
+        MsgType::GetDomainPath | MsgType::IsDomainIntroduced => spec(false, true, false),
+        MsgType::GetFeature | MsgType::SetFeature | MsgType::GetQuota | MsgType::SetQuota => {
+            spec(true, true, false)
+        }
+        MsgType::WatchEvent | MsgType::Error => return None,
+    })
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    store: Store,
+    conns: BTreeMap<ConnId, Conn>,
+    domains: BTreeMap<DomId, Domain>,
+    domain_quotas: BTreeMap<DomId, DomainQuotas>,
+    watches: Watches,
+    actions: Vec<Action>,
+    pending_introduce: BTreeMap<u64, (ConnId, Header, DomId, u64, u32)>,
+    next_token: u64,
+    now: Time,
+    requests: u64,
+}
+
+fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    Message {
+        header: Header::new(ty, hdr.req_id, hdr.tx_id, len),
+        payload,
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(arg: &[u8]) -> Result<T, XsErrno> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(XsErrno::EINVAL)
+}
+
+fn parse_domid(arg: &[u8]) -> Result<DomId, XsErrno> {
+    let d: u32 = parse_num(arg)?;
+    if d >= DOMID_FIRST_RESERVED {
+        return Err(XsErrno::EINVAL);
+    }
+    DomId::try_from(d).map_err(|_| XsErrno::EINVAL)
+}
+
+fn text(arg: &[u8]) -> Result<String, XsErrno> {
+    std::str::from_utf8(arg)
+        .map(str::to_string)
+        .map_err(|_| XsErrno::EINVAL)
+}
+
+impl Engine {
+    /// An engine with an empty store (`/` and the special nodes).
+    pub fn new(config: Config) -> Self {
+        let store = Store::new(config.priv_domid);
+        Self {
+            config,
+            store,
+            conns: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            domain_quotas: BTreeMap::new(),
+            watches: Watches::default(),
+            actions: Vec::new(),
+            pending_introduce: BTreeMap::new(),
+            next_token: 1,
+            now: 0,
+            requests: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The store (read-only).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Requests handled so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Registered watches.
+    pub fn watch_count(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// Takes the actions produced so far, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// The next message queued for `conn` (replies and events, in order).
+    pub fn pop_output(&mut self, conn: ConnId) -> Option<Message> {
+        let c = self.conns.get_mut(&conn)?;
+        let q = c.out.pop_front()?;
+        c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
+        if !q.event {
+            c.replies_queued = c.replies_queued.saturating_sub(1);
+        }
+        Some(q.msg)
+    }
+
+    /// Whether anything is queued for `conn`.
+    pub fn has_output(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// Connections with queued output, ordered.
+    pub fn conns_with_output(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.out.is_empty())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Whether the shell should read another request from `conn` now: an
+    /// unprivileged connection with `outstanding` replies not yet taken
+    /// waits until it takes them.
+    pub fn accepts_requests(&self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let who = self.who(c);
+        if who.privileged {
+            return true;
+        }
+        let limit = self.limit(who.domid, QuotaKind::Outstanding);
+        limit == 0 || (c.replies_queued as u64) < limit
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, input: Input<'_>) {
+        match input {
+            Input::Connect { conn, kind } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        kind,
+                        transactions: BTreeMap::new(),
+                        next_tx: 1,
+                        out: VecDeque::new(),
+                        out_bytes: 0,
+                        replies_queued: 0,
+                    },
+                );
+            }
+            Input::Disconnect { conn } => self.forget_conn(conn),
+            Input::Reset { conn } => {
+                self.watches.remove_conn(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.transactions.clear();
+                    c.out.clear();
+                    c.out_bytes = 0;
+                    c.replies_queued = 0;
+                }
+            }
+            Input::Request { conn, msg } => self.request(conn, msg),
+            Input::Introduced { token, result } => self.introduced(token, result),
+            Input::DomainState {
+                domid,
+                shutdown,
+                dying,
+            } => self.domain_state(domid, shutdown, dying),
+            Input::Time(now) => self.tick(now),
+        }
+    }
+
+    fn forget_conn(&mut self, conn: ConnId) {
+        self.watches.remove_conn(conn);
+        self.conns.remove(&conn);
+        self.pending_introduce.retain(|_, p| p.0 != conn);
+    }
+
+    fn who(&self, c: &Conn) -> Who {
+        match c.kind {
+            ConnKind::Socket => Who {
+                domid: self.config.priv_domid,
+                privileged: true,
+                target: None,
+            },
+            ConnKind::Domain(domid) => Who {
+                domid,
+                privileged: domid == self.config.priv_domid,
+                target: self.domains.get(&domid).and_then(|d| d.target),
+            },
+        }
+    }
+
+    fn limit(&self, domid: DomId, q: QuotaKind) -> u64 {
+        effective(&self.config.quotas, self.domain_quotas.get(&domid), q)
+    }
+
+    fn limits(&self, who: &Who) -> Limits {
+        if who.privileged {
+            return Limits::default();
+        }
+        Limits {
+            nodes: self.limit(who.domid, QuotaKind::Nodes),
+            memory: self.limit(who.domid, QuotaKind::Memory),
+            node_permissions: self.limit(who.domid, QuotaKind::NodePermissions),
+            path_max: self.limit(who.domid, QuotaKind::PathMax),
+            node_size: self.limit(who.domid, QuotaKind::NodeSize),
+        }
+    }
+
+    fn home(kind: ConnKind) -> Option<String> {
+        match kind {
+            ConnKind::Domain(d) => Some(format!("/local/domain/{d}")),
+            ConnKind::Socket => None,
+        }
+    }
+
+    fn queue(&mut self, conn: ConnId, msg: Message, event: bool) {
+        let now = self.now;
+        let privileged = match self.conns.get(&conn) {
+            Some(c) => self.who(c).privileged,
+            None => return,
+        };
+        let max = self.config.max_queued_bytes;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if event
+            && c.out
+                .iter()
+                .any(|q| q.event && q.msg.payload == msg.payload)
+        {
+            return; // an identical event is still waiting: one is enough
+        }
+        c.out_bytes += msg.wire_len();
+        if !event {
+            c.replies_queued += 1;
+        }
+        c.out.push_back(Queued {
+            msg,
+            at: now,
+            event,
+        });
+        if !privileged && max > 0 && c.out_bytes > max {
+            let reason = format!(
+                "{} bytes of output queued (limit {max}) and not read",
+                c.out_bytes
+            );
+            self.kill(conn, reason);
+        }
+    }
+
+    fn kill(&mut self, conn: ConnId, reason: String) {
+        self.forget_conn(conn);
+        self.actions.push(Action::Kill { conn, reason });
+    }
+
+    fn reply_err(&mut self, conn: ConnId, hdr: &Header, err: XsErrno) {
+        self.queue(conn, Message::error_reply(hdr, err), false);
+    }
+
+    fn request(&mut self, conn: ConnId, msg: &Message) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        self.requests += 1;
+        let hdr = msg.header;
+        let who = self.who(c);
+        let kind = c.kind;
+        let Some((ty, spec)) = hdr
+            .msg_type()
+            .ok()
+            .and_then(|ty| dispatch_spec(ty).map(|s| (ty, s)))
+        else {
+            return self.reply_err(conn, &hdr, XsErrno::ENOSYS);
+        };
+        if spec.privileged && !who.privileged {
+            return self.reply_err(conn, &hdr, XsErrno::EACCES);
+        }
+        let tx_id = if spec.no_tx { 0 } else { hdr.tx_id };
+        if tx_id != 0 && !c.transactions.contains_key(&tx_id) {
+            return self.reply_err(conn, &hdr, XsErrno::ENOENT);
+        }
+        let result = if spec.store {
+            self.store_request(conn, kind, who, tx_id, ty, &msg.payload)
+        } else {
+            self.other_request(conn, kind, who, &hdr, ty, &msg.payload)
+        };
+        match result {
+            Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
+                self.reply_err(conn, &hdr, XsErrno::E2BIG)
+            }
+            Ok(Some(payload)) => {
+                self.queue(conn, reply(&hdr, ty, payload), false);
+                if ty == MsgType::Watch {
+                    self.initial_watch_event(conn, &msg.payload);
+                }
+            }
+            Ok(None) => {} // answered later (INTRODUCE)
+            Err(e) => self.reply_err(conn, &hdr, e),
+        }
+    }
+
+    fn store_request(
+        &mut self,
+        conn: ConnId,
+        kind: ConnKind,
+        who: Who,
+        tx_id: u32,
+        ty: MsgType,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, XsErrno> {
+        let limits = self.limits(&who);
+        let home = Self::home(kind);
+        let ctx = Ctx {
+            who,
+            limits,
+            home: home.as_deref(),
+        };
+        let mut events = Vec::new();
+        if tx_id == 0 {
+            let result = ops::exec(&mut self.store, &ctx, ty, payload, &mut events);
+            for e in &events {
+                self.fire(e);
+            }
+            return result.map(Some);
+        }
+        let tx_limit = if who.privileged {
+            0
+        } else {
+            self.limit(who.domid, QuotaKind::TransactionNodes)
+        };
+        let c = self.conns.get_mut(&conn).ok_or(XsErrno::EINVAL)?;
+        let tx = c.transactions.get_mut(&tx_id).ok_or(XsErrno::ENOENT)?;
+        let writes = matches!(
+            ty,
+            MsgType::Write | MsgType::Mkdir | MsgType::Rm | MsgType::SetPerms
+        );
+        if writes && !within(tx_limit, tx.writes + 1) {
+            return Err(XsErrno::ENOSPC);
+        }
+        let result = ops::exec(&mut tx.store, &ctx, ty, payload, &mut events);
+        if writes {
+            tx.writes += 1;
+        }
+        tx.ops.push((ty, payload.to_vec(), result.clone()));
+        tx.events.extend(events);
+        result.map(Some)
+    }
+
+    fn other_request(
+        &mut self,
+        conn: ConnId,
+        kind: ConnKind,
+        who: Who,
+        hdr: &Header,
+        ty: MsgType,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, XsErrno> {
+        let ok = || Ok(Some(b"OK\0".to_vec()));
+        match ty {
+            MsgType::Watch => {
+                self.watch(conn, kind, who, payload)?;
+                ok()
+            }
+            MsgType::Unwatch => {
+                let args: Vec<&[u8]> = split_args(payload).collect();
+                if args.len() < 2 {
+                    return Err(XsErrno::EINVAL);
+                }
+                let path = text(args[0])?;
+                if self.watches.remove(conn, &path, &text(args[1])?) {
+                    ok()
+                } else {
+                    Err(XsErrno::ENOENT)
+                }
+            }
+            MsgType::ResetWatches => {
+                self.watches.remove_conn(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.transactions.clear();
+                }
+                ok()
+            }
+            MsgType::TransactionStart => {
+                if hdr.tx_id != 0 {
+                    return Err(XsErrno::EBUSY);
+                }
+                let limit = if who.privileged {
+                    0
+                } else {
+                    self.limit(who.domid, QuotaKind::Transactions)
+                };
+                let snapshot = self.store.clone();
+                let c = self.conns.get_mut(&conn).ok_or(XsErrno::EINVAL)?;
+                if !within(limit, c.transactions.len() as u64 + 1) {
+                    return Err(XsErrno::ENOSPC);
+                }
+                let mut id = c.next_tx;
+                while id == 0 || c.transactions.contains_key(&id) {
+                    id = id.wrapping_add(1);
+                }
+                c.next_tx = id.wrapping_add(1);
+                c.transactions.insert(
+                    id,
+                    Transaction {
+                        base_version: snapshot.version(),
+                        store: snapshot,
+                        ops: Vec::new(),
+                        events: Vec::new(),
+                        writes: 0,
+                    },
+                );
+                let mut out = id.to_string().into_bytes();
+                out.push(0);
+                Ok(Some(out))
+            }
+            MsgType::TransactionEnd => {
+                let commit = match one_arg(payload)? {
+                    b"T" => true,
+                    b"F" => false,
+                    _ => return Err(XsErrno::EINVAL),
+                };
+                let tx = self
+                    .conns
+                    .get_mut(&conn)
+                    .and_then(|c| c.transactions.remove(&hdr.tx_id))
+                    .ok_or(XsErrno::ENOENT)?;
+                if commit {
+                    self.commit(kind, who, tx)?;
+                }
+                ok()
+            }
+            MsgType::Introduce => self.introduce(conn, hdr, payload),
+            MsgType::Release => {
+                let domid = parse_domid(one_arg(payload)?)?;
+                let dom = self.domains.get(&domid).ok_or(XsErrno::ENOENT)?;
+                let ring = dom.conn;
+                self.release(domid, ring);
+                ok()
+            }
+            MsgType::Resume => {
+                let domid = parse_domid(one_arg(payload)?)?;
+                let dom = self.domains.get_mut(&domid).ok_or(XsErrno::ENOENT)?;
+                dom.shutdown_seen = false;
+                ok()
+            }
+            MsgType::GetDomainPath => {
+                let domid = parse_domid(one_arg(payload)?)?;
+                let mut out = format!("/local/domain/{domid}").into_bytes();
+                out.push(0);
+                Ok(Some(out))
+            }
+            MsgType::IsDomainIntroduced => {
+                let domid = parse_domid(one_arg(payload)?)?;
+                let known = domid == self.config.priv_domid || self.domains.contains_key(&domid);
+                Ok(Some(if known {
+                    b"T\0".to_vec()
+                } else {
+                    b"F\0".to_vec()
+                }))
+            }
+            MsgType::SetTarget => {
+                let args: Vec<&[u8]> = split_args(payload).collect();
+                if args.len() != 2 {
+                    return Err(XsErrno::EINVAL);
+                }
+                let domid = parse_domid(args[0])?;
+                let target = parse_domid(args[1])?;
+                if !self.domains.contains_key(&target) && target != self.config.priv_domid {
+                    return Err(XsErrno::ENOENT);
+                }
+                let dom = self.domains.get_mut(&domid).ok_or(XsErrno::ENOENT)?;
+                dom.target = Some(target);
+                ok()
+            }
+            MsgType::GetFeature => {
+                let args: Vec<&[u8]> = split_args(payload).filter(|a| !a.is_empty()).collect();
+                let value = match args.as_slice() {
+                    [] => SERVER_FEATURES,
+                    [d] => {
+                        self.domains
+                            .get(&parse_domid(d)?)
+                            .ok_or(XsErrno::ENOENT)?
+                            .features
+                    }
+                    _ => return Err(XsErrno::EINVAL),
+                };
+                let mut out = value.to_string().into_bytes();
+                out.push(0);
+                Ok(Some(out))
+            }
+            MsgType::SetFeature => {
+                let args: Vec<&[u8]> = split_args(payload).collect();
+                if args.len() != 2 {
+                    return Err(XsErrno::EINVAL);
+                }
+                let domid = parse_domid(args[0])?;
+                let value: u32 = parse_num(args[1])?;
+                if value & !SERVER_FEATURES != 0 {
+                    return Err(XsErrno::EINVAL);
+                }
+                self.domains
+                    .get_mut(&domid)
+                    .ok_or(XsErrno::ENOENT)?
+                    .features = value;
+                ok()
+            }
+            MsgType::GetQuota => self.get_quota(payload).map(Some),
+            MsgType::SetQuota => {
+                self.set_quota(payload)?;
+                ok()
+            }
+            MsgType::Control => self.control(conn, payload).map(Some),
+            _ => Err(XsErrno::ENOSYS),
+        }
+    }
+
+    fn watch(
+        &mut self,
+        conn: ConnId,
+        kind: ConnKind,
+        who: Who,
+        payload: &[u8],
+    ) -> Result<(), XsErrno> {
+        let args: Vec<&[u8]> = split_args(payload).collect();
+        if args.len() < 2 || args.len() > 3 {
+            return Err(XsErrno::EINVAL);
+        }
+        let depth = match args.get(2) {
+            Some(d) if !d.is_empty() => Some(parse_num::<u32>(d)?),
+            _ => None,
+        };
+        let home = Self::home(kind);
+        let ctx = Ctx {
+            who,
+            limits: self.limits(&who),
+            home: home.as_deref(),
+        };
+        let abs = canonical(&ctx, args[0], true)?;
+        let path = text(args[0])?;
+        let token = text(args[1])?;
+        if !who.privileged {
+            let limit = self.limit(who.domid, QuotaKind::Watches);
+            if !within(limit, self.watches.count(conn) as u64 + 1) {
+                return Err(XsErrno::ENOSPC);
+            }
+        }
+        let relative_prefix = if path.starts_with('/') || path.starts_with('@') {
+            None
+        } else {
+            home.map(|h| format!("{h}/"))
+        };
+        let added = self.watches.add(Watch {
+            conn,
+            path,
+            abs,
+            token,
+            depth,
+            relative_prefix,
+        });
+        if added {
+            Ok(())
+        } else {
+            Err(XsErrno::EEXIST)
+        }
+    }
+
+    /// "When a watch is first set up it is triggered once straight away,
+    /// with <path> equal to <wpath>" (after the reply).
+    fn initial_watch_event(&mut self, conn: ConnId, payload: &[u8]) {
+        let mut args = split_args(payload);
+        let (Some(path), Some(token)) = (args.next(), args.next()) else {
+            return;
+        };
+        let msg = build_args(&[path, token]);
+        let event = Message {
+            header: Header::new(
+                MsgType::WatchEvent,
+                0,
+                0,
+                u32::try_from(msg.len()).unwrap_or(0),
+            ),
+            payload: msg,
+        };
+        self.queue(conn, event, true);
+    }
+
+    fn send_event(&mut self, conn: ConnId, path: &str, token: &str) {
+        let payload = build_args(&[path.as_bytes(), token.as_bytes()]);
+        let msg = Message {
+            header: Header::new(
+                MsgType::WatchEvent,
+                0,
+                0,
+                u32::try_from(payload.len()).unwrap_or(0),
+            ),
+            payload,
+        };
+        self.queue(conn, msg, true);
+    }
+
+    fn may_see(&self, conn: ConnId, perms: &[Arc<[Perm]>]) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let who = self.who(c);
+        perms.iter().any(|p| access(&who, p).read)
+    }
+
+    /// Fires the watches an event concerns.
+    fn fire(&mut self, event: &Event) {
+        let mut deliveries: Vec<(ConnId, String, String)> = Vec::new();
+        for w in self.watches.matching(&event.path) {
+            if self.may_see(w.conn, &event.perms) {
+                deliveries.push((w.conn, w.event_path(&event.path), w.token.clone()));
+            }
+        }
+        if !event.removed.is_empty() {
+            let removed: BTreeMap<&str, &Arc<[Perm]>> = event
+                .removed
+                .iter()
+                .map(|(p, perms)| (p.as_str(), perms))
+                .collect();
+            for w in self.watches.below(&event.path) {
+                let perms = removed
+                    .get(w.abs.as_str())
+                    .map_or_else(|| event.perms.clone(), |p| vec![Arc::clone(p)]);
+                if self.may_see(w.conn, &perms) {
+                    deliveries.push((w.conn, w.path.clone(), w.token.clone()));
+                }
+            }
+        }
+        for (conn, path, token) in deliveries {
+            self.send_event(conn, &path, &token);
+        }
+    }
+
+    /// `@introduceDomain` / `@releaseDomain` for `domid`.
+    fn fire_special(&mut self, base: &str, domid: DomId) {
+        let specific = format!("{base}/{domid}");
+        let mut deliveries = Vec::new();
+        for w in self.watches.matching(base) {
+            let path = if w.depth.is_some_and(|d| d >= 1) {
+                specific.clone()
+            } else {
+                base.to_string()
+            };
+            deliveries.push((w.conn, path, w.token.clone()));
+        }
+        for w in self.watches.matching(&specific) {
+            deliveries.push((w.conn, specific.clone(), w.token.clone()));
+        }
+        for (conn, path, token) in deliveries {
+            let allowed = match self.conns.get(&conn) {
+                Some(c) => {
+                    let who = self.who(c);
+                    who.privileged
+                        || who.domid == domid
+                        || who.target == Some(domid)
+                        || ops::special_readable(&self.store, &who, base)
+                }
+                None => false,
+            };
+            if allowed {
+                self.send_event(conn, &path, &token);
+            }
+        }
+    }
+
+    fn commit(&mut self, kind: ConnKind, who: Who, tx: Transaction) -> Result<(), XsErrno> {
+        if self.store.version() == tx.base_version {
+            self.store = tx.store;
+            for e in &tx.events {
+                self.fire(e);
+            }
+            return Ok(());
+        }
+        // The store moved on: re-run the transaction's requests on the
+        // current store and commit only if every reply is the one the client
+        // already received (what oxenstored does; C xenstored fails whenever
+        // anything it touched changed, even a shared parent's child list).
+        let mut scratch = self.store.clone();
+        let home = Self::home(kind);
+        let ctx = Ctx {
+            who,
+            limits: self.limits(&who),
+            home: home.as_deref(),
+        };
+        let mut events = Vec::new();
+        for (ty, payload, answered) in &tx.ops {
+            let again = ops::exec(&mut scratch, &ctx, *ty, payload, &mut events);
+            if &again != answered {
+                return Err(XsErrno::EAGAIN);
+            }
+        }
+        self.store = scratch;
+        for e in &events {
+            self.fire(e);
+        }
+        Ok(())
+    }
+
+    fn introduce(
+        &mut self,
+        conn: ConnId,
+        hdr: &Header,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, XsErrno> {
+        let args: Vec<&[u8]> = split_args(payload).collect();
+        if args.len() < 3 {
+            return Err(XsErrno::EINVAL);
+        }
+        let domid = parse_domid(args[0])?;
+        // "<mfn> must be a machine page in that domain represented in
+        // signed decimal (!)".
+        let mfn = std::str::from_utf8(args[1])
+            .ok()
+            .and_then(|s| {
+                s.parse::<i64>()
+                    .ok()
+                    .map(|v| v as u64)
+                    .or_else(|| s.parse::<u64>().ok())
+            })
+            .ok_or(XsErrno::EINVAL)?;
+        let port: u32 = parse_num(args[2])?;
+        if let Some(dom) = self.domains.get(&domid) {
+            return if dom.mfn == mfn && dom.port == port {
+                Ok(Some(b"OK\0".to_vec()))
+            } else {
+                Err(XsErrno::EEXIST)
+            };
+        }
+        if self.pending_introduce.values().any(|p| p.2 == domid) {
+            return Err(XsErrno::EBUSY);
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.pending_introduce
+            .insert(token, (conn, *hdr, domid, mfn, port));
+        self.actions.push(Action::Introduce {
+            token,
+            domid,
+            mfn,
+            port,
+        });
+        Ok(None)
+    }
+
+    fn introduced(&mut self, token: u64, result: Result<ConnId, XsErrno>) {
+        let Some((conn, hdr, domid, mfn, port)) = self.pending_introduce.remove(&token) else {
+            return;
+        };
+        match result {
+            Ok(ring) => {
+                self.handle(Input::Connect {
+                    conn: ring,
+                    kind: ConnKind::Domain(domid),
+                });
+                self.domains.insert(
+                    domid,
+                    Domain {
+                        conn: ring,
+                        mfn,
+                        port,
+                        shutdown_seen: false,
+                        target: None,
+                        features: 0,
+                    },
+                );
+                self.queue(
+                    conn,
+                    reply(&hdr, MsgType::Introduce, b"OK\0".to_vec()),
+                    false,
+                );
+                self.fire_special("@introduceDomain", domid);
+            }
+            Err(e) => self.reply_err(conn, &hdr, e),
+        }
+    }
+
+    fn release(&mut self, domid: DomId, ring: ConnId) {
+        self.domains.remove(&domid);
+        self.forget_conn(ring);
+        self.actions.push(Action::Release { conn: ring, domid });
+        self.fire_special("@releaseDomain", domid);
+    }
+
+    fn domain_state(&mut self, domid: DomId, shutdown: bool, dying: bool) {
+        if dying {
+            if let Some(dom) = self.domains.get(&domid) {
+                let ring = dom.conn;
+                self.release(domid, ring);
+            }
+            // The domain's home goes, and entries naming it stop applying.
+            let home = format!("/local/domain/{domid}");
+            if let Some(node) = self.store.get(&home) {
+                let perms = Arc::clone(&node.perms);
+                let removed = self.store.remove_tree(&home);
+                let event = Event {
+                    path: home,
+                    perms: vec![perms],
+                    removed: removed
+                        .into_iter()
+                        .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
+                        .collect(),
+                };
+                self.fire(&event);
+            }
+            self.store.forget_domain(domid, self.config.priv_domid);
+            self.domain_quotas.remove(&domid);
+        } else if shutdown {
+            let fire = match self.domains.get_mut(&domid) {
+                Some(dom) if !dom.shutdown_seen => {
+                    dom.shutdown_seen = true;
+                    true
+                }
+                _ => false,
+            };
+            if fire {
+                self.fire_special("@releaseDomain", domid);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Time) {
+        self.now = now;
+        let timeout = self.config.watch_event_timeout_ms;
+        if timeout == 0 {
+            return;
+        }
+        let unprivileged: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !self.who(c).privileged)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in unprivileged {
+            if let Some(c) = self.conns.get_mut(&id) {
+                let before = c.out.len();
+                c.out
+                    .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
+                if c.out.len() != before {
+                    c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
+                }
+            }
+        }
+    }
+
+    fn quota_args(&self, payload: &[u8]) -> Result<(Option<DomId>, Vec<String>), XsErrno> {
+        let args: Vec<String> = split_args(payload)
+            .filter(|a| !a.is_empty())
+            .map(text)
+            .collect::<Result<_, _>>()?;
+        Ok((None, args))
+    }
+
+    fn get_quota(&self, payload: &[u8]) -> Result<Vec<u8>, XsErrno> {
+        let (_, args) = self.quota_args(payload)?;
+        let text = match args.as_slice() {
+            [] => QuotaKind::ALL
+                .iter()
+                .map(|q| q.name())
+                .collect::<Vec<_>>()
+                .join(" "),
+            [name] => {
+                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
+                self.config.quotas.hard(q).to_string()
+            }
+            [domid, name] => {
+                let d = parse_domid(domid.as_bytes())?;
+                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
+                self.limit(d, q).to_string()
+            }
+            _ => return Err(XsErrno::EINVAL),
+        };
+        let mut out = text.into_bytes();
+        out.push(0);
+        Ok(out)
+    }
+
+    fn set_quota(&mut self, payload: &[u8]) -> Result<(), XsErrno> {
+        let (_, args) = self.quota_args(payload)?;
+        match args.as_slice() {
+            [name, value] => {
+                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
+                let v: u64 = value.parse().map_err(|_| XsErrno::EINVAL)?;
+                self.config.quotas.set_hard(q, v);
+            }
+            [domid, name, value] => {
+                let d = parse_domid(domid.as_bytes())?;
+                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
+                let v: u64 = value.parse().map_err(|_| XsErrno::EINVAL)?;
+                self.domain_quotas.entry(d).or_default().hard.insert(q, v);
+            }
+            _ => return Err(XsErrno::EINVAL),
+        }
+        Ok(())
+    }
+
+    fn control(&mut self, conn: ConnId, payload: &[u8]) -> Result<Vec<u8>, XsErrno> {
+        let args: Vec<String> = split_args(payload).map(text).collect::<Result<_, _>>()?;
+        let Some(cmd) = args.first() else {
+            return Err(XsErrno::EINVAL);
+        };
+        let out = match cmd.as_str() {
+            "help" => CONTROL_COMMANDS
+                .iter()
+                .map(|(name, help)| format!("{name:<16}{help}\n"))
+                .collect::<String>(),
+            "check" => {
+                let problems = self.check();
+                if problems.is_empty() {
+                    "OK\n".to_string()
+                } else {
+                    problems.join("\n") + "\n"
+                }
+            }
+            "quota" | "quota-soft" => self.control_quota(cmd == "quota-soft", &args[1..])?,
+            "print" => {
+                self.actions.push(Action::Log(args[1..].join(" ")));
+                "OK\n".to_string()
+            }
+            "memreport" => {
+                let mut s = format!(
+                    "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
+                    self.store.len(),
+                    self.watches.len(),
+                    self.conns.len(),
+                    self.domains.len()
+                );
+                for (d, a) in self.store.accounts() {
+                    s.push_str(&format!(
+                        "domain {d}: {} nodes, {} bytes\n",
+                        a.nodes, a.memory
+                    ));
+                }
+                s
+            }
+            "log" | "logfile" | "live-update" => {
+                self.actions.push(Action::Control {
+                    conn,
+                    args: args.clone(),
+                });
+                "OK\n".to_string()
+            }
+            _ => return Err(XsErrno::EINVAL),
+        };
+        let mut out = out.into_bytes();
+        out.push(0);
+        Ok(out)
+    }
+
+    fn control_quota(&mut self, soft: bool, args: &[String]) -> Result<String, XsErrno> {
+        match args {
+            [] => Ok(QuotaKind::ALL
+                .iter()
+                .map(|&q| {
+                    let v = if soft {
+                        self.config.quotas.soft(q)
+                    } else {
+                        self.config.quotas.hard(q)
+                    };
+                    format!("{:<18}{}\n", q.name(), v)
+                })
+                .collect()),
+            [name, value] => {
+                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
+                let v: u64 = value.parse().map_err(|_| XsErrno::EINVAL)?;
+                if soft {
+                    self.config.quotas.set_soft(q, v);
+                } else {
+                    self.config.quotas.set_hard(q, v);
+                }
+                Ok("OK\n".to_string())
+            }
+            _ => Err(XsErrno::EINVAL),
+        }
+    }
+
+    /// Full consistency walk: the tree, its accounting, watches and
+    /// connections. Empty when all is well.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = self.store.check();
+        for w in self.watches.all() {
+            if !self.conns.contains_key(&w.conn) {
+                problems.push(format!(
+                    "watch {} {} of unknown connection {}",
+                    w.path, w.token, w.conn
+                ));
+            }
+        }
+        for (d, dom) in &self.domains {
+            if !self.conns.contains_key(&dom.conn) {
+                problems.push(format!("domain {d}: ring connection {} unknown", dom.conn));
+            }
+        }
+        problems
+    }
+}
+
+/// XS_CONTROL commands and their help lines.
+pub const CONTROL_COMMANDS: &[(&str, &str)] = &[
+    ("check", "check the store's consistency and accounting"),
+    ("help", "list the commands"),
+    (
+        "live-update",
+        "replace the daemon with a new binary (see the README)",
+    ),
+    ("log", "on|off: switch the access log"),
+    ("logfile", "<file>: write the log to <file>"),
+    ("memreport", "report what the store holds"),
+    ("print", "<string>: write <string> to the log"),
+    ("quota", "[<name> <value>]: show or set a hard quota"),
+    ("quota-soft", "[<name> <value>]: show or set a soft quota"),
+];

@@ -1,0 +1,361 @@
+//! The requests that read or change the tree (READ, WRITE, MKDIR, RM,
+//! DIRECTORY, DIRECTORY_PART, GET_PERMS, SET_PERMS): pure functions of a
+//! store, a caller and a payload, so that a transaction can run them on its
+//! snapshot and re-run them on the current store at commit.
+
+use std::sync::Arc;
+
+use xenring::codec::{split_args, split_first_arg};
+use xenring::path::{validate_path, PathKind};
+use xenring::perms::{format_perm_list, parse_perm_list};
+use xenring::{MsgType, Perm, XsErrno};
+
+use super::perms::{access, Who};
+use super::quota::within;
+use super::store::{parent, Node, Store};
+
+/// A change that fires watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The canonical path that changed.
+    pub path: String,
+    /// Permission sets under which a watcher may learn of it (any one
+    /// granting read suffices: the old and new ACL for SET_PERMS).
+    pub perms: Vec<Arc<[Perm]>>,
+    /// The node was removed with its subtree: watches below fire too.
+    pub removed: Vec<(String, Arc<[Perm]>)>,
+}
+
+/// Limits that apply to the caller (all 0 = unlimited for privileged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Nodes the caller's domain may own.
+    pub nodes: u64,
+    /// Bytes the caller's domain may use.
+    pub memory: u64,
+    /// Permission entries per node.
+    pub node_permissions: u64,
+    /// Path length below the domain's home.
+    pub path_max: u64,
+    /// Bytes per value.
+    pub node_size: u64,
+}
+
+/// Context of one store operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The caller.
+    pub who: Who,
+    /// Its limits.
+    pub limits: Limits,
+    /// `/local/domain/<domid>` for domain callers (relative paths).
+    pub home: Option<&'a str>,
+}
+
+/// The result of a store operation: the reply payload, or an error.
+pub type OpResult = Result<Vec<u8>, XsErrno>;
+
+/// Turns a path argument into a canonical path (relative paths are allowed
+/// for domain callers only; `@` paths only where `special` is allowed).
+pub fn canonical(ctx: &Ctx<'_>, raw: &[u8], special: bool) -> Result<String, XsErrno> {
+    let kind = validate_path(raw).map_err(|_| XsErrno::EINVAL)?;
+    // Validated paths are ASCII.
+    let text = std::str::from_utf8(raw).map_err(|_| XsErrno::EINVAL)?;
+    let path = match kind {
+        PathKind::Absolute => text.to_string(),
+        PathKind::Special if special => text.to_string(),
+        PathKind::Special => return Err(XsErrno::EINVAL),
+        PathKind::Relative => match ctx.home {
+            Some(home) => format!("{home}/{text}"),
+            None => return Err(XsErrno::EINVAL),
+        },
+    };
+    if !ctx.who.privileged && path.len() > xenring::wire::ABS_PATH_MAX {
+        return Err(XsErrno::EINVAL);
+    }
+    if !ctx.who.privileged && ctx.limits.path_max > 0 {
+        let below = match ctx.home {
+            Some(home) if path.starts_with(home) => path.len() - home.len(),
+            _ => path.len(),
+        };
+        if below as u64 > ctx.limits.path_max {
+            return Err(XsErrno::ENOSPC);
+        }
+    }
+    Ok(path)
+}
+
+/// One NUL-terminated argument and nothing else (C's `onearg`).
+pub fn one_arg(payload: &[u8]) -> Result<&[u8], XsErrno> {
+    match payload.split_last() {
+        Some((0, body)) if !body.contains(&0) => Ok(body),
+        _ => Err(XsErrno::EINVAL),
+    }
+}
+
+/// Looks a node up for reading: `EACCES` if it exists but is unreadable, and
+/// also if it does not exist but its nearest existing ancestor is unreadable
+/// (so that existence is not revealed); else `ENOENT`.
+pub fn readable<'s>(store: &'s Store, who: &Who, path: &str) -> Result<&'s Arc<Node>, XsErrno> {
+    match store.get(path) {
+        Some(node) if access(who, &node.perms).read => Ok(node),
+        Some(_) => Err(XsErrno::EACCES),
+        None => Err(missing(store, who, path)),
+    }
+}
+
+fn missing(store: &Store, who: &Who, path: &str) -> XsErrno {
+    let mut at = parent(path);
+    while let Some(p) = at {
+        if let Some(node) = store.get(p) {
+            return if access(who, &node.perms).read {
+                XsErrno::ENOENT
+            } else {
+                XsErrno::EACCES
+            };
+        }
+        at = parent(p);
+    }
+    XsErrno::ENOENT
+}
+
+/// Runs one store request. `Err(None)` is never returned: every failure
+/// is an xs_wire error.
+pub fn exec(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    ty: MsgType,
+    payload: &[u8],
+    events: &mut Vec<Event>,
+) -> OpResult {
+    match ty {
+        MsgType::Read => {
+            let path = canonical(ctx, one_arg(payload)?, false)?;
+            Ok(readable(store, &ctx.who, &path)?.value.to_vec())
+        }
+        MsgType::Directory => {
+            let path = canonical(ctx, one_arg(payload)?, false)?;
+            Ok(readable(store, &ctx.who, &path)?.children_payload())
+        }
+        MsgType::DirectoryPart => directory_part(store, ctx, payload),
+        MsgType::GetPerms => {
+            let path = canonical(ctx, one_arg(payload)?, true)?;
+            Ok(format_perm_list(&readable(store, &ctx.who, &path)?.perms))
+        }
+        MsgType::Write => {
+            let (raw, value) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
+            let path = canonical(ctx, raw, false)?;
+            write(store, ctx, &path, value, true, events)
+        }
+        MsgType::Mkdir => {
+            let path = canonical(ctx, one_arg(payload)?, false)?;
+            write(store, ctx, &path, b"", false, events)
+        }
+        MsgType::Rm => rm(store, ctx, payload, events),
+        MsgType::SetPerms => set_perms(store, ctx, payload, events),
+        _ => Err(XsErrno::EINVAL),
+    }
+}
+
+fn ok() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+fn check_value(ctx: &Ctx<'_>, value: &[u8]) -> Result<(), XsErrno> {
+    if !ctx.who.privileged && !within(ctx.limits.node_size, value.len() as u64) {
+        return Err(XsErrno::ENOSPC);
+    }
+    Ok(())
+}
+
+/// WRITE (`overwrite`) and MKDIR (not): creates missing parents.
+fn write(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    path: &str,
+    value: &[u8],
+    overwrite: bool,
+    events: &mut Vec<Event>,
+) -> OpResult {
+    if let Some(node) = store.get(path) {
+        if !access(&ctx.who, &node.perms).write {
+            return Err(XsErrno::EACCES);
+        }
+        if !overwrite {
+            return Ok(ok());
+        }
+        check_value(ctx, value)?;
+        let perms = Arc::clone(&node.perms);
+        let old_cost = Node::cost(path, &node.value, &node.perms);
+        let new_cost = Node::cost(path, value, &perms);
+        if !ctx.who.privileged && new_cost > old_cost {
+            let acct = store.account(node.owner());
+            if !within(ctx.limits.memory, acct.memory + new_cost - old_cost) {
+                return Err(XsErrno::ENOSPC);
+            }
+        }
+        store.put_node(Arc::from(path), Arc::from(value), Arc::clone(&perms));
+        events.push(Event {
+            path: path.to_string(),
+            perms: vec![perms],
+            removed: Vec::new(),
+        });
+        return Ok(ok());
+    }
+    // Find the nearest existing ancestor; the caller must be able to write it.
+    let mut missing = vec![path];
+    let mut at = parent(path);
+    let base = loop {
+        match at {
+            Some(p) => match store.get(p) {
+                Some(node) => break Arc::clone(node),
+                None => {
+                    missing.push(p);
+                    at = parent(p);
+                }
+            },
+            None => return Err(XsErrno::ENOENT),
+        }
+    };
+    if !access(&ctx.who, &base.perms).write {
+        return Err(XsErrno::EACCES);
+    }
+    check_value(ctx, value)?;
+    let mut perms: Vec<Perm> = base.perms.to_vec();
+    if let Some(owner) = perms.first_mut() {
+        owner.domid = ctx.who.domid;
+    }
+    let perms: Arc<[Perm]> = Arc::from(perms);
+    if !ctx.who.privileged {
+        let acct = store.account(ctx.who.domid);
+        if !within(
+            ctx.limits.nodes,
+            u64::from(acct.nodes) + missing.len() as u64,
+        ) {
+            return Err(XsErrno::ENOSPC);
+        }
+        if !within(ctx.limits.node_permissions, perms.len() as u64) {
+            return Err(XsErrno::ENOSPC);
+        }
+        let cost: u64 = missing
+            .iter()
+            .map(|p| Node::cost(p, if *p == path { value } else { b"" }, &perms))
+            .sum();
+        if !within(ctx.limits.memory, acct.memory + cost) {
+            return Err(XsErrno::ENOSPC);
+        }
+    }
+    for p in missing.iter().rev() {
+        let v: &[u8] = if *p == path { value } else { b"" };
+        store.put_node(Arc::from(*p), Arc::from(v), Arc::clone(&perms));
+    }
+    events.push(Event {
+        path: path.to_string(),
+        perms: vec![perms],
+        removed: Vec::new(),
+    });
+    Ok(ok())
+}
+
+fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Event>) -> OpResult {
+    let path = canonical(ctx, one_arg(payload)?, false)?;
+    if path == "/" {
+        return Err(XsErrno::EINVAL);
+    }
+    let Some(node) = store.get(&path) else {
+        // Not an error if the node is missing, but it is if its parent is.
+        let p = parent(&path).ok_or(XsErrno::EINVAL)?;
+        return match store.get(p) {
+            Some(pn) if access(&ctx.who, &pn.perms).read => Ok(ok()),
+            Some(_) => Err(XsErrno::EACCES),
+            None => Err(missing(store, &ctx.who, &path)),
+        };
+    };
+    if !access(&ctx.who, &node.perms).write {
+        return Err(XsErrno::EACCES);
+    }
+    let perms = Arc::clone(&node.perms);
+    let removed = store.remove_tree(&path);
+    events.push(Event {
+        path: path.clone(),
+        perms: vec![perms],
+        removed: removed
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
+            .collect(),
+    });
+    Ok(ok())
+}
+
+fn set_perms(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    events: &mut Vec<Event>,
+) -> OpResult {
+    let (raw, list) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
+    let path = canonical(ctx, raw, true)?;
+    let perms = parse_perm_list(list).map_err(|_| XsErrno::EINVAL)?;
+    let node = readable(store, &ctx.who, &path).or_else(|e| match store.get(&path) {
+        Some(n) => Ok(n),
+        None => Err(e),
+    })?;
+    if !access(&ctx.who, &node.perms).owner {
+        return Err(XsErrno::EACCES);
+    }
+    if !ctx.who.privileged {
+        if perms[0].domid != node.owner() {
+            return Err(XsErrno::EPERM);
+        }
+        if !within(ctx.limits.node_permissions, perms.len() as u64) {
+            return Err(XsErrno::ENOSPC);
+        }
+    }
+    let old = Arc::clone(&node.perms);
+    let value = Arc::clone(&node.value);
+    let new: Arc<[Perm]> = Arc::from(perms);
+    store.put_node(Arc::from(path.as_str()), value, Arc::clone(&new));
+    events.push(Event {
+        path,
+        perms: vec![old, new],
+        removed: Vec::new(),
+    });
+    Ok(ok())
+}
+
+fn directory_part(store: &Store, ctx: &Ctx<'_>, payload: &[u8]) -> OpResult {
+    let args: Vec<&[u8]> = split_args(payload).collect();
+    if args.len() != 2 || payload.last() != Some(&0) {
+        return Err(XsErrno::EINVAL);
+    }
+    let path = canonical(ctx, args[0], false)?;
+    let offset: usize = std::str::from_utf8(args[1])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(XsErrno::EINVAL)?;
+    let node = readable(store, &ctx.who, &path)?;
+    let list = node.children_payload();
+    let mut out = node.generation.to_string().into_bytes();
+    out.push(0);
+    if offset >= list.len() {
+        out.push(0);
+        return Ok(out);
+    }
+    let max = xenring::wire::PAYLOAD_MAX - out.len() - 1;
+    let mut len = 0;
+    for name in list[offset..].split_inclusive(|&b| b == 0) {
+        if len + name.len() > max {
+            break;
+        }
+        len += name.len();
+    }
+    out.extend_from_slice(&list[offset..offset + len]);
+    out.push(0);
+    Ok(out)
+}
+
+/// Whether the caller may read a special (`@`) node's events.
+pub fn special_readable(store: &Store, who: &Who, path: &str) -> bool {
+    let base = path.split('/').next().unwrap_or(path);
+    store.get(base).is_some_and(|n| access(who, &n.perms).read)
+}

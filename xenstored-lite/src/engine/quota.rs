@@ -1,0 +1,159 @@
+//! Quotas, with C xenstored's names and defaults. A value of 0 means
+//! unlimited; the privileged domain is exempt from all of them.
+
+use std::collections::BTreeMap;
+
+use xenring::DomId;
+
+/// One quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QuotaKind {
+    /// Nodes a domain may own (`-E`).
+    Nodes,
+    /// Watches per connection (`-W`).
+    Watches,
+    /// Outstanding requests per connection (replies not yet taken).
+    Outstanding,
+    /// Bytes a domain's nodes may use (`-M` in bytes here; soft limit logs).
+    Memory,
+    /// Open transactions per connection (`-t`).
+    Transactions,
+    /// Nodes one transaction may touch.
+    TransactionNodes,
+    /// Permission entries per node (`-A`).
+    NodePermissions,
+    /// Length of a path below the domain's home (`-M`).
+    PathMax,
+    /// Bytes in one node's value (`-S`).
+    NodeSize,
+}
+
+impl QuotaKind {
+    /// All, in the order `GET_QUOTA` lists them.
+    pub const ALL: [QuotaKind; 9] = [
+        QuotaKind::Nodes,
+        QuotaKind::Watches,
+        QuotaKind::Outstanding,
+        QuotaKind::Memory,
+        QuotaKind::Transactions,
+        QuotaKind::TransactionNodes,
+        QuotaKind::NodePermissions,
+        QuotaKind::PathMax,
+        QuotaKind::NodeSize,
+    ];
+
+    /// The name C xenstored uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            QuotaKind::Nodes => "nodes",
+            QuotaKind::Watches => "watches",
+            QuotaKind::Outstanding => "outstanding",
+            QuotaKind::Memory => "memory",
+            QuotaKind::Transactions => "transactions",
+            QuotaKind::TransactionNodes => "transaction-nodes",
+            QuotaKind::NodePermissions => "node-permissions",
+            QuotaKind::PathMax => "path-max",
+            QuotaKind::NodeSize => "node-size",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.name() == name)
+    }
+
+    /// C xenstored's default hard limit.
+    pub const fn default_hard(self) -> u64 {
+        match self {
+            QuotaKind::Nodes => 1000,
+            QuotaKind::Watches => 128,
+            QuotaKind::Outstanding => 20,
+            QuotaKind::Memory => 2_621_440,
+            QuotaKind::Transactions => 10,
+            QuotaKind::TransactionNodes => 1024,
+            QuotaKind::NodePermissions => 5,
+            QuotaKind::PathMax => 2048,
+            QuotaKind::NodeSize => 2048,
+        }
+    }
+
+    /// Default soft limit (only memory has one).
+    pub const fn default_soft(self) -> u64 {
+        match self {
+            QuotaKind::Memory => 2_097_152,
+            _ => 0,
+        }
+    }
+}
+
+/// Hard and soft limits for every quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quotas {
+    hard: BTreeMap<QuotaKind, u64>,
+    soft: BTreeMap<QuotaKind, u64>,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            hard: QuotaKind::ALL
+                .iter()
+                .map(|&q| (q, q.default_hard()))
+                .collect(),
+            soft: QuotaKind::ALL
+                .iter()
+                .map(|&q| (q, q.default_soft()))
+                .collect(),
+        }
+    }
+}
+
+impl Quotas {
+    /// The hard limit (0: unlimited).
+    pub fn hard(&self, q: QuotaKind) -> u64 {
+        self.hard.get(&q).copied().unwrap_or(0)
+    }
+
+    /// The soft limit (0: none).
+    pub fn soft(&self, q: QuotaKind) -> u64 {
+        self.soft.get(&q).copied().unwrap_or(0)
+    }
+
+    /// Sets the hard limit.
+    pub fn set_hard(&mut self, q: QuotaKind, value: u64) {
+        self.hard.insert(q, value);
+    }
+
+    /// Sets the soft limit.
+    pub fn set_soft(&mut self, q: QuotaKind, value: u64) {
+        self.soft.insert(q, value);
+    }
+
+    /// Whether `used` is within the hard limit.
+    pub fn allows(&self, q: QuotaKind, used: u64) -> bool {
+        let limit = self.hard(q);
+        limit == 0 || used <= limit
+    }
+}
+
+/// Per-domain overrides on top of the global quotas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainQuotas {
+    /// Overridden hard limits.
+    pub hard: BTreeMap<QuotaKind, u64>,
+}
+
+/// The effective hard limit for a domain.
+pub fn effective(global: &Quotas, domain: Option<&DomainQuotas>, q: QuotaKind) -> u64 {
+    domain
+        .and_then(|d| d.hard.get(&q).copied())
+        .unwrap_or_else(|| global.hard(q))
+}
+
+/// Whether `used` fits a limit (0: unlimited).
+pub fn within(limit: u64, used: u64) -> bool {
+    limit == 0 || used <= limit
+}
+
+/// A domain id for quota tables.
+pub type QuotaDomain = DomId;

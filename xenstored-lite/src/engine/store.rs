@@ -1,0 +1,411 @@
+//! The store: nodes in a persistent map, so that a transaction's snapshot is
+//! a constant-time clone (oxenstored's idea) and a commit is a swap.
+//!
+//! Nodes are kept by canonical path; each node lists its children's leaf
+//! names in a persistent ordered set (so `DIRECTORY` is ordered, and no hash
+//! order ever reaches an output). Per-domain accounting (nodes owned, bytes
+//! used) lives in the store too, so that it moves with snapshots and commits.
+
+use std::sync::Arc;
+
+use imbl::{HashMap, OrdSet};
+use xenring::{DomId, Perm};
+
+/// A canonical path (absolute, or a special `@` path).
+pub type Path = Arc<str>;
+
+/// One node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The value.
+    pub value: Arc<[u8]>,
+    /// Owner entry first (its kind is the default access), then per-domain
+    /// entries.
+    pub perms: Arc<[Perm]>,
+    /// Leaf names of the children, ordered.
+    pub children: OrdSet<Arc<str>>,
+    /// Changes whenever the node (value, permissions or child list) changes.
+    pub generation: u64,
+}
+
+impl Node {
+    /// The owning domain.
+    pub fn owner(&self) -> DomId {
+        self.perms.first().map_or(0, |p| p.domid)
+    }
+
+    /// Bytes this node is charged for (path, value, permissions).
+    pub fn cost(path: &str, value: &[u8], perms: &[Perm]) -> u64 {
+        (path.len() + value.len() + perms.len() * 8 + 32) as u64
+    }
+
+    /// The `DIRECTORY` payload: each child's name NUL-terminated.
+    pub fn children_payload(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for child in &self.children {
+            out.extend_from_slice(child.as_bytes());
+            out.push(0);
+        }
+        out
+    }
+}
+
+/// What a domain owns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Account {
+    /// Nodes owned.
+    pub nodes: u32,
+    /// Bytes charged.
+    pub memory: u64,
+}
+
+/// The whole tree.
+#[derive(Debug, Clone)]
+pub struct Store {
+    nodes: HashMap<Path, Arc<Node>>,
+    accounts: HashMap<DomId, Account>,
+    next_generation: u64,
+    /// Bumped by every modification: a transaction whose base version is
+    /// still current commits by swapping its copy in.
+    version: u64,
+}
+
+/// The parent of a canonical absolute path (`None` for `/` and `@` paths).
+pub fn parent(path: &str) -> Option<&str> {
+    if path == "/" || path.starts_with('@') {
+        return None;
+    }
+    match path.rfind('/') {
+        Some(0) => Some("/"),
+        Some(i) => Some(&path[..i]),
+        None => None,
+    }
+}
+
+/// The leaf name of a canonical absolute path.
+pub fn basename(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    }
+}
+
+/// `parent/child`.
+pub fn join(parent: &str, child: &str) -> String {
+    if parent == "/" {
+        format!("/{child}")
+    } else {
+        format!("{parent}/{child}")
+    }
+}
+
+/// Whether `path` is `ancestor` or below it.
+pub fn is_child_of(path: &str, ancestor: &str) -> bool {
+    ancestor == "/"
+        || path == ancestor
+        || (path.len() > ancestor.len()
+            && path.starts_with(ancestor)
+            && path.as_bytes()[ancestor.len()] == b'/')
+}
+
+/// Number of components below `ancestor` (`path` must be a child of it).
+pub fn depth_below(path: &str, ancestor: &str) -> usize {
+    if path == ancestor {
+        return 0;
+    }
+    let rest = if ancestor == "/" {
+        &path[1..]
+    } else {
+        &path[ancestor.len() + 1..]
+    };
+    rest.split('/').count()
+}
+
+impl Store {
+    /// A store holding only `/` (owned by `owner`, no access for others)
+    /// and the special nodes.
+    pub fn new(owner: DomId) -> Self {
+        let mut store = Self {
+            nodes: HashMap::new(),
+            accounts: HashMap::new(),
+            next_generation: 1,
+            version: 0,
+        };
+        let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, owner)]);
+        for path in ["/", "@introduceDomain", "@releaseDomain"] {
+            store.put_node(Arc::from(path), Arc::from(&b""[..]), Arc::clone(&perms));
+        }
+        store
+    }
+
+    /// The modification counter.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A node.
+    pub fn get(&self, path: &str) -> Option<&Arc<Node>> {
+        self.nodes.get(path)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only nothing is stored (never: `/` always exists).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A domain's account.
+    pub fn account(&self, domid: DomId) -> Account {
+        self.accounts.get(&domid).copied().unwrap_or_default()
+    }
+
+    /// All accounts, ordered by domid.
+    pub fn accounts(&self) -> Vec<(DomId, Account)> {
+        let mut v: Vec<_> = self.accounts.iter().map(|(&d, &a)| (d, a)).collect();
+        v.sort_by_key(|(d, _)| *d);
+        v
+    }
+
+    fn charge(&mut self, owner: DomId, nodes: i64, memory: i64) {
+        let mut acct = self.account(owner);
+        acct.nodes = u32::try_from(i64::from(acct.nodes) + nodes).unwrap_or(0);
+        acct.memory =
+            u64::try_from(i64::try_from(acct.memory).unwrap_or(i64::MAX) + memory).unwrap_or(0);
+        if acct == Account::default() {
+            self.accounts.remove(&owner);
+        } else {
+            self.accounts.insert(owner, acct);
+        }
+    }
+
+    fn next_gen(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// Inserts or replaces a node's value and permissions, keeping its
+    /// children; links it into its parent (which must exist). Accounting
+    /// follows the owner.
+    pub fn put_node(&mut self, path: Path, value: Arc<[u8]>, perms: Arc<[Perm]>) {
+        self.version += 1;
+        let generation = self.next_gen();
+        let (children, old) = match self.nodes.get(&path) {
+            Some(old) => (old.children.clone(), Some(Arc::clone(old))),
+            None => (OrdSet::new(), None),
+        };
+        if let Some(old) = &old {
+            self.charge(
+                old.owner(),
+                -1,
+                -(Node::cost(&path, &old.value, &old.perms) as i64),
+            );
+        } else if let Some(p) = parent(&path) {
+            self.link_child(p, basename(&path));
+        }
+        let node = Node {
+            value,
+            perms,
+            children,
+            generation,
+        };
+        self.charge(
+            node.owner(),
+            1,
+            Node::cost(&path, &node.value, &node.perms) as i64,
+        );
+        self.nodes.insert(path, Arc::new(node));
+    }
+
+    fn link_child(&mut self, parent: &str, child: &str) {
+        let generation = self.next_gen();
+        if let Some(p) = self.nodes.get_mut(parent) {
+            let p = Arc::make_mut(p);
+            p.children.insert(Arc::from(child));
+            p.generation = generation;
+        }
+    }
+
+    fn unlink_child(&mut self, parent: &str, child: &str) {
+        let generation = self.next_gen();
+        if let Some(p) = self.nodes.get_mut(parent) {
+            let p = Arc::make_mut(p);
+            p.children.remove(child);
+            p.generation = generation;
+        }
+    }
+
+    /// Removes a node and everything below it; returns the removed nodes,
+    /// parents before children.
+    pub fn remove_tree(&mut self, path: &str) -> Vec<(Path, Arc<Node>)> {
+        let mut removed = Vec::new();
+        let Some(top) = self.nodes.get(path).cloned() else {
+            return removed;
+        };
+        self.version += 1;
+        let mut stack: Vec<(Path, Arc<Node>)> = vec![(Arc::from(path), top)];
+        while let Some((p, node)) = stack.pop() {
+            for child in node.children.iter().rev() {
+                let cp: Path = Arc::from(join(&p, child));
+                if let Some(cn) = self.nodes.get(&cp).cloned() {
+                    stack.push((cp, cn));
+                }
+            }
+            self.nodes.remove(&p);
+            self.charge(
+                node.owner(),
+                -1,
+                -(Node::cost(&p, &node.value, &node.perms) as i64),
+            );
+            removed.push((p, node));
+        }
+        if let Some(p) = parent(path) {
+            self.unlink_child(p, basename(path));
+        }
+        removed
+    }
+
+    /// Every node, parents before children, children in order.
+    pub fn walk(&self) -> Vec<(Path, Arc<Node>)> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        let mut stack: Vec<Path> = vec![Arc::from("/")];
+        while let Some(p) = stack.pop() {
+            let Some(node) = self.nodes.get(&p) else {
+                continue;
+            };
+            for child in node.children.iter().rev() {
+                stack.push(Arc::from(join(&p, child)));
+            }
+            out.push((p, Arc::clone(node)));
+        }
+        let mut specials: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(p, _)| p.starts_with('@'))
+            .map(|(p, n)| (Arc::clone(p), Arc::clone(n)))
+            .collect();
+        specials.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(specials);
+        out
+    }
+
+    /// Replaces the permissions of every node naming `domid`: an owner entry
+    /// goes to `new_owner`, other entries are dropped (a dead domain's
+    /// entries stop applying). Returns how many nodes changed.
+    pub fn forget_domain(&mut self, domid: DomId, new_owner: DomId) -> usize {
+        let affected: Vec<(Path, Arc<Node>)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.perms.iter().any(|p| p.domid == domid))
+            .map(|(p, n)| (Arc::clone(p), Arc::clone(n)))
+            .collect();
+        for (path, node) in &affected {
+            let mut perms: Vec<Perm> = node.perms.to_vec();
+            if let Some(owner) = perms.first_mut() {
+                if owner.domid == domid {
+                    owner.domid = new_owner;
+                }
+            }
+            let head = perms.first().copied();
+            perms.retain(|p| p.domid != domid);
+            if let Some(h) = head {
+                if perms.first() != Some(&h) {
+                    perms.insert(0, h);
+                }
+            }
+            self.put_node(Arc::clone(path), Arc::clone(&node.value), Arc::from(perms));
+        }
+        affected.len()
+    }
+
+    /// Consistency walk: every node reachable from its parent, every child
+    /// listed exists, accounting matches the nodes. Returns problems found.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut expected: std::collections::BTreeMap<DomId, Account> =
+            std::collections::BTreeMap::new();
+        for (path, node) in self.nodes.iter() {
+            let acct = expected.entry(node.owner()).or_default();
+            acct.nodes += 1;
+            acct.memory += Node::cost(path, &node.value, &node.perms);
+            if node.perms.is_empty() {
+                problems.push(format!("{path}: no permissions"));
+            }
+            if let Some(p) = parent(path) {
+                match self.nodes.get(p) {
+                    None => problems.push(format!("{path}: parent {p} missing")),
+                    Some(pn) if !pn.children.contains(basename(path)) => {
+                        problems.push(format!("{path}: not listed in {p}"))
+                    }
+                    _ => {}
+                }
+            }
+            for child in &node.children {
+                let cp = join(path, child);
+                if !self.nodes.contains_key(cp.as_str()) {
+                    problems.push(format!("{path}: child {child} missing"));
+                }
+            }
+        }
+        for (domid, acct) in &expected {
+            if self.account(*domid) != *acct {
+                problems.push(format!(
+                    "domain {domid}: accounting says {:?}, nodes say {:?}",
+                    self.account(*domid),
+                    acct
+                ));
+            }
+        }
+        for (domid, acct) in self.accounts.iter() {
+            if !expected.contains_key(domid) && *acct != Account::default() {
+                problems.push(format!("domain {domid}: charged {acct:?} for no nodes"));
+            }
+        }
+        problems.sort();
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_path_helpers_table() {
+        assert_eq!(parent("/a/b"), Some("/a"));
+        assert_eq!(parent("/a"), Some("/"));
+        assert_eq!(parent("/"), None);
+        assert_eq!(parent("@releaseDomain"), None);
+        assert_eq!(basename("/a/b"), "b");
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b"), "/a/b");
+        assert!(is_child_of("/a/b", "/a"));
+        assert!(is_child_of("/a", "/a"));
+        assert!(is_child_of("/a", "/"));
+        assert!(!is_child_of("/ab", "/a"));
+        assert_eq!(depth_below("/a/b/c", "/a"), 2);
+        assert_eq!(depth_below("/a", "/"), 1);
+        assert_eq!(depth_below("/a", "/a"), 0);
+    }
+
+    #[test]
+    fn test_store_snapshot_is_independent() {
+        let mut s = Store::new(0);
+        let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, 0)]);
+        s.put_node(Arc::from("/a"), Arc::from(&b"1"[..]), Arc::clone(&perms));
+        let snap = s.clone();
+        s.put_node(Arc::from("/a/b"), Arc::from(&b"2"[..]), perms);
+        assert!(snap.get("/a/b").is_none());
+        assert!(snap.get("/a").unwrap().children.is_empty());
+        assert!(s.get("/a").unwrap().children.contains("b"));
+        assert!(s.check().is_empty(), "{:?}", s.check());
+        let removed = s.remove_tree("/a");
+        assert_eq!(removed.len(), 2);
+        assert!(s.check().is_empty(), "{:?}", s.check());
+        assert_eq!(s.account(0).nodes, 3, "/, and the two special nodes");
+    }
+}
