@@ -2,8 +2,10 @@
 //!
 //! * [`engine`]: the deterministic state machine that holds the store,
 //!   permissions, watches, transactions, quotas and domains, with no I/O.
-//!
-//! The I/O shell, the migration stream, record/replay and the command line
-//! arrive with the later steps of the roadmap (see the README).
+//! * [`shell`]: the I/O shell — the poll loop, Unix-socket and ring
+//!   connections, the platform backends (Linux devices or mock-xen).
+//! * [`cli`]: the command line.
 
+pub mod cli;
 pub mod engine;
+pub mod shell;

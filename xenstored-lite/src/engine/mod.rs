@@ -267,6 +267,7 @@ pub struct Engine {
     next_token: u64,
     now: Time,
     requests: u64,
+    last_result: Option<Result<(), XsErrno>>,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -314,6 +315,7 @@ impl Engine {
             next_token: 1,
             now: 0,
             requests: 0,
+            last_result: None,
         }
     }
 
@@ -505,10 +507,18 @@ impl Engine {
     }
 
     fn reply_err(&mut self, conn: ConnId, hdr: &Header, err: XsErrno) {
+        self.last_result = Some(Err(err));
         self.queue(conn, Message::error_reply(hdr, err), false);
     }
 
+    /// The outcome of the last request handled (`None` while an INTRODUCE
+    /// waits for the shell), for the access log.
+    pub fn last_result(&self) -> Option<Result<(), XsErrno>> {
+        self.last_result
+    }
+
     fn request(&mut self, conn: ConnId, msg: &Message) {
+        self.last_result = None;
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -540,6 +550,7 @@ impl Engine {
                 self.reply_err(conn, &hdr, XsErrno::E2BIG)
             }
             Ok(Some(payload)) => {
+                self.last_result = Some(Ok(()));
                 self.queue(conn, reply(&hdr, ty, payload), false);
                 if ty == MsgType::Watch {
                     self.initial_watch_event(conn, &msg.payload);
@@ -1186,7 +1197,7 @@ impl Engine {
                 }
                 s
             }
-            "log" | "logfile" | "live-update" => {
+            "log" | "logfile" => {
                 self.actions.push(Action::Control {
                     conn,
                     args: args.clone(),
@@ -1237,11 +1248,6 @@ impl Engine {
                     "watch {} {} of unknown connection {}",
                     w.path, w.token, w.conn
                 ));
-            }
-        }
-        for (d, dom) in &self.domains {
-            if !self.conns.contains_key(&dom.conn) {
-                problems.push(format!("domain {d}: ring connection {} unknown", dom.conn));
             }
         }
         problems

@@ -1,0 +1,264 @@
+//! The command line. Flags that C xenstored also has mean the same here.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::engine::quota::QuotaKind;
+use crate::engine::Config;
+use crate::shell::platform::PlatformChoice;
+
+/// A xenstore daemon: serves the xs_wire protocol to dom0's tools on a Unix
+/// socket and to guests on their rings.
+///
+/// On a machine without /dev/xen it runs on an embedded mock-xen (a
+/// simulated hypervisor) and says so; simulated guests join through the
+/// mock-xen socket it names (see the README).
+#[derive(Debug, Parser)]
+#[command(name = "xenstored-lite", version, disable_version_flag = true)]
+pub struct Cli {
+    /// Print the version.
+    #[arg(long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
+
+    /// Write the daemon's process id to FILE.
+    #[arg(short = 'F', long = "pid-file", value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Write one line per request (connection, domid, type, path, result)
+    /// to FILE: the access log, as C xenstored's trace file. Can be switched
+    /// at run time with `xenstore-control log on|off` and `logfile FILE`.
+    #[arg(short = 'T', long = "trace-file", value_name = "FILE")]
+    pub trace_file: Option<PathBuf>,
+
+    /// Stay in the foreground (do not fork and detach).
+    #[arg(short = 'N', long = "no-fork")]
+    pub no_fork: bool,
+
+    /// Do not serve dom0's own ring (xsd_kva) at start-up.
+    #[arg(short = 'D', long = "no-domain-init")]
+    pub no_domain_init: bool,
+
+    /// Quota: nodes a guest domain may own (0: unlimited). Default 1000.
+    #[arg(short = 'E', long = "entry-nb", value_name = "N")]
+    pub entry_nb: Option<u64>,
+
+    /// Quota: bytes in one node's value (0: unlimited). Default 2048.
+    #[arg(short = 'S', long = "entry-size", value_name = "BYTES")]
+    pub entry_size: Option<u64>,
+
+    /// Quota: watches per guest connection (0: unlimited). Default 128.
+    #[arg(short = 'W', long = "watch-nb", value_name = "N")]
+    pub watch_nb: Option<u64>,
+
+    /// Quota: open transactions per guest connection (0: unlimited). Default 10.
+    #[arg(short = 't', long = "transaction", value_name = "N")]
+    pub transaction: Option<u64>,
+
+    /// Quota: permission entries per node (0: unlimited). Default 5.
+    #[arg(short = 'A', long = "perm-nb", value_name = "N")]
+    pub perm_nb: Option<u64>,
+
+    /// Quota: path length below a guest's home (0: unlimited). Default 2048.
+    #[arg(short = 'M', long = "path-max", value_name = "BYTES")]
+    pub path_max: Option<u64>,
+
+    /// Quota by name, NAME=VALUE (repeatable): nodes, watches, outstanding,
+    /// memory, transactions, transaction-nodes, node-permissions, path-max,
+    /// node-size.
+    #[arg(short = 'Q', long = "quota", value_name = "NAME=VALUE")]
+    pub quota: Vec<String>,
+
+    /// Soft quota by name, NAME=VALUE (repeatable; only memory has one:
+    /// exceeding it is logged).
+    #[arg(short = 'q', long = "quota-soft", value_name = "NAME=VALUE")]
+    pub quota_soft: Vec<String>,
+
+    /// Timeouts, WHAT=SECONDS (repeatable): watch-event (how long an
+    /// undelivered watch event for a guest is kept; default 20).
+    #[arg(short = 'w', long = "timeout", value_name = "WHAT=SECONDS")]
+    pub timeout: Vec<String>,
+
+    /// The privileged domain (the control domain). Default 0.
+    #[arg(long = "priv-domid", value_name = "DOMID", default_value_t = 0)]
+    pub priv_domid: u16,
+
+    /// More log output (repeat for more).
+    #[arg(short = 'V', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The Unix socket to serve. Default: $XENSTORED_PATH, else
+    /// $XENSTORED_RUNDIR/socket, else /var/run/xenstored/socket — where
+    /// Xen's tools look for it.
+    #[arg(long = "socket", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Where to run: auto (Xen devices if /dev/xen exists, else an embedded
+    /// mock-xen), linux, or mock (an embedded mock-xen).
+    #[arg(
+        long = "platform",
+        value_name = "auto|linux|mock",
+        default_value = "auto"
+    )]
+    pub platform: String,
+
+    /// Run on a separate `mock-xen --socket PATH` process instead.
+    #[arg(long = "mock-xen", value_name = "PATH")]
+    pub mock_xen: Option<PathBuf>,
+}
+
+/// A command-line value that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn name_value(arg: &str, what: &str) -> Result<(String, u64), UsageError> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| UsageError(format!("{what} {arg:?}: expected NAME=VALUE")))?;
+    let value = value
+        .parse()
+        .map_err(|_| UsageError(format!("{what} {arg:?}: {value:?} is not a number")))?;
+    Ok((name.to_string(), value))
+}
+
+impl Cli {
+    /// The run directory, as Xen's tools find it.
+    pub fn rundir(&self) -> PathBuf {
+        std::env::var_os("XENSTORED_RUNDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(xenring::client::DEFAULT_RUNDIR))
+    }
+
+    /// The socket to serve.
+    pub fn socket_path(&self) -> PathBuf {
+        match &self.socket {
+            Some(p) => p.clone(),
+            None => xenring::client::default_socket_path(),
+        }
+    }
+
+    /// The platform to run on.
+    pub fn platform_choice(&self) -> Result<PlatformChoice, UsageError> {
+        if let Some(path) = &self.mock_xen {
+            return Ok(PlatformChoice::Remote(path.clone()));
+        }
+        match self.platform.as_str() {
+            "auto" => Ok(PlatformChoice::Auto),
+            "linux" => Ok(PlatformChoice::Linux),
+            "mock" => Ok(PlatformChoice::Embedded(
+                self.rundir().join("mock-xen.sock"),
+            )),
+            other => Err(UsageError(format!(
+                "--platform {other:?}: expected auto, linux or mock"
+            ))),
+        }
+    }
+
+    /// The engine's settings.
+    pub fn engine_config(&self) -> Result<Config, UsageError> {
+        let mut config = Config {
+            priv_domid: self.priv_domid,
+            ..Config::default()
+        };
+        let q = &mut config.quotas;
+        for (kind, value) in [
+            (QuotaKind::Nodes, self.entry_nb),
+            (QuotaKind::NodeSize, self.entry_size),
+            (QuotaKind::Watches, self.watch_nb),
+            (QuotaKind::Transactions, self.transaction),
+            (QuotaKind::NodePermissions, self.perm_nb),
+            (QuotaKind::PathMax, self.path_max),
+        ] {
+            if let Some(v) = value {
+                q.set_hard(kind, v);
+            }
+        }
+        for arg in &self.quota {
+            let (name, value) = name_value(arg, "--quota")?;
+            let kind = QuotaKind::from_name(&name)
+                .ok_or_else(|| UsageError(format!("--quota: unknown quota {name:?}")))?;
+            q.set_hard(kind, value);
+        }
+        for arg in &self.quota_soft {
+            let (name, value) = name_value(arg, "--quota-soft")?;
+            let kind = QuotaKind::from_name(&name)
+                .ok_or_else(|| UsageError(format!("--quota-soft: unknown quota {name:?}")))?;
+            q.set_soft(kind, value);
+        }
+        for arg in &self.timeout {
+            let (name, value) = name_value(arg, "--timeout")?;
+            match name.as_str() {
+                "watch-event" => config.watch_event_timeout_ms = value.saturating_mul(1000),
+                other => {
+                    return Err(UsageError(format!(
+                        "--timeout: unknown timeout {other:?} (known: watch-event)"
+                    )))
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cli_c_xenstored_flags_set_quotas() {
+        let cli = Cli::parse_from([
+            "xenstored-lite",
+            "-N",
+            "-E",
+            "50",
+            "-W",
+            "7",
+            "-t",
+            "3",
+            "-A",
+            "2",
+            "-S",
+            "100",
+            "-M",
+            "99",
+            "-Q",
+            "memory=1000",
+            "-q",
+            "memory=500",
+            "-w",
+            "watch-event=5",
+            "--priv-domid",
+            "3",
+        ]);
+        let c = cli.engine_config().unwrap();
+        assert_eq!(c.quotas.hard(QuotaKind::Nodes), 50);
+        assert_eq!(c.quotas.hard(QuotaKind::Watches), 7);
+        assert_eq!(c.quotas.hard(QuotaKind::Transactions), 3);
+        assert_eq!(c.quotas.hard(QuotaKind::NodePermissions), 2);
+        assert_eq!(c.quotas.hard(QuotaKind::NodeSize), 100);
+        assert_eq!(c.quotas.hard(QuotaKind::PathMax), 99);
+        assert_eq!(c.quotas.hard(QuotaKind::Memory), 1000);
+        assert_eq!(c.quotas.soft(QuotaKind::Memory), 500);
+        assert_eq!(c.watch_event_timeout_ms, 5000);
+        assert_eq!(c.priv_domid, 3);
+    }
+
+    #[test]
+    fn test_cli_bad_values_named_in_errors() {
+        for (args, needle) in [
+            (&["x", "-Q", "bogus=1"][..], "unknown quota \"bogus\""),
+            (&["x", "-Q", "memory"][..], "expected NAME=VALUE"),
+            (
+                &["x", "-w", "watch-event=soon"][..],
+                "\"soon\" is not a number",
+            ),
+        ] {
+            let err = Cli::parse_from(args).engine_config().unwrap_err();
+            assert!(err.0.contains(needle), "{}", err.0);
+        }
+        assert!(Cli::parse_from(["x", "--platform", "qemu"])
+            .platform_choice()
+            .is_err());
+    }
+}

@@ -1,0 +1,728 @@
+//! The I/O shell: a single-threaded `poll` loop around the engine.
+//!
+//! It owns the transports — Unix-socket clients and guest rings — and
+//! frames bytes into complete requests for the engine, writes the engine's
+//! replies and watch events back with partial writes kept per connection,
+//! carries out the engine's actions (map and bind a ring on INTRODUCE,
+//! release it, cut a connection off), and turns `VIRQ_DOM_EXC` into domain
+//! states. The clock enters in one place ([`Daemon::now_ms`]). One slow or
+//! stuck client never delays another: nothing here blocks on a client.
+
+pub mod platform;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use evtchn::{Port, VIRQ_DOM_EXC};
+use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use xenring::codec::Decoder;
+use xenring::page::RING_SIZE_U32;
+use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
+
+use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
+use platform::Platform;
+
+/// What the daemon needs to start.
+#[derive(Debug)]
+pub struct ShellConfig {
+    /// The Unix socket to listen on.
+    pub socket: PathBuf,
+    /// Write one line per request here (the access log), if set.
+    pub access_log: Option<PathBuf>,
+}
+
+enum Transport {
+    Socket(UnixStream),
+    Ring {
+        page: Box<dyn ForeignPage>,
+        port: Port,
+        domid: DomId,
+    },
+}
+
+struct Conn {
+    transport: Transport,
+    decoder: Decoder,
+    out: Vec<u8>,
+    out_off: usize,
+    /// Cut off (protocol violation, output quota): ignored until released.
+    dead: bool,
+}
+
+impl Conn {
+    fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            out_off: 0,
+            dead: false,
+        }
+    }
+
+    fn domid(&self) -> Option<DomId> {
+        match &self.transport {
+            Transport::Ring { domid, .. } => Some(*domid),
+            Transport::Socket(_) => None,
+        }
+    }
+}
+
+/// The running daemon.
+pub struct Daemon {
+    engine: Engine,
+    platform: Platform,
+    listener: UnixListener,
+    socket_path: PathBuf,
+    conns: BTreeMap<ConnId, Conn>,
+    ports: BTreeMap<Port, ConnId>,
+    virq: Option<Port>,
+    next_conn: ConnId,
+    start: Instant,
+    last_time: u64,
+    access_log: Option<File>,
+    stop: Arc<AtomicBool>,
+    dirty: BTreeSet<ConnId>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("socket", &self.socket_path)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+fn describe(ty: u32) -> &'static str {
+    MsgType::try_from(ty).map_or("XS_UNKNOWN", MsgType::name)
+}
+
+impl Daemon {
+    /// Binds the socket, binds `VIRQ_DOM_EXC`, serves dom0's own ring where
+    /// the platform has one.
+    pub fn new(engine: Engine, mut platform: Platform, config: &ShellConfig) -> io::Result<Self> {
+        if let Some(dir) = config.socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::remove_file(&config.socket) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(&config.socket)?;
+        listener.set_nonblocking(true)?;
+        let virq = match platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
+            Ok(port) => Some(port),
+            Err(e) => {
+                tracing::warn!("cannot bind VIRQ_DOM_EXC ({e}); domain deaths will not be noticed");
+                None
+            }
+        };
+        let access_log = match &config.access_log {
+            Some(path) => Some(File::options().create(true).append(true).open(path)?),
+            None => None,
+        };
+        let mut daemon = Self {
+            engine,
+            platform,
+            listener,
+            socket_path: config.socket.clone(),
+            conns: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            virq,
+            next_conn: 1,
+            start: Instant::now(),
+            last_time: 0,
+            access_log,
+            stop: Arc::new(AtomicBool::new(false)),
+            dirty: BTreeSet::new(),
+        };
+        if daemon.platform.serve_local_ring {
+            daemon.serve_local_ring();
+        }
+        Ok(daemon)
+    }
+
+    fn serve_local_ring(&mut self) {
+        match self.platform.mapper.map_local_xenstore() {
+            Ok(local) => match self.platform.evtchn.bind_interdomain(0, local.port) {
+                Ok(port) => {
+                    let conn = self.add_ring(local.page, port, 0);
+                    self.engine.handle(Input::Connect {
+                        conn,
+                        kind: ConnKind::Domain(0),
+                    });
+                    tracing::info!("serving dom0's own ring (xsd_kva) on port {port}");
+                }
+                Err(e) => tracing::warn!("cannot bind dom0's xenstore port: {e}"),
+            },
+            Err(e) => tracing::warn!("dom0's own ring is not served: {e}"),
+        }
+    }
+
+    /// A flag that stops [`Daemon::run`] when set (signal handlers, tests).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// The engine (read-only; tests and the control commands).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Milliseconds since start: the only clock the daemon reads.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn add_ring(&mut self, page: Box<dyn ForeignPage>, port: Port, domid: DomId) -> ConnId {
+        let conn = self.alloc_conn();
+        ServerEnd::new(page.ring()).advertise(ServerFeatures::RECONNECTION | ServerFeatures::ERROR);
+        self.ports.insert(port, conn);
+        self.conns
+            .insert(conn, Conn::new(Transport::Ring { page, port, domid }));
+        self.dirty.insert(conn);
+        conn
+    }
+
+    fn alloc_conn(&mut self) -> ConnId {
+        while self.conns.contains_key(&self.next_conn) || self.next_conn == 0 {
+            self.next_conn = self.next_conn.wrapping_add(1);
+        }
+        let id = self.next_conn;
+        self.next_conn = self.next_conn.wrapping_add(1);
+        id
+    }
+
+    /// Serves until the stop flag is set.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            self.turn(Some(1000))?;
+        }
+        Ok(())
+    }
+
+    /// One turn of the loop: wait (at most `timeout_ms`) for something to
+    /// do, then do all of it.
+    pub fn turn(&mut self, timeout_ms: Option<u16>) -> io::Result<()> {
+        let now = self.now_ms();
+        if now != self.last_time {
+            self.last_time = now;
+            self.engine.handle(Input::Time(now));
+        }
+        let (listener_ready, evtchn_ready, ready) = self.wait(timeout_ms)?;
+        if listener_ready {
+            self.accept_all()?;
+        }
+        if evtchn_ready {
+            self.service_events();
+        }
+        for conn in ready {
+            self.service_socket(conn);
+        }
+        self.settle();
+        Ok(())
+    }
+
+    fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
+        let evtchn_fd = self.platform.evtchn.as_raw_fd();
+        // SAFETY: the event-channel handle owns this descriptor and lives
+        // (in `self.platform`) for the whole of this borrow.
+        let evtchn_fd = unsafe { BorrowedFd::borrow_raw(evtchn_fd) };
+        let mut fds = vec![
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(evtchn_fd, PollFlags::POLLIN),
+        ];
+        let mut ids = Vec::new();
+        for (&id, conn) in &self.conns {
+            if let (Transport::Socket(s), false) = (&conn.transport, conn.dead) {
+                let mut flags = PollFlags::empty();
+                if self.engine.accepts_requests(id) {
+                    flags |= PollFlags::POLLIN;
+                }
+                if conn.out_off < conn.out.len() {
+                    flags |= PollFlags::POLLOUT;
+                }
+                fds.push(PollFd::new(s.as_fd(), flags));
+                ids.push(id);
+            }
+        }
+        let timeout = if self.dirty.is_empty() {
+            timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from)
+        } else {
+            PollTimeout::ZERO
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+        let listener = ready(&fds[0]);
+        let evtchn = ready(&fds[1]);
+        let socks = ids
+            .into_iter()
+            .zip(&fds[2..])
+            .filter(|(_, f)| ready(f))
+            .map(|(id, _)| id)
+            .collect();
+        Ok((listener, evtchn, socks))
+    }
+
+    fn accept_all(&mut self) -> io::Result<()> {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(true)?;
+                    let conn = self.alloc_conn();
+                    self.conns
+                        .insert(conn, Conn::new(Transport::Socket(stream)));
+                    self.engine.handle(Input::Connect {
+                        conn,
+                        kind: ConnKind::Socket,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: keep serving those already here.
+                    tracing::warn!("accept failed: {e}");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn service_events(&mut self) {
+        let mut fired = Vec::new();
+        if let Err(e) = self.platform.evtchn.read_pending(&mut fired) {
+            tracing::warn!("reading pending event channels failed: {e}");
+            // Treat every port as pending (the overflow case).
+            fired.extend(self.ports.keys().copied());
+            fired.extend(self.virq);
+        }
+        for &port in &fired {
+            if Some(port) == self.virq {
+                self.domains_changed();
+            } else if let Some(&conn) = self.ports.get(&port) {
+                self.dirty.insert(conn);
+            }
+        }
+        if let Err(e) = self.platform.evtchn.unmask(&fired) {
+            tracing::warn!("unmasking event channels failed: {e}");
+        }
+    }
+
+    fn domains_changed(&mut self) {
+        let list = match self.platform.dominfo.list() {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!("cannot list domains: {e}");
+                return;
+            }
+        };
+        let info: BTreeMap<DomId, gnttab::DomainInfo> =
+            list.into_iter().map(|d| (d.domid, d)).collect();
+        let ours: BTreeSet<DomId> = self
+            .conns
+            .values()
+            .filter_map(Conn::domid)
+            .filter(|&d| d != 0)
+            .collect();
+        for domid in ours {
+            let (shutdown, dying) = match info.get(&domid) {
+                None => (true, true),
+                Some(d) => (d.shutdown.is_some(), d.dying),
+            };
+            if shutdown || dying {
+                self.engine.handle(Input::DomainState {
+                    domid,
+                    shutdown,
+                    dying,
+                });
+            }
+        }
+    }
+
+    fn feed(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(), xenring::Error> {
+        let mut input = bytes;
+        loop {
+            let decoded = match self.conns.get_mut(&conn) {
+                Some(c) => c.decoder.decode(&mut input)?,
+                None => return Ok(()),
+            };
+            let Some(msg) = decoded else { return Ok(()) };
+            self.engine.handle(Input::Request { conn, msg: &msg });
+            self.log_access(conn, &msg);
+        }
+    }
+
+    fn log_access(&mut self, conn: ConnId, msg: &Message) {
+        let Some(file) = self.access_log.as_mut() else {
+            return;
+        };
+        let domid = self.conns.get(&conn).and_then(Conn::domid).unwrap_or(0);
+        let path = xenring::codec::split_args(&msg.payload)
+            .next()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let result = match self.engine.last_result() {
+            Some(Ok(())) => "OK".to_string(),
+            Some(Err(e)) => e.to_string(),
+            None => "pending".to_string(),
+        };
+        let line = format!(
+            "{} conn {conn} domid {domid} {} tx {} {path} -> {result}\n",
+            self.last_time,
+            describe(msg.header.msg_type),
+            msg.header.tx_id
+        );
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!("access log write failed, switching it off: {e}");
+            self.access_log = None;
+        }
+    }
+
+    fn service_socket(&mut self, conn: ConnId) {
+        let mut buf = [0u8; 8192];
+        loop {
+            if !self.engine.accepts_requests(conn) {
+                break;
+            }
+            let Some(Conn {
+                transport: Transport::Socket(stream),
+                ..
+            }) = self.conns.get_mut(&conn)
+            else {
+                return;
+            };
+            match stream.read(&mut buf) {
+                Ok(0) => return self.close(conn),
+                Ok(n) => {
+                    if let Err(e) = self.feed(conn, &buf[..n]) {
+                        tracing::warn!("socket connection {conn}: {e}; closing it");
+                        return self.close(conn);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(conn),
+            }
+        }
+        self.dirty.insert(conn);
+    }
+
+    fn service_ring(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        let Transport::Ring { page, port, .. } = &c.transport else {
+            return;
+        };
+        let end = ServerEnd::new(page.ring());
+        let port = *port;
+        if end.reconnect_requested() {
+            c.decoder = Decoder::new();
+            c.out.clear();
+            c.out_off = 0;
+            end.complete_reconnect();
+            self.engine.handle(Input::Reset { conn });
+            self.notify(port);
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        let mut consumed_full = false;
+        loop {
+            if !self.engine.accepts_requests(conn) {
+                break;
+            }
+            let Some(Conn {
+                transport: Transport::Ring { page, .. },
+                ..
+            }) = self.conns.get(&conn)
+            else {
+                return;
+            };
+            let end = ServerEnd::new(page.ring());
+            let was_full = matches!(end.readable(), Ok(RING_SIZE_U32));
+            match end.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    consumed_full |= was_full;
+                    if let Err(e) = self.feed(conn, &buf[..n]) {
+                        return self.ring_violation(conn, RingErrorCode::Proto, &e.to_string());
+                    }
+                }
+                Err(e) => return self.ring_violation(conn, RingErrorCode::RingIdx, &e.to_string()),
+            }
+        }
+        if consumed_full {
+            self.notify(port);
+        }
+    }
+
+    fn ring_violation(&mut self, conn: ConnId, code: RingErrorCode, why: &str) {
+        tracing::warn!("ring connection {conn}: {why}; the connection is ignored from now on");
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if let Transport::Ring { page, port, .. } = &c.transport {
+                ServerEnd::new(page.ring()).set_error(code);
+                let port = *port;
+                c.dead = true;
+                self.notify(port);
+            }
+        }
+        self.engine.handle(Input::Disconnect { conn });
+    }
+
+    fn notify(&mut self, port: Port) {
+        if let Err(e) = self.platform.evtchn.notify(port) {
+            tracing::warn!("notifying port {port} failed: {e}");
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.engine.handle(Input::Disconnect { conn });
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Transport::Ring { port, .. } = c.transport {
+                self.ports.remove(&port);
+                if let Err(e) = self.platform.evtchn.unbind(port) {
+                    tracing::warn!("unbinding port {port} failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Runs until nothing more can be done without waiting: rings read,
+    /// actions carried out, output written.
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
+            for &conn in &dirty {
+                if matches!(
+                    self.conns.get(&conn).map(|c| &c.transport),
+                    Some(Transport::Ring { .. })
+                ) {
+                    self.service_ring(conn);
+                }
+            }
+            self.do_actions();
+            let mut again = false;
+            for conn in self.engine.conns_with_output().into_iter().chain(dirty) {
+                again |= self.flush(conn);
+            }
+            self.do_actions();
+            if !again && self.dirty.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Writes what is queued for `conn`; returns whether the connection can
+    /// accept more requests it had stopped taking (so it needs reading).
+    fn flush(&mut self, conn: ConnId) -> bool {
+        let before = self.engine.accepts_requests(conn);
+        let mut wrote = false;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return false;
+            };
+            if c.dead {
+                return false;
+            }
+            if c.out_off == c.out.len() {
+                c.out.clear();
+                c.out_off = 0;
+                match self.engine.pop_output(conn) {
+                    Some(msg) => {
+                        let Some(c) = self.conns.get_mut(&conn) else {
+                            return false;
+                        };
+                        msg.encode_into(&mut c.out);
+                    }
+                    None => break,
+                }
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return false;
+            };
+            let pending = &c.out[c.out_off..];
+            let n = match &mut c.transport {
+                Transport::Socket(stream) => match stream.write(pending) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.close(conn);
+                        return false;
+                    }
+                },
+                Transport::Ring { page, .. } => match ServerEnd::new(page.ring()).write(pending) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.ring_violation(conn, RingErrorCode::RingIdx, &e.to_string());
+                        return false;
+                    }
+                },
+            };
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return false;
+            };
+            c.out_off += n;
+            wrote |= n > 0;
+            if n == 0 {
+                break;
+            }
+        }
+        if wrote {
+            if let Some(Conn {
+                transport: Transport::Ring { port, .. },
+                ..
+            }) = self.conns.get(&conn)
+            {
+                let port = *port;
+                self.notify(port);
+            }
+        }
+        let after = self.engine.accepts_requests(conn);
+        if !before && after {
+            self.dirty.insert(conn);
+            if matches!(
+                self.conns.get(&conn).map(|c| &c.transport),
+                Some(Transport::Socket(_))
+            ) {
+                self.service_socket(conn);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn do_actions(&mut self) {
+        for action in self.engine.take_actions() {
+            match action {
+                Action::Introduce {
+                    token,
+                    domid,
+                    mfn,
+                    port,
+                } => {
+                    let result = self.introduce(domid, mfn, port);
+                    self.engine.handle(Input::Introduced { token, result });
+                }
+                Action::Release { conn, domid } => {
+                    tracing::info!("domain {domid} released");
+                    self.close(conn);
+                }
+                Action::Kill { conn, reason } => {
+                    tracing::warn!("connection {conn} cut off: {reason}");
+                    match self
+                        .conns
+                        .get(&conn)
+                        .map(|c| matches!(c.transport, Transport::Ring { .. }))
+                    {
+                        Some(true) => self.ring_violation(conn, RingErrorCode::Comm, &reason),
+                        Some(false) => self.close(conn),
+                        None => {}
+                    }
+                }
+                Action::Log(line) => tracing::info!(target: "xenstored", "{line}"),
+                Action::Control { args, .. } => self.control(&args),
+            }
+        }
+    }
+
+    fn control(&mut self, args: &[String]) {
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["log", "off"] => self.access_log = None,
+            ["log", "on"] if self.access_log.is_none() => {
+                let path = self.socket_path.with_file_name("xenstored-access.log");
+                self.open_access_log(path);
+            }
+            ["logfile", path] => self.open_access_log(PathBuf::from(path)),
+            other => tracing::info!("control {other:?}"),
+        }
+    }
+
+    fn open_access_log(&mut self, path: PathBuf) {
+        match File::options().create(true).append(true).open(&path) {
+            Ok(f) => self.access_log = Some(f),
+            Err(e) => tracing::warn!("cannot open access log {}: {e}", path.display()),
+        }
+    }
+
+    fn introduce(&mut self, domid: DomId, mfn: u64, remote_port: u32) -> Result<ConnId, XsErrno> {
+        let page = match self
+            .platform
+            .mapper
+            .map_grant(domid, GNTTAB_RESERVED_XENSTORE)
+        {
+            Ok(page) => page,
+            Err(grant_err) => match self.platform.mapper.map_foreign(domid, mfn) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!("introduce {domid}: cannot map its ring (grant: {grant_err}; mfn {mfn:#x}: {e})");
+                    return Err(XsErrno::EINVAL);
+                }
+            },
+        };
+        let port = match self
+            .platform
+            .evtchn
+            .bind_interdomain(domid, Port::new(remote_port))
+        {
+            Ok(port) => port,
+            Err(e) => {
+                tracing::warn!("introduce {domid}: cannot bind its port {remote_port}: {e}");
+                return Err(XsErrno::EINVAL);
+            }
+        };
+        tracing::info!("domain {domid} introduced (mfn {mfn:#x}, remote port {remote_port}, local port {port})");
+        Ok(self.add_ring(page, port, domid))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+}
+
+/// Tells systemd the daemon is ready (`sd_notify(READY=1)`), when it
+/// started us with `Type=notify`.
+pub fn notify_systemd_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    // Abstract socket names start with '@'.
+    let sent = if path.as_os_str().as_encoded_bytes().first() == Some(&b'@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(
+            &path.as_os_str().as_encoded_bytes()[1..],
+        )
+        .and_then(|addr| {
+            std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)
+        })
+    } else {
+        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", &path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}
