@@ -6,7 +6,10 @@ set -euo pipefail
 
 # gcc + linux-libc-dev: the ioctl-number tests compile a C program against
 # the kernel's xen/*.h headers.
-PACKAGES=(gcc linux-libc-dev)
+# xenstore-utils, python3-pyxs, xen-utils-4.17 (for the real
+# /usr/lib/xen-4.17/bin/xenstore-control): the clients users run against
+# xenstored, which the compatibility tests drive unchanged.
+PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
