@@ -62,7 +62,10 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         nix::unistd::daemon(true, true)
             .map_err(|e| format!("cannot detach (use -N to stay in the foreground): {e}"))?;
     }
-    let mut platform = Platform::open(&choice, &cli.rundir()).map_err(|e| {
+    let rundir = cli.rundir();
+    std::fs::create_dir_all(&rundir)
+        .map_err(|e| format!("cannot create the run directory {}: {e}", rundir.display()))?;
+    let mut platform = Platform::open(&choice, &rundir).map_err(|e| {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
