@@ -8,4 +8,5 @@
 
 pub mod cli;
 pub mod engine;
+pub mod migration;
 pub mod shell;
