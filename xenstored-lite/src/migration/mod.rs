@@ -6,11 +6,11 @@
 //! Turning the records into live daemon state is not this module's job: it
 //! only converts between bytes and the [`Stream`] value.
 //!
-//! * [`parse`]: untrusted bytes → [`Stream`], strictly validated; every
+//! * [`parse()`]: untrusted bytes → [`Stream`], strictly validated; every
 //!   failure is a [`MigrationError`] naming the record (index and type) and
 //!   the field at fault. It never panics and never allocates more than the
 //!   input justifies.
-//! * [`write`]: [`Stream`] → bytes, exactly as C writes them.
+//! * [`write()`]: [`Stream`] → bytes, exactly as C writes them.
 //!
 //! # Encoding facts (from the spec, confirmed on a real C 4.17 stream)
 //!
@@ -59,7 +59,7 @@
 //!
 //! # Strictness
 //!
-//! [`parse`] rejects: a wrong ident, versions other than 1 and 2, reserved
+//! [`parse()`] rejects: a wrong ident, versions other than 1 and 2, reserved
 //! header flags, record lengths that are not a multiple of 8, records that
 //! run past the input, record bodies too short for their fields or longer
 //! than their fields plus at most 7 padding octets, unknown record types,
@@ -159,12 +159,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Parses a stream; see [`parse`].
+    /// Parses a stream; see [`parse()`].
     pub fn parse(input: &[u8]) -> Result<Self, MigrationError> {
         parse(input)
     }
 
-    /// Writes the stream; see [`write`].
+    /// Writes the stream; see [`write()`].
     pub fn to_bytes(&self) -> Result<Vec<u8>, WriteError> {
         write(self)
     }

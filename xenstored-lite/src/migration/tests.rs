@@ -859,3 +859,64 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hand_built_v2_big_endian_remaining_types() {
+    let bytes = [
+        &b"xenstore"[..],
+        &[0, 0, 0, 2, 0, 0, 0, 1],
+        // 0: GLOBAL_DATA, len 8: rw-socket-fd 3, evtchn-fd -1
+        &[0, 0, 0, 1, 0, 0, 0, 8],
+        &[0, 0, 0, 3, 0xff, 0xff, 0xff, 0xff],
+        // 1: CONNECTION_DATA socket, len 32: conn-id 2, type 1, fields 0,
+        //    fd 9, pad, in 0, resp 1, out 2, "OK", pad 6
+        &[0, 0, 0, 2, 0, 0, 0, 32],
+        &[0, 0, 0, 2, 0, 1, 0, 0],
+        &[0, 0, 0, 9, 0, 0, 0, 0],
+        &[0, 0, 0, 1, 0, 0, 0, 2],
+        &[b'O', b'K', 0, 0, 0, 0, 0, 0],
+        // 2: WATCH_DATA, len 16: conn-id 2, wpath-len 3, token-len 2, "/w\0k\0", pad 3
+        &[0, 0, 0, 3, 0, 0, 0, 16],
+        &[0, 0, 0, 2, 0, 3, 0, 2],
+        &[b'/', b'w', 0, b'k', 0, 0, 0, 0],
+        // 3: GLOBAL_QUOTA_DATA, len 16: n-dom 0, n-glob 1, 5, "x\0", pad 6
+        &[0, 0, 0, 6, 0, 0, 0, 16],
+        &[0, 0, 0, 1, 0, 0, 0, 5],
+        &[b'x', 0, 0, 0, 0, 0, 0, 0],
+        // END
+        &[0, 0, 0, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let stream = parse(&bytes).unwrap();
+    assert_eq!(
+        stream.records,
+        vec![
+            Record::Global(GlobalData {
+                rw_socket_fd: 3,
+                evtchn_fd: -1
+            }),
+            Record::Connection(ConnectionData {
+                conn_id: 2,
+                spec: ConnSpec::Socket(SocketConn { socket_fd: 9 }),
+                in_data: vec![],
+                out_resp_len: 1,
+                out_data: b"OK".to_vec(),
+                unique_id: None,
+                ring: None,
+            }),
+            Record::Watch(WatchData {
+                conn_id: 2,
+                wpath: "/w".into(),
+                token: b"k".to_vec(),
+            }),
+            Record::GlobalQuota(GlobalQuotaData {
+                dom_quota: vec![],
+                glob_quota: vec![Quota {
+                    name: "x".into(),
+                    value: 5
+                }],
+            }),
+        ]
+    );
+    assert_eq!(write(&stream).unwrap(), bytes);
+}
