@@ -30,6 +30,19 @@ fn install_signal_handlers() -> nix::Result<()> {
     Ok(())
 }
 
+/// One descriptor per client socket: allow as many as the hard limit does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            }
+        }
+        _ => {}
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -89,6 +102,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("cannot write pid file {}: {e}", pid_file.display()))?;
     }
     install_signal_handlers()?;
+    raise_fd_limit();
     tracing::info!("serving {}", socket.display());
     notify_systemd_ready();
     let stop = daemon.stop_flag();

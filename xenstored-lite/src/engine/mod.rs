@@ -268,6 +268,8 @@ pub struct Engine {
     now: Time,
     requests: u64,
     last_result: Option<Result<(), XsErrno>>,
+    /// Connections whose output queue is not empty.
+    with_output: std::collections::BTreeSet<ConnId>,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -316,6 +318,7 @@ impl Engine {
             now: 0,
             requests: 0,
             last_result: None,
+            with_output: std::collections::BTreeSet::new(),
         }
     }
 
@@ -348,6 +351,9 @@ impl Engine {
     pub fn pop_output(&mut self, conn: ConnId) -> Option<Message> {
         let c = self.conns.get_mut(&conn)?;
         let q = c.out.pop_front()?;
+        if c.out.is_empty() {
+            self.with_output.remove(&conn);
+        }
         c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
         if !q.event {
             c.replies_queued = c.replies_queued.saturating_sub(1);
@@ -360,13 +366,10 @@ impl Engine {
         self.conns.get(&conn).is_some_and(|c| !c.out.is_empty())
     }
 
-    /// Connections with queued output, ordered.
+    /// Connections with queued output, ordered (kept as a set, so that
+    /// this costs nothing for the idle ones).
     pub fn conns_with_output(&self) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| !c.out.is_empty())
-            .map(|(&id, _)| id)
-            .collect()
+        self.with_output.iter().copied().collect()
     }
 
     /// Whether the shell should read another request from `conn` now: an
@@ -403,6 +406,7 @@ impl Engine {
             Input::Disconnect { conn } => self.forget_conn(conn),
             Input::Reset { conn } => {
                 self.watches.remove_conn(conn);
+                self.with_output.remove(&conn);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.transactions.clear();
                     c.out.clear();
@@ -423,6 +427,7 @@ impl Engine {
 
     fn forget_conn(&mut self, conn: ConnId) {
         self.watches.remove_conn(conn);
+        self.with_output.remove(&conn);
         self.conns.remove(&conn);
         self.pending_introduce.retain(|_, p| p.0 != conn);
     }
@@ -492,6 +497,7 @@ impl Engine {
             at: now,
             event,
         });
+        self.with_output.insert(conn);
         if !privileged && max > 0 && c.out_bytes > max {
             let reason = format!(
                 "{} bytes of output queued (limit {max}) and not read",
@@ -1089,19 +1095,24 @@ impl Engine {
         if timeout == 0 {
             return;
         }
-        let unprivileged: Vec<ConnId> = self
-            .conns
+        // Only connections with something queued can hold stale events.
+        let candidates: Vec<ConnId> = self
+            .with_output
             .iter()
-            .filter(|(_, c)| !self.who(c).privileged)
-            .map(|(&id, _)| id)
+            .copied()
+            .filter(|id| self.conns.get(id).is_some_and(|c| !self.who(c).privileged))
             .collect();
-        for id in unprivileged {
-            if let Some(c) = self.conns.get_mut(&id) {
-                let before = c.out.len();
-                c.out
-                    .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
-                if c.out.len() != before {
-                    c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
+        for id in candidates {
+            let Some(c) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let before = c.out.len();
+            c.out
+                .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
+            if c.out.len() != before {
+                c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
+                if c.out.is_empty() {
+                    self.with_output.remove(&id);
                 }
             }
         }

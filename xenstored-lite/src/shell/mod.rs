@@ -13,7 +13,7 @@ pub mod platform;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use xenring::codec::Decoder;
 use xenring::page::RING_SIZE_U32;
 use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
@@ -91,7 +91,14 @@ pub struct Daemon {
     access_log: Option<File>,
     stop: Arc<AtomicBool>,
     dirty: BTreeSet<ConnId>,
+    epoll: Epoll,
+    /// What each socket is registered for in `epoll`.
+    interest: BTreeMap<ConnId, EpollFlags>,
 }
+
+const TOKEN_LISTENER: u64 = 0;
+const TOKEN_EVTCHN: u64 = 1;
+const TOKEN_BASE: u64 = 2;
 
 impl std::fmt::Debug for Daemon {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,6 +138,17 @@ impl Daemon {
             Some(path) => Some(File::options().create(true).append(true).open(path)?),
             None => None,
         };
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            &listener,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+        )?;
+        {
+            // SAFETY: the event-channel handle owns this descriptor and
+            // outlives the registration (both live in the daemon).
+            let fd = unsafe { BorrowedFd::borrow_raw(platform.evtchn.as_raw_fd()) };
+            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN))?;
+        }
         let mut daemon = Self {
             engine,
             platform,
@@ -145,6 +163,8 @@ impl Daemon {
             access_log,
             stop: Arc::new(AtomicBool::new(false)),
             dirty: BTreeSet::new(),
+            epoll,
+            interest: BTreeMap::new(),
         };
         if daemon.platform.serve_local_ring {
             daemon.serve_local_ring();
@@ -234,47 +254,64 @@ impl Daemon {
     }
 
     fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
-        let evtchn_fd = self.platform.evtchn.as_raw_fd();
-        // SAFETY: the event-channel handle owns this descriptor and lives
-        // (in `self.platform`) for the whole of this borrow.
-        let evtchn_fd = unsafe { BorrowedFd::borrow_raw(evtchn_fd) };
-        let mut fds = vec![
-            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-            PollFd::new(evtchn_fd, PollFlags::POLLIN),
-        ];
-        let mut ids = Vec::new();
-        for (&id, conn) in &self.conns {
-            if let (Transport::Socket(s), false) = (&conn.transport, conn.dead) {
-                let mut flags = PollFlags::empty();
-                if self.engine.accepts_requests(id) {
-                    flags |= PollFlags::POLLIN;
+        let timeout = if !self.dirty.is_empty() {
+            EpollTimeout::ZERO
+        } else {
+            timeout_ms.map_or(EpollTimeout::NONE, EpollTimeout::from)
+        };
+        let mut events = [EpollEvent::empty(); 256];
+        let n = match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let (mut listener, mut evtchn, mut socks) = (false, false, Vec::new());
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_LISTENER => listener = true,
+                TOKEN_EVTCHN => evtchn = true,
+                token => {
+                    if let Ok(conn) = ConnId::try_from(token - TOKEN_BASE) {
+                        socks.push(conn);
+                    }
                 }
-                if conn.out_off < conn.out.len() {
-                    flags |= PollFlags::POLLOUT;
-                }
-                fds.push(PollFd::new(s.as_fd(), flags));
-                ids.push(id);
             }
         }
-        let timeout = if self.dirty.is_empty() {
-            timeout_ms.map_or(PollTimeout::NONE, PollTimeout::from)
-        } else {
-            PollTimeout::ZERO
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-        let listener = ready(&fds[0]);
-        let evtchn = ready(&fds[1]);
-        let socks = ids
-            .into_iter()
-            .zip(&fds[2..])
-            .filter(|(_, f)| ready(f))
-            .map(|(id, _)| id)
-            .collect();
         Ok((listener, evtchn, socks))
+    }
+
+    /// Keeps a socket's epoll registration in line with what it needs:
+    /// readable while the engine takes its requests, writable while output
+    /// waits.
+    fn update_interest(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let Transport::Socket(stream) = &c.transport else {
+            return;
+        };
+        let mut want = EpollFlags::empty();
+        if !c.dead && self.engine.accepts_requests(conn) {
+            want |= EpollFlags::EPOLLIN;
+        }
+        if !c.dead && c.out_off < c.out.len() {
+            want |= EpollFlags::EPOLLOUT;
+        }
+        if self.interest.get(&conn) == Some(&want) {
+            return;
+        }
+        let mut ev = EpollEvent::new(want, TOKEN_BASE + u64::from(conn));
+        let result = if self.interest.contains_key(&conn) {
+            self.epoll.modify(stream, &mut ev)
+        } else {
+            self.epoll.add(stream, ev)
+        };
+        match result {
+            Ok(()) => {
+                self.interest.insert(conn, want);
+            }
+            Err(e) => tracing::warn!("epoll registration of connection {conn} failed: {e}"),
+        }
     }
 
     fn accept_all(&mut self) -> io::Result<()> {
@@ -289,6 +326,7 @@ impl Daemon {
                         conn,
                         kind: ConnKind::Socket,
                     });
+                    self.update_interest(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -411,6 +449,10 @@ impl Daemon {
                         tracing::warn!("socket connection {conn}: {e}; closing it");
                         return self.close(conn);
                     }
+                    if n < buf.len() {
+                        // Level-triggered: anything left is reported again.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -493,7 +535,11 @@ impl Daemon {
 
     fn close(&mut self, conn: ConnId) {
         self.engine.handle(Input::Disconnect { conn });
+        self.interest.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
+            if let Transport::Socket(stream) = &c.transport {
+                let _ = self.epoll.delete(stream);
+            }
             if let Transport::Ring { port, .. } = c.transport {
                 self.ports.remove(&port);
                 if let Err(e) = self.platform.evtchn.unbind(port) {
@@ -518,8 +564,17 @@ impl Daemon {
             }
             self.do_actions();
             let mut again = false;
-            for conn in self.engine.conns_with_output().into_iter().chain(dirty) {
+            let touched: BTreeSet<ConnId> = self
+                .engine
+                .conns_with_output()
+                .into_iter()
+                .chain(dirty)
+                .collect();
+            for &conn in &touched {
                 again |= self.flush(conn);
+            }
+            for conn in touched {
+                self.update_interest(conn);
             }
             self.do_actions();
             if !again && self.dirty.is_empty() {
