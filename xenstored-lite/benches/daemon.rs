@@ -200,7 +200,7 @@ fn socket_latencies(dir: &Path, n: usize) {
         Some((&raw, "raw")),
     );
     let mut other = Client::connect_unix(&socket).expect("client");
-    let mut conflicts = 0u64;
+    let mut conflicts = 0usize;
     print(
         "conflicting transaction (EAGAIN)",
         &measure(n, |i| {
@@ -215,7 +215,7 @@ fn socket_latencies(dir: &Path, n: usize) {
         }),
         Some((&raw, "raw")),
     );
-    assert_eq!(conflicts as usize, n + n.min(200), "every one conflicted");
+    assert_eq!(conflicts, n + n.min(200), "every one conflicted");
 }
 
 fn idle_connections(dir: &Path, n: usize) {
