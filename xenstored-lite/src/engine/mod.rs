@@ -89,8 +89,10 @@ pub enum Input<'a> {
         /// Its kind.
         kind: ConnKind,
     },
-    /// A connection went away (socket closed). Its watches and transactions
-    /// go with it.
+    /// A connection went away (socket closed), or the shell stopped
+    /// serving a ring (protocol violation). Its watches, transactions and
+    /// queued output go with it. For a ring, the domain stays known (it
+    /// still gets `@releaseDomain`, and its ring is released, when it dies).
     Disconnect {
         /// The connection.
         conn: ConnId,
@@ -806,6 +808,10 @@ impl Engine {
         let abs = canonical(&ctx, args[0], true)?;
         let path = text(args[0])?;
         let token = text(args[1])?;
+        if path.len() + token.len() + 2 > xenring::wire::PAYLOAD_MAX {
+            // Not even the first event would fit in a message.
+            return Err(XsErrno::EINVAL);
+        }
         if !who.privileged {
             let limit = self.limit(who.domid, QuotaKind::Watches);
             if !within(limit, self.watches.count(conn) as u64 + 1) {
@@ -854,6 +860,13 @@ impl Engine {
 
     fn send_event(&mut self, conn: ConnId, path: &str, token: &str) {
         let payload = build_args(&[path.as_bytes(), token.as_bytes()]);
+        if payload.len() > xenring::wire::PAYLOAD_MAX {
+            self.actions.push(Action::Log(format!(
+                "watch event for {path} to connection {conn} is too long ({} bytes) and was dropped",
+                payload.len()
+            )));
+            return;
+        }
         let msg = Message {
             header: Header::new(
                 MsgType::WatchEvent,

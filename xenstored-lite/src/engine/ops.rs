@@ -296,6 +296,10 @@ fn set_perms(
     let (raw, list) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
     let path = canonical(ctx, raw, true)?;
     let perms = parse_perm_list(list).map_err(|_| XsErrno::EINVAL)?;
+    // C xenstored's order: the entry-count quota first, then the node.
+    if !ctx.who.privileged && !within(ctx.limits.node_permissions, perms.len() as u64) {
+        return Err(XsErrno::ENOSPC);
+    }
     let node = readable(store, &ctx.who, &path).or_else(|e| match store.get(&path) {
         Some(n) => Ok(n),
         None => Err(e),
@@ -303,13 +307,8 @@ fn set_perms(
     if !access(&ctx.who, &node.perms).owner {
         return Err(XsErrno::EACCES);
     }
-    if !ctx.who.privileged {
-        if perms[0].domid != node.owner() {
-            return Err(XsErrno::EPERM);
-        }
-        if !within(ctx.limits.node_permissions, perms.len() as u64) {
-            return Err(XsErrno::ENOSPC);
-        }
+    if !ctx.who.privileged && perms[0].domid != node.owner() {
+        return Err(XsErrno::EPERM);
     }
     let old = Arc::clone(&node.perms);
     let value = Arc::clone(&node.value);

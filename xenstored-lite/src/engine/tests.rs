@@ -475,6 +475,34 @@ fn test_watch_event_needs_read_permission_old_or_new_acl() {
 }
 
 #[test]
+fn test_watch_event_never_exceeds_payload_max() {
+    let mut h = H::new();
+    // 4096 bytes of payload (the token's NUL left out), so the event,
+    // path and token each NUL-terminated, would be 4097.
+    let mut payload = b"/local/domain/1\0".to_vec();
+    payload.extend(std::iter::repeat_n(b'v', 4080));
+    assert_eq!(
+        h.raw(SOCK, MsgType::Watch.raw(), 0, payload),
+        Err(XsErrno::EINVAL),
+        "the initial event itself would not fit"
+    );
+    let token = "t".repeat(4000);
+    h.req(SOCK, MsgType::Watch, 0, &["/", &token]).unwrap();
+    h.events(SOCK);
+    let long_path = format!("/{}", "a".repeat(300));
+    h.write(SOCK, 0, &long_path, "").unwrap();
+    h.write(SOCK, 0, "/b", "").unwrap();
+    // The event for the long path cannot be sent and is dropped (logged);
+    // the short one arrives.
+    assert_eq!(h.events(SOCK), vec![H::ev("/b", &token)]);
+    assert!(h
+        .e
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::Log(l) if l.contains("too long"))));
+}
+
+#[test]
 fn test_watch_identical_queued_events_deduplicated() {
     let mut h = H::new();
     let d5 = h.dom(5);
@@ -735,13 +763,18 @@ fn test_quota_table_limits_guest_not_privileged() {
         "privileged exempt"
     );
     assert_eq!(
+        h.perms(d5, "/local/domain/5/big", &["n0", "r1"]),
+        Err(XsErrno::EACCES),
+        "not the owner"
+    );
+    assert_eq!(
         h.perms(
             d5,
             "/local/domain/5/big",
             &["n0", "r1", "r2", "r3", "r4", "r5"]
         ),
-        Err(XsErrno::EACCES),
-        "not the owner"
+        Err(XsErrno::ENOSPC),
+        "C's order: the entry count is checked before the node"
     );
     h.write(d5, 0, "mine", "").unwrap();
     assert_eq!(
