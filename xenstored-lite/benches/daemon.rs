@@ -331,10 +331,90 @@ fn storm(dir: &Path, clients: usize, guests: usize) {
     );
 }
 
+/// The other end of the eventfd ping-pong: waits on inherited eventfd RX,
+/// answers on TX, COUNT times.
+fn eventfd_pong(rx: &str, tx: &str, count: &str) {
+    let (Ok(rx), Ok(tx), Ok(count)) = (rx.parse::<i32>(), tx.parse::<i32>(), count.parse::<u64>())
+    else {
+        return;
+    };
+    // SAFETY: both descriptors were created by our parent for this, left
+    // open across exec, and stay open while we run.
+    let (rx, tx) = unsafe {
+        (
+            std::os::fd::BorrowedFd::borrow_raw(rx),
+            std::os::fd::BorrowedFd::borrow_raw(tx),
+        )
+    };
+    let mut buf = [0u8; 8];
+    for _ in 0..count {
+        if nix::unistd::read(rx, &mut buf).is_err()
+            || nix::unistd::write(tx, &1u64.to_ne_bytes()).is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn eventfd_rtt(n: usize) -> Stats {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::AsRawFd;
+    let ping = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
+    let pong = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
+    let warm = n.min(200);
+    let child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--eventfd-pong".to_string(),
+            ping.as_raw_fd().to_string(),
+            pong.as_raw_fd().to_string(),
+            (n + warm).to_string(),
+        ])
+        .spawn()
+        .expect("eventfd pong");
+    let _p = Proc(child);
+    measure(n, |_| {
+        ping.write(1).expect("ping");
+        pong.read().expect("pong");
+    })
+}
+
+/// A guest (this process) reading over its ring from the daemon (another
+/// process), with event-channel notifications both ways through mock-xen.
+fn ring_latency(dir: &Path, n: usize) {
+    let (_d, socket) = start_daemon(dir);
+    let hv = dir.join("run").join("mock-xen.sock");
+    let connector = mock_xen::Connector::remote(&hv);
+    let ts = mock_xen::Toolstack::open(&connector).expect("toolstack");
+    let rec = ts.create_domain().expect("domain");
+    let d = rec.info.domid;
+    let mut dom0 = Client::connect_unix(&socket).expect("client");
+    let home = format!("/local/domain/{d}");
+    dom0.write(0, &format!("{home}/k"), b"v").expect("write");
+    dom0.set_perms(0, &home, &[Perm::new(PermKind::None, d)])
+        .expect("perms");
+    dom0.set_perms(0, &format!("{home}/k"), &[Perm::new(PermKind::None, d)])
+        .expect("perms");
+    ts.introduce(&mut dom0, &rec).expect("introduce");
+    let guest = mock_xen::Guest::attach(&connector, &rec).expect("guest");
+    let mut c = Client::new(guest);
+    let raw = eventfd_rtt(n);
+    println!("over a mock-xen ring from a guest (this process) to the daemon, both on CPU 0:");
+    print("eventfd ping-pong (2 processes)", &raw, None);
+    print(
+        "READ over the ring",
+        &measure(n, |_| drop(c.read(0, "k").expect("read"))),
+        Some((&raw, "eventfd")),
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--pong") {
         pong(&args[i + 1]);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--eventfd-pong") {
+        eventfd_pong(&args[i + 1], &args[i + 2], &args[i + 3]);
         return;
     }
     raise_fd_limit();
@@ -345,6 +425,7 @@ fn main() {
     set_cpus(&[0]);
     socket_latencies(&dir.join("lat"), n);
     idle_connections(&dir.join("idle"), n);
+    ring_latency(&dir.join("ring"), n);
     set_cpus(&(0..cpus).collect::<Vec<_>>());
     let (clients, guests) = if quick() { (10, 2) } else { (300, 2) };
     storm(&dir.join("storm"), clients, guests);
