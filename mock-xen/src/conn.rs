@@ -57,20 +57,7 @@ impl Connector {
                 })
             }
             Connector::Remote(path) => {
-                let sock = socket(
-                    AddressFamily::Unix,
-                    SockType::SeqPacket,
-                    SockFlag::SOCK_CLOEXEC,
-                    None,
-                )
-                .map_err(|source| Error::Sys {
-                    op: "socket",
-                    source,
-                })?;
-                let addr = UnixAddr::new(path.as_path()).map_err(|source| Error::Sys {
-                    op: "socket path",
-                    source,
-                })?;
+                let (sock, addr) = seqpacket_socket(path, SockFlag::SOCK_CLOEXEC)?;
                 connect(sock.as_raw_fd(), &addr).map_err(|source| Error::Sys {
                     op: "connect to mock-xen",
                     source,
@@ -248,6 +235,22 @@ fn call_inner(inner: &Inner, request: &Request) -> Result<(Response, Vec<OwnedFd
         Response::Error { code, message } => Err(Error::Remote { code, message }),
         other => Ok((other, fds)),
     }
+}
+
+/// A `SOCK_SEQPACKET` Unix socket and the address of `path`, for the client
+/// (connect) and the server (bind).
+pub(crate) fn seqpacket_socket(path: &Path, flags: SockFlag) -> Result<(OwnedFd, UnixAddr), Error> {
+    let sock = socket(AddressFamily::Unix, SockType::SeqPacket, flags, None).map_err(|source| {
+        Error::Sys {
+            op: "socket",
+            source,
+        }
+    })?;
+    let addr = UnixAddr::new(path).map_err(|source| Error::Sys {
+        op: "socket path",
+        source,
+    })?;
+    Ok((sock, addr))
 }
 
 /// Sends one record with descriptors.

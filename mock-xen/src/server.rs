@@ -8,11 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-};
+use nix::sys::socket::{accept4, bind, listen, Backlog, SockFlag};
 
-use crate::conn::{lock, recv_message, send_message};
+use crate::conn::{lock, recv_message, send_message, seqpacket_socket};
 use crate::error::Error;
 use crate::hv::{ConnId, Hypervisor};
 use crate::proto::{Request, Response};
@@ -41,20 +39,8 @@ impl Server {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let listener = socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )
-        .map_err(|source| Error::Sys {
-            op: "socket",
-            source,
-        })?;
-        let addr = UnixAddr::new(path.as_path()).map_err(|source| Error::Sys {
-            op: "socket path",
-            source,
-        })?;
+        let (listener, addr) =
+            seqpacket_socket(&path, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)?;
         bind(listener.as_raw_fd(), &addr).map_err(|source| Error::Sys { op: "bind", source })?;
         listen(&listener, Backlog::MAXCONN).map_err(|source| Error::Sys {
             op: "listen",
