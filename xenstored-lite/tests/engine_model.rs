@@ -188,7 +188,9 @@ fn model_exec_with(
                 return Err("EACCES");
             }
             let mut perms = base.perms.clone();
-            perms[0].1 = who.domid;
+            if !who.privileged {
+                perms[0].1 = who.domid; // unprivileged creators own what they create
+            }
             if !who.privileged && perms.len() > NODE_PERMISSIONS {
                 return Err("ENOSPC");
             }
@@ -481,7 +483,9 @@ impl World {
         if path.starts_with('/') || path.starts_with('@') {
             Some(path.to_string())
         } else if actor == 0 {
-            None // sockets have no home: relative paths are invalid
+            // dom0's sockets resolve relative paths in dom0's home, as C
+            // xenstored does (libxl reads "domid" that way).
+            Some(format!("/local/domain/0/{path}"))
         } else {
             Some(format!("/local/domain/{actor}/{path}"))
         }

@@ -466,10 +466,13 @@ impl Engine {
         }
     }
 
-    fn home(kind: ConnKind) -> Option<String> {
+    /// Where a connection's relative paths point: its domain's home; for
+    /// dom0's sockets the privileged domain's (libxl reads `domid` so, and
+    /// C xenstored resolves it there too).
+    fn home(&self, kind: ConnKind) -> Option<String> {
         match kind {
             ConnKind::Domain(d) => Some(format!("/local/domain/{d}")),
-            ConnKind::Socket => None,
+            ConnKind::Socket => Some(format!("/local/domain/{}", self.config.priv_domid)),
         }
     }
 
@@ -579,7 +582,7 @@ impl Engine {
         payload: &[u8],
     ) -> Result<Option<Vec<u8>>, XsErrno> {
         let limits = self.limits(&who);
-        let home = Self::home(kind);
+        let home = self.home(kind);
         let ctx = Ctx {
             who,
             limits,
@@ -799,7 +802,7 @@ impl Engine {
             Some(d) if !d.is_empty() => Some(parse_num::<u32>(d)?),
             _ => None,
         };
-        let home = Self::home(kind);
+        let home = self.home(kind);
         let ctx = Ctx {
             who,
             limits: self.limits(&who),
@@ -960,7 +963,7 @@ impl Engine {
         // already received (what oxenstored does; C xenstored fails whenever
         // anything it touched changed, even a shared parent's child list).
         let mut scratch = self.store.clone();
-        let home = Self::home(kind);
+        let home = self.home(kind);
         let ctx = Ctx {
             who,
             limits: self.limits(&who),

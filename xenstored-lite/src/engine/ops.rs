@@ -221,8 +221,11 @@ fn write(
         return Err(XsErrno::EACCES);
     }
     check_value(ctx, value)?;
+    // New nodes inherit the parent's ACL; an unprivileged creator becomes
+    // the owner (C xenstored's rule: a node dom0 creates in a guest's home
+    // stays the guest's, or the guest could not read what dom0 wrote there).
     let mut perms: Vec<Perm> = base.perms.to_vec();
-    if let Some(owner) = perms.first_mut() {
+    if let Some(owner) = perms.first_mut().filter(|_| !ctx.who.privileged) {
         owner.domid = ctx.who.domid;
     }
     let perms: Arc<[Perm]> = Arc::from(perms);

@@ -191,7 +191,7 @@ mod requests {
             (MsgType::Read, &["/t/x"], Ok(b"1".to_vec())),
             (MsgType::Read, &["/t/nope"], Err(XsErrno::ENOENT)),
             (MsgType::Read, &["/t//x"], Err(XsErrno::EINVAL)),
-            (MsgType::Read, &["relative"], Err(XsErrno::EINVAL)),
+            (MsgType::Read, &["relative"], Err(XsErrno::ENOENT)), // dom0's home, like C
             (MsgType::Read, &["/t/x", "extra"], Err(XsErrno::EINVAL)),
             (MsgType::Mkdir, &["/t/x"], ok()),
             (MsgType::Read, &["/t/x"], Ok(b"1".to_vec())),
@@ -305,6 +305,23 @@ mod permissions {
         // Relative paths resolve below the domain's home.
         assert_eq!(h.read(d5, 0, "data/x"), Ok(b"1".to_vec()));
         h.check();
+    }
+
+    #[test]
+    fn test_perms_privileged_creator_keeps_parent_owner() {
+        // What toolstacks rely on: dom0 writes into a guest's home and the
+        // guest reads it (found on real Xen: the test guest polls data/ack).
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        h.write(SOCK, 0, "/local/domain/5/data/ack", "ok").unwrap();
+        assert_eq!(
+            h.req(SOCK, MsgType::GetPerms, 0, &["/local/domain/5/data/ack"]),
+            Ok(b"n5\0".to_vec())
+        );
+        assert_eq!(h.read(d5, 0, "data/ack"), Ok(b"ok".to_vec()));
     }
 
     #[test]
