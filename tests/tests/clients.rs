@@ -64,8 +64,10 @@ fn test_xenstore_watch_sees_changes() {
     let dir = tempfile::tempdir().unwrap();
     let d = Daemon::start(dir.path(), &["--platform", "mock"]);
     out(&d.tool("xenstore-write", &["/w", ""]));
-    let child = Command::new("xenstore-watch")
-        .args(["-n", "3", "/w"])
+    // Bounded: if an event never came, `timeout` ends the watcher and the
+    // line read below fails instead of blocking the suite.
+    let child = Command::new("timeout")
+        .args(["60", "xenstore-watch", "-n", "3", "/w"])
         .env("XENSTORED_PATH", &d.socket)
         .stdout(Stdio::piped())
         .spawn()
