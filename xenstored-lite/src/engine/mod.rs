@@ -12,6 +12,7 @@
 //! [`ops`] (the requests on it), [`perms`], [`watch`], [`quota`], and here
 //! the connections, transactions, domains and the dispatch table.
 
+pub mod migrate;
 pub mod ops;
 pub mod perms;
 pub mod quota;
