@@ -170,22 +170,27 @@ fn test_restore_c_fixture_half_received_request_completes() {
     assert_eq!(reply.payload, b"ENOENT\0");
 }
 
+/// A fresh engine with the fixture's connections registered (stream 1 is
+/// dom0's ring, 3 domain 5's, 2 and 4 sockets) and nothing else.
+fn connected(conns: &BTreeMap<u32, ConnId>) -> Engine {
+    let mut e = Engine::new(Config::default());
+    for (&s, &o) in conns {
+        let kind = match s {
+            1 => ConnKind::Domain(0),
+            3 => ConnKind::Domain(5),
+            _ => ConnKind::Socket,
+        };
+        e.handle(Input::Connect { conn: o, kind });
+    }
+    e
+}
+
 #[test]
 fn test_export_then_restore_round_trips_the_engine_state() {
     let (e, stream, conns) = restored();
     let back: BTreeMap<ConnId, u32> = conns.iter().map(|(&s, &o)| (o, s)).collect();
     let records = e.export_records(&back);
-    let mut again = Engine::new(Config::default());
-    for (&s, &o) in &conns {
-        let kind = if s == 3 {
-            ConnKind::Domain(5)
-        } else if s == 1 {
-            ConnKind::Domain(0)
-        } else {
-            ConnKind::Socket
-        };
-        again.handle(Input::Connect { conn: o, kind });
-    }
+    let mut again = connected(&conns);
     again.restore_records(&records, &conns).unwrap();
     let nodes = |e: &Engine| -> Vec<(String, Vec<u8>, Vec<xenring::Perm>)> {
         e.store()
@@ -221,20 +226,6 @@ fn test_export_then_restore_round_trips_the_engine_state() {
 #[test]
 fn test_restore_rejects_orphans_and_unknown_connections_naming_the_record() {
     let (_, stream, conns) = restored();
-    let connected = || {
-        let mut e = Engine::new(Config::default());
-        for (&s, &o) in &conns {
-            let kind = if s == 3 {
-                ConnKind::Domain(5)
-            } else if s == 1 {
-                ConnKind::Domain(0)
-            } else {
-                ConnKind::Socket
-            };
-            e.handle(Input::Connect { conn: o, kind });
-        }
-        e
-    };
     // Drop the node "/vm": its child "/vm/abc" becomes an orphan.
     let mut records = stream.records.clone();
     let vm = records
@@ -242,7 +233,7 @@ fn test_restore_rejects_orphans_and_unknown_connections_naming_the_record() {
         .position(|r| matches!(r, Record::Node(n) if n.path == "/vm"))
         .unwrap();
     records.remove(vm);
-    let mut e = connected();
+    let mut e = connected(&conns);
     let err = e.restore_records(&records, &conns).unwrap_err();
     assert!(
         matches!(&err, RestoreError::OrphanNode { path, .. } if path == "/vm/abc"),
