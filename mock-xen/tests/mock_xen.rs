@@ -251,17 +251,24 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn test_exec_keeps_bindings_and_mapping_rights() {
+/// A mock-xen server on a thread of this process, a guest attached to a new
+/// domain here, and `mock-xen-peer MODE` acting as dom0 in another process.
+fn guest_with_peer(mode: &str) -> ((Toolstack, ServerThread, tempfile::TempDir), Guest, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerThread::start(dir.path().join("hv.sock")).unwrap();
     let connector = Connector::remote(server.path());
     let ts = Toolstack::open(&connector).unwrap();
     let record = ts.create_domain().unwrap();
-    let mut guest = Guest::attach(&connector, &record).unwrap();
-    let sock_s = server.path().to_string_lossy().to_string();
-    let domid = record.info.domid.to_string();
-    let mut peer = Proc::spawn(&["exec-adopt", &sock_s, &domid]);
+    let guest = Guest::attach(&connector, &record).unwrap();
+    let sock = server.path().to_string_lossy().to_string();
+    let peer = Proc::spawn(&[mode, &sock, &record.info.domid.to_string()]);
+    // Dropped in this order: toolstack, server, then the directory.
+    ((ts, server, dir), guest, peer)
+}
+
+#[test]
+fn test_exec_keeps_bindings_and_mapping_rights() {
+    let (_hv, mut guest, mut peer) = guest_with_peer("exec-adopt");
     let bound = peer.line();
     assert!(bound.starts_with("bound "), "{bound}");
     // Printed by the new program after exec: it mapped the grant again.
@@ -564,15 +571,7 @@ fn test_fault_death_mid_request_leaves_partial_bytes_and_fires_virq() {
 #[test]
 fn test_ring_cross_process_many_round_trips_lose_no_wakeup() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerThread::start(dir.path().join("hv.sock")).unwrap();
-    let connector = Connector::remote(server.path());
-    let ts = Toolstack::open(&connector).unwrap();
-    let record = ts.create_domain().unwrap();
-    let mut guest = Guest::attach(&connector, &record).unwrap();
-    let sock_s = server.path().to_string_lossy().to_string();
-    let domid = record.info.domid.to_string();
-    let mut dom0 = Proc::spawn(&["echo-dom0", &sock_s, &domid]);
+    let (_hv, mut guest, mut dom0) = guest_with_peer("echo-dom0");
     assert!(dom0.line().starts_with("ready "));
     for i in 0..5000u32 {
         let msg = i.to_le_bytes();
