@@ -254,25 +254,19 @@ impl Engine {
         let conn = *conns
             .get(&conn_id)
             .ok_or(RestoreError::UnknownConnection { index, conn_id })?;
-        let kind = self
-            .conns
-            .get(&conn)
-            .map(|c| c.kind)
-            .ok_or(RestoreError::UnknownConnection { index, conn_id })?;
         let bad = |reason| RestoreError::BadWatch {
             index,
             path: wpath.to_string(),
             reason,
         };
         let token = String::from_utf8(token.to_vec()).map_err(|_| bad("token is not UTF-8"))?;
-        let home = self.home(kind);
+        let home = self
+            .home(conn)
+            .ok_or(RestoreError::UnknownConnection { index, conn_id })?;
         let (abs, relative_prefix) =
             match validate_path(wpath.as_bytes()).map_err(|_| bad("invalid path"))? {
                 PathKind::Absolute | PathKind::Special => (wpath.to_string(), None),
-                PathKind::Relative => {
-                    let home = home.ok_or(bad("relative path without a home"))?;
-                    (format!("{home}/{wpath}"), Some(format!("{home}/")))
-                }
+                PathKind::Relative => (format!("{home}/{wpath}"), Some(format!("{home}/"))),
             };
         Ok(Watch {
             conn,

@@ -196,6 +196,9 @@ struct Transaction {
 #[derive(Debug)]
 struct Conn {
     kind: ConnKind,
+    /// Where its relative paths point (see [`Engine::home_path`]); computed
+    /// once, it is cloned, not formatted, on the request path.
+    home: Arc<str>,
     transactions: BTreeMap<u32, Transaction>,
     next_tx: u32,
     out: VecDeque<Queued>,
@@ -398,6 +401,7 @@ impl Engine {
                     conn,
                     Conn {
                         kind,
+                        home: Arc::from(self.home_path(kind)),
                         transactions: BTreeMap::new(),
                         next_tx: 1,
                         out: VecDeque::new(),
@@ -470,11 +474,16 @@ impl Engine {
     /// Where a connection's relative paths point: its domain's home; for
     /// dom0's sockets the privileged domain's (libxl reads `domid` so, and
     /// C xenstored resolves it there too).
-    fn home(&self, kind: ConnKind) -> Option<String> {
+    fn home_path(&self, kind: ConnKind) -> String {
         match kind {
-            ConnKind::Domain(d) => Some(format!("/local/domain/{d}")),
-            ConnKind::Socket => Some(format!("/local/domain/{}", self.config.priv_domid)),
+            ConnKind::Domain(d) => format!("/local/domain/{d}"),
+            ConnKind::Socket => format!("/local/domain/{}", self.config.priv_domid),
         }
+    }
+
+    /// A connection's home, as computed when it connected.
+    fn home(&self, conn: ConnId) -> Option<Arc<str>> {
+        self.conns.get(&conn).map(|c| Arc::clone(&c.home))
     }
 
     fn queue(&mut self, conn: ConnId, msg: Message, event: bool) {
@@ -537,7 +546,6 @@ impl Engine {
         self.requests += 1;
         let hdr = msg.header;
         let who = self.who(c);
-        let kind = c.kind;
         let Some((ty, spec)) = hdr
             .msg_type()
             .ok()
@@ -553,9 +561,9 @@ impl Engine {
             return self.reply_err(conn, &hdr, XsErrno::ENOENT);
         }
         let result = if spec.store {
-            self.store_request(conn, kind, who, tx_id, ty, &msg.payload)
+            self.store_request(conn, who, tx_id, ty, &msg.payload)
         } else {
-            self.other_request(conn, kind, who, &hdr, ty, &msg.payload)
+            self.other_request(conn, who, &hdr, ty, &msg.payload)
         };
         match result {
             Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
@@ -576,14 +584,13 @@ impl Engine {
     fn store_request(
         &mut self,
         conn: ConnId,
-        kind: ConnKind,
         who: Who,
         tx_id: u32,
         ty: MsgType,
         payload: &[u8],
     ) -> Result<Option<Vec<u8>>, XsErrno> {
         let limits = self.limits(&who);
-        let home = self.home(kind);
+        let home = self.home(conn);
         let ctx = Ctx {
             who,
             limits,
@@ -623,7 +630,6 @@ impl Engine {
     fn other_request(
         &mut self,
         conn: ConnId,
-        kind: ConnKind,
         who: Who,
         hdr: &Header,
         ty: MsgType,
@@ -632,7 +638,7 @@ impl Engine {
         let ok = || Ok(Some(b"OK\0".to_vec()));
         match ty {
             MsgType::Watch => {
-                self.watch(conn, kind, who, payload)?;
+                self.watch(conn, who, payload)?;
                 ok()
             }
             MsgType::Unwatch => {
@@ -699,7 +705,7 @@ impl Engine {
                     .and_then(|c| c.transactions.remove(&hdr.tx_id))
                     .ok_or(XsErrno::ENOENT)?;
                 if commit {
-                    self.commit(kind, who, tx)?;
+                    self.commit(conn, who, tx)?;
                 }
                 ok()
             }
@@ -788,13 +794,7 @@ impl Engine {
         }
     }
 
-    fn watch(
-        &mut self,
-        conn: ConnId,
-        kind: ConnKind,
-        who: Who,
-        payload: &[u8],
-    ) -> Result<(), XsErrno> {
+    fn watch(&mut self, conn: ConnId, who: Who, payload: &[u8]) -> Result<(), XsErrno> {
         let args: Vec<&[u8]> = split_args(payload).collect();
         if args.len() < 2 || args.len() > 3 {
             return Err(XsErrno::EINVAL);
@@ -803,7 +803,7 @@ impl Engine {
             Some(d) if !d.is_empty() => Some(parse_num::<u32>(d)?),
             _ => None,
         };
-        let home = self.home(kind);
+        let home = self.home(conn);
         let ctx = Ctx {
             who,
             limits: self.limits(&who),
@@ -825,7 +825,7 @@ impl Engine {
         let relative_prefix = if path.starts_with('/') || path.starts_with('@') {
             None
         } else {
-            home.map(|h| format!("{h}/"))
+            home.as_deref().map(|h| format!("{h}/"))
         };
         let added = self.watches.add(Watch {
             conn,
@@ -951,7 +951,7 @@ impl Engine {
         }
     }
 
-    fn commit(&mut self, kind: ConnKind, who: Who, tx: Transaction) -> Result<(), XsErrno> {
+    fn commit(&mut self, conn: ConnId, who: Who, tx: Transaction) -> Result<(), XsErrno> {
         if self.store.version() == tx.base_version {
             self.store = tx.store;
             for e in &tx.events {
@@ -964,7 +964,7 @@ impl Engine {
         // already received (what oxenstored does; C xenstored fails whenever
         // anything it touched changed, even a shared parent's child list).
         let mut scratch = self.store.clone();
-        let home = self.home(kind);
+        let home = self.home(conn);
         let ctx = Ctx {
             who,
             limits: self.limits(&who),
