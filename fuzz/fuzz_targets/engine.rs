@@ -187,7 +187,7 @@ impl Harness {
                             "output for a connection that is gone"
                         );
                     }
-                    Action::Log(_) | Action::Control { .. } => {}
+                    Action::Log(_) | Action::Control { .. } | Action::LiveUpdate { .. } => {}
                 }
             }
         }

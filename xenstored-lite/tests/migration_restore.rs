@@ -27,7 +27,7 @@ fn restored() -> (Engine, Stream, BTreeMap<u32, ConnId>) {
                     conn: ours,
                     kind: ConnKind::Domain(0),
                 }),
-                ConnSpec::Ring(ring) => e.restore_ring(ours, ring.domid, 4660, 7),
+                ConnSpec::Ring(ring) => e.restore_ring(ours, ring.domid, 4660, 7, None),
                 ConnSpec::Socket(_) => e.handle(Input::Connect {
                     conn: ours,
                     kind: ConnKind::Socket,

@@ -98,8 +98,16 @@ fn quota_kind(q: &Quota) -> Option<QuotaKind> {
 
 impl Engine {
     /// Registers a domain's ring connection carried over from a stream (the
-    /// shell has re-mapped the ring and re-bound its port).
-    pub fn restore_ring(&mut self, conn: ConnId, domid: DomId, mfn: u64, port: u32) {
+    /// shell has re-mapped the ring and re-bound its port); `target` is the
+    /// record's target domain (`SET_TARGET`), if any.
+    pub fn restore_ring(
+        &mut self,
+        conn: ConnId,
+        domid: DomId,
+        mfn: u64,
+        port: u32,
+        target: Option<DomId>,
+    ) {
         self.handle(Input::Connect {
             conn,
             kind: ConnKind::Domain(domid),
@@ -111,10 +119,21 @@ impl Engine {
                 mfn,
                 port,
                 shutdown_seen: false,
-                target: None,
+                target,
                 features: 0,
             },
         );
+    }
+
+    /// The target domain of a domain (`SET_TARGET`), for a stream's
+    /// connection records.
+    pub fn domain_target(&self, domid: DomId) -> Option<DomId> {
+        self.domains.get(&domid).and_then(|d| d.target)
+    }
+
+    /// The ring frame and remote port a domain was introduced with.
+    pub fn domain_ring(&self, domid: DomId) -> Option<(u64, u32)> {
+        self.domains.get(&domid).map(|d| (d.mfn, d.port))
     }
 
     /// Takes over the nodes, watches and quotas of a stream. `conns` maps

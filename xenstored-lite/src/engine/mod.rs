@@ -163,9 +163,20 @@ pub enum Action {
     },
     /// A line for the daemon's log (XS_CONTROL print, soft quotas).
     Log(String),
+    /// XS_CONTROL `live-update <args>`: only the shell can carry it out, and
+    /// it answers ([`Engine::answer_control`]) when it knows the outcome,
+    /// which for `-s` is after the hand-over, from the new process.
+    LiveUpdate {
+        /// The connection that asked.
+        conn: ConnId,
+        /// The request's header, to answer it.
+        header: Header,
+        /// The arguments after `live-update`.
+        args: Vec<String>,
+    },
     /// An XS_CONTROL command the engine does not implement itself (logging
-    /// switches and files, live update): the shell acts on it; the engine
-    /// has already answered.
+    /// switches and files): the shell acts on it; the engine has already
+    /// answered.
     Control {
         /// The connection that asked.
         conn: ConnId,
@@ -532,8 +543,17 @@ impl Engine {
         self.queue(conn, Message::error_reply(hdr, err), false);
     }
 
+    /// Answers an XS_CONTROL request the shell carried out
+    /// ([`Action::LiveUpdate`]): `text` is the reply, as C xenstored words
+    /// it (`OK`, or why not).
+    pub fn answer_control(&mut self, conn: ConnId, header: &Header, text: &str) {
+        let mut payload = text.as_bytes().to_vec();
+        payload.push(0);
+        self.queue(conn, reply(header, MsgType::Control, payload), false);
+    }
+
     /// The outcome of the last request handled (`None` while an INTRODUCE
-    /// waits for the shell), for the access log.
+    /// or a live update waits for the shell), for the access log.
     pub fn last_result(&self) -> Option<Result<(), XsErrno>> {
         self.last_result
     }
@@ -788,6 +808,18 @@ impl Engine {
             MsgType::SetQuota => {
                 self.set_quota(payload)?;
                 ok()
+            }
+            MsgType::Control if split_args(payload).next() == Some(b"live-update".as_slice()) => {
+                let args: Vec<String> = split_args(payload)
+                    .skip(1)
+                    .map(text)
+                    .collect::<Result<_, _>>()?;
+                self.actions.push(Action::LiveUpdate {
+                    conn,
+                    header: *hdr,
+                    args,
+                });
+                Ok(None)
             }
             MsgType::Control => self.control(conn, payload).map(Some),
             _ => Err(XsErrno::ENOSYS),

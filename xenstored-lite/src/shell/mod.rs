@@ -692,6 +692,10 @@ impl Daemon {
                     }
                 }
                 Action::Log(line) => tracing::info!(target: "xenstored", "{line}"),
+                Action::LiveUpdate { conn, header, .. } => {
+                    self.engine
+                        .answer_control(conn, &header, "live update is not implemented yet");
+                }
                 Action::Control { args, .. } => self.control(&args),
             }
         }
