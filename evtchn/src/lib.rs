@@ -233,6 +233,14 @@ pub trait EventChannel: AsRawFd + Send {
     /// Unmasks `ports` (reported earlier by `read_pending`) so they can be
     /// reported again.
     fn unmask(&mut self, ports: &[Port]) -> Result<(), Error>;
+
+    /// The descriptor that *is* the handle: the one a live update passes to
+    /// the new program (with close-on-exec cleared) so that every port bound
+    /// through it stays bound. For `/dev/xen/evtchn` it is the fd from
+    /// [`AsRawFd`]; a backend whose pollable fd differs overrides this.
+    fn handle_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
 }
 
 #[cfg(test)]

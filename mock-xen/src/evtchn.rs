@@ -201,6 +201,11 @@ impl AsRawFd for MockEventChannel {
 }
 
 impl EventChannel for MockEventChannel {
+    /// The mock-xen connection (the pollable fd is a separate eventfd).
+    fn handle_fd(&self) -> RawFd {
+        self.conn.raw_fd().unwrap_or(-1)
+    }
+
     fn bind_interdomain(
         &mut self,
         remote: DomId,

@@ -105,6 +105,19 @@ pub struct Cli {
     /// Run on a separate `mock-xen --socket PATH` process instead.
     #[arg(long = "mock-xen", value_name = "PATH")]
     pub mock_xen: Option<PathBuf>,
+
+    /// Take over from the daemon that exec'd us (live update): restore the
+    /// state it wrote to $XENSTORED_RUNDIR/state_dump, with the descriptors
+    /// it passed down, instead of starting empty. Set by the old daemon (or
+    /// by C xenstored's live update), not by hand.
+    #[arg(short = 'U', long = "live-update")]
+    pub live_update: bool,
+
+    /// With -U: only check that the state in $XENSTORED_RUNDIR/state_dump
+    /// can be restored, then exit (0: yes). The old daemon runs this before
+    /// it hands over, and keeps serving if it fails.
+    #[arg(long = "dry-run", requires = "live_update")]
+    pub dry_run: bool,
 }
 
 /// A command-line value that does not make sense.

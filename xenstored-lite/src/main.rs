@@ -1,14 +1,17 @@
 //! `xenstored-lite`: the daemon.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use xenstored_lite::cli::Cli;
+use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
+use xenstored_lite::migration::{Record, Stream};
 use xenstored_lite::shell::platform::Platform;
-use xenstored_lite::shell::{notify_systemd_ready, Daemon, ShellConfig};
+use xenstored_lite::shell::{check_stream, notify_systemd_ready, Daemon, ShellConfig, STATE_FILE};
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
@@ -66,11 +69,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reads and parses the state a live update left in the run directory.
+fn read_state(rundir: &Path) -> Result<Stream, String> {
+    let path = rundir.join(STATE_FILE);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("live update: cannot read the state {}: {e}", path.display()))?;
+    Stream::parse(&bytes).map_err(|e| {
+        format!(
+            "live update: the state in {} is not usable: {e}",
+            path.display()
+        )
+    })
+}
+
+/// `-U --dry-run`: proves this binary can take over the state, touching
+/// nothing else.
+fn dry_run(cli: &Cli, config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let stream = read_state(&cli.rundir())?;
+    let summary = check_stream(config, &stream)
+        .map_err(|e| format!("live update: the state cannot be restored: {e}"))?;
+    eprintln!(
+        "xenstored-lite: dry run: the state restores ({} nodes, {} watches, {} socket and {} ring connections)",
+        summary.nodes, summary.watches, summary.sockets, summary.rings
+    );
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = cli.engine_config()?;
     let choice = cli.platform_choice()?;
     let socket = cli.socket_path();
-    if !cli.no_fork {
+    if cli.dry_run {
+        return dry_run(cli, config);
+    }
+    if !cli.no_fork && !cli.live_update {
         // Detach before any thread exists (the embedded mock-xen has one).
         nix::unistd::daemon(true, true)
             .map_err(|e| format!("cannot detach (use -N to stay in the foreground): {e}"))?;
@@ -78,7 +110,26 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let rundir = cli.rundir();
     std::fs::create_dir_all(&rundir)
         .map_err(|e| format!("cannot create the run directory {}: {e}", rundir.display()))?;
-    let mut platform = Platform::open(&choice, &rundir).map_err(|e| {
+    let state = if cli.live_update {
+        Some(read_state(&rundir)?)
+    } else {
+        None
+    };
+    let mut platform = match &state {
+        Some(stream) => {
+            let evtchn_fd = stream
+                .records
+                .iter()
+                .find_map(|r| match r {
+                    Record::Global(g) => Some(g.evtchn_fd),
+                    _ => None,
+                })
+                .unwrap_or(-1);
+            Platform::adopt(&choice, &rundir, evtchn_fd)
+        }
+        None => Platform::open(&choice, &rundir),
+    }
+    .map_err(|e| {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
@@ -94,9 +145,22 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let shell = ShellConfig {
         socket: socket.clone(),
         access_log: cli.trace_file.clone(),
+        rundir: rundir.clone(),
+        exec_args: std::env::args_os().skip(1).collect(),
     };
-    let mut daemon = Daemon::new(Engine::new(config), platform, &shell)
-        .map_err(|e| format!("cannot serve {}: {e}", socket.display()))?;
+    let mut daemon = match &state {
+        Some(stream) => {
+            let (daemon, _) = Daemon::restore(Engine::new(config), platform, &shell, stream)
+                .map_err(|e| format!("live update: cannot restore the state: {e}"))?;
+            let path = rundir.join(STATE_FILE);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+            daemon
+        }
+        None => Daemon::new(Engine::new(config), platform, &shell)
+            .map_err(|e| format!("cannot serve {}: {e}", socket.display()))?,
+    };
     if let Some(pid_file) = &cli.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| format!("cannot write pid file {}: {e}", pid_file.display()))?;

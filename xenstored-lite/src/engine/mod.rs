@@ -552,6 +552,21 @@ impl Engine {
         self.queue(conn, reply(header, MsgType::Control, payload), false);
     }
 
+    /// Answers a request the shell carried out ([`Action::LiveUpdate`])
+    /// with an error.
+    pub fn answer_error(&mut self, conn: ConnId, header: &Header, err: XsErrno) {
+        self.reply_err(conn, header, err);
+    }
+
+    /// The messages queued for `conn`, oldest first, left in place (a live
+    /// update's snapshot of pending output).
+    pub fn queued_messages(&self, conn: ConnId) -> impl Iterator<Item = &Message> + '_ {
+        self.conns
+            .get(&conn)
+            .into_iter()
+            .flat_map(|c| c.out.iter().map(|q| &q.msg))
+    }
+
     /// The outcome of the last request handled (`None` while an INTRODUCE
     /// or a live update waits for the shell), for the access log.
     pub fn last_result(&self) -> Option<Result<(), XsErrno>> {

@@ -8,9 +8,13 @@
 //! states. The clock enters in one place ([`Daemon::now_ms`]). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 
+mod live_update;
 pub mod platform;
 
+pub use live_update::{check_stream, RestoreSummary, STATE_FILE};
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
@@ -37,6 +41,11 @@ pub struct ShellConfig {
     pub socket: PathBuf,
     /// Write one line per request here (the access log), if set.
     pub access_log: Option<PathBuf>,
+    /// The run directory (a live update's state file goes there).
+    pub rundir: PathBuf,
+    /// The arguments we were started with (after the program name): a
+    /// live update gives them to the new binary unless told otherwise.
+    pub exec_args: Vec<OsString>,
 }
 
 enum Transport {
@@ -94,6 +103,9 @@ pub struct Daemon {
     epoll: Epoll,
     /// What each socket is registered for in `epoll`.
     interest: BTreeMap<ConnId, EpollFlags>,
+    rundir: PathBuf,
+    exec_args: Vec<OsString>,
+    live_update: Option<live_update::Session>,
 }
 
 const TOKEN_LISTENER: u64 = 0;
@@ -116,17 +128,21 @@ fn describe(ty: u32) -> &'static str {
 impl Daemon {
     /// Binds the socket, binds `VIRQ_DOM_EXC`, serves dom0's own ring where
     /// the platform has one.
-    pub fn new(engine: Engine, mut platform: Platform, config: &ShellConfig) -> io::Result<Self> {
-        if let Some(dir) = config.socket.parent() {
-            std::fs::create_dir_all(dir)?;
+    pub fn new(engine: Engine, platform: Platform, config: &ShellConfig) -> io::Result<Self> {
+        let listener = bind_listener(&config.socket)?;
+        let mut daemon = Self::with_listener(engine, platform, config, listener)?;
+        if daemon.platform.serve_local_ring {
+            daemon.serve_local_ring();
         }
-        match std::fs::remove_file(&config.socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(&config.socket)?;
-        listener.set_nonblocking(true)?;
+        Ok(daemon)
+    }
+
+    fn with_listener(
+        engine: Engine,
+        mut platform: Platform,
+        config: &ShellConfig,
+        listener: UnixListener,
+    ) -> io::Result<Self> {
         let virq = match platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
             Ok(port) => Some(port),
             Err(e) => {
@@ -149,7 +165,7 @@ impl Daemon {
             let fd = unsafe { BorrowedFd::borrow_raw(platform.evtchn.as_raw_fd()) };
             epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN))?;
         }
-        let mut daemon = Self {
+        let daemon = Self {
             engine,
             platform,
             listener,
@@ -165,10 +181,10 @@ impl Daemon {
             dirty: BTreeSet::new(),
             epoll,
             interest: BTreeMap::new(),
+            rundir: config.rundir.clone(),
+            exec_args: config.exec_args.clone(),
+            live_update: None,
         };
-        if daemon.platform.serve_local_ring {
-            daemon.serve_local_ring();
-        }
         Ok(daemon)
     }
 
@@ -250,12 +266,19 @@ impl Daemon {
             self.service_socket(conn);
         }
         self.settle();
+        if self.live_update.is_some() {
+            // Between requests: the one point where a hand-over may happen.
+            self.live_update_poll();
+        }
         Ok(())
     }
 
     fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
         let timeout = if !self.dirty.is_empty() {
             EpollTimeout::ZERO
+        } else if self.live_update_pending() {
+            // A dry run is under way: look at it often.
+            EpollTimeout::from(10u16)
         } else {
             timeout_ms.map_or(EpollTimeout::NONE, EpollTimeout::from)
         };
@@ -692,9 +715,8 @@ impl Daemon {
                     }
                 }
                 Action::Log(line) => tracing::info!(target: "xenstored", "{line}"),
-                Action::LiveUpdate { conn, header, .. } => {
-                    self.engine
-                        .answer_control(conn, &header, "live update is not implemented yet");
+                Action::LiveUpdate { conn, header, args } => {
+                    self.live_update_request(conn, header, &args);
                 }
                 Action::Control { args, .. } => self.control(&args),
             }
@@ -754,6 +776,21 @@ impl Daemon {
         tracing::info!("domain {domid} introduced (mfn {mfn:#x}, remote port {remote_port}, local port {port})");
         Ok(self.add_ring(page, port, domid))
     }
+}
+
+/// Binds the listening socket at `path` (replacing a stale one).
+fn bind_listener(path: &std::path::Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 impl Drop for Daemon {

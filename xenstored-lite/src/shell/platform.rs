@@ -48,6 +48,9 @@ pub struct Platform {
     pub description: String,
     /// Whether dom0's own ring (xsd_kva) should be served.
     pub serve_local_ring: bool,
+    /// Whether the event-channel handle was adopted from the process that
+    /// exec'd us (live update): ports bound before the exec are still bound.
+    pub evtchn_inherited: bool,
     _embedded: Option<ServerThread>,
 }
 
@@ -88,8 +91,74 @@ impl Platform {
             dominfo: Box::new(gnttab::PrivcmdDomainInfo::open()?),
             description: "Xen (Linux /dev/xen devices)".to_string(),
             serve_local_ring: true,
+            evtchn_inherited: false,
             _embedded: None,
         })
+    }
+
+    /// Every domain the hypervisor knows, or `None` (logged) if it cannot
+    /// say.
+    pub fn dominfo_list(&mut self) -> Option<Vec<gnttab::DomainInfo>> {
+        match self.dominfo.list() {
+            Ok(list) => Some(list),
+            Err(e) => {
+                tracing::warn!("cannot list domains: {e}");
+                None
+            }
+        }
+    }
+
+    /// Why this platform cannot hand itself over to a new binary, if it
+    /// cannot: an embedded mock-xen is a thread of this process, and the
+    /// simulated hypervisor (and every guest on it) would end with the exec.
+    pub fn live_update_obstacle(&self) -> Option<&'static str> {
+        self._embedded.as_ref().map(|_| {
+            "live update needs a hypervisor outside the daemon: the embedded mock-xen would end with the exec (start `mock-xen --socket PATH` and run the daemon with --mock-xen PATH)"
+        })
+    }
+
+    /// The chosen backend for a live update's new process: the event-channel
+    /// handle is the descriptor `evtchn_fd` the old process passed down
+    /// (ports stay bound); the rest is opened anew (mappings do not survive
+    /// exec and are re-made from the stream). With no usable `evtchn_fd`, a
+    /// new handle is opened and the rings' ports are bound again.
+    pub fn adopt(
+        choice: &PlatformChoice,
+        rundir: &Path,
+        evtchn_fd: i32,
+    ) -> Result<Self, PlatformError> {
+        let mut platform = Self::open(choice, rundir)?;
+        if evtchn_fd < 0 || !fd_is_open(evtchn_fd) {
+            tracing::warn!("live update: no event-channel handle was passed down (fd {evtchn_fd}); binding the rings' ports again");
+            return Ok(platform);
+        }
+        let adopted: Result<Box<dyn EventChannel>, PlatformError> = match choice {
+            PlatformChoice::Remote(_) => {
+                // SAFETY: `evtchn_fd` is the descriptor the old process
+                // passed down for its handle (GLOBAL_DATA), checked open
+                // above; nothing else in this process uses it.
+                unsafe { MockEventChannel::adopt(evtchn_fd, 0) }
+                    .map(|h| Box::new(h) as Box<dyn EventChannel>)
+                    .map_err(PlatformError::from)
+            }
+            _ => {
+                // SAFETY: as above; `from_inherited_fd` checks that it is
+                // the event-channel device and leaves it open otherwise.
+                unsafe { evtchn::LinuxEventChannel::from_inherited_fd(evtchn_fd) }
+                    .map(|h| Box::new(h) as Box<dyn EventChannel>)
+                    .map_err(PlatformError::from)
+            }
+        };
+        match adopted {
+            Ok(handle) => {
+                platform.evtchn = handle;
+                platform.evtchn_inherited = true;
+            }
+            Err(e) => tracing::warn!(
+                "live update: cannot adopt the event-channel handle (fd {evtchn_fd}): {e}; binding the rings' ports again"
+            ),
+        }
+        Ok(platform)
     }
 
     fn embedded(path: &Path) -> Result<Self, PlatformError> {
@@ -113,7 +182,15 @@ impl Platform {
             dominfo: Box::new(MockDomainInfo::open(connector, 0)?),
             description,
             serve_local_ring: false,
+            evtchn_inherited: false,
             _embedded: server,
         })
     }
+}
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is a
+    // valid argument (an unused one fails with EBADF) and nothing changes.
+    unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) != -1 }
 }
