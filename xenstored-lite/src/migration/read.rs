@@ -68,6 +68,7 @@ pub fn parse(input: &[u8]) -> Result<Stream, MigrationError> {
                         bytes: trailing,
                     });
                 }
+                check_structure(&records)?;
                 return Ok(Stream { header, records });
             }
             RecordType::GLOBAL_DATA => Record::Global(GlobalData {
@@ -464,4 +465,66 @@ impl<'a> Body<'a> {
         }
         Ok(())
     }
+}
+
+/// Checks what no single record shows: one `GLOBAL_DATA` at most, each
+/// connection id once, and no descriptor named twice (a restore takes each
+/// descriptor over once; two owners would close it twice).
+pub(crate) fn check_structure(records: &[Record]) -> Result<(), MigrationError> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut fds = std::collections::BTreeSet::new();
+    let mut globals = 0;
+    let bad = |index: usize, record_type, field, reason: String| MigrationError::BadField {
+        index,
+        record_type,
+        field,
+        reason,
+    };
+    for (index, record) in records.iter().enumerate() {
+        match record {
+            Record::Global(g) => {
+                globals += 1;
+                if globals > 1 {
+                    return Err(bad(
+                        index,
+                        RecordType::GLOBAL_DATA,
+                        "record",
+                        "a second GLOBAL_DATA record".into(),
+                    ));
+                }
+                for (field, fd) in [("rw-socket-fd", g.rw_socket_fd), ("evtchn-fd", g.evtchn_fd)] {
+                    if fd >= 0 && !fds.insert(fd) {
+                        return Err(bad(
+                            index,
+                            RecordType::GLOBAL_DATA,
+                            field,
+                            format!("descriptor {fd} is named twice"),
+                        ));
+                    }
+                }
+            }
+            Record::Connection(c) => {
+                if !ids.insert(c.conn_id) {
+                    return Err(bad(
+                        index,
+                        RecordType::CONNECTION_DATA,
+                        "conn-id",
+                        format!("connection {} appears twice", c.conn_id),
+                    ));
+                }
+                if let ConnSpec::Socket(s) = &c.spec {
+                    if s.socket_fd >= 0 && !fds.insert(s.socket_fd) {
+                        return Err(bad(
+                            index,
+                            RecordType::CONNECTION_DATA,
+                            "socket-fd",
+                            format!("descriptor {} is named twice", s.socket_fd),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

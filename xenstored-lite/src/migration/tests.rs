@@ -842,9 +842,15 @@ proptest! {
     fn written_streams_parse_back(stream in arb_stream()) {
         let bytes = write(&stream).unwrap();
         prop_assert_eq!(bytes.len() % 8, 0);
-        let parsed = parse(&bytes).unwrap();
-        prop_assert_eq!(&parsed, &stream);
-        prop_assert_eq!(write(&parsed).unwrap(), bytes);
+        match super::read::check_structure(&stream.records) {
+            Ok(()) => {
+                let parsed = parse(&bytes).unwrap();
+                prop_assert_eq!(&parsed, &stream);
+                prop_assert_eq!(write(&parsed).unwrap(), bytes);
+            }
+            // Two GLOBAL_DATA, a connection id or a descriptor twice.
+            Err(e) => prop_assert_eq!(parse(&bytes).unwrap_err(), e),
+        }
     }
 
     #[test]
@@ -919,4 +925,67 @@ fn hand_built_v2_big_endian_remaining_types() {
         ]
     );
     assert_eq!(write(&stream).unwrap(), bytes);
+}
+
+mod structure {
+    use super::super::*;
+
+    fn socket(conn_id: u32, fd: i32) -> Record {
+        Record::Connection(ConnectionData {
+            conn_id,
+            spec: ConnSpec::Socket(SocketConn { socket_fd: fd }),
+            in_data: Vec::new(),
+            out_resp_len: 0,
+            out_data: Vec::new(),
+            unique_id: None,
+            ring: None,
+        })
+    }
+
+    fn stream(records: Vec<Record>) -> Result<Stream, MigrationError> {
+        let bytes = Stream {
+            header: Header {
+                version: Version::V2,
+                endian: Endian::Little,
+            },
+            records,
+        }
+        .to_bytes()
+        .expect("writable");
+        Stream::parse(&bytes)
+    }
+
+    #[test]
+    fn test_parse_refuses_a_connection_id_twice() {
+        let err = stream(vec![socket(1, 5), socket(1, 6)]).unwrap_err();
+        assert!(err.to_string().contains("record 1"), "{err}");
+        assert!(err.to_string().contains("connection 1 appears twice"), "{err}");
+    }
+
+    #[test]
+    fn test_parse_refuses_a_descriptor_named_twice() {
+        let global = || {
+            Record::Global(GlobalData {
+                rw_socket_fd: 3,
+                evtchn_fd: 4,
+            })
+        };
+        let err = stream(vec![global(), socket(1, 5), socket(2, 4)]).unwrap_err();
+        assert!(err.to_string().contains("record 2"), "{err}");
+        assert!(err.to_string().contains("descriptor 4 is named twice"), "{err}");
+        let ok = stream(vec![global(), socket(1, 5), socket(2, 6)]).unwrap();
+        assert_eq!(ok.records.len(), 3);
+    }
+
+    #[test]
+    fn test_parse_refuses_two_global_records() {
+        let global = || {
+            Record::Global(GlobalData {
+                rw_socket_fd: -1,
+                evtchn_fd: -1,
+            })
+        };
+        let err = stream(vec![global(), global()]).unwrap_err();
+        assert!(err.to_string().contains("second GLOBAL_DATA"), "{err}");
+    }
 }
