@@ -91,6 +91,9 @@ pub struct Daemon {
     pub rundir: PathBuf,
     /// Its socket.
     pub socket: PathBuf,
+    /// Its standard error, which a live update keeps (the same process
+    /// execs the new binary).
+    pub log: PathBuf,
     /// The process.
     pub proc: Proc,
 }
@@ -102,7 +105,8 @@ impl Daemon {
         let rundir = dir.join("run");
         std::fs::create_dir_all(&rundir).expect("rundir");
         let socket = rundir.join("socket");
-        let log = std::fs::File::create(dir.join("xenstored.log")).expect("log file");
+        let log_path = dir.join("xenstored.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(bin("xenstored-lite"))
             .arg("-N")
             .args(args)
@@ -116,8 +120,30 @@ impl Daemon {
         Self {
             rundir,
             socket,
+            log: log_path,
             proc,
         }
+    }
+
+    /// Its process id (a live update keeps it: the new binary is exec'd in
+    /// place).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn running(&mut self) -> bool {
+        matches!(self.proc.child.try_wait(), Ok(None))
+    }
+
+    /// What it has written to its standard error so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// The live updates its log reports so far, oldest first.
+    pub fn live_updates(&self) -> LiveUpdateLog {
+        LiveUpdateLog::parse(&self.log_text())
     }
 
     /// A client on its socket.
@@ -145,4 +171,168 @@ pub fn have(program: &str) -> bool {
         println!("skipping: {program} is not installed (scripts/install-test-deps.sh installs it)");
     }
     found
+}
+
+/// Where Debian installs Xen 4.17's `xenstore-control`.
+pub const XENSTORE_CONTROL: &str = "/usr/lib/xen-4.17/bin/xenstore-control";
+
+/// A reply payload as text, without its terminating NUL.
+pub fn reply_text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload.strip_suffix(&[0]).unwrap_or(payload)).into_owned()
+}
+
+/// How a live update driven over `XS_CONTROL` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveUpdateOutcome {
+    /// `-s` was answered `OK` (by the new process).
+    Done,
+    /// A step was answered with something else: which step (`-f`, `-c`,
+    /// `-s`) and the answer (a reply text, or the error reply's name).
+    Refused {
+        /// The sub-command that was not answered `OK`.
+        step: &'static str,
+        /// What the daemon answered.
+        answer: String,
+    },
+}
+
+fn control_answer<T: std::io::Read + std::io::Write>(
+    c: &mut xenring::Client<T>,
+    args: &[&str],
+) -> Result<String, xenring::Error> {
+    match c.control(args) {
+        Ok(payload) => Ok(reply_text(&payload)),
+        Err(xenring::Error::Xs(errno)) => Ok(format!("error reply {errno:?}")),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drives a live update over `XS_CONTROL` the way Xen's `xenstore-control
+/// live-update [-c CMDLINE] [-F] BINARY` does: `-f BINARY`, `-c CMDLINE`
+/// if given, then `-s -t SECONDS [-F]`, repeated while the daemon answers
+/// `BUSY` (within [`LIMIT`]). Transport errors are returned; answers other
+/// than `OK` are [`LiveUpdateOutcome::Refused`].
+pub fn live_update<T: std::io::Read + std::io::Write>(
+    c: &mut xenring::Client<T>,
+    binary: &Path,
+    cmdline: Option<&str>,
+    force: bool,
+) -> Result<LiveUpdateOutcome, xenring::Error> {
+    let binary = binary.to_str().expect("UTF-8 binary path");
+    let answer = control_answer(c, &["live-update", "-f", binary])?;
+    if answer != "OK" {
+        return Ok(LiveUpdateOutcome::Refused { step: "-f", answer });
+    }
+    if let Some(cmdline) = cmdline {
+        let answer = control_answer(c, &["live-update", "-c", cmdline])?;
+        if answer != "OK" {
+            return Ok(LiveUpdateOutcome::Refused { step: "-c", answer });
+        }
+    }
+    let timeout = LIMIT.as_secs().to_string();
+    let mut args = vec!["live-update", "-s", "-t", timeout.as_str()];
+    if force {
+        args.push("-F");
+    }
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let answer = control_answer(c, &args)?;
+        match answer.as_str() {
+            "OK" => return Ok(LiveUpdateOutcome::Done),
+            "BUSY" if Instant::now() < deadline => continue,
+            _ => return Ok(LiveUpdateOutcome::Refused { step: "-s", answer }),
+        }
+    }
+}
+
+/// One live update as the daemon's log reports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveUpdateRecord {
+    /// Size of the state stream the old process wrote.
+    pub stream_bytes: u64,
+    /// How long the old process took to write it.
+    pub write_ms: f64,
+    /// How long the new process took to restore it (`None` until it has).
+    pub restore_ms: Option<f64>,
+}
+
+/// The live updates a daemon's log reports: the old process's
+/// `live-update: wrote <N> bytes of state in <ms> ms` and the new one's
+/// `live-update: restored ... in <ms> ms`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveUpdateLog {
+    /// Oldest first.
+    pub updates: Vec<LiveUpdateRecord>,
+    /// How many `restored` lines there are (a restore from a stream that
+    /// another daemon wrote has no `wrote` line here).
+    pub restored: usize,
+}
+
+impl LiveUpdateLog {
+    /// Reads the records out of a log.
+    pub fn parse(log: &str) -> Self {
+        let mut out = Self::default();
+        for line in log.lines() {
+            if let Some(rest) = after(line, "live-update: wrote ") {
+                let mut words = rest.split_whitespace();
+                let bytes = words.next().and_then(|w| w.parse().ok());
+                let ms = after(rest, "bytes of state in ")
+                    .and_then(|t| t.split_whitespace().next()?.parse().ok());
+                if let (Some(stream_bytes), Some(write_ms)) = (bytes, ms) {
+                    out.updates.push(LiveUpdateRecord {
+                        stream_bytes,
+                        write_ms,
+                        restore_ms: None,
+                    });
+                }
+            } else if let Some(rest) = after(line, "live-update: restored ") {
+                out.restored += 1;
+                if let Some(ms) = ms_at_end(rest) {
+                    if let Some(last) = out.updates.last_mut() {
+                        if last.restore_ms.is_none() {
+                            last.restore_ms = Some(ms);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|at| &line[at + marker.len()..])
+}
+
+/// `... in <ms> ms` at the end of a log line.
+fn ms_at_end(text: &str) -> Option<f64> {
+    let at = text.rfind(" in ")?;
+    let rest = &text[at + 4..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// Creates a guest domain the way a toolstack does: its home owned by it,
+/// then `INTRODUCE` (`dom0` must be privileged).
+pub fn create_guest<T: std::io::Read + std::io::Write>(
+    ts: &mock_xen::Toolstack,
+    dom0: &mut xenring::Client<T>,
+) -> mock_xen::DomainRecord {
+    let rec = ts.create_domain().expect("create a domain");
+    let d = rec.info.domid;
+    let home = format!("/local/domain/{d}");
+    dom0.mkdir(0, &home).expect("mkdir the guest's home");
+    dom0.set_perms(0, &home, &[xenring::Perm::new(xenring::PermKind::None, d)])
+        .expect("give the guest its home");
+    ts.introduce(dom0, &rec).expect("INTRODUCE");
+    rec
+}
+
+/// The guest's xenstore client over its ring, blocking up to [`LIMIT`].
+pub fn guest_client(
+    connector: &mock_xen::Connector,
+    rec: &mock_xen::DomainRecord,
+) -> xenring::Client<mock_xen::Guest> {
+    let mut guest = mock_xen::Guest::attach(connector, rec).expect("attach the guest");
+    guest.set_block_limit(LIMIT);
+    xenring::Client::new(guest)
 }
