@@ -197,11 +197,22 @@ type TxOp = (MsgType, Vec<u8>, Result<Vec<u8>, XsErrno>);
 
 #[derive(Debug, Clone)]
 struct Transaction {
+    /// The committed store's version when the transaction started (or was
+    /// restored by a live update): if it is still current, commit swaps.
     base_version: u64,
+    /// The committed store at that moment (a cheap persistent clone): what
+    /// the transaction saw of the nodes it did not write, which a live
+    /// update writes out when the transaction already conflicts.
+    base: Store,
+    /// The transaction's own view.
     store: Store,
+    /// Requests run in it since it started (or was restored).
     ops: Vec<TxOp>,
     events: Vec<Event>,
     writes: u64,
+    /// What a transaction restored from a live update brought with it (its
+    /// writes and the committed state they depend on); empty otherwise.
+    carried: migrate::Carried,
 }
 
 #[derive(Debug)]
@@ -718,10 +729,12 @@ impl Engine {
                     id,
                     Transaction {
                         base_version: snapshot.version(),
+                        base: snapshot.clone(),
                         store: snapshot,
                         ops: Vec::new(),
                         events: Vec::new(),
                         writes: 0,
+                        carried: migrate::Carried::default(),
                     },
                 );
                 let mut out = id.to_string().into_bytes();
@@ -999,36 +1012,68 @@ impl Engine {
     }
 
     fn commit(&mut self, conn: ConnId, who: Who, tx: Transaction) -> Result<(), XsErrno> {
-        if self.store.version() == tx.base_version {
-            self.store = tx.store;
-            for e in &tx.events {
-                self.fire(e);
-            }
-            return Ok(());
+        let (store, events) = if self.unmoved(&tx) {
+            (tx.store, tx.events)
+        } else {
+            self.replay(conn, who, &tx)?
+        };
+        self.store = store;
+        for e in &events {
+            self.fire(e);
         }
-        // The store moved on: re-run the transaction's requests on the
-        // current store and commit only if every reply is the one the client
-        // already received (what oxenstored does; C xenstored fails whenever
-        // anything it touched changed, even a shared parent's child list).
+        Ok(())
+    }
+
+    /// Whether the committed store is still the one `tx` started from (or
+    /// was restored on), so that committing is swapping its copy in. A
+    /// restored transaction that already conflicted when it was written
+    /// out (what it read had changed) never is.
+    fn unmoved(&self, tx: &Transaction) -> bool {
+        self.store.version() == tx.base_version && tx.carried.holds(&self.store)
+    }
+
+    /// The store moved on since `tx` started: re-runs the transaction on a
+    /// clone of the current store and gives the result, or EAGAIN unless
+    /// every reply is the one the client already received (what oxenstored
+    /// does; C xenstored fails whenever anything it touched changed, even a
+    /// shared parent's child list). A transaction carried over a live
+    /// update first needs the committed state its carried nodes depend on
+    /// (see [`migrate::Carried`]), then has its carried writes applied; only
+    /// the requests since the restore are re-run.
+    fn replay(
+        &self,
+        conn: ConnId,
+        who: Who,
+        tx: &Transaction,
+    ) -> Result<(Store, Vec<Event>), XsErrno> {
         let mut scratch = self.store.clone();
+        let mut events = Vec::new();
+        if !tx.carried.holds(&self.store) || !tx.carried.apply(&mut scratch, &mut events) {
+            return Err(XsErrno::EAGAIN);
+        }
         let home = self.home(conn);
         let ctx = Ctx {
             who,
             limits: self.limits(&who),
             home: home.as_deref(),
         };
-        let mut events = Vec::new();
         for (ty, payload, answered) in &tx.ops {
             let again = ops::exec(&mut scratch, &ctx, *ty, payload, &mut events);
             if &again != answered {
                 return Err(XsErrno::EAGAIN);
             }
         }
-        self.store = scratch;
-        for e in &events {
-            self.fire(e);
+        Ok((scratch, events))
+    }
+
+    /// The store committing `tx` now would leave, or `None` if it would
+    /// fail with EAGAIN (for a live update's records).
+    fn outcome(&self, conn: ConnId, who: Who, tx: &Transaction) -> Option<Store> {
+        if self.unmoved(tx) {
+            Some(tx.store.clone())
+        } else {
+            self.replay(conn, who, tx).ok().map(|(store, _)| store)
         }
-        Ok(())
     }
 
     fn introduce(

@@ -1084,3 +1084,576 @@ mod determinism {
         assert_eq!(run(), run());
     }
 }
+
+// ---- live update: open transactions -----------------------------------------
+
+mod live_update_transactions {
+    use super::*;
+
+    use crate::engine::migrate::RestoreError;
+    use crate::migration::{
+        Access, Endian, Header as StreamHeader, NodeData, NodePerm, Record, Stream,
+        TransactionData, Version,
+    };
+    use xenring::{Perm, PermKind};
+
+    /// Stream connection ids are engine ids plus this, to catch a mix-up.
+    const STREAM: u32 = 1000;
+    const C2: ConnId = 2;
+
+    /// A second socket connection.
+    fn with_c2() -> H {
+        let mut h = H::new();
+        h.e.handle(Input::Connect {
+            conn: C2,
+            kind: ConnKind::Socket,
+        });
+        h
+    }
+
+    /// A fresh engine with `old`'s connections registered under the same
+    /// ids, as the shell does before it restores the records.
+    fn connected(old: &H) -> H {
+        let mut e = Engine::new(old.e.config().clone());
+        for (&id, c) in &old.e.conns {
+            match c.kind {
+                ConnKind::Socket => e.handle(Input::Connect {
+                    conn: id,
+                    kind: ConnKind::Socket,
+                }),
+                ConnKind::Domain(d) => {
+                    let (mfn, port) = old.e.domain_ring(d).unwrap();
+                    e.restore_ring(id, d, mfn, port, old.e.domain_target(d));
+                }
+            }
+        }
+        H {
+            e,
+            req_id: old.req_id,
+            events: BTreeMap::new(),
+        }
+    }
+
+    fn stream_ids(h: &H) -> (BTreeMap<ConnId, u32>, BTreeMap<u32, ConnId>) {
+        let to: BTreeMap<ConnId, u32> = h.e.conns.keys().map(|&c| (c, c + STREAM)).collect();
+        let from = to.iter().map(|(&c, &s)| (s, c)).collect();
+        (to, from)
+    }
+
+    /// What `old` writes for a live update.
+    fn export(old: &H) -> Vec<Record> {
+        old.e.export_records(&stream_ids(old).0)
+    }
+
+    /// Hands `old`'s state to a fresh engine through the records.
+    fn live_update(old: &H) -> H {
+        let records = export(old);
+        let mut new = connected(old);
+        let report = new.e.restore_records(&records, &stream_ids(old).1).unwrap();
+        let open: usize = old.e.conns.values().map(|c| c.transactions.len()).sum();
+        assert_eq!(report.transactions, open);
+        new.check();
+        new
+    }
+
+    /// A transaction node record: conn, tx, access, path, number of
+    /// permissions, value.
+    type TxNode<'r> = (u32, u32, Access, &'r str, usize, &'r [u8]);
+
+    fn tx_nodes(records: &[Record]) -> Vec<TxNode<'_>> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Node(n) if n.conn_id != 0 => Some((
+                    n.conn_id,
+                    n.tx_id,
+                    n.access,
+                    n.path.as_str(),
+                    n.perms.len(),
+                    n.value.as_slice(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn tree(h: &H) -> Vec<(String, Vec<u8>, Vec<Perm>)> {
+        h.e.store()
+            .walk()
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), n.value.to_vec(), n.perms.to_vec()))
+            .collect()
+    }
+
+    fn sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
+        v.sort();
+        v
+    }
+
+    /// C2 has a transaction open that read, wrote (creating a parent),
+    /// removed a subtree, looked for a missing node and changed
+    /// permissions; SOCK watches it all.
+    fn busy_transaction() -> (H, u32) {
+        let mut h = with_c2();
+        h.write(SOCK, 0, "/base/r", "1").unwrap();
+        h.write(SOCK, 0, "/base/gone/sub", "s").unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/base", "t"]).unwrap();
+        h.events(SOCK);
+        let tx = h.tx_start(C2);
+        assert_eq!(h.read(C2, tx, "/base/r"), Ok(b"1".to_vec()));
+        h.write(C2, tx, "/base/new/x", "v").unwrap();
+        assert_eq!(h.req(C2, MsgType::Rm, tx, &["/base/gone"]), ok());
+        assert_eq!(h.read(C2, tx, "/base/missing"), Err(XsErrno::ENOENT));
+        assert_eq!(
+            h.req(C2, MsgType::SetPerms, tx, &["/base/r", "n0", "r5"]),
+            ok()
+        );
+        (h, tx)
+    }
+
+    #[test]
+    fn test_live_update_open_transaction_commits_as_in_the_old_engine() {
+        let (mut old, tx) = busy_transaction();
+        let records = export(&old);
+        // TRANSACTION_DATA after every committed node, then its nodes.
+        let at = records
+            .iter()
+            .position(|r| matches!(r, Record::Transaction(_)))
+            .unwrap();
+        assert_eq!(
+            records[at],
+            Record::Transaction(TransactionData {
+                conn_id: C2 + STREAM,
+                tx_id: tx
+            })
+        );
+        assert!(records[..at]
+            .iter()
+            .any(|r| matches!(r, Record::Node(n) if n.conn_id == 0)));
+        assert!(!records[at..]
+            .iter()
+            .any(|r| matches!(r, Record::Node(n) if n.conn_id == 0)));
+        let c = C2 + STREAM;
+        assert_eq!(
+            tx_nodes(&records),
+            vec![
+                (c, tx, Access::NONE, "/base/gone", 0, &b""[..]),
+                (c, tx, Access::READ, "/base/missing", 0, b""),
+                (c, tx, Access::WRITTEN, "/base/new", 1, b""),
+                (c, tx, Access::READ_WRITTEN, "/base/new/x", 1, b"v"),
+                (c, tx, Access::READ_WRITTEN, "/base/r", 2, b"1"),
+            ]
+        );
+
+        let mut new = live_update(&old);
+        assert_eq!(new.read(C2, tx, "/base/new/x"), Ok(b"v".to_vec()));
+        assert_eq!(new.read(C2, 0, "/base/new/x"), Err(XsErrno::ENOENT));
+        assert_eq!(new.events(SOCK), vec![], "nothing fires before commit");
+
+        assert_eq!(old.tx_end(C2, tx, true), ok());
+        assert_eq!(new.tx_end(C2, tx, true), ok());
+        assert_eq!(tree(&new), tree(&old));
+        let fired = sorted(new.events(SOCK));
+        assert_eq!(fired, sorted(old.events(SOCK)));
+        assert_eq!(
+            fired,
+            vec![
+                H::ev("/base/gone", "t"),
+                H::ev("/base/new/x", "t"),
+                H::ev("/base/r", "t"),
+            ],
+            "each once; none for the parent the write created"
+        );
+        new.check();
+    }
+
+    #[test]
+    fn test_live_update_without_transactions_keeps_committed_state_only() {
+        let (old, tx) = busy_transaction();
+        let records = crate::engine::migrate::without_transactions(export(&old));
+        assert!(tx_nodes(&records).is_empty());
+        assert!(!records.iter().any(|r| matches!(r, Record::Transaction(_))));
+        let mut new = connected(&old);
+        let report = new
+            .e
+            .restore_records(&records, &stream_ids(&old).1)
+            .unwrap();
+        assert_eq!(report.transactions, 0);
+        assert_eq!(tree(&new), tree(&old));
+        assert_eq!(new.tx_end(C2, tx, true), Err(XsErrno::ENOENT));
+    }
+
+    #[test]
+    fn test_live_update_store_moved_after_restore_commits_by_replay() {
+        let (mut old, tx) = busy_transaction();
+        let mut new = live_update(&old);
+        // An unrelated change on both sides: neither can swap its copy in.
+        old.write(SOCK, 0, "/other", "o").unwrap();
+        new.write(SOCK, 0, "/other", "o").unwrap();
+        assert_eq!(old.tx_end(C2, tx, true), ok());
+        assert_eq!(new.tx_end(C2, tx, true), ok());
+        assert_eq!(tree(&new), tree(&old));
+        assert_eq!(sorted(new.events(SOCK)), sorted(old.events(SOCK)));
+        new.check();
+    }
+
+    #[test]
+    fn test_live_update_read_node_changed_after_restore_gets_eagain() {
+        let mut h = with_c2();
+        h.write(SOCK, 0, "/c", "1").unwrap();
+        let tx = h.tx_start(C2);
+        h.read(C2, tx, "/c").unwrap();
+        h.write(C2, tx, "/d", "x").unwrap();
+        let mut new = live_update(&h);
+        new.write(SOCK, 0, "/c", "2").unwrap();
+        assert_eq!(new.tx_end(C2, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(new.read(SOCK, 0, "/d"), Err(XsErrno::ENOENT));
+        new.check();
+    }
+
+    #[test]
+    fn test_live_update_read_node_children_changed_after_restore_gets_eagain() {
+        let mut h = with_c2();
+        h.write(SOCK, 0, "/c", "1").unwrap();
+        let tx = h.tx_start(C2);
+        h.req(C2, MsgType::Directory, tx, &["/c"]).unwrap();
+        h.write(C2, tx, "/d", "x").unwrap();
+        let mut new = live_update(&h);
+        new.write(SOCK, 0, "/c/child", "").unwrap();
+        assert_eq!(new.tx_end(C2, tx, true), Err(XsErrno::EAGAIN));
+    }
+
+    #[test]
+    fn test_live_update_transaction_already_conflicting_gets_eagain() {
+        let mut h = with_c2();
+        h.write(SOCK, 0, "/c", "1").unwrap();
+        let tx = h.tx_start(C2);
+        h.read(C2, tx, "/c").unwrap();
+        h.write(C2, tx, "/d", "x").unwrap();
+        h.write(SOCK, 0, "/c", "2").unwrap();
+        let records = export(&h);
+        let c = C2 + STREAM;
+        assert_eq!(
+            tx_nodes(&records),
+            vec![
+                (c, tx, Access::READ, "/c", 1, &b"1"[..]),
+                (c, tx, Access::READ_WRITTEN, "/d", 1, b"x"),
+            ],
+            "what it read is what it saw at its start"
+        );
+        let mut new = live_update(&h);
+        // Its own view carries on until the commit fails.
+        assert_eq!(new.read(C2, tx, "/d"), Ok(b"x".to_vec()));
+        assert_eq!(new.tx_end(C2, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(new.read(SOCK, 0, "/d"), Err(XsErrno::ENOENT));
+        assert_eq!(new.read(SOCK, 0, "/c"), Ok(b"2".to_vec()));
+        new.check();
+    }
+
+    #[test]
+    fn test_live_update_conflict_no_read_node_shows_is_kept_by_a_marker() {
+        // A guest looked for a missing node; then its parent became
+        // unreadable: the reply would now be EACCES, not ENOENT, but the
+        // node it looked for is as absent as ever.
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        h.write(SOCK, 0, "/p", "").unwrap();
+        h.perms(SOCK, "/p", &["n0", "r5"]).unwrap();
+        let tx = h.tx_start(d5);
+        assert_eq!(h.read(d5, tx, "/p/q"), Err(XsErrno::ENOENT));
+        h.perms(SOCK, "/p", &["n0"]).unwrap();
+        let records = export(&h);
+        let c = d5 + STREAM;
+        assert_eq!(
+            tx_nodes(&records),
+            vec![
+                (c, tx, Access::READ, "/p/q", 0, &b""[..]),
+                (c, tx, Access::READ, "/", 0, b""),
+            ],
+            "'/' read as absent: never holds"
+        );
+        let mut new = live_update(&h);
+        assert_eq!(new.tx_end(d5, tx, true), Err(XsErrno::EAGAIN));
+    }
+
+    #[test]
+    fn test_live_update_blind_write_does_not_conflict() {
+        let mut h = with_c2();
+        let tx = h.tx_start(C2);
+        h.write(C2, tx, "/b", "mine").unwrap();
+        // Before the update: replayed at export, the write still succeeds.
+        h.write(SOCK, 0, "/b", "theirs").unwrap();
+        let mut new = live_update(&h);
+        // After it: requests since the restore are replayed as usual.
+        new.write(C2, tx, "/e", "mine").unwrap();
+        new.write(SOCK, 0, "/e", "theirs").unwrap();
+        assert_eq!(new.tx_end(C2, tx, true), ok());
+        assert_eq!(new.read(SOCK, 0, "/b"), Ok(b"mine".to_vec()));
+        assert_eq!(new.read(SOCK, 0, "/e"), Ok(b"mine".to_vec()));
+        new.check();
+    }
+
+    #[test]
+    fn test_live_update_carried_write_node_changed_after_restore_gets_eagain() {
+        // Written nodes came as nodes, not requests: if one changes after
+        // the restore, the transaction cannot tell whether its write would
+        // still succeed, and fails (documented; C fails every such case).
+        let mut h = with_c2();
+        let tx = h.tx_start(C2);
+        h.write(C2, tx, "/b", "mine").unwrap();
+        let mut new = live_update(&h);
+        new.write(SOCK, 0, "/b", "theirs").unwrap();
+        assert_eq!(new.tx_end(C2, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(new.read(SOCK, 0, "/b"), Ok(b"theirs".to_vec()));
+    }
+
+    #[test]
+    fn test_live_update_transaction_id_keeps_working() {
+        let mut h = with_c2();
+        h.req(SOCK, MsgType::Watch, 0, &["/k", "t"]).unwrap();
+        h.events(SOCK);
+        let tx = h.tx_start(C2);
+        h.write(C2, tx, "/k/1", "1").unwrap();
+        let mut new = live_update(&h);
+        assert_eq!(new.read(C2, tx, "/k/1"), Ok(b"1".to_vec()));
+        new.write(C2, tx, "/k/2", "2").unwrap();
+        let tx2 = new.tx_start(C2);
+        assert!(tx2 > tx, "new ids above restored ones: {tx2} after {tx}");
+        assert_eq!(new.read(C2, tx2, "/k/1"), Err(XsErrno::ENOENT));
+        assert_eq!(new.tx_end(C2, tx2, false), ok());
+        // And once more across a second update.
+        let mut third = live_update(&new);
+        third.write(C2, tx, "/k/3", "3").unwrap();
+        third.write(SOCK, 0, "/elsewhere", "").unwrap();
+        assert_eq!(third.tx_end(C2, tx, true), ok());
+        for (k, v) in [("/k/1", "1"), ("/k/2", "2"), ("/k/3", "3")] {
+            assert_eq!(third.read(SOCK, 0, k), Ok(v.as_bytes().to_vec()));
+        }
+        assert_eq!(
+            sorted(third.events(SOCK)),
+            vec![H::ev("/k/1", "t"), H::ev("/k/2", "t"), H::ev("/k/3", "t")]
+        );
+        assert_eq!(third.tx_end(C2, tx, true), Err(XsErrno::ENOENT));
+        third.check();
+    }
+
+    #[test]
+    fn test_live_update_transaction_node_quota_counts_carried_writes() {
+        let mut config = Config::default();
+        config.quotas.set_hard(QuotaKind::TransactionNodes, 2);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let tx = h.tx_start(d5);
+        h.write(d5, tx, "a", "1").unwrap();
+        h.write(d5, tx, "b", "2").unwrap();
+        let mut new = live_update(&h);
+        assert_eq!(new.write(d5, tx, "c", "3"), Err(XsErrno::ENOSPC));
+        assert_eq!(new.tx_end(d5, tx, true), ok());
+        assert_eq!(new.read(d5, 0, "b"), Ok(b"2".to_vec()));
+    }
+
+    fn node(conn_id: u32, tx_id: u32, access: Access, path: &str, value: &str) -> Record {
+        let perms = if access.written() || (access.read() && !value.is_empty()) {
+            vec![NodePerm::new(Perm::new(PermKind::None, 0))]
+        } else {
+            Vec::new()
+        };
+        Record::Node(NodeData {
+            conn_id,
+            tx_id,
+            access,
+            perms,
+            path: path.to_string(),
+            value: value.as_bytes().to_vec(),
+        })
+    }
+
+    fn committed(path: &str, value: &str) -> Record {
+        Record::Node(NodeData {
+            conn_id: 0,
+            tx_id: 0,
+            access: Access::NONE,
+            perms: vec![NodePerm::new(Perm::new(PermKind::None, 0))],
+            path: path.to_string(),
+            value: value.as_bytes().to_vec(),
+        })
+    }
+
+    fn tx_record(conn_id: u32, tx_id: u32) -> Record {
+        Record::Transaction(TransactionData { conn_id, tx_id })
+    }
+
+    /// A hand-built stream: committed `/a` = 1 and `/gone`; transaction 42
+    /// of stream connection 7 read `/a`, wrote `/b`, found `/absent`
+    /// absent and removed `/gone`.
+    fn hand_built() -> Vec<Record> {
+        vec![
+            committed("/", ""),
+            committed("/a", "1"),
+            committed("/gone", "g"),
+            tx_record(7, 42),
+            node(7, 42, Access::READ, "/a", "1"),
+            node(7, 42, Access::READ, "/absent", ""),
+            node(7, 42, Access::WRITTEN, "/b", "x"),
+            node(7, 42, Access::NONE, "/gone", ""),
+        ]
+    }
+
+    #[test]
+    fn test_live_update_hand_built_stream_round_trips_through_bytes() {
+        let stream = Stream {
+            header: StreamHeader {
+                version: Version::V2,
+                endian: Endian::Little,
+            },
+            records: hand_built(),
+        };
+        let bytes = stream.to_bytes().unwrap();
+        let parsed = Stream::parse(&bytes).unwrap();
+        assert_eq!(parsed, stream);
+        let mut h = H::new();
+        h.req(SOCK, MsgType::Watch, 0, &["/", "t"]).unwrap();
+        h.events(SOCK);
+        let map = BTreeMap::from([(7, SOCK)]);
+        let report = h.e.restore_records(&parsed.records, &map).unwrap();
+        assert_eq!((report.nodes, report.transactions), (3, 1));
+        h.check();
+        // Written out again, the transaction's records are the same.
+        let again = h.e.export_records(&BTreeMap::from([(SOCK, 7)]));
+        let tx_part: Vec<&Record> = again
+            .iter()
+            .skip_while(|r| !matches!(r, Record::Transaction(_)))
+            .take(5)
+            .collect();
+        let expected = hand_built();
+        assert_eq!(tx_part, expected[3..].iter().collect::<Vec<_>>());
+        assert_eq!(h.read(SOCK, 42, "/b"), Ok(b"x".to_vec()));
+        assert_eq!(h.read(SOCK, 42, "/gone"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, "/b"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, "/gone"), Ok(b"g".to_vec()));
+        assert_eq!(h.tx_start(SOCK), 43);
+        assert_eq!(h.tx_end(SOCK, 42, true), ok());
+        assert_eq!(h.read(SOCK, 0, "/b"), Ok(b"x".to_vec()));
+        assert_eq!(h.read(SOCK, 0, "/gone"), Err(XsErrno::ENOENT));
+        assert_eq!(
+            sorted(h.events(SOCK)),
+            vec![H::ev("/b", "t"), H::ev("/gone", "t")]
+        );
+        h.check();
+    }
+
+    #[test]
+    fn test_live_update_malformed_transaction_records_name_the_record() {
+        let map = BTreeMap::from([(7, SOCK)]);
+        let base = || hand_built()[..3].to_vec();
+        let with = |extra: Vec<Record>| {
+            let mut r = base();
+            r.extend(extra);
+            r
+        };
+        let deleted_root = Record::Node(NodeData {
+            conn_id: 7,
+            tx_id: 1,
+            access: Access::NONE,
+            perms: Vec::new(),
+            path: "/".to_string(),
+            value: Vec::new(),
+        });
+        let perms_no_access = Record::Node(NodeData {
+            access: Access::NONE,
+            ..match node(7, 1, Access::WRITTEN, "/x", "v") {
+                Record::Node(n) => n,
+                _ => unreachable!(),
+            }
+        });
+        type Case = (Vec<Record>, usize, fn(&RestoreError) -> bool);
+        let cases: Vec<Case> = vec![
+            (with(vec![tx_record(9, 1)]), 3, |e| {
+                matches!(e, RestoreError::UnknownConnection { conn_id: 9, .. })
+            }),
+            (with(vec![tx_record(7, 0)]), 3, |e| {
+                matches!(e, RestoreError::ZeroTransactionId { conn_id: 7, .. })
+            }),
+            (with(vec![tx_record(7, 1), tx_record(7, 1)]), 4, |e| {
+                matches!(e, RestoreError::DuplicateTransaction { tx_id: 1, .. })
+            }),
+            (
+                with(vec![tx_record(7, 1), node(7, 2, Access::READ, "/a", "1")]),
+                4,
+                |e| matches!(e, RestoreError::UnannouncedTransaction { tx_id: 2, .. }),
+            ),
+            (
+                with(vec![tx_record(7, 1), node(7, 1, Access::READ, "rel", "1")]),
+                4,
+                |e| matches!(e, RestoreError::BadNodePath { .. }),
+            ),
+            (
+                with(vec![
+                    tx_record(7, 1),
+                    Record::Node(NodeData {
+                        perms: Vec::new(),
+                        ..match node(7, 1, Access::WRITTEN, "/x", "") {
+                            Record::Node(n) => n,
+                            _ => unreachable!(),
+                        }
+                    }),
+                ]),
+                4,
+                |e| {
+                    matches!(
+                        e,
+                        RestoreError::BadTransactionNode {
+                            field: "perm-count",
+                            ..
+                        }
+                    )
+                },
+            ),
+            (with(vec![tx_record(7, 1), perms_no_access]), 4, |e| {
+                matches!(
+                    e,
+                    RestoreError::BadTransactionNode {
+                        field: "access",
+                        ..
+                    }
+                )
+            }),
+            (
+                with(vec![tx_record(7, 1), deleted_root]),
+                4,
+                |e| matches!(e, RestoreError::BadTransactionNode { path, .. } if path == "/"),
+            ),
+            (
+                with(vec![
+                    tx_record(7, 1),
+                    node(7, 1, Access::WRITTEN, "/x/y", "v"),
+                ]),
+                4,
+                |e| matches!(e, RestoreError::OrphanNode { path, .. } if path == "/x/y"),
+            ),
+            (
+                with(vec![
+                    tx_record(7, 1),
+                    node(7, 1, Access::WRITTEN, "/x", "v"),
+                    node(7, 1, Access::READ_WRITTEN, "/x", "w"),
+                ]),
+                5,
+                |e| matches!(e, RestoreError::DuplicateTransactionNode { path, .. } if path == "/x"),
+            ),
+        ];
+        for (records, index, expected) in cases {
+            let mut h = H::new();
+            let err = h.e.restore_records(&records, &map).unwrap_err();
+            assert!(expected(&err), "{err:?}");
+            assert!(
+                err.to_string().starts_with(&format!("record {index}:")),
+                "names record {index}: {err}"
+            );
+            assert_eq!(h.e.store().len(), 3, "nothing changed");
+            assert!(h.e.conns[&SOCK].transactions.is_empty());
+        }
+    }
+}
