@@ -167,6 +167,8 @@ fn client_work<T: Read + Write>(c: &mut Client<T>, idx: usize, base: &str, load:
     let tag = format!("c{idx}");
     let value = |i: u64| format!("{tag}:{i}");
     c.write(0, base, b"").unwrap();
+    // Where the transactions write (a directory small enough to list).
+    c.write(0, &format!("{base}/tx"), b"").unwrap();
     c.watch(base, "w").unwrap();
     // Paths whose events are due, in the order written (the watch fires
     // once for `base` when it is set).
@@ -201,7 +203,7 @@ fn client_work<T: Read + Write>(c: &mut Client<T>, idx: usize, base: &str, load:
             // A transaction opened before update `epoch + 1` and committed
             // after it.
             let tx = c.transaction_start().unwrap();
-            let p = format!("{base}/t{epoch}");
+            let p = format!("{base}/tx/t{epoch}");
             let v = format!("{tag}:tx{epoch}");
             c.write(tx, &p, v.as_bytes()).unwrap();
             assert_eq!(c.read(tx, &p).unwrap(), v.as_bytes());
@@ -216,13 +218,13 @@ fn client_work<T: Read + Write>(c: &mut Client<T>, idx: usize, base: &str, load:
             }
             // More in the transaction, now served by the new process.
             assert_eq!(c.read(tx, &p).unwrap(), v.as_bytes(), "{tag}");
-            let p2 = format!("{base}/t{epoch}b");
+            let p2 = format!("{base}/tx/t{epoch}b");
             c.write(tx, &p2, b"second").unwrap();
             assert_eq!(
                 c.read(tx, &format!("{base}/n0")).unwrap(),
                 value(0).as_bytes()
             );
-            let names = c.directory(tx, base).unwrap();
+            let names = c.directory(tx, &format!("{base}/tx")).unwrap();
             assert!(names.contains(&format!("t{epoch}")), "{tag}: {names:?}");
             assert!(names.contains(&format!("t{epoch}b")), "{tag}: {names:?}");
             c.transaction_end(tx, true)
@@ -315,7 +317,10 @@ fn test_ten_live_updates_under_continuous_load() {
     }
 
     let binary = tests::bin("xenstored-lite");
-    let real_tool = tests::have(XENSTORE_CONTROL);
+    let real_tool = Path::new(XENSTORE_CONTROL).exists();
+    if !real_tool {
+        println!("{XENSTORE_CONTROL} is not installed: every update goes through xenring's client");
+    }
     let mut control = socket_client(&daemon);
     let pid = daemon.pid();
     let mut since: Vec<u64> = vec![0; GUESTS + SOCKETS];
