@@ -20,13 +20,28 @@ pub fn bin(name: &str) -> PathBuf {
         .to_path_buf();
     let path = dir.join(name);
     if !path.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "xenstored-lite", "-p", "mock-xen", "--bins"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the binaries failed");
+        build_bins();
     }
     path
+}
+
+/// Builds the workspace's binaries (`xenstored-lite`, `mock-xen`) in the
+/// profile this executable was built in (`--release` for a benchmark
+/// under `cargo bench`), so that [`bin`] finds them up to date.
+pub fn build_bins() {
+    let exe = std::env::current_exe().expect("test executable path");
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .is_some_and(|p| p == "release");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.args(["build", "-p", "xenstored-lite", "-p", "mock-xen", "--bins"]);
+    if release {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("cargo build");
+    assert!(status.success(), "building the binaries failed");
 }
 
 /// Polls `cond` until it holds or [`LIMIT`] passes.
@@ -254,6 +269,9 @@ pub struct LiveUpdateRecord {
     pub write_ms: f64,
     /// How long the new process took to restore it (`None` until it has).
     pub restore_ms: Option<f64>,
+    /// Nodes the new process restored, if its line says
+    /// (`restored <N> nodes ...`).
+    pub restored_nodes: Option<u64>,
 }
 
 /// The live updates a daemon's log reports: the old process's
@@ -283,6 +301,7 @@ impl LiveUpdateLog {
                         stream_bytes,
                         write_ms,
                         restore_ms: None,
+                        restored_nodes: None,
                     });
                 }
             } else if let Some(rest) = after(line, "live-update: restored ") {
@@ -291,6 +310,10 @@ impl LiveUpdateLog {
                     if let Some(last) = out.updates.last_mut() {
                         if last.restore_ms.is_none() {
                             last.restore_ms = Some(ms);
+                            let mut words = rest.split_whitespace();
+                            let n = words.next().and_then(|w| w.parse().ok());
+                            last.restored_nodes =
+                                n.filter(|_| words.next().is_some_and(|w| w.starts_with("nodes")));
                         }
                     }
                 }
@@ -335,4 +358,39 @@ pub fn guest_client(
     let mut guest = mock_xen::Guest::attach(connector, rec).expect("attach the guest");
     guest.set_block_limit(LIMIT);
     xenring::Client::new(guest)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn live_update_log_lines_are_read() {
+        let log = "\
+2026-11-21T18:57:15Z INFO x: live-update: start; dry run of /bin/x
+2026-11-21T18:57:15Z INFO x: live-update: wrote 39536 bytes of state in 2 ms; exec /a in b/x
+2026-11-21T18:57:15Z INFO x: xenstored-lite starting on mock-xen
+2026-11-21T18:57:15Z INFO x: live-update: restored 120 nodes, 3 watches, 2 socket and 1 ring connections (0 gone) in 13 ms
+2026-11-21T18:57:16Z INFO x: live-update: wrote 40000 bytes of state in 3 ms; exec /a/x
+";
+        let parsed = LiveUpdateLog::parse(log);
+        assert_eq!(parsed.restored, 1);
+        assert_eq!(
+            parsed.updates,
+            vec![
+                LiveUpdateRecord {
+                    stream_bytes: 39536,
+                    write_ms: 2.0,
+                    restore_ms: Some(13.0),
+                    restored_nodes: Some(120),
+                },
+                LiveUpdateRecord {
+                    stream_bytes: 40000,
+                    write_ms: 3.0,
+                    restore_ms: None,
+                    restored_nodes: None,
+                },
+            ]
+        );
+    }
 }
