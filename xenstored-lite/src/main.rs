@@ -207,6 +207,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     while !SIGNALLED.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
         daemon.turn(Some(1000))?;
     }
+    daemon.log_recording_totals();
     tracing::info!("stopping");
     Ok(())
 }

@@ -783,7 +783,7 @@ mod tests {
             assert!(events.starts_with(&back));
             match end {
                 Next::End => assert!(back.len() <= events.len()),
-                Next::Truncated { offset } => assert!(offset as usize <= cut),
+                Next::Truncated { offset } => assert!(offset <= cut as u64),
                 Next::Event(_) => unreachable!(),
             }
         }

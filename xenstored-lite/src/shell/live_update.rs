@@ -497,7 +497,7 @@ impl Daemon {
             }
         }
         self.core.record(&Event::HandOver);
-        self.core.flush_recording();
+        self.log_recording_totals();
         let mut why = None;
         for &fd in &fds {
             if let Err(e) = set_cloexec(fd, false) {

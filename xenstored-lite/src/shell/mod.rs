@@ -224,6 +224,18 @@ impl Daemon {
         }
     }
 
+    /// Logs what this process recorded (at exit and before a live update's
+    /// exec), so that a replay's summary can be checked against it.
+    pub fn log_recording_totals(&mut self) {
+        self.core.flush_recording();
+        if let Some((events, bytes)) = self.core.recording_totals() {
+            tracing::info!(
+                "recording: {events} events, {bytes} bytes, {} requests handled by this process",
+                self.core.engine().requests()
+            );
+        }
+    }
+
     /// A flag that stops [`Daemon::run`] when set (signal handlers, tests).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
@@ -610,10 +622,7 @@ impl Daemon {
     fn flush(&mut self, conn: ConnId) -> bool {
         let before = self.core.accepts_requests(conn);
         let mut wrote = false;
-        loop {
-            let Some(pending) = self.core.next_output(conn) else {
-                break;
-            };
+        while let Some(pending) = self.core.next_output(conn) {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return false;
             };
