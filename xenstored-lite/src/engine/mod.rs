@@ -1242,10 +1242,14 @@ impl Engine {
             c.out
                 .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
             if c.out.len() != before {
+                let dropped = before - c.out.len();
                 c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
                 if c.out.is_empty() {
                     self.with_output.remove(&id);
                 }
+                self.actions.push(Action::Log(format!(
+                    "connection {id}: {dropped} watch event(s) not read within {timeout} ms dropped"
+                )));
             }
         }
     }
