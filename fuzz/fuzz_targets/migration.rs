@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(stream, again, "write then parse changed the value");
     let bytes_again = migration::write(&again).expect("a parsed stream always writes");
     assert_eq!(bytes, bytes_again, "writing is not deterministic");
-    let _ = xenstored_lite::shell::check_stream(Default::default(), &stream);
+    let _ = xenstored_lite::shell::check_stream(Default::default(), data, &stream);
 });

@@ -118,6 +118,27 @@ pub struct Cli {
     /// it hands over, and keeps serving if it fails.
     #[arg(long = "dry-run", requires = "live_update")]
     pub dry_run: bool,
+
+    /// Record everything the daemon receives and sends, with its clock, into
+    /// DIR (DIR/xenstored-lite.rec), to replay it later with --replay. A live
+    /// update keeps recording into the same file.
+    #[arg(long = "replay-record", value_name = "DIR")]
+    pub replay_record: Option<PathBuf>,
+
+    /// Replay the recording in DIR — no Xen, no mock-xen, no sockets — as
+    /// fast as possible, checking every byte sent against the recording
+    /// (see --no-verify), then print a summary and exit.
+    #[arg(long = "replay", value_name = "DIR", conflicts_with_all = ["replay_record", "live_update"])]
+    pub replay: Option<PathBuf>,
+
+    /// With --replay: do not compare what the replayed daemon sends with
+    /// the recording (fastest; for benchmarks).
+    #[arg(long = "no-verify", requires = "replay")]
+    pub no_verify: bool,
+
+    /// Test-only: change the Nth reply (to show that --replay catches it).
+    #[arg(long = "test-alter-reply", value_name = "N", hide = true)]
+    pub test_alter_reply: Option<u64>,
 }
 
 /// A command-line value that does not make sense.
@@ -172,6 +193,7 @@ impl Cli {
     pub fn engine_config(&self) -> Result<Config, UsageError> {
         let mut config = Config {
             priv_domid: self.priv_domid,
+            test_alter_reply: self.test_alter_reply,
             ..Config::default()
         };
         let q = &mut config.quotas;

@@ -4,9 +4,12 @@
 //!   permissions, watches, transactions, quotas and domains, with no I/O.
 //! * [`shell`]: the I/O shell — the poll loop, Unix-socket and ring
 //!   connections, the platform backends (Linux devices or mock-xen).
+//! * [`replay`]: the recording format and replay (`--replay-record`,
+//!   `--replay`).
 //! * [`cli`]: the command line.
 
 pub mod cli;
 pub mod engine;
 pub mod migration;
+pub mod replay;
 pub mod shell;

@@ -10,6 +10,7 @@ use xenstored_lite::cli::Cli;
 use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
 use xenstored_lite::migration::{Record, Stream};
+use xenstored_lite::replay::player::{self, Options};
 use xenstored_lite::shell::platform::Platform;
 use xenstored_lite::shell::{check_stream, notify_systemd_ready, Daemon, ShellConfig, STATE_FILE};
 
@@ -70,23 +71,52 @@ fn main() -> ExitCode {
 }
 
 /// Reads and parses the state a live update left in the run directory.
-fn read_state(rundir: &Path) -> Result<Stream, String> {
+fn read_state(rundir: &Path) -> Result<(Vec<u8>, Stream), String> {
     let path = rundir.join(STATE_FILE);
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("live update: cannot read the state {}: {e}", path.display()))?;
-    Stream::parse(&bytes).map_err(|e| {
+    let stream = Stream::parse(&bytes).map_err(|e| {
         format!(
             "live update: the state in {} is not usable: {e}",
             path.display()
         )
-    })
+    })?;
+    Ok((bytes, stream))
+}
+
+/// `--replay=DIR`: replays a recording and prints what it did.
+fn replay(cli: &Cli, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let opts = Options {
+        verify: !cli.no_verify,
+        progress: true,
+        alter_reply: cli.test_alter_reply,
+    };
+    let summary = player::replay(dir, &opts)?;
+    if let Some(offset) = summary.truncated_at {
+        println!(
+            "the recording stops inside an event at offset {offset} (the daemon was killed?): replayed up to the last complete event"
+        );
+    }
+    println!(
+        "replayed {} events, {} requests, {} outputs ({} octets{}) from {} daemon process(es) in {:.3} s: {:.0} requests/s; recorded span {:.3} s",
+        summary.events,
+        summary.requests,
+        summary.outputs,
+        summary.output_bytes,
+        if opts.verify { ", all identical" } else { ", not compared" },
+        summary.processes,
+        summary.wall.as_secs_f64(),
+        summary.requests_per_sec(),
+        summary.recorded_ms as f64 / 1000.0
+    );
+    Ok(())
 }
 
 /// `-U --dry-run`: proves this binary can take over the state, touching
 /// nothing else.
 fn dry_run(cli: &Cli, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let stream = read_state(&cli.rundir())?;
-    let summary = check_stream(config, &stream)
+    let (bytes, stream) = read_state(&cli.rundir())?;
+    let summary = check_stream(config, &bytes, &stream)
         .map_err(|e| format!("live update: the state cannot be restored: {e}"))?;
     eprintln!(
         "xenstored-lite: dry run: the state restores ({} nodes, {} watches, {} socket and {} ring connections)",
@@ -102,6 +132,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if cli.dry_run {
         return dry_run(cli, config);
     }
+    if let Some(dir) = &cli.replay {
+        return replay(cli, dir);
+    }
     if !cli.no_fork && !cli.live_update {
         // Detach before any thread exists (the embedded mock-xen has one).
         nix::unistd::daemon(true, true)
@@ -116,7 +149,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let mut platform = match &state {
-        Some(stream) => {
+        Some((_, stream)) => {
             let evtchn_fd = stream
                 .records
                 .iter()
@@ -147,10 +180,11 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         access_log: cli.trace_file.clone(),
         rundir: rundir.clone(),
         exec_args: std::env::args_os().skip(1).collect(),
+        record_dir: cli.replay_record.clone(),
     };
     let mut daemon = match &state {
-        Some(stream) => {
-            let (daemon, _) = Daemon::restore(Engine::new(config), platform, &shell, stream)
+        Some((bytes, stream)) => {
+            let (daemon, _) = Daemon::restore(Engine::new(config), platform, &shell, bytes, stream)
                 .map_err(|e| format!("live update: cannot restore the state: {e}"))?;
             let path = rundir.join(STATE_FILE);
             if let Err(e) = std::fs::remove_file(&path) {
@@ -173,6 +207,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     while !SIGNALLED.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
         daemon.turn(Some(1000))?;
     }
+    daemon.log_recording_totals();
     tracing::info!("stopping");
     Ok(())
 }

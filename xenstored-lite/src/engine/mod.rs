@@ -67,6 +67,10 @@ pub struct Config {
     /// Bytes that may wait in an unprivileged connection's output queue
     /// before it is cut off.
     pub max_queued_bytes: usize,
+    /// Test-only (`--test-alter-reply N`): the Nth reply queued gets one
+    /// octet of its payload changed, so that replay's verify mode can be
+    /// shown to catch a change in behaviour. Never set in production.
+    pub test_alter_reply: Option<u64>,
 }
 
 impl Default for Config {
@@ -76,6 +80,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             watch_event_timeout_ms: 20_000,
             max_queued_bytes: 1 << 20,
+            test_alter_reply: None,
         }
     }
 }
@@ -298,6 +303,8 @@ pub struct Engine {
     last_result: Option<Result<(), XsErrno>>,
     /// Connections whose output queue is not empty.
     with_output: std::collections::BTreeSet<ConnId>,
+    /// Replies queued so far (for `test_alter_reply`).
+    replies: u64,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -347,6 +354,7 @@ impl Engine {
             requests: 0,
             last_result: None,
             with_output: std::collections::BTreeSet::new(),
+            replies: 0,
         }
     }
 
@@ -508,8 +516,18 @@ impl Engine {
         self.conns.get(&conn).map(|c| Arc::clone(&c.home))
     }
 
-    fn queue(&mut self, conn: ConnId, msg: Message, event: bool) {
+    fn queue(&mut self, conn: ConnId, mut msg: Message, event: bool) {
         let now = self.now;
+        if !event {
+            self.replies += 1;
+            if self.config.test_alter_reply == Some(self.replies) {
+                match msg.payload.first_mut() {
+                    Some(b) => *b ^= 0x20,
+                    None => msg.payload.push(b'!'),
+                }
+                msg.header.len = u32::try_from(msg.payload.len()).unwrap_or(u32::MAX);
+            }
+        }
         let privileged = match self.conns.get(&conn) {
             Some(c) => self.who(c).privileged,
             None => return,
@@ -567,6 +585,11 @@ impl Engine {
     /// with an error.
     pub fn answer_error(&mut self, conn: ConnId, header: &Header, err: XsErrno) {
         self.reply_err(conn, header, err);
+    }
+
+    /// The domain an INTRODUCE waiting for the shell is about.
+    pub fn pending_introduce_domid(&self, token: u64) -> Option<DomId> {
+        self.pending_introduce.get(&token).map(|p| p.2)
     }
 
     /// The messages queued for `conn`, oldest first, left in place (a live
@@ -1219,10 +1242,14 @@ impl Engine {
             c.out
                 .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
             if c.out.len() != before {
+                let dropped = before - c.out.len();
                 c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
                 if c.out.is_empty() {
                     self.with_output.remove(&id);
                 }
+                self.actions.push(Action::Log(format!(
+                    "connection {id}: {dropped} watch event(s) not read within {timeout} ms dropped"
+                )));
             }
         }
     }

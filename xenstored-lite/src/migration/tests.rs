@@ -959,7 +959,10 @@ mod structure {
     fn test_parse_refuses_a_connection_id_twice() {
         let err = stream(vec![socket(1, 5), socket(1, 6)]).unwrap_err();
         assert!(err.to_string().contains("record 1"), "{err}");
-        assert!(err.to_string().contains("connection 1 appears twice"), "{err}");
+        assert!(
+            err.to_string().contains("connection 1 appears twice"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -972,7 +975,10 @@ mod structure {
         };
         let err = stream(vec![global(), socket(1, 5), socket(2, 4)]).unwrap_err();
         assert!(err.to_string().contains("record 2"), "{err}");
-        assert!(err.to_string().contains("descriptor 4 is named twice"), "{err}");
+        assert!(
+            err.to_string().contains("descriptor 4 is named twice"),
+            "{err}"
+        );
         let ok = stream(vec![global(), socket(1, 5), socket(2, 6)]).unwrap();
         assert_eq!(ok.records.len(), 3);
     }

@@ -33,13 +33,15 @@ use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::GNTTAB_RESERVED_XENSTORE;
 use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
+use super::core::Core;
 use super::platform::{fd_is_open, Platform};
 use super::{Conn, Daemon, ShellConfig, Transport};
-use crate::engine::{Config, ConnId, ConnKind, Engine, Input};
+use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
     RingLocation, SocketConn, Stream, Version, DOMID_INVALID,
 };
+use crate::replay::format::{Answer, Event, Outcome};
 
 /// The state file's name in the run directory (as C xenstored names it).
 pub const STATE_FILE: &str = "state_dump";
@@ -141,32 +143,32 @@ pub struct RestoreSummary {
 /// Checks that `stream` can become engine state (the dry run): every record
 /// is converted as a real restore does, without touching descriptors,
 /// rings or the hypervisor.
-pub fn check_stream(config: Config, stream: &Stream) -> Result<RestoreSummary, String> {
-    let mut engine = Engine::new(config);
-    let mut map = BTreeMap::new();
+pub fn check_stream(
+    config: Config,
+    bytes: &[u8],
+    stream: &Stream,
+) -> Result<RestoreSummary, String> {
+    let mut core = Core::new(Engine::new(config), None);
     let mut summary = RestoreSummary::default();
-    for record in &stream.records {
-        if let Record::Connection(c) = record {
-            let kind = match &c.spec {
-                ConnSpec::Socket(_) => {
-                    summary.sockets += 1;
-                    ConnKind::Socket
-                }
-                ConnSpec::Ring(r) => {
-                    summary.rings += 1;
-                    ConnKind::Domain(r.domid)
-                }
-            };
-            engine.handle(Input::Connect {
-                conn: c.conn_id,
-                kind,
-            });
-            map.insert(c.conn_id, c.conn_id);
-        }
-    }
-    let report = engine
-        .restore_records(&stream.records, &map)
-        .map_err(|e| e.to_string())?;
+    let outcomes: Vec<(u32, Outcome)> = stream
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Connection(c) => Some(c),
+            _ => None,
+        })
+        .map(|c| match &c.spec {
+            ConnSpec::Socket(_) => {
+                summary.sockets += 1;
+                (c.conn_id, Outcome::Socket(c.conn_id))
+            }
+            ConnSpec::Ring(_) => {
+                summary.rings += 1;
+                (c.conn_id, Outcome::Ring(c.conn_id))
+            }
+        })
+        .collect();
+    let report = core.restore(bytes, stream, &outcomes)?;
     summary.nodes = report.nodes;
     summary.watches = report.watches;
     Ok(summary)
@@ -202,9 +204,9 @@ impl Daemon {
             _ => Err(XsErrno::EINVAL),
         };
         match answer {
-            Ok(Some(text)) => self.engine.answer_control(conn, &header, &text),
+            Ok(Some(text)) => self.core.answer(conn, &header, Answer::Text(text)),
             Ok(None) => {}
-            Err(e) => self.engine.answer_error(conn, &header, e),
+            Err(e) => self.core.answer(conn, &header, Answer::Error(e)),
         }
     }
 
@@ -363,8 +365,11 @@ impl Daemon {
             self.end_session(s);
         }
         let _ = std::fs::remove_file(self.state_path());
-        self.engine
-            .answer_control(conn, &header, &format!("live-update refused: {why}"));
+        self.core.answer(
+            conn,
+            &header,
+            Answer::Text(format!("live-update refused: {why}")),
+        );
         self.settle();
     }
 
@@ -399,9 +404,10 @@ impl Daemon {
         };
         let mut map = BTreeMap::new();
         for (&id, c) in &self.conns {
-            if c.dead {
-                continue;
-            }
+            let extra = reply.filter(|(conn, _)| *conn == id).map(|(_, m)| m);
+            let Some(pending) = self.core.pending(id, extra) else {
+                continue; // cut off
+            };
             let (spec, ring, unique_id) = match &c.transport {
                 Transport::Socket(s) => (
                     ConnSpec::Socket(SocketConn {
@@ -413,39 +419,32 @@ impl Daemon {
                 Transport::Ring { port, domid, .. } => (
                     ConnSpec::Ring(RingConn {
                         domid: *domid,
-                        tdomid: self.engine.domain_target(*domid).unwrap_or(DOMID_INVALID),
+                        tdomid: self
+                            .core
+                            .engine()
+                            .domain_target(*domid)
+                            .unwrap_or(DOMID_INVALID),
                         evtchn: port.get(),
                     }),
-                    self.engine
+                    self.core
+                        .engine()
                         .domain_ring(*domid)
                         .map(|(mfn, remote_port)| RingLocation { mfn, remote_port }),
                     unique.get(domid).copied(),
                 ),
             };
-            let mut out_data = c.out[c.out_off..].to_vec();
-            let out_resp_len = if c.out_off > 0 {
-                u16::try_from(out_data.len()).unwrap_or(u16::MAX)
-            } else {
-                0
-            };
-            for msg in self.engine.queued_messages(id) {
-                msg.encode_into(&mut out_data);
-            }
-            if let Some((_, msg)) = reply.filter(|(conn, _)| *conn == id) {
-                msg.encode_into(&mut out_data);
-            }
             map.insert(id, id);
             records.push(Record::Connection(ConnectionData {
                 conn_id: id,
                 spec,
-                in_data: c.decoder.partial(),
-                out_resp_len,
-                out_data,
+                in_data: pending.in_data,
+                out_resp_len: pending.out_resp_len,
+                out_data: pending.out_data,
                 unique_id,
                 ring,
             }));
         }
-        records.extend(self.engine.export_records(&map));
+        records.extend(self.core.export_records(&map));
         Stream {
             header: StreamHeader {
                 version,
@@ -478,7 +477,7 @@ impl Daemon {
         );
         let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
         fds.extend(self.conns.values().filter_map(|c| match &c.transport {
-            Transport::Socket(s) if !c.dead => Some(s.as_raw_fd()),
+            Transport::Socket(s) => Some(s.as_raw_fd()),
             _ => None,
         }));
         let args = new_args(&self.exec_args, session.cmdline.as_deref());
@@ -497,6 +496,8 @@ impl Daemon {
                 tracing::warn!("live-update: unbinding VIRQ_DOM_EXC failed: {e}");
             }
         }
+        self.core.record(&Event::HandOver);
+        self.log_recording_totals();
         let mut why = None;
         for &fd in &fds {
             if let Err(e) = set_cloexec(fd, false) {
@@ -531,6 +532,7 @@ impl Daemon {
         engine: Engine,
         platform: Platform,
         config: &ShellConfig,
+        bytes: &[u8],
         stream: &Stream,
     ) -> Result<(Self, RestoreSummary), String> {
         let t0 = Instant::now();
@@ -556,8 +558,8 @@ impl Daemon {
                 super::bind_listener(&config.socket).map_err(|e| e.to_string())?
             }
         };
-        let mut daemon =
-            Self::with_listener(engine, platform, config, listener).map_err(|e| e.to_string())?;
+        let mut daemon = Self::with_listener(engine, platform, config, listener, true)
+            .map_err(|e| e.to_string())?;
         let mut summary = RestoreSummary::default();
         let alive: Option<BTreeMap<DomId, Option<u64>>> = daemon.platform.dominfo_list().map(|l| {
             l.into_iter()
@@ -565,9 +567,7 @@ impl Daemon {
                 .map(|d| (d.domid, d.unique_id))
                 .collect()
         });
-        let mut map: BTreeMap<u32, ConnId> = BTreeMap::new();
-        let mut pending: Vec<(ConnId, &ConnectionData)> = Vec::new();
-        let mut gone: Vec<(ConnId, DomId)> = Vec::new();
+        let mut outcomes: Vec<(u32, Outcome)> = Vec::new();
         for record in &stream.records {
             let Record::Connection(c) = record else {
                 continue;
@@ -580,28 +580,25 @@ impl Daemon {
                             c.conn_id,
                             s.socket_fd
                         );
+                        outcomes.push((c.conn_id, Outcome::Dropped));
                         continue;
                     }
                     // SAFETY: the old process passed this descriptor down for
                     // this client (CONNECTION_DATA); it is an open socket and
-                    // only this record names it (the parser refuses
-                    // duplicates of a connection, and we take each once).
+                    // only this record names it (the parser refuses a
+                    // descriptor named twice).
                     let stream = unsafe { UnixStream::from_raw_fd(s.socket_fd) };
                     let _ = set_cloexec(s.socket_fd, true);
                     if let Err(e) = stream.set_nonblocking(true) {
                         tracing::warn!("live update: connection {}: {e}; dropped", c.conn_id);
+                        outcomes.push((c.conn_id, Outcome::Dropped));
                         continue;
                     }
                     let id = daemon.alloc_conn();
                     daemon
                         .conns
                         .insert(id, Conn::new(Transport::Socket(stream)));
-                    daemon.engine.handle(Input::Connect {
-                        conn: id,
-                        kind: ConnKind::Socket,
-                    });
-                    map.insert(c.conn_id, id);
-                    pending.push((id, c));
+                    outcomes.push((c.conn_id, Outcome::Socket(id)));
                     summary.sockets += 1;
                 }
                 ConnSpec::Ring(r) => {
@@ -612,44 +609,27 @@ impl Daemon {
                         (Some(alive), None) if r.domid != 0 => !alive.contains_key(&r.domid),
                         _ => false,
                     };
-                    let id = match (replaced, daemon.restore_ring(r, c.ring)) {
-                        (false, Ok(id)) => id,
+                    let outcome = match (replaced, daemon.restore_ring(r, c.ring)) {
+                        (false, Ok(id)) => Outcome::Ring(id),
                         (_, result) => {
                             if let Err(e) = &result {
                                 tracing::warn!("live update: domain {}: {e}; released", r.domid);
                             }
+                            if let Ok(id) = result {
+                                daemon.drop_transport(id);
+                            }
                             // Registered so that its records restore; then
                             // released as a dead domain.
-                            let id = daemon.alloc_conn();
-                            gone.push((id, r.domid));
-                            id
+                            summary.gone += 1;
+                            Outcome::Gone(daemon.alloc_conn())
                         }
                     };
-                    let tdomid = (r.tdomid != DOMID_INVALID).then_some(r.tdomid);
-                    match c.ring {
-                        Some(loc) => daemon.engine.restore_ring(
-                            id,
-                            r.domid,
-                            loc.mfn,
-                            loc.remote_port,
-                            tdomid,
-                        ),
-                        None if r.domid == 0 => daemon.engine.handle(Input::Connect {
-                            conn: id,
-                            kind: ConnKind::Domain(0),
-                        }),
-                        None => daemon.engine.restore_ring(id, r.domid, 0, 0, tdomid),
-                    }
-                    map.insert(c.conn_id, id);
-                    pending.push((id, c));
+                    outcomes.push((c.conn_id, outcome));
                     summary.rings += 1;
                 }
             }
         }
-        let report = daemon
-            .engine
-            .restore_records(&stream.records, &map)
-            .map_err(|e| e.to_string())?;
+        let report = daemon.core.restore(bytes, stream, &outcomes)?;
         summary.nodes = report.nodes;
         summary.watches = report.watches;
         if !report.unknown_quotas.is_empty() {
@@ -658,26 +638,12 @@ impl Daemon {
                 report.unknown_quotas
             );
         }
-        summary.gone = gone.len();
-        for (id, domid) in gone {
-            daemon.engine.handle(Input::DomainState {
-                domid,
-                shutdown: true,
-                dying: true,
-            });
-            daemon.conns.remove(&id);
-        }
-        for (id, c) in pending {
-            if let Some(conn) = daemon.conns.get_mut(&id) {
-                conn.out = c.out_data.clone();
-                conn.out_off = 0;
-            }
-            if !c.in_data.is_empty() {
-                if let Err(e) = daemon.feed(id, &c.in_data) {
-                    tracing::warn!("live update: connection {id}: its pending input: {e}; closed");
-                    daemon.close(id);
-                }
-            }
+        daemon.do_actions();
+        for id in report.bad_input {
+            tracing::warn!(
+                "live update: connection {id}: its pending input does not decode; closed"
+            );
+            daemon.close(id);
         }
         let rings: Vec<(ConnId, Port)> = daemon
             .conns

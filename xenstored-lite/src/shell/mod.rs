@@ -8,6 +8,7 @@
 //! states. The clock enters in one place ([`Daemon::now_ms`]). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 
+pub mod core;
 mod live_update;
 pub mod platform;
 
@@ -27,11 +28,12 @@ use std::time::Instant;
 use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use xenring::codec::Decoder;
 use xenring::page::RING_SIZE_U32;
 use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
 
-use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
+use crate::engine::{Action, ConnId, ConnKind, Engine};
+use crate::replay::format::{Event, Recorder};
+use core::Core;
 use platform::Platform;
 
 /// What the daemon needs to start.
@@ -46,7 +48,13 @@ pub struct ShellConfig {
     /// The arguments we were started with (after the program name): a
     /// live update gives them to the new binary unless told otherwise.
     pub exec_args: Vec<OsString>,
+    /// Record everything that crosses the platform boundary into this
+    /// directory (`--replay-record=DIR`).
+    pub record_dir: Option<PathBuf>,
 }
+
+/// The recording's file name in its directory.
+pub const RECORDING_FILE: &str = "xenstored-lite.rec";
 
 enum Transport {
     Socket(UnixStream),
@@ -57,24 +65,14 @@ enum Transport {
     },
 }
 
+/// A connection's transport; its framing and buffers are the core's.
 struct Conn {
     transport: Transport,
-    decoder: Decoder,
-    out: Vec<u8>,
-    out_off: usize,
-    /// Cut off (protocol violation, output quota): ignored until released.
-    dead: bool,
 }
 
 impl Conn {
     fn new(transport: Transport) -> Self {
-        Self {
-            transport,
-            decoder: Decoder::new(),
-            out: Vec::new(),
-            out_off: 0,
-            dead: false,
-        }
+        Self { transport }
     }
 
     fn domid(&self) -> Option<DomId> {
@@ -87,7 +85,7 @@ impl Conn {
 
 /// The running daemon.
 pub struct Daemon {
-    engine: Engine,
+    core: Core,
     platform: Platform,
     listener: UnixListener,
     socket_path: PathBuf,
@@ -130,7 +128,7 @@ impl Daemon {
     /// the platform has one.
     pub fn new(engine: Engine, platform: Platform, config: &ShellConfig) -> io::Result<Self> {
         let listener = bind_listener(&config.socket)?;
-        let mut daemon = Self::with_listener(engine, platform, config, listener)?;
+        let mut daemon = Self::with_listener(engine, platform, config, listener, false)?;
         if daemon.platform.serve_local_ring {
             daemon.serve_local_ring();
         }
@@ -142,7 +140,31 @@ impl Daemon {
         mut platform: Platform,
         config: &ShellConfig,
         listener: UnixListener,
+        continue_recording: bool,
     ) -> io::Result<Self> {
+        let recorder = match &config.record_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(RECORDING_FILE);
+                let rec = Recorder::open(&path, continue_recording).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot record to {}: {e}", path.display()),
+                    )
+                })?;
+                tracing::info!("recording everything received to {}", path.display());
+                Some(rec)
+            }
+            None => None,
+        };
+        let mut core = Core::new(engine, recorder);
+        core.record(&Event::Start {
+            args: config
+                .exec_args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        });
         let virq = match platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
             Ok(port) => Some(port),
             Err(e) => {
@@ -166,7 +188,7 @@ impl Daemon {
             epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN))?;
         }
         let daemon = Self {
-            engine,
+            core,
             platform,
             listener,
             socket_path: config.socket.clone(),
@@ -193,15 +215,24 @@ impl Daemon {
             Ok(local) => match self.platform.evtchn.bind_interdomain(0, local.port) {
                 Ok(port) => {
                     let conn = self.add_ring(local.page, port, 0);
-                    self.engine.handle(Input::Connect {
-                        conn,
-                        kind: ConnKind::Domain(0),
-                    });
+                    self.core.connect(conn, ConnKind::Domain(0));
                     tracing::info!("serving dom0's own ring (xsd_kva) on port {port}");
                 }
                 Err(e) => tracing::warn!("cannot bind dom0's xenstore port: {e}"),
             },
             Err(e) => tracing::warn!("dom0's own ring is not served: {e}"),
+        }
+    }
+
+    /// Logs what this process recorded (at exit and before a live update's
+    /// exec), so that a replay's summary can be checked against it.
+    pub fn log_recording_totals(&mut self) {
+        self.core.flush_recording();
+        if let Some((events, bytes)) = self.core.recording_totals() {
+            tracing::info!(
+                "recording: {events} events, {bytes} bytes, {} requests handled by this process",
+                self.core.engine().requests()
+            );
         }
     }
 
@@ -212,7 +243,7 @@ impl Daemon {
 
     /// The engine (read-only; tests and the control commands).
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        self.core.engine()
     }
 
     /// Milliseconds since start: the only clock the daemon reads.
@@ -228,6 +259,20 @@ impl Daemon {
             .insert(conn, Conn::new(Transport::Ring { page, port, domid }));
         self.dirty.insert(conn);
         conn
+    }
+
+    /// Lets go of a ring's transport that will not be served (its domain
+    /// is gone): unmapped, its port unbound.
+    fn drop_transport(&mut self, conn: ConnId) {
+        if let Some(Conn {
+            transport: Transport::Ring { port, .. },
+        }) = self.conns.remove(&conn)
+        {
+            self.ports.remove(&port);
+            if let Err(e) = self.platform.evtchn.unbind(port) {
+                tracing::warn!("unbinding port {port} failed: {e}");
+            }
+        }
     }
 
     fn alloc_conn(&mut self) -> ConnId {
@@ -253,7 +298,11 @@ impl Daemon {
         let now = self.now_ms();
         if now != self.last_time {
             self.last_time = now;
-            self.engine.handle(Input::Time(now));
+            self.core.time(now);
+        }
+        if self.dirty.is_empty() {
+            // About to wait: a good moment for the recording to reach disk.
+            self.core.flush_recording();
         }
         let (listener_ready, evtchn_ready, ready) = self.wait(timeout_ms)?;
         if listener_ready {
@@ -314,10 +363,10 @@ impl Daemon {
             return;
         };
         let mut want = EpollFlags::empty();
-        if !c.dead && self.engine.accepts_requests(conn) {
+        if self.core.is_live(conn) && self.core.accepts_requests(conn) {
             want |= EpollFlags::EPOLLIN;
         }
-        if !c.dead && c.out_off < c.out.len() {
+        if self.core.has_buffered_output(conn) {
             want |= EpollFlags::EPOLLOUT;
         }
         if self.interest.get(&conn) == Some(&want) {
@@ -345,10 +394,7 @@ impl Daemon {
                     let conn = self.alloc_conn();
                     self.conns
                         .insert(conn, Conn::new(Transport::Socket(stream)));
-                    self.engine.handle(Input::Connect {
-                        conn,
-                        kind: ConnKind::Socket,
-                    });
+                    self.core.connect(conn, ConnKind::Socket);
                     self.update_interest(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -404,63 +450,28 @@ impl Daemon {
                 Some(d) => (d.shutdown.is_some(), d.dying),
             };
             if shutdown || dying {
-                self.engine.handle(Input::DomainState {
-                    domid,
-                    shutdown,
-                    dying,
-                });
+                self.core.domain_state(domid, shutdown, dying);
             }
         }
     }
 
     fn feed(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(), xenring::Error> {
-        let mut input = bytes;
-        loop {
-            let decoded = match self.conns.get_mut(&conn) {
-                Some(c) => c.decoder.decode(&mut input)?,
-                None => return Ok(()),
-            };
-            let Some(msg) = decoded else { return Ok(()) };
-            self.engine.handle(Input::Request { conn, msg: &msg });
-            self.log_access(conn, &msg);
-        }
-    }
-
-    fn log_access(&mut self, conn: ConnId, msg: &Message) {
-        let Some(file) = self.access_log.as_mut() else {
-            return;
-        };
-        let domid = self.conns.get(&conn).and_then(Conn::domid).unwrap_or(0);
-        let path = xenring::codec::split_args(&msg.payload)
-            .next()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default();
-        let result = match self.engine.last_result() {
-            Some(Ok(())) => "OK".to_string(),
-            Some(Err(e)) => e.to_string(),
-            None => "pending".to_string(),
-        };
-        let line = format!(
-            "{} conn {conn} domid {domid} {} tx {} {path} -> {result}\n",
-            self.last_time,
-            describe(msg.header.msg_type),
-            msg.header.tx_id
-        );
-        if let Err(e) = file.write_all(line.as_bytes()) {
-            tracing::warn!("access log write failed, switching it off: {e}");
-            self.access_log = None;
-        }
+        let last_time = self.last_time;
+        let log = &mut self.access_log;
+        self.core
+            .input(conn, bytes, &mut |engine, conn, domid, msg| {
+                log_access(log, last_time, engine, conn, domid, msg);
+            })
     }
 
     fn service_socket(&mut self, conn: ConnId) {
         let mut buf = [0u8; 8192];
         loop {
-            if !self.engine.accepts_requests(conn) {
+            if !self.core.accepts_requests(conn) {
                 break;
             }
             let Some(Conn {
                 transport: Transport::Socket(stream),
-                ..
             }) = self.conns.get_mut(&conn)
             else {
                 return;
@@ -486,35 +497,31 @@ impl Daemon {
     }
 
     fn service_ring(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if c.dead {
+        if !self.core.is_live(conn) {
             return;
         }
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
         let Transport::Ring { page, port, .. } = &c.transport else {
             return;
         };
         let end = ServerEnd::new(page.ring());
         let port = *port;
         if end.reconnect_requested() {
-            c.decoder = Decoder::new();
-            c.out.clear();
-            c.out_off = 0;
+            self.core.reset(conn);
             end.complete_reconnect();
-            self.engine.handle(Input::Reset { conn });
             self.notify(port);
             return;
         }
         let mut buf = [0u8; 1024];
         let mut consumed_full = false;
         loop {
-            if !self.engine.accepts_requests(conn) {
+            if !self.core.accepts_requests(conn) {
                 break;
             }
             let Some(Conn {
                 transport: Transport::Ring { page, .. },
-                ..
             }) = self.conns.get(&conn)
             else {
                 return;
@@ -539,15 +546,17 @@ impl Daemon {
 
     fn ring_violation(&mut self, conn: ConnId, code: RingErrorCode, why: &str) {
         tracing::warn!("ring connection {conn}: {why}; the connection is ignored from now on");
-        if let Some(c) = self.conns.get_mut(&conn) {
-            if let Transport::Ring { page, port, .. } = &c.transport {
+        let port = match self.conns.get(&conn).map(|c| &c.transport) {
+            Some(Transport::Ring { page, port, .. }) => {
                 ServerEnd::new(page.ring()).set_error(code);
-                let port = *port;
-                c.dead = true;
-                self.notify(port);
+                Some(*port)
             }
+            _ => None,
+        };
+        self.core.violation(conn);
+        if let Some(port) = port {
+            self.notify(port);
         }
-        self.engine.handle(Input::Disconnect { conn });
     }
 
     fn notify(&mut self, port: Port) {
@@ -557,7 +566,9 @@ impl Daemon {
     }
 
     fn close(&mut self, conn: ConnId) {
-        self.engine.handle(Input::Disconnect { conn });
+        if self.core.has(conn) {
+            self.core.close(conn);
+        }
         self.interest.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
             if let Transport::Socket(stream) = &c.transport {
@@ -588,7 +599,7 @@ impl Daemon {
             self.do_actions();
             let mut again = false;
             let touched: BTreeSet<ConnId> = self
-                .engine
+                .core
                 .conns_with_output()
                 .into_iter()
                 .chain(dirty)
@@ -609,32 +620,12 @@ impl Daemon {
     /// Writes what is queued for `conn`; returns whether the connection can
     /// accept more requests it had stopped taking (so it needs reading).
     fn flush(&mut self, conn: ConnId) -> bool {
-        let before = self.engine.accepts_requests(conn);
+        let before = self.core.accepts_requests(conn);
         let mut wrote = false;
-        loop {
+        while let Some(pending) = self.core.next_output(conn) {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return false;
             };
-            if c.dead {
-                return false;
-            }
-            if c.out_off == c.out.len() {
-                c.out.clear();
-                c.out_off = 0;
-                match self.engine.pop_output(conn) {
-                    Some(msg) => {
-                        let Some(c) = self.conns.get_mut(&conn) else {
-                            return false;
-                        };
-                        msg.encode_into(&mut c.out);
-                    }
-                    None => break,
-                }
-            }
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return false;
-            };
-            let pending = &c.out[c.out_off..];
             let n = match &mut c.transport {
                 Transport::Socket(stream) => match stream.write(pending) {
                     Ok(n) => n,
@@ -653,10 +644,7 @@ impl Daemon {
                     }
                 },
             };
-            let Some(c) = self.conns.get_mut(&conn) else {
-                return false;
-            };
-            c.out_off += n;
+            self.core.wrote(conn, n);
             wrote |= n > 0;
             if n == 0 {
                 break;
@@ -665,14 +653,13 @@ impl Daemon {
         if wrote {
             if let Some(Conn {
                 transport: Transport::Ring { port, .. },
-                ..
             }) = self.conns.get(&conn)
             {
                 let port = *port;
                 self.notify(port);
             }
         }
-        let after = self.engine.accepts_requests(conn);
+        let after = self.core.accepts_requests(conn);
         if !before && after {
             self.dirty.insert(conn);
             if matches!(
@@ -687,7 +674,7 @@ impl Daemon {
     }
 
     fn do_actions(&mut self) {
-        for action in self.engine.take_actions() {
+        for action in self.core.take_actions() {
             match action {
                 Action::Introduce {
                     token,
@@ -696,10 +683,12 @@ impl Daemon {
                     port,
                 } => {
                     let result = self.introduce(domid, mfn, port);
-                    self.engine.handle(Input::Introduced { token, result });
+                    self.core.introduced(token, result, domid);
                 }
                 Action::Release { conn, domid } => {
                     tracing::info!("domain {domid} released");
+                    // The engine has forgotten it: only the transport goes.
+                    self.core.forget(conn);
                     self.close(conn);
                 }
                 Action::Kill { conn, reason } => {
@@ -793,8 +782,42 @@ fn bind_listener(path: &std::path::Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// One line of the access log.
+fn log_access(
+    file: &mut Option<File>,
+    now: u64,
+    engine: &Engine,
+    conn: ConnId,
+    domid: Option<DomId>,
+    msg: &Message,
+) {
+    let Some(f) = file.as_mut() else {
+        return;
+    };
+    let path = xenring::codec::split_args(&msg.payload)
+        .next()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let result = match engine.last_result() {
+        Some(Ok(())) => "OK".to_string(),
+        Some(Err(e)) => e.to_string(),
+        None => "pending".to_string(),
+    };
+    let line = format!(
+        "{now} conn {conn} domid {} {} tx {} {path} -> {result}\n",
+        domid.unwrap_or(0),
+        describe(msg.header.msg_type),
+        msg.header.tx_id
+    );
+    if let Err(e) = f.write_all(line.as_bytes()) {
+        tracing::warn!("access log write failed, switching it off: {e}");
+        *file = None;
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.core.flush_recording();
         let _ = std::fs::remove_file(&self.socket_path);
     }
 }

@@ -1,0 +1,374 @@
+//! `--replay=DIR`: runs the daemon's core on a recording — no Xen, no
+//! mock-xen, no sockets — feeding the recorded inputs in their recorded
+//! order with the recorded clock, as fast as it can, and (verify mode)
+//! checking every byte it would send against what the live daemon sent.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use xenring::codec::split_args;
+use xenring::{DomId, Message, MsgType};
+
+use super::format::{Event, FormatError, Next, Reader};
+use crate::cli::Cli;
+use crate::engine::{Action, ConnId, ConnKind, Engine};
+use crate::migration::Stream;
+use crate::shell::core::Core;
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Compare every byte sent with the recording; stop at the first
+    /// difference.
+    pub verify: bool,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+    /// Test-only: alter the Nth reply the engine queues (to show that verify
+    /// mode catches a change in behaviour).
+    pub alter_reply: Option<u64>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Events replayed.
+    pub events: u64,
+    /// Requests the engine handled.
+    pub requests: u64,
+    /// Output events checked (verify mode) or replayed.
+    pub outputs: u64,
+    /// Octets of output compared.
+    pub output_bytes: u64,
+    /// Daemon processes in the recording (1 + live updates).
+    pub processes: u64,
+    /// Time the recording spans, from its clock readings, in ms.
+    pub recorded_ms: u64,
+    /// Wall time the replay took.
+    pub wall: Duration,
+    /// Where the recording stopped inside an event (daemon killed), if so.
+    pub truncated_at: Option<u64>,
+}
+
+impl Summary {
+    /// Requests per second of wall time.
+    pub fn requests_per_sec(&self) -> f64 {
+        let s = self.wall.as_secs_f64();
+        if s > 0.0 {
+            self.requests as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Where a replayed daemon first sent something else than the recorded
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    /// The output event (from 0).
+    pub event: u64,
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its domain (rings).
+    pub domid: Option<DomId>,
+    /// The connection's last request, described.
+    pub request: Option<String>,
+    /// What the recording says was sent.
+    pub expected: Vec<u8>,
+    /// What the replayed daemon would send.
+    pub actual: Vec<u8>,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "divergence at event {}:", self.event)?;
+        writeln!(
+            f,
+            "  connection {} ({})",
+            self.conn,
+            match self.domid {
+                Some(d) => format!("domain {d}"),
+                None => "socket".to_string(),
+            }
+        )?;
+        writeln!(
+            f,
+            "  request:  {}",
+            self.request.as_deref().unwrap_or("(none yet)")
+        )?;
+        writeln!(f, "  expected: {}", describe_bytes(&self.expected))?;
+        write!(f, "  actual:   {}", describe_bytes(&self.actual))
+    }
+}
+
+/// Why a replay stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The recording cannot be read.
+    #[error("cannot read the recording {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The recording is malformed.
+    #[error("the recording is malformed: {0}")]
+    Format(#[from] FormatError),
+    /// An event that makes no sense where it is.
+    #[error("event {index}: {why}")]
+    Inconsistent {
+        /// Event number.
+        index: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The replayed daemon sent something else (verify mode).
+    #[error("{0}")]
+    Divergence(Box<Divergence>),
+}
+
+/// Printable bytes: the xs_wire message(s) if they decode, else escaped.
+fn describe_bytes(b: &[u8]) -> String {
+    let mut out = String::new();
+    let mut decoder = xenring::codec::Decoder::new();
+    let mut input = b;
+    let mut whole = true;
+    while !input.is_empty() {
+        match decoder.decode(&mut input) {
+            Ok(Some(msg)) => {
+                if !out.is_empty() {
+                    out.push_str(" + ");
+                }
+                out.push_str(&describe_message(&msg));
+            }
+            Ok(None) => {}
+            Err(_) => {
+                whole = false;
+                break;
+            }
+        }
+    }
+    if whole && decoder.is_idle() && !out.is_empty() {
+        out
+    } else {
+        format!("{:?} ({} octets)", String::from_utf8_lossy(b), b.len())
+    }
+}
+
+fn describe_message(msg: &Message) -> String {
+    let ty = MsgType::try_from(msg.header.msg_type).map_or("XS_UNKNOWN", MsgType::name);
+    let args: Vec<String> = split_args(&msg.payload)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    format!(
+        "{ty} req {} tx {} {:?}",
+        msg.header.req_id, msg.header.tx_id, args
+    )
+}
+
+/// The engine settings a recorded daemon ran with (its command line).
+fn config_from_args(args: &[String], index: u64) -> Result<crate::engine::Config, ReplayError> {
+    let cli = Cli::try_parse_from(
+        std::iter::once("xenstored-lite".to_string()).chain(args.iter().cloned()),
+    )
+    .map_err(|e| ReplayError::Inconsistent {
+        index,
+        why: format!("the recorded command line does not parse here: {e}"),
+    })?;
+    cli.engine_config().map_err(|e| ReplayError::Inconsistent {
+        index,
+        why: format!("the recorded command line: {e}"),
+    })
+}
+
+/// Replays the recording in `dir`.
+pub fn replay(dir: &Path, opts: &Options) -> Result<Summary, ReplayError> {
+    let path = dir.join(crate::shell::RECORDING_FILE);
+    let file = std::fs::File::open(&path).map_err(|source| ReplayError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // SAFETY: the recording is only read; if another process truncates it
+    // while we replay, reads past the new end may fault — replay is run on
+    // finished recordings, as the documentation says.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ReplayError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    replay_bytes(&map, opts)
+}
+
+/// Replays a recording held in memory.
+pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError> {
+    let mut reader = Reader::new(data)?;
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let mut core: Option<Core> = None;
+    let mut requests_before = 0u64;
+    let (mut first_time, mut last_time) = (None::<u64>, 0u64);
+    let bar = (opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let bar = indicatif::ProgressBar::new(data.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "replay {bar:40} {bytes}/{total_bytes} {msg} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    loop {
+        let index = reader.events_read();
+        let event = match reader.next_event()? {
+            Next::Event(e) => e,
+            Next::End => break,
+            Next::Truncated { offset } => {
+                summary.truncated_at = Some(offset);
+                break;
+            }
+        };
+        summary.events += 1;
+        if let Some(bar) = &bar {
+            if index % 4096 == 0 {
+                bar.set_position(reader.offset());
+                bar.set_message(format!("{} events", summary.events));
+            }
+        }
+        let need_core = |core: &mut Option<Core>| -> Result<(), ReplayError> {
+            if core.is_none() {
+                return Err(ReplayError::Inconsistent {
+                    index,
+                    why: "an event before the recording's Start".into(),
+                });
+            }
+            Ok(())
+        };
+        match event {
+            Event::Start { args } => {
+                if let Some(old) = core.take() {
+                    requests_before += old.engine().requests();
+                }
+                if let Some(first) = first_time.take() {
+                    summary.recorded_ms += last_time.saturating_sub(first);
+                }
+                let mut config = config_from_args(&args, index)?;
+                if opts.alter_reply.is_some() {
+                    config.test_alter_reply = opts.alter_reply;
+                }
+                let mut c = Core::new(Engine::new(config), None);
+                if opts.verify {
+                    c.keep_last_requests();
+                }
+                core = Some(c);
+                summary.processes += 1;
+            }
+            Event::HandOver => {}
+            other => {
+                need_core(&mut core)?;
+                let Some(c) = core.as_mut() else {
+                    continue;
+                };
+                apply(
+                    c,
+                    other,
+                    index,
+                    opts,
+                    &mut summary,
+                    &mut first_time,
+                    &mut last_time,
+                )?;
+                for action in c.take_actions() {
+                    if let Action::Release { conn, .. } = action {
+                        c.forget(conn);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(first) = first_time {
+        summary.recorded_ms += last_time.saturating_sub(first);
+    }
+    summary.requests = requests_before + core.as_ref().map_or(0, |c| c.engine().requests());
+    summary.wall = started.elapsed();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(summary)
+}
+
+fn apply(
+    c: &mut Core,
+    event: Event,
+    index: u64,
+    opts: &Options,
+    summary: &mut Summary,
+    first_time: &mut Option<u64>,
+    last_time: &mut u64,
+) -> Result<(), ReplayError> {
+    match event {
+        Event::Start { .. } | Event::HandOver => {}
+        Event::Restore { stream, outcomes } => {
+            let parsed = Stream::parse(&stream).map_err(|e| ReplayError::Inconsistent {
+                index,
+                why: format!("the recorded migration stream: {e}"),
+            })?;
+            c.restore(&stream, &parsed, &outcomes)
+                .map_err(|why| ReplayError::Inconsistent { index, why })?;
+        }
+        Event::Time(t) => {
+            first_time.get_or_insert(t);
+            *last_time = t;
+            c.time(t);
+        }
+        Event::Connect { conn, kind } => c.connect(
+            conn,
+            match kind {
+                super::format::ConnectKind::Socket => ConnKind::Socket,
+                super::format::ConnectKind::Ring(d) => ConnKind::Domain(d),
+            },
+        ),
+        Event::Input { conn, bytes } => {
+            // A decode error ended the connection live; the recording has
+            // the Close or Violation that followed.
+            let _ = c.input(conn, &bytes, &mut |_, _, _, _| {});
+        }
+        Event::Output { conn, bytes } => {
+            let actual: Vec<u8> = c
+                .next_output(conn)
+                .map(|b| b[..bytes.len().min(b.len())].to_vec())
+                .unwrap_or_default();
+            if opts.verify && actual != bytes {
+                return Err(ReplayError::Divergence(Box::new(Divergence {
+                    event: index,
+                    conn,
+                    domid: c.domid(conn),
+                    request: c.last_request(conn).map(describe_message),
+                    expected: bytes,
+                    actual,
+                })));
+            }
+            summary.outputs += 1;
+            summary.output_bytes += bytes.len() as u64;
+            c.wrote(conn, bytes.len());
+        }
+        Event::Close { conn } => c.close(conn),
+        Event::Violation { conn } => c.violation(conn),
+        Event::Reset { conn } => c.reset(conn),
+        Event::Introduced { token, result } => {
+            let domid = c.engine().pending_introduce_domid(token).unwrap_or(0);
+            c.introduced(token, result, domid);
+        }
+        Event::DomainState {
+            domid,
+            shutdown,
+            dying,
+        } => c.domain_state(domid, shutdown, dying),
+        Event::Answer {
+            conn,
+            header,
+            answer,
+        } => c.answer(conn, &header, answer),
+    }
+    Ok(())
+}

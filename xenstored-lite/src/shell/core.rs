@@ -1,0 +1,450 @@
+//! The deterministic half of the shell: per-connection framing (the
+//! decoder of half-received requests), output buffers with partial writes,
+//! the engine, and the recorder.
+//!
+//! Every input that reaches it is something that crossed the platform
+//! boundary — bytes read, bytes a transport took, a connection opened or
+//! closed, a domain's state, the clock, the outcome of mapping a ring —
+//! and each is recorded (when recording) before it is applied. The live
+//! daemon drives a `Core` from sockets and rings; replay drives the same
+//! `Core` from a recording, so the same code runs in both, and what the
+//! replayed core offers to write can be checked against what the live one
+//! wrote.
+
+use std::collections::BTreeMap;
+
+use xenring::codec::Decoder;
+use xenring::{DomId, Header, Message, XsErrno};
+
+use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
+use crate::migration::{ConnSpec, Record, Stream};
+use crate::replay::format::{Answer, ConnectKind, Event, Outcome, Recorder};
+
+#[derive(Debug)]
+struct CoreConn {
+    decoder: Decoder,
+    out: Vec<u8>,
+    out_off: usize,
+    /// Cut off (protocol violation): ignored until released.
+    dead: bool,
+    domid: Option<DomId>,
+}
+
+impl CoreConn {
+    fn new(domid: Option<DomId>) -> Self {
+        Self {
+            decoder: Decoder::new(),
+            out: Vec::new(),
+            out_off: 0,
+            dead: false,
+            domid,
+        }
+    }
+}
+
+/// A connection's pending bytes, for a migration stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// A partly received request.
+    pub in_data: Vec<u8>,
+    /// Bytes not yet written: the rest of a partly written message, then
+    /// every message queued.
+    pub out_data: Vec<u8>,
+    /// Length of the partly written message's rest at the start.
+    pub out_resp_len: u16,
+}
+
+/// Called for every complete request: the engine after handling it, the
+/// connection, its domain, the request.
+pub type OnRequest<'a> = &'a mut dyn FnMut(&Engine, ConnId, Option<DomId>, &Message);
+
+/// The shell's deterministic state.
+#[derive(Debug)]
+pub struct Core {
+    engine: Engine,
+    conns: BTreeMap<ConnId, CoreConn>,
+    recorder: Option<Recorder>,
+    /// Replay: the last request of each connection, for divergence reports.
+    last_request: Option<BTreeMap<ConnId, Message>>,
+}
+
+impl Core {
+    /// A core around `engine`, recording to `recorder` if given.
+    pub fn new(engine: Engine, recorder: Option<Recorder>) -> Self {
+        Self {
+            engine,
+            conns: BTreeMap::new(),
+            recorder,
+            last_request: None,
+        }
+    }
+
+    /// Keeps each connection's last request (replay's divergence reports).
+    pub fn keep_last_requests(&mut self) {
+        self.last_request = Some(BTreeMap::new());
+    }
+
+    /// The last request `conn` sent, if kept.
+    pub fn last_request(&self, conn: ConnId) -> Option<&Message> {
+        self.last_request.as_ref()?.get(&conn)
+    }
+
+    /// The engine (read-only).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Records an event that is not an input of its own (start, hand-over).
+    pub fn record(&mut self, event: &Event) {
+        if let Some(r) = &mut self.recorder {
+            r.record(event);
+        }
+    }
+
+    /// Writes out buffered events (the loop goes idle; before an exec).
+    pub fn flush_recording(&mut self) {
+        if let Some(r) = &mut self.recorder {
+            r.flush();
+        }
+    }
+
+    /// Events and octets recorded by this process, if recording.
+    pub fn recording_totals(&self) -> Option<(u64, u64)> {
+        self.recorder.as_ref().map(Recorder::totals)
+    }
+
+    /// Whether `conn` is known (and not cut off).
+    pub fn is_live(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| !c.dead)
+    }
+
+    /// Whether `conn` is known at all.
+    pub fn has(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// The domain of a ring connection.
+    pub fn domid(&self, conn: ConnId) -> Option<DomId> {
+        self.conns.get(&conn).and_then(|c| c.domid)
+    }
+
+    /// Whether the engine takes another request from `conn` now.
+    pub fn accepts_requests(&self, conn: ConnId) -> bool {
+        self.engine.accepts_requests(conn)
+    }
+
+    /// Connections with output queued in the engine.
+    pub fn conns_with_output(&self) -> Vec<ConnId> {
+        self.engine.conns_with_output()
+    }
+
+    /// Whether bytes wait in `conn`'s buffer.
+    pub fn has_buffered_output(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| !c.dead && c.out_off < c.out.len())
+    }
+
+    /// The engine's actions so far (effects for the live shell; replay
+    /// drops them: their outcomes are recorded as inputs).
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        self.engine.take_actions()
+    }
+
+    /// The clock.
+    pub fn time(&mut self, now: u64) {
+        self.record(&Event::Time(now));
+        self.engine.handle(Input::Time(now));
+    }
+
+    /// A socket client or dom0's own ring connected.
+    pub fn connect(&mut self, conn: ConnId, kind: ConnKind) {
+        let (ck, domid) = match kind {
+            ConnKind::Socket => (ConnectKind::Socket, None),
+            ConnKind::Domain(d) => (ConnectKind::Ring(d), Some(d)),
+        };
+        self.record(&Event::Connect { conn, kind: ck });
+        self.conns.insert(conn, CoreConn::new(domid));
+        self.engine.handle(Input::Connect { conn, kind });
+    }
+
+    /// Bytes read from `conn`: complete requests go to the engine.
+    pub fn input(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        on_request: OnRequest<'_>,
+    ) -> Result<(), xenring::Error> {
+        if let Some(r) = &mut self.recorder {
+            r.record(&Event::Input {
+                conn,
+                bytes: bytes.to_vec(),
+            });
+        }
+        self.feed(conn, bytes, on_request)
+    }
+
+    fn feed(
+        &mut self,
+        conn: ConnId,
+        bytes: &[u8],
+        on_request: OnRequest<'_>,
+    ) -> Result<(), xenring::Error> {
+        let mut input = bytes;
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Ok(());
+            };
+            let domid = c.domid;
+            let Some(msg) = c.decoder.decode(&mut input)? else {
+                return Ok(());
+            };
+            self.engine.handle(Input::Request { conn, msg: &msg });
+            on_request(&self.engine, conn, domid, &msg);
+            if let Some(last) = &mut self.last_request {
+                last.insert(conn, msg);
+            }
+        }
+    }
+
+    /// What to write to `conn` next: the rest of the current message, or
+    /// the next queued one; `None` if nothing waits.
+    pub fn next_output(&mut self, conn: ConnId) -> Option<&[u8]> {
+        let c = self.conns.get_mut(&conn)?;
+        if c.dead {
+            return None;
+        }
+        if c.out_off == c.out.len() {
+            c.out.clear();
+            c.out_off = 0;
+            let msg = self.engine.pop_output(conn)?;
+            let c = self.conns.get_mut(&conn)?;
+            msg.encode_into(&mut c.out);
+        }
+        let c = self.conns.get(&conn)?;
+        Some(&c.out[c.out_off..])
+    }
+
+    /// The transport took `n` octets of [`Core::next_output`].
+    pub fn wrote(&mut self, conn: ConnId, n: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let n = n.min(c.out.len() - c.out_off);
+        if let Some(r) = &mut self.recorder {
+            r.record(&Event::Output {
+                conn,
+                bytes: c.out[c.out_off..c.out_off + n].to_vec(),
+            });
+        }
+        c.out_off += n;
+    }
+
+    /// A socket went away (or was cut off).
+    pub fn close(&mut self, conn: ConnId) {
+        self.record(&Event::Close { conn });
+        self.engine.handle(Input::Disconnect { conn });
+        self.conns.remove(&conn);
+    }
+
+    /// A ring is no longer served (protocol violation, cut off).
+    pub fn violation(&mut self, conn: ConnId) {
+        self.record(&Event::Violation { conn });
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.dead = true;
+        }
+        self.engine.handle(Input::Disconnect { conn });
+    }
+
+    /// A ring was reset by its guest.
+    pub fn reset(&mut self, conn: ConnId) {
+        self.record(&Event::Reset { conn });
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.decoder = Decoder::new();
+            c.out.clear();
+            c.out_off = 0;
+        }
+        self.engine.handle(Input::Reset { conn });
+    }
+
+    /// A ring released (domain gone): forget its buffers.
+    pub fn forget(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// The outcome of an [`Action::Introduce`].
+    pub fn introduced(&mut self, token: u64, result: Result<ConnId, XsErrno>, domid: DomId) {
+        self.record(&Event::Introduced { token, result });
+        if let Ok(conn) = result {
+            self.conns.insert(conn, CoreConn::new(Some(domid)));
+        }
+        self.engine.handle(Input::Introduced { token, result });
+    }
+
+    /// What the hypervisor says about a domain.
+    pub fn domain_state(&mut self, domid: DomId, shutdown: bool, dying: bool) {
+        self.record(&Event::DomainState {
+            domid,
+            shutdown,
+            dying,
+        });
+        self.engine.handle(Input::DomainState {
+            domid,
+            shutdown,
+            dying,
+        });
+    }
+
+    /// The shell answers a control request it carried out.
+    pub fn answer(&mut self, conn: ConnId, header: &Header, answer: Answer) {
+        self.record(&Event::Answer {
+            conn,
+            header: *header,
+            answer: answer.clone(),
+        });
+        match answer {
+            Answer::Text(t) => self.engine.answer_control(conn, header, &t),
+            Answer::Error(e) => self.engine.answer_error(conn, header, e),
+        }
+    }
+
+    /// A connection's pending bytes (left in place), with `extra` appended
+    /// to its output.
+    pub fn pending(&self, conn: ConnId, extra: Option<&Message>) -> Option<Pending> {
+        let c = self.conns.get(&conn)?;
+        if c.dead {
+            return None;
+        }
+        let mut out_data = c.out[c.out_off..].to_vec();
+        let out_resp_len = if c.out_off > 0 {
+            u16::try_from(out_data.len()).unwrap_or(u16::MAX)
+        } else {
+            0
+        };
+        for msg in self.engine.queued_messages(conn) {
+            msg.encode_into(&mut out_data);
+        }
+        if let Some(msg) = extra {
+            msg.encode_into(&mut out_data);
+        }
+        Some(Pending {
+            in_data: c.decoder.partial(),
+            out_data,
+            out_resp_len,
+        })
+    }
+
+    /// The engine's records for a stream (connections mapped to stream ids).
+    pub fn export_records(&self, conns: &BTreeMap<ConnId, u32>) -> Vec<Record> {
+        self.engine.export_records(conns)
+    }
+
+    /// Takes over a migration stream (`bytes`, parsed as `stream`): the
+    /// connections as `outcomes` say (the live shell decided them with the
+    /// platform; replay reads them from the recording), then nodes,
+    /// watches, transactions, quotas; then pending input and output.
+    /// Returns the connections whose pending input was unusable (the shell
+    /// closes them). On error the engine may hold some connections but no
+    /// other state.
+    pub fn restore(
+        &mut self,
+        bytes: &[u8],
+        stream: &Stream,
+        outcomes: &[(u32, Outcome)],
+    ) -> Result<RestoreOutcome, String> {
+        if let Some(r) = &mut self.recorder {
+            r.record(&Event::Restore {
+                stream: bytes.to_vec(),
+                outcomes: outcomes.to_vec(),
+            });
+        }
+        let by_id: BTreeMap<u32, Outcome> = outcomes.iter().copied().collect();
+        let mut map: BTreeMap<u32, ConnId> = BTreeMap::new();
+        let mut restored = Vec::new();
+        let mut gone = Vec::new();
+        for record in &stream.records {
+            let Record::Connection(c) = record else {
+                continue;
+            };
+            let outcome = by_id.get(&c.conn_id).copied().unwrap_or(Outcome::Dropped);
+            let id = match (outcome, &c.spec) {
+                (Outcome::Dropped, _) => continue,
+                (Outcome::Socket(id), ConnSpec::Socket(_)) => {
+                    self.conns.insert(id, CoreConn::new(None));
+                    self.engine.handle(Input::Connect {
+                        conn: id,
+                        kind: ConnKind::Socket,
+                    });
+                    id
+                }
+                (Outcome::Ring(id) | Outcome::Gone(id), ConnSpec::Ring(r)) => {
+                    let tdomid = (r.tdomid != crate::migration::DOMID_INVALID).then_some(r.tdomid);
+                    match c.ring {
+                        Some(loc) => {
+                            self.engine
+                                .restore_ring(id, r.domid, loc.mfn, loc.remote_port, tdomid)
+                        }
+                        None if r.domid == 0 => self.engine.handle(Input::Connect {
+                            conn: id,
+                            kind: ConnKind::Domain(0),
+                        }),
+                        None => self.engine.restore_ring(id, r.domid, 0, 0, tdomid),
+                    }
+                    self.conns.insert(id, CoreConn::new(Some(r.domid)));
+                    if matches!(outcome, Outcome::Gone(_)) {
+                        gone.push(r.domid);
+                    }
+                    id
+                }
+                (o, _) => {
+                    return Err(format!(
+                        "connection {}: outcome {o:?} does not fit its record",
+                        c.conn_id
+                    ))
+                }
+            };
+            map.insert(c.conn_id, id);
+            restored.push((id, c));
+        }
+        let report = self
+            .engine
+            .restore_records(&stream.records, &map)
+            .map_err(|e| e.to_string())?;
+        for domid in gone {
+            self.engine.handle(Input::DomainState {
+                domid,
+                shutdown: true,
+                dying: true,
+            });
+        }
+        let mut bad_input = Vec::new();
+        for (id, c) in restored {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.out = c.out_data.clone();
+                conn.out_off = 0;
+            }
+            if !c.in_data.is_empty() && self.feed(id, &c.in_data, &mut |_, _, _, _| {}).is_err() {
+                bad_input.push(id);
+            }
+        }
+        Ok(RestoreOutcome {
+            nodes: report.nodes,
+            watches: report.watches,
+            unknown_quotas: report.unknown_quotas,
+            bad_input,
+        })
+    }
+}
+
+/// What [`Core::restore`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOutcome {
+    /// Nodes.
+    pub nodes: usize,
+    /// Watches.
+    pub watches: usize,
+    /// Quota names not known here.
+    pub unknown_quotas: Vec<String>,
+    /// Connections whose pending input did not decode.
+    pub bad_input: Vec<ConnId>,
+}
