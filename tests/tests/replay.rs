@@ -351,3 +351,67 @@ fn test_truncated_recording_replays_to_its_last_whole_event() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("stops inside an event"), "{stdout}");
 }
+
+#[test]
+fn test_recording_begins_on_a_running_daemon_through_a_live_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec");
+    let hv = MockXen::start(dir.path());
+    let sock = hv.socket.to_str().unwrap().to_string();
+    // Not recording: state built up before the recording starts.
+    let mut daemon = Daemon::start(dir.path(), &["--mock-xen", &sock]);
+    let connector = hv.connector();
+    let ts = Toolstack::open(&connector).unwrap();
+    let mut dom0 = daemon.client();
+    let r = create_guest(&ts, &mut dom0);
+    let mut g = guest_client(&connector, &r);
+    g.write(0, "data/before", b"1").unwrap();
+    g.watch("data", "w").unwrap();
+    assert_eq!(g.next_watch_event().unwrap().path, "data");
+    let tx = dom0.transaction_start().unwrap();
+    dom0.write(tx, "/open/tx", b"carried").unwrap();
+
+    // The operator starts recording with a live update whose command line
+    // adds --replay-record: the recording begins from the handed-over state.
+    let new = bin("xenstored-lite");
+    let cmdline = format!("-N --mock-xen {sock} --replay-record={}", rec.display());
+    assert_eq!(
+        dom0.control(&["live-update", "-f", new.to_str().unwrap()])
+            .unwrap(),
+        b"OK\0"
+    );
+    assert_eq!(
+        dom0.control(&["live-update", "-c", &cmdline]).unwrap(),
+        b"OK\0"
+    );
+    assert_eq!(
+        dom0.control(&["live-update", "-s", "-t", "10"]).unwrap(),
+        b"OK\0"
+    );
+    // Afterwards: the guest's watch, the open transaction, new requests.
+    dom0.write(
+        0,
+        &format!("/local/domain/{}/data/after", r.info.domid),
+        b"2",
+    )
+    .unwrap();
+    assert_eq!(g.next_watch_event().unwrap().path, "data/after");
+    assert_eq!(g.read(0, "data/before").unwrap(), b"1");
+    dom0.transaction_end(tx, true).unwrap();
+    assert_eq!(dom0.read(0, "/open/tx").unwrap(), b"carried");
+    stop(&mut daemon);
+    drop(hv);
+
+    let (events, requests) = recorded_totals(&log(dir.path()));
+    let out = replay(&rec, &[]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("from 1 daemon process(es)"), "{stdout}");
+    assert_eq!(replayed_totals(&out), (events, requests));
+    assert!(requests >= 4, "{stdout}");
+}
