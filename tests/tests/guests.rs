@@ -4,30 +4,9 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use mock_xen::{Connector, DomainRecord, Guest, Toolstack};
-use tests::{wait_until, Daemon, MockXen};
+use mock_xen::{DomainRecord, Guest, Toolstack};
+use tests::{create_guest, guest_client, wait_until, Daemon, MockXen};
 use xenring::{Client, Error as XsError, RingErrorCode, XsErrno};
-
-type Sock = Client<std::os::unix::net::UnixStream>;
-
-/// Creates a domain the way a toolstack does: its home owned by it, then
-/// INTRODUCE.
-fn create_guest(ts: &Toolstack, dom0: &mut Sock) -> DomainRecord {
-    let rec = ts.create_domain().unwrap();
-    let d = rec.info.domid;
-    let home = format!("/local/domain/{d}");
-    dom0.mkdir(0, &home).unwrap();
-    dom0.set_perms(0, &home, &[xenring::Perm::new(xenring::PermKind::None, d)])
-        .unwrap();
-    ts.introduce(dom0, &rec).unwrap();
-    rec
-}
-
-fn guest_client(connector: &Connector, rec: &DomainRecord) -> Client<Guest> {
-    let mut guest = Guest::attach(connector, rec).unwrap();
-    guest.set_block_limit(Duration::from_secs(60));
-    Client::new(guest)
-}
 
 /// The work each guest does: numbered writes read back, a watch that dom0
 /// fires, a transaction; every reply checked.

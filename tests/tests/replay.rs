@@ -5,30 +5,23 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use mock_xen::{Connector, DomainRecord, Guest, Toolstack};
-use tests::{bin, have, wait_until, Daemon, MockXen};
+use mock_xen::{DomainRecord, Guest, Toolstack};
+use tests::{bin, create_guest, guest_client, have, wait_until, Daemon, MockXen};
 use xenring::{Client, Error as XsError, XsErrno};
 use xenstored_lite::replay::format::{Event, Next, Reader};
 
-type Sock = Client<std::os::unix::net::UnixStream>;
-
-fn create_guest(ts: &Toolstack, dom0: &mut Sock) -> DomainRecord {
-    let rec = ts.create_domain().unwrap();
-    let d = rec.info.domid;
-    let home = format!("/local/domain/{d}");
-    dom0.mkdir(0, &home).unwrap();
-    dom0.set_perms(0, &home, &[xenring::Perm::new(xenring::PermKind::None, d)])
-        .unwrap();
-    ts.introduce(dom0, &rec).unwrap();
-    rec
-}
-
-fn guest_client(connector: &Connector, rec: &DomainRecord) -> Client<Guest> {
-    let mut guest = Guest::attach(connector, rec).unwrap();
-    guest.set_block_limit(Duration::from_secs(60));
-    Client::new(guest)
+/// A daemon on the embedded mock-xen recording into `rec`.
+fn recording_daemon(dir: &Path, rec: &Path) -> Daemon {
+    Daemon::start(
+        dir,
+        &[
+            "--platform",
+            "mock",
+            "--replay-record",
+            rec.to_str().unwrap(),
+        ],
+    )
 }
 
 /// Stops the daemon with SIGTERM (it flushes its recording) and waits.
@@ -207,15 +200,7 @@ fn test_recorded_session_with_live_update_replays_without_divergence() {
 fn test_changed_reply_is_reported_at_its_event_with_context() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--platform",
-            "mock",
-            "--replay-record",
-            rec.to_str().unwrap(),
-        ],
-    );
+    let mut daemon = recording_daemon(dir.path(), &rec);
     let mut c = daemon.client();
     for i in 1..=5 {
         c.write(0, &format!("/k/{i}"), format!("v{i}").as_bytes())
@@ -289,15 +274,7 @@ fn test_xenstore_utils_session_replays_without_divergence() {
     }
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--platform",
-            "mock",
-            "--replay-record",
-            rec.to_str().unwrap(),
-        ],
-    );
+    let mut daemon = recording_daemon(dir.path(), &rec);
     let ok = |o: Output| {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
@@ -327,15 +304,7 @@ fn test_xenstore_utils_session_replays_without_divergence() {
 fn test_truncated_recording_replays_to_its_last_whole_event() {
     let dir = tempfile::tempdir().unwrap();
     let rec = dir.path().join("rec");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        &[
-            "--platform",
-            "mock",
-            "--replay-record",
-            rec.to_str().unwrap(),
-        ],
-    );
+    let mut daemon = recording_daemon(dir.path(), &rec);
     let mut c = daemon.client();
     for i in 0..20 {
         c.write(0, &format!("/k/{i}"), b"v").unwrap();

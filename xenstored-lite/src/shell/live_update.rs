@@ -111,18 +111,9 @@ fn new_args(ours: &[OsString], cmdline: Option<&str>) -> Vec<OsString> {
 }
 
 fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     // SAFETY: `fd` is one of the daemon's own open descriptors (listener,
     // event-channel handle, client sockets), borrowed only for this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let flags = FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD)?);
-    let flags = if on {
-        flags | FdFlag::FD_CLOEXEC
-    } else {
-        flags - FdFlag::FD_CLOEXEC
-    };
-    fcntl(fd, FcntlArg::F_SETFD(flags))?;
-    Ok(())
+    evtchn::fd::set_cloexec(unsafe { BorrowedFd::borrow_raw(fd) }, on)
 }
 
 /// What a restore took over, for the log.
