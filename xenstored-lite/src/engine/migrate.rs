@@ -768,7 +768,7 @@ impl Engine {
     /// global and per-domain quotas.
     pub fn export_records(&self, conns: &BTreeMap<ConnId, u32>) -> Vec<Record> {
         let mut out = Vec::new();
-        let walk = self.store.walk();
+        let walk = self.store.parents_first();
         let (specials, tree): (Vec<_>, Vec<_>) =
             walk.into_iter().partition(|(p, _)| p.starts_with('@'));
         for (path, node) in specials.into_iter().chain(tree) {
