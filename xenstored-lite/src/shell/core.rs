@@ -66,6 +66,11 @@ pub struct Core {
     recorder: Option<Recorder>,
     /// Replay: the last request of each connection, for divergence reports.
     last_request: Option<BTreeMap<ConnId, Message>>,
+    /// Whether [`Core::next_output`] took a message from the engine since
+    /// the last [`Core::wrote`]: a write that took nothing is recorded only
+    /// then (replay must take it at the same point); otherwise it changed
+    /// nothing, and a stalled ring retried every turn records nothing.
+    popped: bool,
 }
 
 impl Core {
@@ -76,6 +81,7 @@ impl Core {
             conns: BTreeMap::new(),
             recorder,
             last_request: None,
+            popped: false,
         }
     }
 
@@ -106,6 +112,11 @@ impl Core {
         if let Some(r) = &mut self.recorder {
             r.flush();
         }
+    }
+
+    /// Whether recorded events wait in the buffer.
+    pub fn recording_pending(&self) -> bool {
+        self.recorder.as_ref().is_some_and(Recorder::has_pending)
     }
 
     /// Events and octets recorded by this process, if recording.
@@ -176,10 +187,7 @@ impl Core {
         on_request: OnRequest<'_>,
     ) -> Result<(), xenring::Error> {
         if let Some(r) = &mut self.recorder {
-            r.record(&Event::Input {
-                conn,
-                bytes: bytes.to_vec(),
-            });
+            r.record_io(false, conn, bytes);
         }
         self.feed(conn, bytes, on_request)
     }
@@ -218,6 +226,7 @@ impl Core {
             c.out.clear();
             c.out_off = 0;
             let msg = self.engine.pop_output(conn)?;
+            self.popped = true;
             let c = self.conns.get_mut(&conn)?;
             msg.encode_into(&mut c.out);
         }
@@ -231,11 +240,11 @@ impl Core {
             return;
         };
         let n = n.min(c.out.len() - c.out_off);
+        let popped = std::mem::take(&mut self.popped);
         if let Some(r) = &mut self.recorder {
-            r.record(&Event::Output {
-                conn,
-                bytes: c.out[c.out_off..c.out_off + n].to_vec(),
-            });
+            if n > 0 || popped {
+                r.record_io(true, conn, &c.out[c.out_off..c.out_off + n]);
+            }
         }
         c.out_off += n;
     }

@@ -104,7 +104,12 @@ pub struct Daemon {
     rundir: PathBuf,
     exec_args: Vec<OsString>,
     live_update: Option<live_update::Session>,
+    /// When the recording was last written out.
+    last_flush: Instant,
 }
+
+/// How long recorded events may wait in memory once the daemon is idle.
+const RECORDING_FLUSH: std::time::Duration = std::time::Duration::from_millis(10);
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_EVTCHN: u64 = 1;
@@ -206,6 +211,7 @@ impl Daemon {
             rundir: config.rundir.clone(),
             exec_args: config.exec_args.clone(),
             live_update: None,
+            last_flush: Instant::now(),
         };
         Ok(daemon)
     }
@@ -300,9 +306,15 @@ impl Daemon {
             self.last_time = now;
             self.core.time(now);
         }
-        if self.dirty.is_empty() {
-            // About to wait: a good moment for the recording to reach disk.
+        if self.dirty.is_empty()
+            && self.core.recording_pending()
+            && self.last_flush.elapsed() >= RECORDING_FLUSH
+        {
+            // About to wait: a good moment for the recording to reach disk
+            // (at most every RECORDING_FLUSH, so that a ping-pong does not
+            // pay a write per request; `wait` wakes up for it).
             self.core.flush_recording();
+            self.last_flush = Instant::now();
         }
         let (listener_ready, evtchn_ready, ready) = self.wait(timeout_ms)?;
         if listener_ready {
@@ -325,8 +337,9 @@ impl Daemon {
     fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
         let timeout = if !self.dirty.is_empty() {
             EpollTimeout::ZERO
-        } else if self.live_update_pending() {
-            // A dry run is under way: look at it often.
+        } else if self.live_update_pending() || self.core.recording_pending() {
+            // A dry run is under way, or recorded events wait to be
+            // written out: look again soon.
             EpollTimeout::from(10u16)
         } else {
             timeout_ms.map_or(EpollTimeout::NONE, EpollTimeout::from)
