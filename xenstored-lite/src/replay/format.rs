@@ -609,21 +609,60 @@ impl<'a> Reader<'a> {
 }
 
 /// Buffered appends to a recording file. Nothing is flushed per event: the
-/// buffer goes out when it fills, when the daemon goes idle (at most every
-/// 10 ms), before a live update's exec and at exit. On a crash, events still
-/// in the buffer (at most [`Recorder::BUFFER`] octets, about the last
-/// 10 ms) are lost; the reader then stops at the last whole event.
+/// buffer is handed to a writer thread when it fills, when the daemon goes
+/// idle (at most every 10 ms), and — waiting until it is written — before
+/// a live update's exec and at exit. The daemon's loop never waits on the
+/// disk unless [`Recorder::QUEUE`] buffers are already waiting (then it
+/// does: losing events silently would be worse). On a crash, events not yet
+/// written (about the last 10 ms, at most the buffers in flight) are lost;
+/// the reader then stops at the last whole event.
 #[derive(Debug)]
 pub struct Recorder {
-    file: std::fs::File,
     buf: Vec<u8>,
     events: u64,
     bytes: u64,
+    to_writer: Option<crossbeam::channel::Sender<ToWriter>>,
+    spare: crossbeam::channel::Receiver<Vec<u8>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+enum ToWriter {
+    Data(Vec<u8>),
+    Sync(crossbeam::channel::Sender<()>),
+}
+
+fn writer_thread(
+    mut file: std::fs::File,
+    from: crossbeam::channel::Receiver<ToWriter>,
+    spare: crossbeam::channel::Sender<Vec<u8>>,
+) {
+    let mut failed = false;
+    for msg in from {
+        match msg {
+            ToWriter::Data(mut buf) => {
+                if let Err(e) = file.write_all(&buf) {
+                    if !failed {
+                        tracing::warn!("recording: write failed: {e}; events are being lost");
+                        failed = true;
+                    }
+                }
+                buf.clear();
+                let _ = spare.try_send(buf);
+            }
+            ToWriter::Sync(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 impl Recorder {
     /// Buffer size.
     pub const BUFFER: usize = 256 * 1024;
+
+    /// Full buffers that may wait for the writer before the loop waits.
+    pub const QUEUE: usize = 64;
 
     /// Starts `path` afresh (`append` false) or continues it (a live
     /// update's new process).
@@ -638,11 +677,18 @@ impl Recorder {
         if !existing {
             file.write_all(&header())?;
         }
+        let (to_writer, from) = crossbeam::channel::bounded(Self::QUEUE);
+        let (spare_tx, spare) = crossbeam::channel::bounded(4);
+        let writer = std::thread::Builder::new()
+            .name("xsl-recorder".into())
+            .spawn(move || writer_thread(file, from, spare_tx))?;
         Ok(Self {
-            file,
             buf: Vec::with_capacity(Self::BUFFER),
             events: 0,
             bytes: 0,
+            to_writer: Some(to_writer),
+            spare,
+            writer: Some(writer),
         })
     }
 
@@ -679,15 +725,33 @@ impl Recorder {
         !self.buf.is_empty()
     }
 
-    /// Writes out what is buffered.
+    /// Hands what is buffered to the writer thread.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
-            tracing::warn!("recording: write failed: {e}; events are being lost");
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(Self::BUFFER));
+        let full = std::mem::replace(&mut self.buf, next);
+        if let Some(tx) = &self.to_writer {
+            if tx.send(ToWriter::Data(full)).is_err() {
+                tracing::warn!("recording: the writer thread is gone; events are being lost");
+            }
         }
-        self.buf.clear();
+    }
+
+    /// Writes out everything recorded so far and waits until it is in the
+    /// file (before an exec; at exit).
+    pub fn sync(&mut self) {
+        self.flush();
+        let (done_tx, done) = crossbeam::channel::bounded(1);
+        if let Some(tx) = &self.to_writer {
+            if tx.send(ToWriter::Sync(done_tx)).is_ok() {
+                let _ = done.recv();
+            }
+        }
     }
 
     /// Events and octets recorded by this process.
@@ -699,6 +763,10 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.flush();
+        drop(self.to_writer.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 

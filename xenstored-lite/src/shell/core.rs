@@ -107,10 +107,19 @@ impl Core {
         }
     }
 
-    /// Writes out buffered events (the loop goes idle; before an exec).
+    /// Hands buffered events to the recording's writer (the loop goes
+    /// idle).
     pub fn flush_recording(&mut self) {
         if let Some(r) = &mut self.recorder {
             r.flush();
+        }
+    }
+
+    /// Writes out every event recorded so far and waits for it (before an
+    /// exec; at exit).
+    pub fn sync_recording(&mut self) {
+        if let Some(r) = &mut self.recorder {
+            r.sync();
         }
     }
 

@@ -233,7 +233,7 @@ impl Daemon {
     /// Logs what this process recorded (at exit and before a live update's
     /// exec), so that a replay's summary can be checked against it.
     pub fn log_recording_totals(&mut self) {
-        self.core.flush_recording();
+        self.core.sync_recording();
         if let Some((events, bytes)) = self.core.recording_totals() {
             tracing::info!(
                 "recording: {events} events, {bytes} bytes, {} requests handled by this process",
@@ -830,7 +830,7 @@ fn log_access(
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.core.flush_recording();
+        self.core.sync_recording();
         let _ = std::fs::remove_file(&self.socket_path);
     }
 }
