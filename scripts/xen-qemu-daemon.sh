@@ -1,6 +1,6 @@
 #!/bin/bash
 # xenstored-lite on real Xen 4.17 (Debian) in QEMU/TCG, issue 9's acceptance
-# (steps 1-4; step 5 is scripts/xen-qemu-devtests.sh):
+# (steps 1-4 and 6; step 5 is scripts/xen-qemu-devtests.sh). Two boots:
 #
 #  lite       xenstored-lite started in dom0 in place of C xenstored (Linux
 #             backends, no mock) serves dom0's own ring (xsd_kva) and its
@@ -12,8 +12,13 @@
 #             no error, its watch and a dom0 watch still fire, dom0's tools
 #             work; `xl destroy`: the guest's nodes go and @releaseDomain
 #             reaches a dom0 watcher.             (scripts/xen-qemu/lite.sh)
+#  c-to-lite  the same guest under Xen's C xenstored, which live-updates to
+#             xenstored-lite (`xenstore-control live-update -c ARGS BINARY`:
+#             C writes its state and execs us with -U); the guest keeps
+#             looping without error; then xenstored-lite updates itself, and
+#             the guest is destroyed as above.  (scripts/xen-qemu/c-to-lite.sh)
 #
-#   scripts/xen-qemu-daemon.sh [lite]
+#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite]     # default: both
 #
 # XENQEMU_KEEP_LOGS=DIR keeps each boot's console log in DIR.
 # Prints "skipping: <reason>" and exits 0 only when QEMU or the Debian
@@ -26,7 +31,7 @@ SHARED=${XENQEMU_SHARED:-$ROOT/../shared/xen-qemu}
 [ -d "$SHARED" ] || SHARED=/work/shared/xen-qemu
 IMAGE=${XENQEMU_DIR:-/var/tmp/xenqemu}
 TARGET=${XENQEMU_TARGET_DIR:-/tmp/target-xenqemu-daemon}
-SCENARIOS=${*:-lite}
+SCENARIOS=${*:-lite c-to-lite}
 
 skip() { echo "skipping: $*"; exit 0; }
 [ -f "$SHARED/run.sh" ] || skip "xen-qemu harness not found (looked in $SHARED)"
