@@ -508,7 +508,7 @@ fn test_broken_binary_is_refused_and_old_daemon_keeps_serving() {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$@\" >> '{}'\ntruncate -s 20 \"$XENSTORED_RUNDIR/state_dump\"\nexec '{}' \"$@\"\n",
+            "#!/bin/sh\necho \"$@\" >> '{}'\nfor a in \"$@\"; do case \"$a\" in --dry-run=*) truncate -s 20 \"${{a#--dry-run=}}\";; esac; done\nexec '{}' \"$@\"\n",
             ran.display(),
             real.display()
         ),
@@ -537,6 +537,21 @@ fn test_broken_binary_is_refused_and_old_daemon_keeps_serving() {
     );
     assert!(daemon.running());
     w.still_there(&mut dom0, 3);
+
+    // (c2) Xen's C xenstored as the "new" binary: it ignores --dry-run and,
+    // with -U, looks for the state in its run directory, which for the dry
+    // run is empty: it stops, the update is refused, and no second daemon
+    // takes the state file (going back to C is not supported).
+    let c_xenstored = std::path::Path::new("/usr/lib/xen-4.17/bin/xenstored");
+    if c_xenstored.exists() {
+        assert_refused(&mut daemon, &mut control, c_xenstored);
+        w.still_there(&mut dom0, 3);
+    } else {
+        println!(
+            "skipping the C xenstored case: {} is not installed",
+            c_xenstored.display()
+        );
+    }
 
     // (d) An update asked for and aborted.
     let path = real.to_str().unwrap();

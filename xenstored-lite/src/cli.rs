@@ -113,11 +113,18 @@ pub struct Cli {
     #[arg(short = 'U', long = "live-update")]
     pub live_update: bool,
 
-    /// With -U: only check that the state in $XENSTORED_RUNDIR/state_dump
-    /// can be restored, then exit (0: yes). The old daemon runs this before
-    /// it hands over, and keeps serving if it fails.
-    #[arg(long = "dry-run", requires = "live_update")]
-    pub dry_run: bool,
+    /// With -U: only check that the state in STATE (default
+    /// $XENSTORED_RUNDIR/state_dump) can be restored, then exit (0: yes).
+    /// The old daemon runs this before it hands over, and keeps serving if
+    /// it fails.
+    #[arg(
+        long = "dry-run",
+        value_name = "STATE",
+        requires = "live_update",
+        num_args = 0..=1,
+        require_equals = true
+    )]
+    pub dry_run: Option<Option<PathBuf>>,
 
     /// Record everything the daemon receives and sends, with its clock, into
     /// DIR (DIR/xenstored-lite.rec), to replay it later with --replay. A live

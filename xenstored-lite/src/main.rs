@@ -72,8 +72,7 @@ fn main() -> ExitCode {
 }
 
 /// Reads and parses the state a live update left in the run directory.
-fn read_state(rundir: &Path) -> Result<(Vec<u8>, Stream), String> {
-    let path = rundir.join(STATE_FILE);
+fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), String> {
     let bytes = std::fs::read(&path)
         .map_err(|e| format!("live update: cannot read the state {}: {e}", path.display()))?;
     let stream = Stream::parse(&bytes).map_err(|e| {
@@ -113,10 +112,15 @@ fn replay(cli: &Cli, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `-U --dry-run`: proves this binary can take over the state, touching
-/// nothing else.
-fn dry_run(cli: &Cli, config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let (bytes, stream) = read_state(&cli.rundir())?;
+/// `-U --dry-run[=STATE]`: proves this binary can take over the state,
+/// touching nothing else.
+fn dry_run(
+    cli: &Cli,
+    state: Option<&Path>,
+    config: Config,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let path = state.map_or_else(|| cli.rundir().join(STATE_FILE), Path::to_path_buf);
+    let (bytes, stream) = read_state(&path)?;
     let summary = check_stream(config, &bytes, &stream)
         .map_err(|e| format!("live update: the state cannot be restored: {e}"))?;
     eprintln!(
@@ -130,8 +134,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = cli.engine_config()?;
     let choice = cli.platform_choice()?;
     let socket = cli.socket_path();
-    if cli.dry_run {
-        return dry_run(cli, config);
+    if let Some(state) = &cli.dry_run {
+        return dry_run(cli, state.as_deref(), config);
     }
     if let Some(dir) = &cli.replay {
         return replay(cli, dir);
@@ -145,7 +149,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&rundir)
         .map_err(|e| format!("cannot create the run directory {}: {e}", rundir.display()))?;
     let state = if cli.live_update {
-        Some(read_state(&rundir)?)
+        Some(read_state(&rundir.join(STATE_FILE))?)
     } else {
         None
     };

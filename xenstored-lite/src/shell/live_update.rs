@@ -46,6 +46,9 @@ use crate::replay::format::{Answer, Event, Outcome};
 /// The state file's name in the run directory (as C xenstored names it).
 pub const STATE_FILE: &str = "state_dump";
 
+/// The dry run's (empty) run directory, under ours.
+const DRY_RUN_DIR: &str = "live-update-dry-run";
+
 /// How long the new binary's dry run may take before the update is refused.
 const DRY_RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -238,9 +241,25 @@ impl Daemon {
         if let Err(e) = self.write_state(opts.version, None) {
             return Some(format!("live-update: cannot write the state: {e}"));
         }
+        // The dry run gets the state's path in its argument and an empty
+        // run directory: a binary that does not know --dry-run (C
+        // xenstored ignores it and would go on as a second daemon, taking
+        // the state file) finds no state and stops.
+        let scratch = self.dry_run_dir();
+        let _ = std::fs::remove_dir_all(&scratch);
+        if let Err(e) = std::fs::create_dir_all(&scratch) {
+            return Some(format!(
+                "live-update: cannot create {}: {e}",
+                scratch.display()
+            ));
+        }
+        let mut dry_run_arg = OsString::from("--dry-run=");
+        dry_run_arg.push(self.state_path());
         let child = Command::new(&binary)
             .args(&args)
-            .arg("--dry-run")
+            .arg(dry_run_arg)
+            .env("XENSTORED_RUNDIR", &scratch)
+            .env_remove("XENSTORED_PATH")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -272,11 +291,16 @@ impl Daemon {
         self.rundir.join(STATE_FILE)
     }
 
+    fn dry_run_dir(&self) -> PathBuf {
+        self.rundir.join(DRY_RUN_DIR)
+    }
+
     fn end_session(&mut self, mut s: Session) {
         if let Some(start) = &mut s.start {
             let _ = start.child.kill();
             let _ = start.child.wait();
             let _ = std::fs::remove_file(self.state_path());
+            let _ = std::fs::remove_dir_all(self.dry_run_dir());
         }
     }
 
@@ -323,6 +347,7 @@ impl Daemon {
         };
         let header = start.header;
         let version = start.version;
+        let _ = std::fs::remove_dir_all(self.rundir.join(DRY_RUN_DIR));
         if !status.success() {
             let mut err = String::new();
             if let Some(mut pipe) = start.child.stderr.take() {
