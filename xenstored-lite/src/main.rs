@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 
 /// Reads and parses the state a live update left in the run directory.
 fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), String> {
-    let bytes = std::fs::read(&path)
+    let bytes = std::fs::read(path)
         .map_err(|e| format!("live update: cannot read the state {}: {e}", path.display()))?;
     let stream = Stream::parse(&bytes).map_err(|e| {
         format!(
