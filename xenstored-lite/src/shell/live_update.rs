@@ -4,7 +4,8 @@
 //! `xenstore-control live-update BINARY` drives it (`-f BINARY`,
 //! `-c CMDLINE`, `-s [-t SECONDS] [-F] [-v VERSION]`, `-a`). On `-s` it
 //! writes its state as a migration stream to `<rundir>/state_dump` and runs
-//! the new binary as a dry run (`BINARY <args> -U --dry-run`), which must
+//! the new binary as a dry run (`BINARY <args> -U --dry-run=STATE`, in an
+//! empty run directory), which must
 //! parse and restore that state; meanwhile it keeps serving. When the dry
 //! run succeeds it reaches the end of a loop turn (a point between
 //! requests), writes the state again, now with the `OK` answer to `-s`
