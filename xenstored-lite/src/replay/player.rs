@@ -12,7 +12,7 @@ use xenring::{DomId, Message, MsgType};
 
 use super::format::{Event, FormatError, Next, Reader};
 use crate::cli::Cli;
-use crate::engine::{Action, ConnId, ConnKind, Engine};
+use crate::engine::{ConnId, ConnKind, Engine};
 use crate::migration::Stream;
 use crate::shell::core::Core;
 
@@ -235,15 +235,6 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
                 bar.set_message(format!("{} events", summary.events));
             }
         }
-        let need_core = |core: &mut Option<Core>| -> Result<(), ReplayError> {
-            if core.is_none() {
-                return Err(ReplayError::Inconsistent {
-                    index,
-                    why: "an event before the recording's Start".into(),
-                });
-            }
-            Ok(())
-        };
         match event {
             Event::Start { args } => {
                 if let Some(old) = core.take() {
@@ -265,9 +256,11 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
             }
             Event::HandOver => {}
             other => {
-                need_core(&mut core)?;
                 let Some(c) = core.as_mut() else {
-                    continue;
+                    return Err(ReplayError::Inconsistent {
+                        index,
+                        why: "an event before the recording's Start".into(),
+                    });
                 };
                 apply(
                     c,
@@ -278,11 +271,8 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
                     &mut first_time,
                     &mut last_time,
                 )?;
-                for action in c.take_actions() {
-                    if let Action::Release { conn, .. } = action {
-                        c.forget(conn);
-                    }
-                }
+                // Their outcomes are recorded as inputs of their own.
+                drop(c.take_actions());
             }
         }
     }
@@ -307,6 +297,7 @@ fn apply(
     last_time: &mut u64,
 ) -> Result<(), ReplayError> {
     match event {
+        // Handled by the caller (they change which core there is).
         Event::Start { .. } | Event::HandOver => {}
         Event::Restore { stream, outcomes } => {
             let parsed = Stream::parse(&stream).map_err(|e| ReplayError::Inconsistent {
@@ -355,10 +346,7 @@ fn apply(
         Event::Close { conn } => c.close(conn),
         Event::Violation { conn } => c.violation(conn),
         Event::Reset { conn } => c.reset(conn),
-        Event::Introduced { token, result } => {
-            let domid = c.engine().pending_introduce_domid(token).unwrap_or(0);
-            c.introduced(token, result, domid);
-        }
+        Event::Introduced { token, result } => c.introduced(token, result),
         Event::DomainState {
             domid,
             shutdown,

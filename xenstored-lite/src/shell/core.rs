@@ -166,9 +166,16 @@ impl Core {
     }
 
     /// The engine's actions so far (effects for the live shell; replay
-    /// drops them: their outcomes are recorded as inputs).
+    /// drops them: their outcomes are recorded as inputs). A released
+    /// ring's buffers go here, since the engine has forgotten it.
     pub fn take_actions(&mut self) -> Vec<Action> {
-        self.engine.take_actions()
+        let actions = self.engine.take_actions();
+        for action in &actions {
+            if let Action::Release { conn, .. } = action {
+                self.conns.remove(conn);
+            }
+        }
+        actions
     }
 
     /// The clock.
@@ -285,16 +292,12 @@ impl Core {
         self.engine.handle(Input::Reset { conn });
     }
 
-    /// A ring released (domain gone): forget its buffers.
-    pub fn forget(&mut self, conn: ConnId) {
-        self.conns.remove(&conn);
-    }
-
     /// The outcome of an [`Action::Introduce`].
-    pub fn introduced(&mut self, token: u64, result: Result<ConnId, XsErrno>, domid: DomId) {
+    pub fn introduced(&mut self, token: u64, result: Result<ConnId, XsErrno>) {
         self.record(&Event::Introduced { token, result });
         if let Ok(conn) = result {
-            self.conns.insert(conn, CoreConn::new(Some(domid)));
+            let domid = self.engine.pending_introduce_domid(token);
+            self.conns.insert(conn, CoreConn::new(domid));
         }
         self.engine.handle(Input::Introduced { token, result });
     }

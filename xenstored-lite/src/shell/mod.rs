@@ -442,12 +442,8 @@ impl Daemon {
     }
 
     fn domains_changed(&mut self) {
-        let list = match self.platform.dominfo.list() {
-            Ok(list) => list,
-            Err(e) => {
-                tracing::warn!("cannot list domains: {e}");
-                return;
-            }
+        let Some(list) = self.platform.dominfo_list() else {
+            return;
         };
         let info: BTreeMap<DomId, gnttab::DomainInfo> =
             list.into_iter().map(|d| (d.domid, d)).collect();
@@ -696,12 +692,12 @@ impl Daemon {
                     port,
                 } => {
                     let result = self.introduce(domid, mfn, port);
-                    self.core.introduced(token, result, domid);
+                    self.core.introduced(token, result);
                 }
                 Action::Release { conn, domid } => {
                     tracing::info!("domain {domid} released");
-                    // The engine has forgotten it: only the transport goes.
-                    self.core.forget(conn);
+                    // The engine and the core have forgotten it: only the
+                    // transport goes.
                     self.close(conn);
                 }
                 Action::Kill { conn, reason } => {
