@@ -222,6 +222,11 @@ pub fn header() -> [u8; HEADER_LEN] {
 
 /// Appends `event`, framed, to `out`.
 pub fn encode(event: &Event, out: &mut Vec<u8>) {
+    match event {
+        Event::Input { conn, bytes } => return encode_io(false, *conn, bytes, out),
+        Event::Output { conn, bytes } => return encode_io(true, *conn, bytes, out),
+        _ => {}
+    }
     let start = out.len();
     out.extend_from_slice(&[0; 5]);
     let k = match event {
@@ -263,16 +268,8 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
             }
             kind::CONNECT
         }
-        Event::Input { conn, bytes } => {
-            put_u32(out, *conn);
-            out.extend_from_slice(bytes);
-            kind::INPUT
-        }
-        Event::Output { conn, bytes } => {
-            put_u32(out, *conn);
-            out.extend_from_slice(bytes);
-            kind::OUTPUT
-        }
+        // Framed by `encode_io` above; never reached.
+        Event::Input { .. } | Event::Output { .. } => return,
         Event::Close { conn } => {
             put_u32(out, *conn);
             kind::CLOSE
@@ -332,6 +329,15 @@ pub fn encode(event: &Event, out: &mut Vec<u8>) {
     let len = u32::try_from(out.len() - start - 5).unwrap_or(u32::MAX);
     out[start] = k;
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends an `Input` (`output` false) or `Output` event, framed, straight
+/// from the bytes (the recorder's hot path builds no [`Event`]).
+pub fn encode_io(output: bool, conn: ConnId, bytes: &[u8], out: &mut Vec<u8>) {
+    out.push(if output { kind::OUTPUT } else { kind::INPUT });
+    put_u32(out, u32::try_from(4 + bytes.len()).unwrap_or(u32::MAX));
+    put_u32(out, conn);
+    out.extend_from_slice(bytes);
 }
 
 /// Reads events from a whole recording in memory.
@@ -696,25 +702,21 @@ impl Recorder {
     pub fn record(&mut self, event: &Event) {
         let before = self.buf.len();
         encode(event, &mut self.buf);
-        self.events += 1;
-        self.bytes += (self.buf.len() - before) as u64;
-        if self.buf.len() >= Self::BUFFER {
-            self.flush();
-        }
+        self.appended(before);
     }
 
     /// Appends an `Input` (`output` false) or `Output` event for `conn`
     /// straight from the bytes, without building an [`Event`] (the hot
     /// path: one copy, into the buffer).
     pub fn record_io(&mut self, output: bool, conn: ConnId, bytes: &[u8]) {
-        let len = u32::try_from(4 + bytes.len()).unwrap_or(u32::MAX);
-        self.buf
-            .push(if output { kind::OUTPUT } else { kind::INPUT });
-        self.buf.extend_from_slice(&len.to_le_bytes());
-        self.buf.extend_from_slice(&conn.to_le_bytes());
-        self.buf.extend_from_slice(bytes);
+        let before = self.buf.len();
+        encode_io(output, conn, bytes, &mut self.buf);
+        self.appended(before);
+    }
+
+    fn appended(&mut self, before: usize) {
         self.events += 1;
-        self.bytes += 9 + bytes.len() as u64;
+        self.bytes += (self.buf.len() - before) as u64;
         if self.buf.len() >= Self::BUFFER {
             self.flush();
         }
