@@ -70,23 +70,45 @@ pub fn have_xen() -> bool {
 impl Platform {
     /// Sets up the chosen backend.
     pub fn open(choice: &PlatformChoice, rundir: &Path) -> Result<Self, PlatformError> {
-        match choice {
-            PlatformChoice::Auto if have_xen() => Self::linux(),
+        Self::open_with(choice, rundir, None)
+    }
+
+    /// Sets up the chosen backend, with `evtchn` as its event-channel
+    /// handle if given (a live update's inherited one), else a new one.
+    fn open_with(
+        choice: &PlatformChoice,
+        rundir: &Path,
+        evtchn: Option<Box<dyn EventChannel>>,
+    ) -> Result<Self, PlatformError> {
+        let inherited = evtchn.is_some();
+        let mut platform = match choice {
+            PlatformChoice::Auto if have_xen() => Self::linux_with(evtchn),
             PlatformChoice::Auto => Self::embedded(&rundir.join("mock-xen.sock")),
-            PlatformChoice::Linux => Self::linux(),
+            PlatformChoice::Linux => Self::linux_with(evtchn),
             PlatformChoice::Embedded(path) => Self::embedded(path),
             PlatformChoice::Remote(path) => Self::remote(
                 &Connector::remote(path),
                 format!("mock-xen at {}", path.display()),
                 None,
+                evtchn,
             ),
-        }
+        }?;
+        platform.evtchn_inherited = inherited;
+        Ok(platform)
     }
 
     /// Linux devices.
     pub fn linux() -> Result<Self, PlatformError> {
+        Self::linux_with(None)
+    }
+
+    fn linux_with(evtchn: Option<Box<dyn EventChannel>>) -> Result<Self, PlatformError> {
+        let evtchn = match evtchn {
+            Some(handle) => handle,
+            None => Box::new(evtchn::LinuxEventChannel::open_inheritable()?),
+        };
         Ok(Self {
-            evtchn: Box::new(evtchn::LinuxEventChannel::open_inheritable()?),
+            evtchn,
             mapper: Box::new(gnttab::LinuxPageMapper::open()?),
             dominfo: Box::new(gnttab::PrivcmdDomainInfo::open()?),
             description: "Xen (Linux /dev/xen devices)".to_string(),
@@ -127,10 +149,9 @@ impl Platform {
         rundir: &Path,
         evtchn_fd: i32,
     ) -> Result<Self, PlatformError> {
-        let mut platform = Self::open(choice, rundir)?;
         if evtchn_fd < 0 || !fd_is_open(evtchn_fd) {
             tracing::warn!("live update: no event-channel handle was passed down (fd {evtchn_fd}); binding the rings' ports again");
-            return Ok(platform);
+            return Self::open(choice, rundir);
         }
         let adopted: Result<Box<dyn EventChannel>, PlatformError> = match choice {
             PlatformChoice::Remote(_) => {
@@ -149,16 +170,16 @@ impl Platform {
                     .map_err(PlatformError::from)
             }
         };
-        match adopted {
-            Ok(handle) => {
-                platform.evtchn = handle;
-                platform.evtchn_inherited = true;
+        let handle = match adopted {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(
+                    "live update: cannot adopt the event-channel handle (fd {evtchn_fd}): {e}; binding the rings' ports again"
+                );
+                None
             }
-            Err(e) => tracing::warn!(
-                "live update: cannot adopt the event-channel handle (fd {evtchn_fd}): {e}; binding the rings' ports again"
-            ),
-        }
-        Ok(platform)
+        };
+        Self::open_with(choice, rundir, handle)
     }
 
     fn embedded(path: &Path) -> Result<Self, PlatformError> {
@@ -168,16 +189,21 @@ impl Platform {
             "no /dev/xen here: running on an embedded mock-xen (simulated hypervisor), guests join at {}",
             server.path().display()
         );
-        Self::remote(&connector, description, Some(server))
+        Self::remote(&connector, description, Some(server), None)
     }
 
     fn remote(
         connector: &Connector,
         description: String,
         server: Option<ServerThread>,
+        evtchn: Option<Box<dyn EventChannel>>,
     ) -> Result<Self, PlatformError> {
+        let evtchn = match evtchn {
+            Some(handle) => handle,
+            None => Box::new(MockEventChannel::open(connector, 0)?),
+        };
         Ok(Self {
-            evtchn: Box::new(MockEventChannel::open(connector, 0)?),
+            evtchn,
             mapper: Box::new(MockPageMapper::open(connector, 0)?),
             dominfo: Box::new(MockDomainInfo::open(connector, 0)?),
             description,
