@@ -11,23 +11,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORKSPACE=${WORKSPACE:-$ROOT}              # where to build the tests from
-SHARED=${XENQEMU_SHARED:-$ROOT/../shared/xen-qemu}
-[ -d "$SHARED" ] || SHARED=/work/shared/xen-qemu
-IMAGE=${XENQEMU_DIR:-/var/tmp/xenqemu}
+. "$ROOT/scripts/xen-qemu-image.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-devices}
-
-skip() { echo "skipping: $*"; exit 0; }
-
-[ -f "$SHARED/run.sh" ] || skip "xen-qemu harness not found (looked in $SHARED)"
-if [ ! -f "$IMAGE/xen" ] || [ ! -f "$IMAGE/dom0.cpio" ]; then
-  [ "$(id -u)" = 0 ] || skip "no image in $IMAGE and not root (build.sh needs apt)"
-  command -v apt-get >/dev/null || skip "no image in $IMAGE and no apt-get"
-  echo "building the xen-qemu image in $IMAGE"
-  if ! bash "$SHARED/build.sh" "$IMAGE" > "$IMAGE.build.log" 2>&1; then
-    tail -20 "$IMAGE.build.log"
-    skip "building the Xen/QEMU image failed (Debian packages unavailable?), see $IMAGE.build.log"
-  fi
-fi
 
 WORK=$(mktemp -d /tmp/xen-qemu-devtests.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
