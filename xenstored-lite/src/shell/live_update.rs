@@ -378,10 +378,11 @@ impl Daemon {
 
     fn refuse(&mut self, conn: ConnId, header: Header, why: String) {
         tracing::warn!("live-update refused: {why}");
+        // Ends the dry run and removes the state file and its scratch
+        // directory (a refused update always had started).
         if let Some(s) = self.live_update.take() {
             self.end_session(s);
         }
-        let _ = std::fs::remove_file(self.state_path());
         self.core.answer(
             conn,
             &header,
