@@ -1,5 +1,4 @@
-//! Live-update blackout benchmark (issue 7; prints figures, not a timed
-//! test).
+//! Live-update blackout benchmark (prints figures; not a timed test).
 //!
 //! `cargo bench -p tests --bench live_update` builds the release binaries,
 //! starts `mock-xen --socket` and `xenstored-lite --mock-xen`, loads

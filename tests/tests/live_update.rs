@@ -1,4 +1,4 @@
-//! Live update end to end (issue 7's acceptance): mock-xen, the daemon and
+//! Live update end to end: mock-xen, the daemon and
 //! this test are separate processes, and the daemon replaces itself with a
 //! new binary — exec'd in place, same pid — while guests over rings and
 //! clients over its socket keep talking to it on the connections they

@@ -1,4 +1,4 @@
-//! Record and replay (issue 8): sessions recorded on mock-xen across real
+//! Record and replay: sessions recorded on mock-xen across real
 //! processes — guests over rings, socket clients, Debian's xenstore-utils,
 //! a live update in the middle — replay with no mock-xen and no socket,
 //! byte for byte; a changed reply is caught where it happens.

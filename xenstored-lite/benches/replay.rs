@@ -1,4 +1,4 @@
-//! Record and replay benchmark (issue 8; prints figures, not a timed test).
+//! Record and replay benchmark (prints figures; not a timed test).
 //!
 //! `cargo bench -p xenstored-lite --bench replay` runs the real daemon
 //! binary (embedded mock-xen) and prints:

@@ -1,6 +1,7 @@
 //! The real stream Xen 4.17's C xenstored wrote at `xenstore-control
-//! live-update` (see `/work/shared/fixtures/README.md`) parses to exactly the
-//! state the daemon held, and writes back to the identical 1048 octets.
+//! live-update` parses to exactly the state the daemon held, and writes
+//! back to the identical 1048 octets (`src/migration/testdata/README.md`
+//! says how the stream was made and what it holds).
 
 use xenring::{Perm, PermKind};
 use xenstored_lite::migration::{
