@@ -1,15 +1,77 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests need, runs every test of the
-# workspace, then on real Xen 4.17 booted in QEMU the Linux-backend tests
-# and xenstored-lite serving dom0 and a looping PV guest across live updates,
-# from itself and from C xenstored (both print "skipping: <reason>" and pass
-# only where QEMU or its Debian packages cannot be had). This is the README's
-# test command and what CI runs.
-set -euo pipefail
+# The whole test suite, tier by tier (TESTING.md describes each):
+#
+#   unit      the tests beside the code (cargo test --lib --bins)
+#   crate     each crate's own integration tests, benches in test mode and
+#             the doc tests
+#   process   end-to-end scenarios across processes (the `tests` crate):
+#             the daemon, mock-xen, simulated guests, Debian's clients and
+#             C xenstored
+#   real-xen  Debian's Xen 4.17 booted in QEMU: the Linux-backend tests in
+#             dom0, then xenstored-lite serving dom0 and a PV guest
+#
+# It installs what it needs first (scripts/install-test-deps.sh, an
+# idempotent apt-get). Every tier runs even when an earlier one failed; the
+# output ends with one line per tier saying whether it ran, passed, failed
+# or was SKIPPED (and why), then the test totals. A real-Xen script exits
+# 77 after printing "SKIPPED: <reason>" only when QEMU or Debian's packages
+# cannot be had. This is the README's test command and what CI runs.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-test-deps.sh
-cargo test --workspace --all-targets
-cargo test --workspace --doc
-bash scripts/xen-qemu-devtests.sh
-bash scripts/xen-qemu-daemon.sh
+LOG=$(mktemp /tmp/xsl-test.XXXXXX)
+trap 'rm -f "$LOG"' EXIT
+results=()
+failed=0
+
+# tier NAME COMMAND...: runs COMMAND, its output also kept in $LOG to count
+# the tests it ran, and records how it ended.
+tier() {
+  local name=$1
+  shift
+  local out rc start
+  out=$(mktemp /tmp/xsl-tier.XXXXXX)
+  start=$(date +%s)
+  echo "==== tier $name: $*"
+  "$@" 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  cat "$out" >> "$LOG"
+  local wall=$(($(date +%s) - start))
+  case $rc in
+    0) results+=("$(printf 'tier %-9s ran, passed (%d s)' "$name" "$wall")") ;;
+    77)
+      local why
+      why=$(grep -a '^SKIPPED: ' "$out" | tail -1)
+      results+=("$(printf 'tier %-9s %s' "$name" "${why:-SKIPPED: (no reason printed)}")")
+      ;;
+    *)
+      results+=("$(printf 'tier %-9s ran, FAILED with status %d (%d s)' "$name" "$rc" "$wall")")
+      failed=$((failed + 1))
+      ;;
+  esac
+  rm -f "$out"
+}
+
+if ! bash scripts/install-test-deps.sh; then
+  echo "install-test-deps failed: the tests need its packages" >&2
+  exit 1
+fi
+
+tier unit cargo test --workspace --lib --bins
+tier crate bash -c 'cargo test --workspace --exclude tests --tests --benches --examples && cargo test --workspace --doc'
+tier process cargo test -p tests --all-targets
+tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
+
+# Totals over every `cargo test` summary line, inside the VM included.
+sum() { grep -aoE "[0-9]+ $1" "$LOG.results" | awk '{ s += $1 } END { print s + 0 }'; }
+grep -aE '^test result: ' "$LOG" > "$LOG.results" || true
+passed=$(sum passed)
+nfailed=$(sum failed)
+ignored=$(sum ignored)
+rm -f "$LOG.results"
+
+echo
+echo "==== summary"
+printf '%s\n' "${results[@]}"
+echo "tests: $passed passed, $nfailed failed, $ignored skipped"
+[ "$failed" -eq 0 ] && [ "$nfailed" -eq 0 ]
