@@ -58,7 +58,7 @@ if ! bash scripts/install-test-deps.sh; then
 fi
 
 tier unit cargo test --workspace --lib --bins
-tier crate bash -c 'cargo test --workspace --exclude tests --tests --benches --examples && cargo test --workspace --doc'
+tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*" --examples && cargo test --workspace --doc'
 tier process cargo test -p tests --all-targets
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
 
