@@ -170,5 +170,5 @@ if [ -n "$BACK" ] && console | grep -aq '^XENQEMU_OUT_END$'; then
     | base64 -d | tar -C "$BACK" -xzf - || echo "run-vm.sh: could not unpack /test/out" >&2
 fi
 [ -n "$RC" ] || RC=125
-echo "run-vm.sh: accel=$ACCEL cpu=$CPU dom0 ready ${READY:-never}, command done ${DONE:-never}, QEMU $HOW at $(elapsed) s${WHY:+ ($WHY)}; rc=$RC; console in $LOG" >&2
+echo "run-vm.sh: accel=$ACCEL cpu=$CPU dom0 ready ${READY:+at }${READY:-never}${READY:+ s}, command done ${DONE:+at }${DONE:-never}${DONE:+ s}, QEMU $HOW at $(elapsed) s${WHY:+ ($WHY)}; rc=$RC; console in $LOG" >&2
 exit "$RC"
