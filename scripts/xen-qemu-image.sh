@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts/xen-qemu-*.sh harnesses (ROOT set to the
 # repository). Provides
 #   RUN_VM   scripts/xen-qemu/run-vm.sh, which boots the image
