@@ -1,6 +1,7 @@
 #!/bin/bash
-# xenstored-lite on real Xen 4.17 (Debian) in QEMU/TCG, issue 9's acceptance
-# (steps 1-4 and 6; step 5 is scripts/xen-qemu-devtests.sh). Two boots:
+# xenstored-lite on real Xen 4.17 (Debian) in QEMU/TCG, in place of Xen's
+# own xenstored (the Linux-backend device tests are in
+# scripts/xen-qemu-devtests.sh). Two boots:
 #
 #  lite       xenstored-lite started in dom0 in place of C xenstored (Linux
 #             backends, no mock) serves dom0's own ring (xsd_kva) and its
@@ -20,10 +21,12 @@
 #
 #   scripts/xen-qemu-daemon.sh [lite] [c-to-lite]     # default: both
 #
+# The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
+# (default /var/tmp/xenqemu) when missing or out of date.
 # XENQEMU_KEEP_LOGS=DIR keeps each boot's console log in DIR.
-# Prints "skipping: <reason>" and exits 0 only when QEMU or the Debian
-# packages cannot be had; when a step fails, prints the daemon's log, the
-# guest's console and dom0's console.
+# Prints "SKIPPED: <reason>" and exits 77 only when QEMU or the Debian
+# packages cannot be installed or downloaded; when a step fails, prints the
+# daemon's log, the guest's console and dom0's console, and exits 1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +35,7 @@ TARGET=${XENQEMU_TARGET_DIR:-/tmp/target-xenqemu-daemon}
 SCENARIOS=${*:-lite c-to-lite}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+XENQEMU_CLEANUP="$WORK"
 mkdir -p "$WORK/files" "$WORK/guest"
 echo "building xenstored-lite for the VM (baseline x86-64)"
 (cd "$ROOT" && RUSTFLAGS="-C target-cpu=x86-64" CARGO_TARGET_DIR="$TARGET" \
@@ -49,7 +52,7 @@ for scenario in $SCENARIOS; do
   echo "==== $scenario: booting Xen 4.17 + dom0 in QEMU ===="
   start=$(date +%s)
   set +e
-  bash "$SHARED/run.sh" -q -t 480 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
+  bash "$RUN_VM" -q -t 480 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
   rc=$?
   set -e
   wall=$(( $(date +%s) - start ))

@@ -2,11 +2,13 @@
 # Runs the evtchn and gnttab tests on real Xen 4.17 (Debian) inside QEMU/TCG,
 # in a PV dom0, with a PV guest to map, bind to and watch die.
 #
-#   scripts/xen-qemu-devtests.sh            # image cached in /var/tmp/xenqemu
-#   XENQEMU_DIR=/path XENQEMU_SHARED=/work/shared/xen-qemu scripts/xen-qemu-devtests.sh
+#   scripts/xen-qemu-devtests.sh                        # image in /var/tmp/xenqemu
+#   XENQEMU_DIR=/path/to/image scripts/xen-qemu-devtests.sh
 #
-# Exits non-zero when a test fails; prints "skipping: <reason>" and exits 0
-# only when QEMU or the Debian packages cannot be had.
+# The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
+# when missing or out of date. Exits 1 when a test fails; prints
+# "SKIPPED: <reason>" and exits 77 only when QEMU or the Debian packages
+# cannot be installed or downloaded.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +17,7 @@ WORKSPACE=${WORKSPACE:-$ROOT}              # where to build the tests from
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-devices}
 
 WORK=$(mktemp -d /tmp/xen-qemu-devtests.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+XENQEMU_CLEANUP="$WORK"
 mkdir -p "$WORK/files" "$WORK/guest" "$WORK/out"
 
 # Baseline x86-64 test binaries (the VM's CPU is qemu64: no target-cpu=native).
@@ -98,7 +100,7 @@ C
 echo "booting Xen in QEMU"
 start=$(date +%s)
 set +e
-bash "$SHARED/run.sh" -t 900 -d "$WORK/files" -g "$WORK/guest" -l "$WORK/console.log" \
+bash "$RUN_VM" -t 900 -d "$WORK/files" -g "$WORK/guest" -l "$WORK/console.log" \
   "$IMAGE" "$WORK/cmd.sh" | tee "$WORK/stdout.log"
 rc=${PIPESTATUS[0]}
 set -e

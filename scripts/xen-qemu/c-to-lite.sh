@@ -1,7 +1,7 @@
-# dom0 command (run.sh CMDFILE): issue 9's step 6. Xen's C xenstored serves
-# dom0 and a looping PV guest; `xenstore-control live-update -c ARGS
-# xenstored-lite` makes C write its state and exec xenstored-lite with -U,
-# which takes over with the guest alive. Then xenstored-lite updates itself
+# dom0 command (run-vm.sh CMDFILE): switching from Xen's C xenstored to
+# xenstored-lite with a guest alive. C xenstored serves dom0 and a looping
+# PV guest; `xenstore-control live-update -c ARGS xenstored-lite` makes C
+# write its state and exec xenstored-lite with -U, which takes over. Then xenstored-lite updates itself
 # once more, the guest is destroyed, and a new guest runs under it.
 . /xenqemu/lib.sh
 . /test/files/dom0-lib.sh

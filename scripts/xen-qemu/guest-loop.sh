@@ -1,4 +1,4 @@
-# Runs inside the PV guest (domU) as /test/guest.sh (run.sh -g): a client of
+# Runs inside the PV guest (domU) as /test/guest.sh (run-vm.sh -g): a client of
 # the xenstore daemon through the guest kernel's xenbus and its ring.
 #
 # It loops on xenstore writes and reads (data/loop/k0..k7 written in one

@@ -1,7 +1,8 @@
-# dom0 command (run.sh CMDFILE): xenstored-lite started in place of C
-# xenstored, then issue 9's steps 1-4 with a PV guest looping on xenstore
-# requests while `xenstore-control live-update` replaces the daemon with a
-# second copy of its binary.
+# dom0 command (run-vm.sh CMDFILE): xenstored-lite started in place of C
+# xenstored serves dom0's ring and socket (step 1); a PV guest loops on
+# xenstore requests over its ring (step 2) while `xenstore-control
+# live-update` replaces the daemon with a second copy of its binary, three
+# times (step 3); the guest is destroyed and released (step 4).
 . /xenqemu/lib.sh
 . /test/files/dom0-lib.sh
 BIN=/test/files/xenstored-lite
