@@ -39,5 +39,5 @@ pub use guest::Guest;
 pub use hv::Hypervisor;
 pub use mapper::{MockDomainInfo, MockMapping, MockPageMapper};
 pub use proto::{DomainInfo, DomainRecord};
-pub use server::{Server, ServerThread};
+pub use server::{Server, ServerProcess, ServerThread};
 pub use toolstack::Toolstack;
