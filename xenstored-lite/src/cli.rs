@@ -188,7 +188,7 @@ impl Cli {
             "auto" => Ok(PlatformChoice::Auto),
             "linux" => Ok(PlatformChoice::Linux),
             "mock" => Ok(PlatformChoice::Embedded(
-                self.rundir().join("mock-xen.sock"),
+                self.rundir().join(crate::shell::platform::EMBEDDED_SOCKET),
             )),
             other => Err(UsageError(format!(
                 "--platform {other:?}: expected auto, linux or mock"
