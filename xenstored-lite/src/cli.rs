@@ -12,8 +12,9 @@ use crate::shell::platform::PlatformChoice;
 /// socket and to guests on their rings.
 ///
 /// On a machine without /dev/xen it runs on an embedded mock-xen (a
-/// simulated hypervisor) and says so; simulated guests join through the
-/// mock-xen socket it names (see the README).
+/// simulated hypervisor, forked as a child process that live updates keep
+/// and that ends with the daemon) and says so; simulated guests join
+/// through the mock-xen socket it names (see the README).
 #[derive(Debug, Parser)]
 #[command(name = "xenstored-lite", version, disable_version_flag = true)]
 pub struct Cli {
