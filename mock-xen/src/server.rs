@@ -398,6 +398,7 @@ fn serve_forked(path: &Path, parent: Pid, report: OwnedFd) -> ! {
 }
 
 fn run_forked(path: &Path, parent: Pid, report: OwnedFd) -> Result<(), Error> {
+    keep_only_stdio(report.as_raw_fd());
     let mut report = std::fs::File::from(report);
     match set_up_forked(path, parent) {
         Ok(mut server) => {
@@ -410,6 +411,36 @@ fn run_forked(path: &Path, parent: Pid, report: OwnedFd) -> Result<(), Error> {
             let _ = report.write_all(error_chain(&e).as_bytes());
             Err(e)
         }
+    }
+}
+
+/// Closes every descriptor the child inherited except standard error and
+/// `keep`, and points standard input and output at `/dev/null`: the
+/// parent's sockets, pipes and files are its own (a client must see the
+/// parent close its connection; a pipe reader, its end).
+fn keep_only_stdio(keep: RawFd) {
+    let inherited: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in inherited {
+        if fd > 2 && fd != keep {
+            // SAFETY: this forked child runs nothing of its parent's but
+            // this function's caller, which owns only `keep`; no object
+            // here uses the other descriptors (the directory listing them
+            // is closed already; closing it again fails harmlessly).
+            unsafe { nix::libc::close(fd) };
+        }
+    }
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
     }
 }
 
