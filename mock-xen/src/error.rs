@@ -66,6 +66,17 @@ pub enum Error {
     /// The mock-xen process went away.
     #[error("the mock-xen connection is closed")]
     Closed,
+    /// A server process could not be forked: this process has other
+    /// threads, and a child of a threaded process may not run arbitrary
+    /// code.
+    #[error("cannot fork a mock-xen process: this process already has {threads} threads")]
+    Threaded {
+        /// How many threads there were.
+        threads: usize,
+    },
+    /// A forked server process did not start serving.
+    #[error("the forked mock-xen process did not start: {0}")]
+    ServerStart(String),
     /// A remote mock-xen process refused the request.
     #[error("mock-xen refused the request (code {code}): {message}")]
     Remote {
@@ -81,7 +92,7 @@ impl Error {
     /// a code and a message).
     pub(crate) fn code(&self) -> u32 {
         match self {
-            Error::Sys { .. } | Error::Io(_) => 1,
+            Error::Sys { .. } | Error::Io(_) | Error::Threaded { .. } | Error::ServerStart(_) => 1,
             Error::NoSuchDomain(_) => 2,
             Error::NotPermitted { .. } => 3,
             Error::BadPort { .. } => 4,

@@ -14,7 +14,8 @@
 //!   `VIRQ_DOM_EXC` to dom0 when a domain shuts down or dies.
 //!
 //! Two ways to run it: in-process ([`Connector::new_local`], deterministic,
-//! for unit tests) or as a separate process (`mock-xen --socket PATH`,
+//! for unit tests) or as a separate process (`mock-xen --socket PATH`, or
+//! forked by the program that uses it, [`ServerProcess`];
 //! [`Connector::remote`]), where mappings hand the client the memfd over
 //! `SCM_RIGHTS` and a client's connection survives its `exec()`.
 //!
@@ -39,5 +40,5 @@ pub use guest::Guest;
 pub use hv::Hypervisor;
 pub use mapper::{MockDomainInfo, MockMapping, MockPageMapper};
 pub use proto::{DomainInfo, DomainRecord};
-pub use server::{Server, ServerThread};
+pub use server::{Server, ServerProcess, ServerThread};
 pub use toolstack::Toolstack;

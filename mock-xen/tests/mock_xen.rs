@@ -587,3 +587,16 @@ fn test_ring_cross_process_many_round_trips_lose_no_wakeup() {
     guest.read_exact(&mut back).unwrap();
     assert!(dom0.child.wait().unwrap().success());
 }
+
+/// A server process may only be forked by a process with one thread (the
+/// test harness has several): refused with a typed error, nothing forked.
+#[test]
+fn test_server_process_refuses_to_fork_from_a_threaded_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hv.sock");
+    match mock_xen::ServerProcess::fork(&path) {
+        Err(mock_xen::Error::Threaded { threads }) => assert!(threads > 1),
+        other => panic!("{other:?}"),
+    }
+    assert!(!path.exists());
+}

@@ -183,7 +183,7 @@ impl Daemon {
     }
 
     /// CPU time (user + system) the daemon's main thread — its loop, not
-    /// the embedded mock-xen's thread — has used so far, in seconds
+    /// the embedded mock-xen (a child process) — has used so far, in seconds
     /// (`/proc/PID/schedstat`: nanoseconds on a CPU, then waiting, then
     /// time slices).
     fn cpu_seconds(&self) -> f64 {

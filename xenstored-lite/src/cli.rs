@@ -12,8 +12,9 @@ use crate::shell::platform::PlatformChoice;
 /// socket and to guests on their rings.
 ///
 /// On a machine without /dev/xen it runs on an embedded mock-xen (a
-/// simulated hypervisor) and says so; simulated guests join through the
-/// mock-xen socket it names (see the README).
+/// simulated hypervisor, forked as a child process that live updates keep
+/// and that ends with the daemon) and says so; simulated guests join
+/// through the mock-xen socket it names (see the README).
 #[derive(Debug, Parser)]
 #[command(name = "xenstored-lite", version, disable_version_flag = true)]
 pub struct Cli {
@@ -188,7 +189,7 @@ impl Cli {
             "auto" => Ok(PlatformChoice::Auto),
             "linux" => Ok(PlatformChoice::Linux),
             "mock" => Ok(PlatformChoice::Embedded(
-                self.rundir().join("mock-xen.sock"),
+                self.rundir().join(crate::shell::platform::EMBEDDED_SOCKET),
             )),
             other => Err(UsageError(format!(
                 "--platform {other:?}: expected auto, linux or mock"

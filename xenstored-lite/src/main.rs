@@ -141,7 +141,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         return replay(cli, dir);
     }
     if !cli.no_fork && !cli.live_update {
-        // Detach before any thread exists (the embedded mock-xen has one).
+        // Detach first: the embedded mock-xen, forked below, must be the
+        // detached daemon's child (it ends when its parent does), and
+        // neither fork may happen once a thread exists.
         nix::unistd::daemon(true, true)
             .map_err(|e| format!("cannot detach (use -N to stay in the foreground): {e}"))?;
     }

@@ -1,12 +1,14 @@
 //! The platform: everything nondeterministic the daemon talks to, behind
 //! the traits of `evtchn` and `gnttab`, with its backends — Linux devices
-//! or mock-xen (a `mock-xen` process, or one embedded in the daemon).
+//! or mock-xen (a separate `mock-xen` process, or one the daemon embeds as
+//! a child process of its own, which outlives the daemon's live-update
+//! `exec()`).
 
 use std::path::{Path, PathBuf};
 
 use evtchn::EventChannel;
 use gnttab::{DomainInfoSource, PageMapper};
-use mock_xen::{Connector, MockDomainInfo, MockEventChannel, MockPageMapper, ServerThread};
+use mock_xen::{Connector, MockDomainInfo, MockEventChannel, MockPageMapper, ServerProcess};
 
 /// Which backend to run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,8 +17,9 @@ pub enum PlatformChoice {
     Auto,
     /// Linux `/dev/xen` devices.
     Linux,
-    /// A mock-xen embedded in the daemon, serving its socket at this path
-    /// so that simulated guests and a toolstack can join.
+    /// A mock-xen embedded in the daemon (a child process it forks at
+    /// start-up, kept across live updates), serving its socket at this
+    /// path so that simulated guests and a toolstack can join.
     Embedded(PathBuf),
     /// A separate `mock-xen --socket PATH` process.
     Remote(PathBuf),
@@ -51,7 +54,7 @@ pub struct Platform {
     /// Whether the event-channel handle was adopted from the process that
     /// exec'd us (live update): ports bound before the exec are still bound.
     pub evtchn_inherited: bool,
-    _embedded: Option<ServerThread>,
+    _embedded: Option<ServerProcess>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -62,6 +65,9 @@ impl std::fmt::Debug for Platform {
     }
 }
 
+/// The embedded mock-xen's socket's name in the run directory.
+pub const EMBEDDED_SOCKET: &str = "mock-xen.sock";
+
 /// Whether this machine has Xen's event-channel device.
 pub fn have_xen() -> bool {
     Path::new(evtchn::EVTCHN_DEVICE).exists()
@@ -69,32 +75,37 @@ pub fn have_xen() -> bool {
 
 impl Platform {
     /// Sets up the chosen backend.
+    ///
+    /// An embedded mock-xen is forked here, so this must run before the
+    /// daemon starts any thread.
     pub fn open(choice: &PlatformChoice, rundir: &Path) -> Result<Self, PlatformError> {
-        Self::open_with(choice, rundir, None)
+        Self::open_with(choice, rundir, None, false)
     }
 
     /// Sets up the chosen backend, with `evtchn` as its event-channel
     /// handle if given (a live update's inherited one), else a new one.
+    /// After a live update (`live_update`), an embedded mock-xen is the one
+    /// the old process started, attached to, not a new one.
     fn open_with(
         choice: &PlatformChoice,
         rundir: &Path,
         evtchn: Option<Box<dyn EventChannel>>,
+        live_update: bool,
     ) -> Result<Self, PlatformError> {
-        let inherited = evtchn.is_some();
-        let mut platform = match choice {
+        match choice {
             PlatformChoice::Auto if have_xen() => Self::linux_with(evtchn),
-            PlatformChoice::Auto => Self::embedded(&rundir.join("mock-xen.sock")),
+            PlatformChoice::Auto => {
+                Self::embedded(&rundir.join(EMBEDDED_SOCKET), evtchn, live_update)
+            }
             PlatformChoice::Linux => Self::linux_with(evtchn),
-            PlatformChoice::Embedded(path) => Self::embedded(path),
+            PlatformChoice::Embedded(path) => Self::embedded(path, evtchn, live_update),
             PlatformChoice::Remote(path) => Self::remote(
                 &Connector::remote(path),
                 format!("mock-xen at {}", path.display()),
                 None,
                 evtchn,
             ),
-        }?;
-        platform.evtchn_inherited = inherited;
-        Ok(platform)
+        }
     }
 
     /// Linux devices.
@@ -103,6 +114,7 @@ impl Platform {
     }
 
     fn linux_with(evtchn: Option<Box<dyn EventChannel>>) -> Result<Self, PlatformError> {
+        let evtchn_inherited = evtchn.is_some();
         let evtchn = match evtchn {
             Some(handle) => handle,
             None => Box::new(evtchn::LinuxEventChannel::open_inheritable()?),
@@ -113,7 +125,7 @@ impl Platform {
             dominfo: Box::new(gnttab::PrivcmdDomainInfo::open()?),
             description: "Xen (Linux /dev/xen devices)".to_string(),
             serve_local_ring: true,
-            evtchn_inherited: false,
+            evtchn_inherited,
             _embedded: None,
         })
     }
@@ -130,20 +142,18 @@ impl Platform {
         }
     }
 
-    /// Why this platform cannot hand itself over to a new binary, if it
-    /// cannot: an embedded mock-xen is a thread of this process, and the
-    /// simulated hypervisor (and every guest on it) would end with the exec.
-    pub fn live_update_obstacle(&self) -> Option<&'static str> {
-        self._embedded.as_ref().map(|_| {
-            "live update needs a hypervisor outside the daemon: the embedded mock-xen would end with the exec (start `mock-xen --socket PATH` and run the daemon with --mock-xen PATH)"
-        })
+    /// The embedded mock-xen's process id, if this runs on one.
+    pub fn embedded_pid(&self) -> Option<u32> {
+        self._embedded.as_ref().map(ServerProcess::pid)
     }
 
     /// The chosen backend for a live update's new process: the event-channel
     /// handle is the descriptor `evtchn_fd` the old process passed down
     /// (ports stay bound); the rest is opened anew (mappings do not survive
-    /// exec and are re-made from the stream). With no usable `evtchn_fd`, a
-    /// new handle is opened and the rings' ports are bound again.
+    /// exec and are re-made from the stream). An embedded mock-xen is the
+    /// old process's, still running as our child: attached to, not started.
+    /// With no usable `evtchn_fd`, a new handle is opened and the rings'
+    /// ports are bound again.
     pub fn adopt(
         choice: &PlatformChoice,
         rundir: &Path,
@@ -151,10 +161,15 @@ impl Platform {
     ) -> Result<Self, PlatformError> {
         if evtchn_fd < 0 || !fd_is_open(evtchn_fd) {
             tracing::warn!("live update: no event-channel handle was passed down (fd {evtchn_fd}); binding the rings' ports again");
-            return Self::open(choice, rundir);
+            return Self::open_with(choice, rundir, None, true);
         }
-        let adopted: Result<Box<dyn EventChannel>, PlatformError> = match choice {
-            PlatformChoice::Remote(_) => {
+        let mock = match choice {
+            PlatformChoice::Auto => !have_xen(),
+            PlatformChoice::Linux => false,
+            PlatformChoice::Embedded(_) | PlatformChoice::Remote(_) => true,
+        };
+        let adopted: Result<Box<dyn EventChannel>, PlatformError> = match mock {
+            true => {
                 // SAFETY: `evtchn_fd` is the descriptor the old process
                 // passed down for its handle (GLOBAL_DATA), checked open
                 // above; nothing else in this process uses it.
@@ -162,7 +177,7 @@ impl Platform {
                     .map(|h| Box::new(h) as Box<dyn EventChannel>)
                     .map_err(PlatformError::from)
             }
-            _ => {
+            false => {
                 // SAFETY: as above; `from_inherited_fd` checks that it is
                 // the event-channel device and leaves it open otherwise.
                 unsafe { evtchn::LinuxEventChannel::from_inherited_fd(evtchn_fd) }
@@ -179,25 +194,63 @@ impl Platform {
                 None
             }
         };
-        Self::open_with(choice, rundir, handle)
+        Self::open_with(choice, rundir, handle, true)
     }
 
-    fn embedded(path: &Path) -> Result<Self, PlatformError> {
-        let server = ServerThread::start(path)?;
+    /// The embedded mock-xen on `path`: forked now, or after a live update
+    /// (`live_update`) the one the old process forked, which is still our
+    /// child (the exec kept the process). If that one is gone, a new one
+    /// is started so that the sockets are still served, but the guests it
+    /// had are lost.
+    fn embedded(
+        path: &Path,
+        evtchn: Option<Box<dyn EventChannel>>,
+        live_update: bool,
+    ) -> Result<Self, PlatformError> {
+        let attached = if live_update {
+            match ServerProcess::attach(path) {
+                Ok(server) => {
+                    if !server.is_child() {
+                        tracing::warn!(
+                            "live update: the mock-xen at {} (process {}) is not this daemon's: using it, but it will not be stopped with the daemon",
+                            path.display(),
+                            server.pid()
+                        );
+                    }
+                    Some(server)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "live update: the embedded mock-xen at {} is gone ({e}); starting a new one: the guests it had are lost",
+                        path.display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (server, evtchn, how) = match attached {
+            Some(server) => (server, evtchn, "kept across the live update"),
+            // A new machine knows nothing of an inherited handle.
+            None => (ServerProcess::fork(path)?, None, "a process of its own"),
+        };
         let connector = Connector::remote(server.path());
         let description = format!(
-            "no /dev/xen here: running on an embedded mock-xen (simulated hypervisor), guests join at {}",
+            "no /dev/xen here: running on an embedded mock-xen (simulated hypervisor; {how}, pid {}), guests join at {}",
+            server.pid(),
             server.path().display()
         );
-        Self::remote(&connector, description, Some(server), None)
+        Self::remote(&connector, description, Some(server), evtchn)
     }
 
     fn remote(
         connector: &Connector,
         description: String,
-        server: Option<ServerThread>,
+        server: Option<ServerProcess>,
         evtchn: Option<Box<dyn EventChannel>>,
     ) -> Result<Self, PlatformError> {
+        let evtchn_inherited = evtchn.is_some();
         let evtchn = match evtchn {
             Some(handle) => handle,
             None => Box::new(MockEventChannel::open(connector, 0)?),
@@ -208,7 +261,7 @@ impl Platform {
             dominfo: Box::new(MockDomainInfo::open(connector, 0)?),
             description,
             serve_local_ring: false,
-            evtchn_inherited: false,
+            evtchn_inherited,
             _embedded: server,
         })
     }
