@@ -59,7 +59,9 @@ fi
 
 tier unit cargo test --workspace --lib --bins
 tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*" --examples && cargo test --workspace --doc'
-tier process cargo test -p tests --all-targets
+# The process tier runs the daemon and mock-xen binaries: build them first
+# (cargo test -p tests alone would not rebuild them).
+tier process bash -c 'cargo build --workspace --bins && cargo test -p tests --all-targets'
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
 
 # Totals over every `cargo test` summary line, inside the VM included.
