@@ -108,7 +108,9 @@ gone() { [ ! -d /proc/$pid ] || [ "$(awk '{ print $3 }' /proc/$pid/stat)" = Z ];
 wait_for 30 "daemon $pid still runs after start-stop-daemon --stop" gone
 xq_log "daemon $pid stopped by start-stop-daemon --stop in $(since $s) s"
 [ ! -e /run/xenstored/socket ] || fail "the socket stays after the daemon stopped"
-timeout 10 xenstore-read -s / > /dev/null 2>&1 && fail "something still answers on the socket"
+# (Xen 4.17's xenstore-read -s then waits on dom0's ring, which nobody
+# serves either: the timeout ends it.)
+timeout 10 xenstore-read -s / > /dev/null 2>&1 && fail "something still answers xenstore-read -s /"
 grep -q "stopping" $XSL_LOG || fail "the daemon did not log its stop"
-xq_log "the daemon logged its stop, its socket is gone, nothing answers on it"
+xq_log "the daemon logged its stop, its socket is gone, xenstore-read -s / gets no answer"
 finish "LIVE-UPDATE-DEB PASS"
