@@ -9,7 +9,8 @@ set -euo pipefail
 # xenstore-utils, python3-pyxs, xen-utils-4.17 (for the real
 # /usr/lib/xen-4.17/bin/xenstore-control): the clients users run against
 # xenstored, which the compatibility tests drive unchanged.
-PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17)
+# man-db: scripts/test-deb.sh checks that the package's man page renders.
+PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17 man-db)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -18,8 +18,12 @@
 #             C writes its state and execs us with -U); the guest keeps
 #             looping without error; then xenstored-lite updates itself, and
 #             the guest is destroyed as above.  (scripts/xen-qemu/c-to-lite.sh)
+#  deb        the Debian package: dpkg -i in dom0, XENSTORED= in
+#             /etc/default/xen, Debian's /etc/init.d/xen starts it (fork, pid
+#             file), a PV guest over its ring, start-stop-daemon --stop.
+#             (scripts/xen-qemu/deb.sh; files from scripts/xen-qemu/deb-files.sh)
 #
-#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite]     # default: both
+#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [deb]     # default: all
 #
 # The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
 # (default /var/tmp/xenqemu) when missing or out of date.
@@ -32,7 +36,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/xen-qemu-image.sh"
 TARGET=${XENQEMU_TARGET_DIR:-/tmp/target-xenqemu-daemon}
-SCENARIOS=${*:-lite c-to-lite}
+SCENARIOS=${*:-lite c-to-lite deb}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)
 XENQEMU_CLEANUP="$WORK"
@@ -42,6 +46,9 @@ echo "building xenstored-lite for the VM (baseline x86-64)"
   cargo build --release -q -p xenstored-lite)
 cp "$TARGET/release/xenstored-lite" "$ROOT/scripts/xen-qemu/dom0-lib.sh" "$WORK/files/"
 cp "$ROOT/scripts/xen-qemu/guest-loop.sh" "$WORK/guest/guest.sh"
+case " $SCENARIOS " in
+  *" deb "*) bash "$ROOT/scripts/xen-qemu/deb-files.sh" "$WORK/files/deb" "$TARGET" ;;
+esac
 
 passed=0 failed=0
 for scenario in $SCENARIOS; do

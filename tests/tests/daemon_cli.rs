@@ -84,3 +84,76 @@ fn test_daemon_bad_input_names_the_problem() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// State of process `pid` ('R', 'S', 'Z'...), None once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// A detached daemon (not our child), stopped with SIGTERM when dropped.
+struct Detached(u32);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.to_string()).status();
+    }
+}
+
+/// Without -N the daemon forks the way Debian's /etc/init.d/xen expects of
+/// it (start-stop-daemon --start, then a wait for the socket): the starting
+/// process returns once the detached one serves, the pid file names the
+/// detached one, the caller's pipes are let go of, and a second start
+/// leaves the running daemon alone.
+#[test]
+fn test_daemon_forks_by_default_and_a_second_start_leaves_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rundir = dir.path().join("run");
+    let pid_file = dir.path().join("xenstore.pid");
+    let start = || {
+        let child = Command::new(bin("xenstored-lite"))
+            .args(["--platform", "mock", "--pid-file"])
+            .arg(&pid_file)
+            .env("XENSTORED_RUNDIR", &rundir)
+            .env_remove("XENSTORED_PATH")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let starter = child.id();
+        // Returns only when every holder of the pipes has let go of them.
+        (starter, child.wait_with_output().unwrap())
+    };
+    let (starter, out) = start();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("the pid file exists when the starting process returns")
+        .trim()
+        .parse()
+        .unwrap();
+    let _daemon = Detached(pid);
+    assert_ne!(pid, starter, "the pid file names the detached process");
+    assert!(
+        matches!(proc_state(pid), Some(s) if s != 'Z'),
+        "daemon {pid} is not running"
+    );
+    let mut xs = xenring::Client::connect_unix(rundir.join("socket")).unwrap();
+    xs.write(0, "/tool/forked", b"yes").unwrap();
+
+    let (_, again) = start();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("already serves"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    assert_eq!(xs.read(0, "/tool/forked").unwrap(), b"yes");
+
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    wait_until("the daemon to stop on SIGTERM", || {
+        matches!(proc_state(pid), None | Some('Z'))
+    });
+}

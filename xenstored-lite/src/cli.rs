@@ -15,6 +15,9 @@ use crate::shell::platform::PlatformChoice;
 /// simulated hypervisor, forked as a child process that live updates keep
 /// and that ends with the daemon) and says so; simulated guests join
 /// through the mock-xen socket it names (see the README).
+///
+/// When another daemon already serves the socket, it says so and exits 0,
+/// leaving that daemon alone (an init script run twice).
 #[derive(Debug, Parser)]
 #[command(name = "xenstored-lite", version, disable_version_flag = true)]
 pub struct Cli {
@@ -32,7 +35,12 @@ pub struct Cli {
     #[arg(short = 'T', long = "trace-file", value_name = "FILE")]
     pub trace_file: Option<PathBuf>,
 
-    /// Stay in the foreground (do not fork and detach).
+    /// Stay in the foreground (do not fork and detach). Without it the
+    /// daemon forks, as init scripts expect: the starting process exits 0
+    /// once the detached one serves and has written the pid file (1 if it
+    /// failed first, its error on stderr); the detached one's stdin and
+    /// stdout become /dev/null, and stderr too unless it is a file or a
+    /// socket (`2>>LOG`, the journal).
     #[arg(short = 'N', long = "no-fork")]
     pub no_fork: bool,
 

@@ -1,5 +1,6 @@
 //! `xenstored-lite`: the daemon.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,71 @@ fn raise_fd_limit() {
             }
         }
         _ => {}
+    }
+}
+
+/// Forks into the background the way init scripts expect (Debian's
+/// `/etc/init.d/xen` runs us through `start-stop-daemon --start` and then
+/// waits for the socket): the parent waits until the detached child serves
+/// and exits 0, or exits 1 when the child fails first (its error is on
+/// stderr then). Returns, in the child, the pipe that `finish_detach` uses
+/// to release the parent. Must run before any thread exists (the embedded
+/// mock-xen has one).
+fn detach() -> Result<std::fs::File, String> {
+    use nix::unistd::{fork, pipe, setsid, ForkResult};
+    let (read, write) = pipe().map_err(|e| format!("cannot detach: pipe: {e}"))?;
+    // SAFETY: no other thread exists yet, so the child's copy of this one is
+    // the whole process; both sides only go on with ordinary code.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => {
+            drop(write);
+            let mut byte = [0u8; 1];
+            let ready = std::fs::File::from(read)
+                .read(&mut byte)
+                .is_ok_and(|n| n == 1);
+            std::process::exit(if ready { 0 } else { 1 });
+        }
+        Ok(ForkResult::Child) => {
+            drop(read);
+            setsid().map_err(|e| format!("cannot detach: setsid: {e}"))?;
+            Ok(std::fs::File::from(write))
+        }
+        Err(e) => Err(format!(
+            "cannot detach (use -N to stay in the foreground): fork: {e}"
+        )),
+    }
+}
+
+/// The detached daemon serves: lets the parent exit 0 and lets go of the
+/// caller's terminal and pipes. stdin and stdout become /dev/null; stderr
+/// stays only if it is a file or a socket (`2>>LOG`, systemd's journal),
+/// since a terminal goes away and a pipe would keep `$(...)` waiting.
+fn finish_detach(ready: std::fs::File) {
+    use nix::sys::stat::{fstat, SFlag};
+    use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout};
+    if let Err(e) = (&ready).write_all(b"R") {
+        tracing::warn!("cannot tell the starting process that we serve: {e}");
+    }
+    drop(ready);
+    let devnull = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot open /dev/null: {e}");
+            return;
+        }
+    };
+    let keep_stderr = fstat(std::io::stderr()).is_ok_and(|st| {
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        kind == SFlag::S_IFREG || kind == SFlag::S_IFSOCK
+    });
+    let _ = dup2_stdin(&devnull);
+    let _ = dup2_stdout(&devnull);
+    if !keep_stderr {
+        let _ = dup2_stderr(&devnull);
     }
 }
 
@@ -140,13 +206,23 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(dir) = &cli.replay {
         return replay(cli, dir);
     }
-    if !cli.no_fork && !cli.live_update {
-        // Detach first: the embedded mock-xen, forked below, must be the
-        // detached daemon's child (it ends when its parent does), and
-        // neither fork may happen once a thread exists.
-        nix::unistd::daemon(true, true)
-            .map_err(|e| format!("cannot detach (use -N to stay in the foreground): {e}"))?;
+    if !cli.live_update && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        // A second start (an init script run twice) must not take the
+        // socket and the Xen devices from the daemon that serves them.
+        eprintln!(
+            "xenstored-lite: a xenstore daemon already serves {}: leaving it alone",
+            socket.display()
+        );
+        return Ok(());
     }
+    // Detach first: the embedded mock-xen, forked later, must be the
+    // detached daemon's child (it ends when its parent does), and neither
+    // fork may happen once a thread exists.
+    let detached = if !cli.no_fork && !cli.live_update {
+        Some(detach()?)
+    } else {
+        None
+    };
     let rundir = cli.rundir();
     std::fs::create_dir_all(&rundir)
         .map_err(|e| format!("cannot create the run directory {}: {e}", rundir.display()))?;
@@ -210,6 +286,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     raise_fd_limit();
     tracing::info!("serving {}", socket.display());
     notify_systemd_ready();
+    if let Some(ready) = detached {
+        finish_detach(ready);
+    }
     let stop = daemon.stop_flag();
     while !SIGNALLED.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
         daemon.turn(Some(1000))?;
