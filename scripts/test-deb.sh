@@ -13,8 +13,9 @@
 #
 #   scripts/test-deb.sh
 #
-# Exit status: 0 pass; 77 skipped (prints "SKIPPED: <reason>"; not Debian
-# amd64, or a tool missing that scripts/install-test-deps.sh installs);
+# Exit status: 0 pass; 77 skipped (prints "SKIPPED: <reason>"; only on a
+# host that is not Debian amd64; a missing tool is a failure, since
+# scripts/install-test-deps.sh installs them all);
 # anything else: fail. The last line says which.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +39,7 @@ ok() { echo "test-deb: ok: $*"; }
 
 command -v dpkg >/dev/null && [ "$(dpkg --print-architecture)" = amd64 ] || skip "not a Debian amd64 host"
 for tool in dpkg-deb dpkg-shlibdeps start-stop-daemon choom xenstore-read man; do
-  command -v "$tool" >/dev/null || skip "$tool not found (scripts/install-test-deps.sh installs it)"
+  command -v "$tool" >/dev/null || fail "$tool not found (scripts/install-test-deps.sh installs it)"
 done
 
 # ---- build

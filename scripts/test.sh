@@ -7,6 +7,8 @@
 #   process   end-to-end scenarios across processes (the `tests` crate):
 #             the daemon, mock-xen, simulated guests, Debian's clients and
 #             C xenstored
+#   package   the Debian package: its contents, man page, unit, and the
+#             daemon started exactly as Debian's /etc/init.d/xen does
 #   real-xen  Debian's Xen 4.17 booted in QEMU: the Linux-backend tests in
 #             dom0, then xenstored-lite serving dom0 and a PV guest
 #
@@ -14,8 +16,8 @@
 # idempotent apt-get). Every tier runs even when an earlier one failed; the
 # output ends with one line per tier saying whether it ran, passed, failed
 # or was SKIPPED (and why), then the test totals. A real-Xen script exits
-# 77 after printing "SKIPPED: <reason>" only when QEMU or Debian's packages
-# cannot be had. This is the README's test command and what CI runs.
+# (or the package test) exits 77 after printing "SKIPPED: <reason>" only
+# when QEMU or Debian's packages cannot be had. This is the README's test command and what CI runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +64,7 @@ tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*
 # The process tier runs the daemon and mock-xen binaries: build them first
 # (cargo test -p tests alone would not rebuild them).
 tier process bash -c 'cargo build --workspace --bins && cargo test -p tests --all-targets'
+tier package bash scripts/test-deb.sh
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
 
 # Totals over every `cargo test` summary line, inside the VM included.

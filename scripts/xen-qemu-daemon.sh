@@ -35,7 +35,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/xen-qemu-image.sh"
-TARGET=${XENQEMU_TARGET_DIR:-/tmp/target-xenqemu-daemon}
+TARGET=${XENQEMU_TARGET_DIR:-$ROOT/target/deb-build}
 SCENARIOS=${*:-lite c-to-lite deb}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)

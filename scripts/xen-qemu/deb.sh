@@ -1,5 +1,6 @@
-# dom0 command (run.sh CMDFILE): the Debian package on real Xen. dom0 gets
-# the host's dpkg (scripts/xen-qemu/deb-files.sh), `dpkg -i` installs
+# dom0 command (run-vm.sh CMDFILE): the Debian package on real Xen. With
+# the image's Debian dpkg (and the host's libc6 status entry from
+# scripts/xen-qemu/deb-files.sh), `dpkg -i` installs
 # xenstored-lite_*.deb, /etc/default/xen gets the two lines of the README's
 # "Installing on a Xen host (Debian)", and Debian's own /etc/init.d/xen
 # (from xen-utils-common) starts the daemon: start-stop-daemon + choom, the
@@ -9,25 +10,16 @@
 # and destroyed, a second `/etc/init.d/xen start` leaves the daemon alone,
 # and `start-stop-daemon --stop --pidfile /run/xenstore.pid` stops it.
 #
-# busybox's sh runs its own applets (dpkg, dpkg-deb, start-stop-daemon, tar)
-# before anything PATH finds: the Debian tools are called by full path here,
-# and the init script runs under dash, Debian's /bin/sh.
+# The Debian tools are called by full path, so that busybox's applets of
+# the same names never stand in for them.
 . /xenqemu/lib.sh
 . /test/files/dom0-lib.sh
 F=/test/files/deb
 PIDF=/run/xenstore.pid
 BIN=/usr/sbin/xenstored-lite
 
-xq_log "STEP 1: the host's dpkg, start-stop-daemon, choom and LSB init helpers"
-(cd $F/root && find . -type f) | while read -r f; do
-  f=${f#.}
-  rm -f "$f"              # busybox's applet links: never write through them
-  mkdir -p "$(dirname "$f")"
-  cp "$F/root$f" "$f"
-done
-mkdir -p /var/lib/dpkg/info /var/lib/dpkg/updates /var/lib/dpkg/triggers /etc/init.d /etc/default /var/log
+xq_log "STEP 1: Debian's dpkg and start-stop-daemon in dom0"
 cp $F/dpkg-status /var/lib/dpkg/status
-: > /var/lib/dpkg/available
 /usr/bin/dpkg --version | head -1
 /sbin/start-stop-daemon --version | head -1
 
@@ -41,15 +33,11 @@ xq_log "STEP 2: dpkg -i the package"
 xq_log "installed: $($BIN --version), man page $(wc -c < /usr/share/man/man8/xenstored-lite.8.gz) bytes"
 
 xq_log "STEP 3: xen-utils-common's /etc/init.d/xen, /etc/default/xen + our two lines"
-mkdir -p /tmp/xuc /usr/lib/xen-common/bin
-/usr/bin/dpkg-deb -x $F/xen-utils-common_*.deb /tmp/xuc || fail "cannot unpack xen-utils-common"
-cp /tmp/xuc/etc/init.d/xen /etc/init.d/xen
-cp /tmp/xuc/usr/lib/xen-common/bin/* /usr/lib/xen-common/bin/
-# What xen-utils-common's postinst installs as /etc/default/xen, then the
-# operator's two lines (the -T is there to show that XENSTORED_ARGS
-# reaches the daemon). XENCONSOLED_ARGS: the guest console log the helpers
-# read.
-cp /tmp/xuc/usr/share/xen-utils-common/default.xen /etc/default/xen
+[ -f /etc/init.d/xen ] && [ -f /etc/default/xen ] || fail "the image has no /etc/init.d/xen or /etc/default/xen"
+# The image's /etc/default/xen is what xen-utils-common's postinst
+# installs; then the operator's two lines (the -T is there to show that
+# XENSTORED_ARGS reaches the daemon). XENCONSOLED_ARGS: the guest console
+# log the helpers read.
 cat >> /etc/default/xen <<EOF
 XENSTORED=$BIN
 XENSTORED_ARGS="-T $ACCESS_LOG"
