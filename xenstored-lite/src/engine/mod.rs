@@ -490,7 +490,12 @@ impl Engine {
 
     fn limits(&self, who: &Who) -> Limits {
         if who.privileged {
-            return Limits::default();
+            // Exempt from every quota but path-max, which C applies to
+            // dom0 too.
+            return Limits {
+                path_max: self.config.quotas.hard(QuotaKind::PathMax),
+                ..Limits::default()
+            };
         }
         Limits {
             nodes: self.limit(who.domid, QuotaKind::Nodes),

@@ -1123,6 +1123,47 @@ watches          :        7 Watches per domain\n"
     }
 }
 
+// ---- C xenstored 4.17's answers to malformed requests -----------------------
+
+/// What tests/tests/c_compat.rs found C answering (docs/c-compat.md).
+mod c_answers {
+    use super::*;
+
+    #[test]
+    fn test_path_max_bounds_dom0_below_any_home() {
+        let mut h = H::new();
+        let a = |n: usize| "a".repeat(n);
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(2047))),
+            Err(XsErrno::ENOENT)
+        );
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(2048))),
+            Err(XsErrno::EINVAL)
+        );
+        let home = |d: &str, n: usize| format!("/local/domain/{d}/{}", a(n));
+        assert_eq!(h.read(SOCK, 0, &home("0", 2048)), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, &home("0", 2049)), Err(XsErrno::EINVAL));
+        assert_eq!(h.read(SOCK, 0, &home("12345", 2048)), Err(XsErrno::ENOENT));
+        // Six digits are no home (C's %5u): the whole path counts.
+        assert_eq!(h.read(SOCK, 0, &home("123456", 2030)), Err(XsErrno::EINVAL));
+        assert_eq!(h.read(SOCK, 0, &a(2048)), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, &a(2049)), Err(XsErrno::EINVAL));
+        h.req(
+            SOCK,
+            MsgType::Control,
+            0,
+            &["quota", "set", "path-max", "10"],
+        )
+        .unwrap();
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(10))),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(h.read(SOCK, 0, &format!("/{}", a(9))), Err(XsErrno::ENOENT));
+    }
+}
+
 // ---- determinism ------------------------------------------------------------
 
 mod determinism {
