@@ -311,6 +311,8 @@ fn set_perms(
 ) -> OpResult {
     let (raw, list) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
     let path = canonical(ctx, raw, true)?;
+    // As C's get_strings(): bytes after the last NUL are not an entry.
+    let list = &list[..list.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1)];
     let perms = parse_perm_list(list).map_err(|_| XsErrno::EINVAL)?;
     // C xenstored's order: the entry-count quota first, then the node.
     if !ctx.who.privileged && !within(ctx.limits.node_permissions, perms.len() as u64) {

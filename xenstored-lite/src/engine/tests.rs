@@ -1162,6 +1162,24 @@ mod c_answers {
         );
         assert_eq!(h.read(SOCK, 0, &format!("/{}", a(9))), Err(XsErrno::ENOENT));
     }
+
+    #[test]
+    fn test_set_perms_ignores_an_unterminated_last_entry() {
+        let mut h = H::new();
+        h.write(SOCK, 0, "/p", "").unwrap();
+        assert_eq!(
+            h.raw(SOCK, MsgType::SetPerms.raw(), 0, b"/p\0n0\0r5".to_vec()),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetPerms, 0, &["/p"]),
+            Ok(b"n0\0".to_vec())
+        );
+        assert_eq!(
+            h.raw(SOCK, MsgType::SetPerms.raw(), 0, b"/p\0r5".to_vec()),
+            Err(XsErrno::EINVAL)
+        );
+    }
 }
 
 // ---- determinism ------------------------------------------------------------
