@@ -736,7 +736,17 @@ impl Engine {
             }
             MsgType::TransactionStart => {
                 if hdr.tx_id != 0 {
-                    return Err(XsErrno::EBUSY);
+                    // C looks the transaction up first: an unknown one is
+                    // ENOENT, a known one EBUSY (no nesting).
+                    let known = self
+                        .conns
+                        .get(&conn)
+                        .is_some_and(|c| c.transactions.contains_key(&hdr.tx_id));
+                    return Err(if known {
+                        XsErrno::EBUSY
+                    } else {
+                        XsErrno::ENOENT
+                    });
                 }
                 let limit = if who.privileged {
                     0

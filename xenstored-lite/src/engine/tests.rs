@@ -1130,6 +1130,22 @@ mod c_answers {
     use super::*;
 
     #[test]
+    fn test_transaction_start_inside_a_transaction() {
+        let mut h = H::new();
+        // C looks the transaction up before anything else.
+        assert_eq!(
+            h.req(SOCK, MsgType::TransactionStart, 999, &[""]),
+            Err(XsErrno::ENOENT)
+        );
+        let tx = h.tx_start(SOCK);
+        assert_eq!(
+            h.req(SOCK, MsgType::TransactionStart, tx, &[""]),
+            Err(XsErrno::EBUSY)
+        );
+        h.tx_end(SOCK, tx, false).unwrap();
+    }
+
+    #[test]
     fn test_path_max_bounds_dom0_below_any_home() {
         let mut h = H::new();
         let a = |n: usize| "a".repeat(n);
