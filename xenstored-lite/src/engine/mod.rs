@@ -798,6 +798,10 @@ impl Engine {
             MsgType::Introduce => self.introduce(conn, hdr, payload),
             MsgType::Release => {
                 let domid = parse_domid(one_arg(payload)?)?;
+                // C refuses to release or resume the privileged domain.
+                if domid == self.config.priv_domid {
+                    return Err(XsErrno::EINVAL);
+                }
                 let dom = self.domains.get(&domid).ok_or(XsErrno::ENOENT)?;
                 let ring = dom.conn;
                 self.release(domid, ring);
@@ -805,6 +809,9 @@ impl Engine {
             }
             MsgType::Resume => {
                 let domid = parse_domid(one_arg(payload)?)?;
+                if domid == self.config.priv_domid {
+                    return Err(XsErrno::EINVAL);
+                }
                 let dom = self.domains.get_mut(&domid).ok_or(XsErrno::ENOENT)?;
                 dom.shutdown_seen = false;
                 ok()

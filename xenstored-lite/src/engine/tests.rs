@@ -1196,6 +1196,23 @@ mod c_answers {
             Err(XsErrno::EINVAL)
         );
     }
+
+    #[test]
+    fn test_release_and_resume_of_the_privileged_domain_refused() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Release, 0, &["0"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Resume, 0, &["0"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Release, 0, &["7"]),
+            Err(XsErrno::ENOENT)
+        );
+    }
 }
 
 // ---- determinism ------------------------------------------------------------
