@@ -731,8 +731,12 @@ fn test_tools_print_what_they_print_against_c_xenstored() {
         "xenstore-chmod",
         "xenstore-exists",
     ];
+    let on_path = |t: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).exists()))
+    };
     for t in tools {
-        if !tests::have(t) {
+        if !on_path(t) {
             skip(&format!("{t} is not installed (xenstore-utils)"));
             return;
         }
