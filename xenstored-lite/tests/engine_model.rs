@@ -42,7 +42,13 @@ type Reply = Result<Vec<u8>, &'static str>;
 
 fn new_tree() -> Tree {
     let mut t = Tree::new();
-    for p in ["/", "@introduceDomain", "@releaseDomain"] {
+    for p in [
+        "/",
+        "/tool",
+        "/tool/xenstored",
+        "@introduceDomain",
+        "@releaseDomain",
+    ] {
         t.insert(
             p.to_string(),
             Node {

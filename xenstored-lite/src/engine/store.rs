@@ -121,6 +121,12 @@ pub fn depth_below(path: &str, ancestor: &str) -> usize {
     rest.split('/').count()
 }
 
+/// Whether a node counts against its owner's quotas: the special `@`
+/// nodes do not (C keeps them outside its database).
+fn accounted(path: &str) -> bool {
+    !path.starts_with('@')
+}
+
 impl Store {
     /// A store holding only `/` (owned by `owner`, no access for others)
     /// and the special nodes.
@@ -132,7 +138,15 @@ impl Store {
             version: 0,
         };
         let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, owner)]);
-        for path in ["/", "@introduceDomain", "@releaseDomain"] {
+        // C xenstored 4.17 starts with /tool/xenstored too (what
+        // `xenstore-ls` shows on a fresh daemon).
+        for path in [
+            "/",
+            "/tool",
+            "/tool/xenstored",
+            "@introduceDomain",
+            "@releaseDomain",
+        ] {
             store.put_node(Arc::from(path), Arc::from(&b""[..]), Arc::clone(&perms));
         }
         store
@@ -198,14 +212,18 @@ impl Store {
             Some(old) => (old.children.clone(), Some(Arc::clone(old))),
             None => (OrdSet::new(), None),
         };
-        if let Some(old) = &old {
-            self.charge(
+        match &old {
+            Some(old) if accounted(&path) => self.charge(
                 old.owner(),
                 -1,
                 -(Node::cost(&path, &old.value, &old.perms) as i64),
-            );
-        } else if let Some(p) = parent(&path) {
-            self.link_child(p, basename(&path));
+            ),
+            Some(_) => {}
+            None => {
+                if let Some(p) = parent(&path) {
+                    self.link_child(p, basename(&path));
+                }
+            }
         }
         let node = Node {
             value,
@@ -213,11 +231,13 @@ impl Store {
             children,
             generation,
         };
-        self.charge(
-            node.owner(),
-            1,
-            Node::cost(&path, &node.value, &node.perms) as i64,
-        );
+        if accounted(&path) {
+            self.charge(
+                node.owner(),
+                1,
+                Node::cost(&path, &node.value, &node.perms) as i64,
+            );
+        }
         self.nodes.insert(path, Arc::new(node));
     }
 
@@ -256,11 +276,13 @@ impl Store {
                 }
             }
             self.nodes.remove(&p);
-            self.charge(
-                node.owner(),
-                -1,
-                -(Node::cost(&p, &node.value, &node.perms) as i64),
-            );
+            if accounted(&p) {
+                self.charge(
+                    node.owner(),
+                    -1,
+                    -(Node::cost(&p, &node.value, &node.perms) as i64),
+                );
+            }
             removed.push((p, node));
         }
         if let Some(p) = parent(path) {
@@ -343,9 +365,11 @@ impl Store {
         let mut expected: std::collections::BTreeMap<DomId, Account> =
             std::collections::BTreeMap::new();
         for (path, node) in self.nodes.iter() {
-            let acct = expected.entry(node.owner()).or_default();
-            acct.nodes += 1;
-            acct.memory += Node::cost(path, &node.value, &node.perms);
+            if accounted(path) {
+                let acct = expected.entry(node.owner()).or_default();
+                acct.nodes += 1;
+                acct.memory += Node::cost(path, &node.value, &node.perms);
+            }
             if node.perms.is_empty() {
                 problems.push(format!("{path}: no permissions"));
             }
@@ -420,6 +444,6 @@ mod tests {
         let removed = s.remove_tree("/a");
         assert_eq!(removed.len(), 2);
         assert!(s.check().is_empty(), "{:?}", s.check());
-        assert_eq!(s.account(0).nodes, 3, "/, and the two special nodes");
+        assert_eq!(s.account(0).nodes, 3, "/, /tool and /tool/xenstored, as C");
     }
 }
