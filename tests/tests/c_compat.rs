@@ -296,6 +296,16 @@ fn wire_cases() -> Vec<Case> {
     let six_digit_home = format!("/local/domain/123456/{}", "a".repeat(2030));
     let mut cases = vec![
         case(
+            "the tree a fresh daemon holds",
+            vec![
+                req(Directory, &["/"]),
+                req(Directory, &["/tool"]),
+                req(Read, &["/tool/xenstored"]),
+                req(GetPerms, &["/tool/xenstored"]),
+                req(Control, &["quota", "0"]),
+            ],
+        ),
+        case(
             "write, read, directory, get_perms of present nodes",
             vec![
                 req(Write, &["/t/a", "1"]),
@@ -759,6 +769,10 @@ fn test_tools_print_what_they_print_against_c_xenstored() {
     std::fs::write(&not_exec, "#!/bin/sh\n").unwrap();
     let not_exec = not_exec.to_str().unwrap();
     let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("xenstore-ls", vec![]),
+        ("xenstore-ls", vec!["-p", "/"]),
+        ("xenstore-list", vec!["/"]),
+        (XENSTORE_CONTROL, vec!["quota", "0"]),
         (
             "xenstore-write",
             vec!["/t/a", "1", "/t/b/c", "hello", "/t/b/d", ""],
@@ -846,6 +860,13 @@ fn test_tools_print_what_they_print_against_c_xenstored() {
             diffs.push(format!("C:\n{a}\nlite:\n{b}\n"));
         }
     }
+    // Documented difference: C lists children in creation order, we sort
+    // them ("/tool" was created first, so C lists it before "/t").
+    let listing = |d: &dyn Fn(&str, &[&str]) -> std::process::Output| {
+        String::from_utf8_lossy(&d("xenstore-list", &["/"]).stdout).into_owned()
+    };
+    assert_eq!(listing(&|p, a| c.tool(p, a)), "tool\nt\n", "C's order");
+    assert_eq!(listing(&|p, a| lite.tool(p, a)), "t\ntool\n", "our order");
     assert!(
         diffs.is_empty(),
         "{} tool run(s) differ from C xenstored 4.17:\n{}",
