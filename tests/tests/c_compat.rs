@@ -175,6 +175,8 @@ fn transcript(socket: &Path, c: &Case, side: Side) -> Vec<String> {
 }
 
 thread_local! {
+    /// Every case's connection, kept open until the test's thread ends:
+    /// C 4.17 aborts on some closes after malformed requests (docs).
     static KEEP: std::cell::RefCell<Vec<UnixStream>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
