@@ -169,15 +169,7 @@ fn transcript(socket: &Path, c: &Case, side: Side) -> Vec<String> {
         Ok(s) => s,
         Err(e) => return vec![format!("<cannot connect: {e}>")],
     };
-    let lines = run_case(&mut s, c, side);
-    KEEP.with(|k| k.borrow_mut().push(s));
-    lines
-}
-
-thread_local! {
-    /// Every case's connection, kept open until the test's thread ends:
-    /// C 4.17 aborts on some closes after malformed requests (docs).
-    static KEEP: std::cell::RefCell<Vec<UnixStream>> = const { std::cell::RefCell::new(Vec::new()) };
+    run_case(&mut s, c, side)
 }
 
 fn run_case(s: &mut UnixStream, c: &Case, side: Side) -> Vec<String> {
