@@ -2,13 +2,14 @@
 //! a constant-time clone (oxenstored's idea) and a commit is a swap.
 //!
 //! Nodes are kept by canonical path; each node lists its children's leaf
-//! names in a persistent ordered set (so `DIRECTORY` is ordered, and no hash
-//! order ever reaches an output). Per-domain accounting (nodes owned, bytes
+//! names in creation order, as C xenstored does (so `DIRECTORY`,
+//! `xenstore-ls` and `xenstore-list` print what they print against C, and
+//! no hash order ever reaches an output), in persistent maps. Per-domain accounting (nodes owned, bytes
 //! used) lives in the store too, so that it moves with snapshots and commits.
 
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdSet};
+use imbl::{HashMap, OrdMap, OrdSet};
 use xenring::{DomId, Perm};
 
 /// A canonical path (absolute, or a special `@` path).
@@ -22,8 +23,11 @@ pub struct Node {
     /// Owner entry first (its kind is the default access), then per-domain
     /// entries.
     pub perms: Arc<[Perm]>,
-    /// Leaf names of the children, ordered.
-    pub children: OrdSet<Arc<str>>,
+    /// Leaf names of the children, in creation order.
+    pub children: Children,
+    /// When the node was created (a store-wide counter): its place among
+    /// its siblings, which a live update's stream keeps.
+    pub created: u64,
     /// Changes whenever the node (value, permissions or child list) changes.
     pub generation: u64,
 }
@@ -47,6 +51,63 @@ impl Node {
             out.push(0);
         }
         out
+    }
+}
+
+/// A node's children: leaf names in the order they were created (C lists
+/// them so; re-creating a child puts it last). Persistent, so a snapshot
+/// shares them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Children {
+    order: OrdSet<(u64, Arc<str>)>,
+    created: OrdMap<Arc<str>, u64>,
+}
+
+impl Children {
+    /// Adds `name`, created at `created`, after the others (no-op if
+    /// present).
+    pub fn insert(&mut self, name: Arc<str>, created: u64) {
+        if self.created.contains_key(&*name) {
+            return;
+        }
+        self.created.insert(Arc::clone(&name), created);
+        self.order.insert((created, name));
+    }
+
+    /// Removes `name` if present.
+    pub fn remove(&mut self, name: &str) {
+        if let Some((name, created)) = self.created.remove_with_key(name) {
+            self.order.remove(&(created, name));
+        }
+    }
+
+    /// Whether `name` is a child.
+    pub fn contains(&self, name: &str) -> bool {
+        self.created.contains_key(name)
+    }
+
+    /// The names, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<str>> + '_ {
+        self.order.iter().map(|(_, name)| name)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.created.len()
+    }
+}
+
+impl<'a> IntoIterator for &'a Children {
+    type Item = &'a Arc<str>;
+    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a Arc<str>> + 'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
     }
 }
 
@@ -208,9 +269,9 @@ impl Store {
     pub fn put_node(&mut self, path: Path, value: Arc<[u8]>, perms: Arc<[Perm]>) {
         self.version += 1;
         let generation = self.next_gen();
-        let (children, old) = match self.nodes.get(&path) {
-            Some(old) => (old.children.clone(), Some(Arc::clone(old))),
-            None => (OrdSet::new(), None),
+        let (children, created, old) = match self.nodes.get(&path) {
+            Some(old) => (old.children.clone(), old.created, Some(Arc::clone(old))),
+            None => (Children::default(), generation, None),
         };
         match &old {
             Some(old) if accounted(&path) => self.charge(
@@ -221,7 +282,7 @@ impl Store {
             Some(_) => {}
             None => {
                 if let Some(p) = parent(&path) {
-                    self.link_child(p, basename(&path));
+                    self.link_child(p, basename(&path), created);
                 }
             }
         }
@@ -229,6 +290,7 @@ impl Store {
             value,
             perms,
             children,
+            created,
             generation,
         };
         if accounted(&path) {
@@ -241,11 +303,11 @@ impl Store {
         self.nodes.insert(path, Arc::new(node));
     }
 
-    fn link_child(&mut self, parent: &str, child: &str) {
+    fn link_child(&mut self, parent: &str, child: &str, created: u64) {
         let generation = self.next_gen();
         if let Some(p) = self.nodes.get_mut(parent) {
             let p = Arc::make_mut(p);
-            p.children.insert(Arc::from(child));
+            p.children.insert(Arc::from(child), created);
             p.generation = generation;
         }
     }
@@ -291,18 +353,26 @@ impl Store {
         removed
     }
 
-    /// Every node, parents before children, children in order.
-    /// Every node, parents before their children (sorted by path: a
-    /// parent's path is a prefix of its child's, so it sorts first), the
-    /// special `@` nodes last. Cheaper than [`Store::walk`] on a large
-    /// store: no lookups and no paths built, one sort.
+    /// Every node, parents before their children (level by level), each
+    /// level in creation order, so that siblings come in their parent's
+    /// order and a store rebuilt from this sequence lists children as this
+    /// one does; the special `@` nodes last. Cheaper than [`Store::walk`]
+    /// on a large store: no lookups and no paths built, one sort.
     pub fn parents_first(&self) -> Vec<(Path, Arc<Node>)> {
         let mut out: Vec<(Path, Arc<Node>)> = self
             .nodes
             .iter()
             .map(|(p, n)| (Arc::clone(p), Arc::clone(n)))
             .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let key = |(p, n): &(Path, Arc<Node>)| {
+            let level = if &**p == "/" {
+                0
+            } else {
+                p.bytes().filter(|&b| b == b'/').count()
+            };
+            (p.starts_with('@'), level, n.created)
+        };
+        out.sort_unstable_by_key(key);
         out
     }
 
@@ -428,6 +498,40 @@ mod tests {
         assert_eq!(depth_below("/a/b/c", "/a"), 2);
         assert_eq!(depth_below("/a", "/"), 1);
         assert_eq!(depth_below("/a", "/a"), 0);
+    }
+
+    #[test]
+    fn test_children_in_creation_order_and_kept_by_parents_first() {
+        let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, 0)]);
+        let mut s = Store::new(0);
+        for p in ["/b", "/a", "/a/y", "/c", "/a/x"] {
+            s.put_node(Arc::from(p), Arc::from(&b""[..]), Arc::clone(&perms));
+        }
+        let names = |s: &Store, p: &str| -> Vec<String> {
+            s.get(p)
+                .unwrap()
+                .children
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        };
+        assert_eq!(names(&s, "/"), ["tool", "b", "a", "c"]);
+        assert_eq!(names(&s, "/a"), ["y", "x"]);
+        // Re-creating puts a child last; overwriting keeps its place.
+        s.remove_tree("/b");
+        s.put_node(Arc::from("/b"), Arc::from(&b""[..]), Arc::clone(&perms));
+        s.put_node(Arc::from("/a"), Arc::from(&b"v"[..]), Arc::clone(&perms));
+        assert_eq!(names(&s, "/"), ["tool", "a", "c", "b"]);
+        // A store rebuilt in parents_first() order (as a live update's
+        // stream is) lists children the same way.
+        let mut rebuilt = Store::new(0);
+        for (p, n) in s.parents_first() {
+            rebuilt.put_node(p, Arc::clone(&n.value), Arc::clone(&n.perms));
+        }
+        for p in ["/", "/a", "/tool"] {
+            assert_eq!(names(&rebuilt, p), names(&s, p), "{p}");
+        }
+        assert!(s.check().is_empty() && rebuilt.check().is_empty());
     }
 
     #[test]

@@ -196,7 +196,8 @@ mod requests {
             (MsgType::Mkdir, &["/t/x"], ok()),
             (MsgType::Read, &["/t/x"], Ok(b"1".to_vec())),
             (MsgType::Mkdir, &["/t/d/e"], ok()),
-            (MsgType::Directory, &["/t"], Ok(b"d\0x\0".to_vec())),
+            // Creation order, as C lists children.
+            (MsgType::Directory, &["/t"], Ok(b"x\0d\0".to_vec())),
             (MsgType::Rm, &["/t/d"], ok()),
             (MsgType::Rm, &["/t/d"], ok()),
             (MsgType::Rm, &["/t/d/e"], Err(XsErrno::ENOENT)),
