@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdMap, OrdSet};
+use imbl::{HashMap, OrdSet, Vector};
 use xenring::{DomId, Perm};
 
 /// A canonical path (absolute, or a special `@` path).
@@ -56,58 +56,59 @@ impl Node {
 
 /// A node's children: leaf names in the order they were created (C lists
 /// them so; re-creating a child puts it last). Persistent, so a snapshot
-/// shares them.
+/// shares them: a vector for the order (fast to walk for `DIRECTORY`) and
+/// a set for lookups.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Children {
-    order: OrdSet<(u64, Arc<str>)>,
-    created: OrdMap<Arc<str>, u64>,
+    order: Vector<Arc<str>>,
+    names: OrdSet<Arc<str>>,
 }
 
 impl Children {
-    /// Adds `name`, created at `created`, after the others (no-op if
-    /// present).
-    pub fn insert(&mut self, name: Arc<str>, created: u64) {
-        if self.created.contains_key(&*name) {
-            return;
+    /// Adds `name` after the others (no-op if present).
+    pub fn insert(&mut self, name: Arc<str>) {
+        if self.names.insert(Arc::clone(&name)).is_none() {
+            self.order.push_back(name);
         }
-        self.created.insert(Arc::clone(&name), created);
-        self.order.insert((created, name));
     }
 
-    /// Removes `name` if present.
+    /// Removes `name` if present (a scan of the order, as C's memmove of
+    /// its children buffer).
     pub fn remove(&mut self, name: &str) {
-        if let Some((name, created)) = self.created.remove_with_key(name) {
-            self.order.remove(&(created, name));
+        if let Some(stored) = self.names.remove(name) {
+            if let Some(at) = self.order.iter().position(|n| Arc::ptr_eq(n, &stored)) {
+                self.order.remove(at);
+            }
         }
     }
 
     /// Whether `name` is a child.
     pub fn contains(&self, name: &str) -> bool {
-        self.created.contains_key(name)
+        self.names.contains(name)
     }
 
     /// The names, oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<str>> + '_ {
-        self.order.iter().map(|(_, name)| name)
+    pub fn iter(&self) -> imbl::vector::Iter<'_, Arc<str>, imbl::shared_ptr::DefaultSharedPtr> {
+        self.order.iter()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.created.is_empty()
+        self.order.is_empty()
     }
 
     /// How many there are.
     pub fn len(&self) -> usize {
-        self.created.len()
+        self.order.len()
     }
 }
 
 impl<'a> IntoIterator for &'a Children {
     type Item = &'a Arc<str>;
-    type IntoIter = Box<dyn DoubleEndedIterator<Item = &'a Arc<str>> + 'a>;
+    type IntoIter = imbl::vector::Iter<'a, Arc<str>, imbl::shared_ptr::DefaultSharedPtr>;
 
     fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+        self.order.iter()
     }
 }
 
@@ -282,7 +283,7 @@ impl Store {
             Some(_) => {}
             None => {
                 if let Some(p) = parent(&path) {
-                    self.link_child(p, basename(&path), created);
+                    self.link_child(p, basename(&path));
                 }
             }
         }
@@ -303,11 +304,11 @@ impl Store {
         self.nodes.insert(path, Arc::new(node));
     }
 
-    fn link_child(&mut self, parent: &str, child: &str, created: u64) {
+    fn link_child(&mut self, parent: &str, child: &str) {
         let generation = self.next_gen();
         if let Some(p) = self.nodes.get_mut(parent) {
             let p = Arc::make_mut(p);
-            p.children.insert(Arc::from(child), created);
+            p.children.insert(Arc::from(child));
             p.generation = generation;
         }
     }
