@@ -5,10 +5,12 @@
 set -euo pipefail
 
 # gcc + linux-libc-dev: the ioctl-number tests compile a C program against
-# the kernel's xen/*.h headers.
+# the kernel's xen/*.h headers; gcc also builds tests/c-shim/xen-shim.c.
 # xenstore-utils, python3-pyxs, xen-utils-4.17 (for the real
 # /usr/lib/xen-4.17/bin/xenstore-control): the clients users run against
-# xenstored, which the compatibility tests drive unchanged.
+# xenstored, which the compatibility tests drive unchanged. xen-utils-4.17
+# also brings C xenstored, which tests/tests/c_compat.rs runs under the
+# shim to compare its replies with ours.
 # man-db: scripts/test-deb.sh checks that the package's man page renders.
 PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17 man-db)
 

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod c_daemon;
+
 /// How long anything may take before a test gives up (a bound, not a sleep).
 pub const LIMIT: Duration = Duration::from_secs(60);
 

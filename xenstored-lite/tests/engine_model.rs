@@ -27,6 +27,14 @@ type Perm = (u8, u16);
 struct Node {
     value: Vec<u8>,
     perms: Vec<Perm>,
+    /// When it was created: DIRECTORY lists children in creation order.
+    seq: u64,
+}
+
+/// The model's creation clock (only the order matters).
+fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 type Tree = BTreeMap<String, Node>;
@@ -42,12 +50,19 @@ type Reply = Result<Vec<u8>, &'static str>;
 
 fn new_tree() -> Tree {
     let mut t = Tree::new();
-    for p in ["/", "@introduceDomain", "@releaseDomain"] {
+    for p in [
+        "/",
+        "/tool",
+        "/tool/xenstored",
+        "@introduceDomain",
+        "@releaseDomain",
+    ] {
         t.insert(
             p.to_string(),
             Node {
                 value: Vec::new(),
                 perms: vec![(b'n', 0)],
+                seq: next_seq(),
             },
         );
     }
@@ -152,12 +167,16 @@ fn model_exec_with(
         StoreOp::Read => Ok(read_node(t, who, path)?.value.clone()),
         StoreOp::Directory => {
             read_node(t, who, path)?;
+            let mut children: Vec<(u64, &str)> = t
+                .iter()
+                .filter(|(p, _)| parent_of(p) == Some(path))
+                .map(|(p, n)| (n.seq, p.rsplit('/').next().unwrap_or_default()))
+                .collect();
+            children.sort_unstable();
             let mut out = Vec::new();
-            for p in t.keys() {
-                if parent_of(p) == Some(path) {
-                    out.extend_from_slice(p.rsplit('/').next().unwrap_or_default().as_bytes());
-                    out.push(0);
-                }
+            for (_, name) in children {
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
             }
             Ok(out)
         }
@@ -204,6 +223,7 @@ fn model_exec_with(
                     Node {
                         value,
                         perms: perms.clone(),
+                        seq: next_seq(),
                     },
                 );
             }

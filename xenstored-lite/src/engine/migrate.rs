@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use imbl::OrdSet;
 use xenring::codec::{split_args, split_first_arg};
 use xenring::path::{validate_path, PathKind};
 use xenring::{DomId, MsgType, Perm};
@@ -31,7 +30,7 @@ use xenring::{DomId, MsgType, Perm};
 use super::ops::{canonical, one_arg, Ctx, Event};
 use super::perms::Who;
 use super::quota::QuotaKind;
-use super::store::{join, parent, Node, Path, Store};
+use super::store::{join, parent, Children, Node, Path, Store};
 use super::watch::Watch;
 use super::{ConnId, ConnKind, Domain, Engine, Input, Transaction};
 use crate::migration::{
@@ -171,7 +170,7 @@ enum Want {
     Node {
         value: Option<Arc<[u8]>>,
         perms: Arc<[Perm]>,
-        children: Option<OrdSet<Arc<str>>>,
+        children: Option<Children>,
     },
 }
 
@@ -895,11 +894,7 @@ impl Engine {
         let mut taken = Vec::new();
         for path in touched.keys() {
             if let (Some(now), Some(before)) = (result.get(path), reference.get(path)) {
-                for child in before
-                    .children
-                    .iter()
-                    .filter(|c| !now.children.contains(*c))
-                {
+                for child in before.children.iter().filter(|c| !now.children.contains(c)) {
                     taken.push(join(path, child));
                 }
             }

@@ -490,7 +490,12 @@ impl Engine {
 
     fn limits(&self, who: &Who) -> Limits {
         if who.privileged {
-            return Limits::default();
+            // Exempt from every quota but path-max, which C applies to
+            // dom0 too.
+            return Limits {
+                path_max: self.config.quotas.hard(QuotaKind::PathMax),
+                ..Limits::default()
+            };
         }
         Limits {
             nodes: self.limit(who.domid, QuotaKind::Nodes),
@@ -731,7 +736,17 @@ impl Engine {
             }
             MsgType::TransactionStart => {
                 if hdr.tx_id != 0 {
-                    return Err(XsErrno::EBUSY);
+                    // C looks the transaction up first: an unknown one is
+                    // ENOENT, a known one EBUSY (no nesting).
+                    let known = self
+                        .conns
+                        .get(&conn)
+                        .is_some_and(|c| c.transactions.contains_key(&hdr.tx_id));
+                    return Err(if known {
+                        XsErrno::EBUSY
+                    } else {
+                        XsErrno::ENOENT
+                    });
                 }
                 let limit = if who.privileged {
                     0
@@ -783,6 +798,10 @@ impl Engine {
             MsgType::Introduce => self.introduce(conn, hdr, payload),
             MsgType::Release => {
                 let domid = parse_domid(one_arg(payload)?)?;
+                // C refuses to release or resume the privileged domain.
+                if domid == self.config.priv_domid {
+                    return Err(XsErrno::EINVAL);
+                }
                 let dom = self.domains.get(&domid).ok_or(XsErrno::ENOENT)?;
                 let ring = dom.conn;
                 self.release(domid, ring);
@@ -790,6 +809,9 @@ impl Engine {
             }
             MsgType::Resume => {
                 let domid = parse_domid(one_arg(payload)?)?;
+                if domid == self.config.priv_domid {
+                    return Err(XsErrno::EINVAL);
+                }
                 let dom = self.domains.get_mut(&domid).ok_or(XsErrno::ENOENT)?;
                 dom.shutdown_seen = false;
                 ok()
@@ -1305,51 +1327,94 @@ impl Engine {
         Ok(())
     }
 
+    /// `XS_CONTROL`, with C xenstored 4.17's commands, argument checks and
+    /// reply texts (docs/c-compat.md): `xenstore-control` prints a reply as
+    /// a C string plus a newline, and shows the `help` text after any
+    /// `EINVAL`, so both must be C's bytes.
     fn control(&mut self, conn: ConnId, payload: &[u8]) -> Result<Vec<u8>, XsErrno> {
-        let args: Vec<String> = split_args(payload).map(text).collect::<Result<_, _>>()?;
-        let Some(cmd) = args.first() else {
+        let args: Vec<String> = c_strings(payload).map(text).collect::<Result<_, _>>()?;
+        let Some((cmd, rest)) = args.split_first() else {
             return Err(XsErrno::EINVAL);
         };
+        let none = |rest: &[String]| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(XsErrno::EINVAL)
+            }
+        };
+        let one = |rest: &[String]| {
+            if rest.len() == 1 {
+                Ok(())
+            } else {
+                Err(XsErrno::EINVAL)
+            }
+        };
         let out = match cmd.as_str() {
-            "help" => CONTROL_COMMANDS
-                .iter()
-                .map(|(name, help)| format!("{name:<16}{help}\n"))
-                .collect::<String>(),
+            "help" => {
+                none(rest)?;
+                CONTROL_COMMANDS
+                    .iter()
+                    .map(|(name, help)| format!("{name}\t{help}\n"))
+                    .collect::<String>()
+            }
             "check" => {
+                none(rest)?;
                 let problems = self.check();
                 if problems.is_empty() {
-                    "OK\n".to_string()
+                    "OK".to_string()
                 } else {
+                    // C repairs and logs; we report what is wrong (a
+                    // documented difference: only a broken store shows it).
                     problems.join("\n") + "\n"
                 }
             }
-            "quota" | "quota-soft" => self.control_quota(cmd == "quota-soft", &args[1..])?,
+            "quota" => self.control_quota(false, rest)?,
+            "quota-soft" => self.control_quota(true, rest)?,
             "print" => {
-                self.actions.push(Action::Log(args[1..].join(" ")));
-                "OK\n".to_string()
+                one(rest)?;
+                self.actions.push(Action::Log(rest[0].clone()));
+                "OK".to_string()
             }
             "memreport" => {
-                let mut s = format!(
-                    "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
-                    self.store.len(),
-                    self.watches.len(),
-                    self.conns.len(),
-                    self.domains.len()
-                );
-                for (d, a) in self.store.accounts() {
-                    s.push_str(&format!(
-                        "domain {d}: {} nodes, {} bytes\n",
-                        a.nodes, a.memory
-                    ));
+                if rest.len() > 1 {
+                    return Err(XsErrno::EINVAL);
                 }
-                s
+                let report = self.memreport();
+                match rest.first() {
+                    // C dumps talloc's tree to its log and answers OK; ours
+                    // answers with the report itself (documented).
+                    None => report,
+                    Some(file) => {
+                        use std::io::Write;
+                        std::fs::OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(file)
+                            .and_then(|mut f| f.write_all(report.as_bytes()))
+                            .map_err(|_| XsErrno::EINVAL)?; // C's EBADF, sent as EINVAL
+                        "OK".to_string()
+                    }
+                }
             }
-            "log" | "logfile" => {
+            "log" => {
+                one(rest)?;
+                if rest[0] != "on" && rest[0] != "off" {
+                    return Err(XsErrno::EINVAL);
+                }
                 self.actions.push(Action::Control {
                     conn,
                     args: args.clone(),
                 });
-                "OK\n".to_string()
+                "OK".to_string()
+            }
+            "logfile" => {
+                one(rest)?;
+                self.actions.push(Action::Control {
+                    conn,
+                    args: args.clone(),
+                });
+                "OK".to_string()
             }
             _ => return Err(XsErrno::EINVAL),
         };
@@ -1358,31 +1423,102 @@ impl Engine {
         Ok(out)
     }
 
+    /// What `memreport` answers: what the store holds.
+    fn memreport(&self) -> String {
+        let mut s = format!(
+            "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
+            self.store.len(),
+            self.watches.len(),
+            self.conns.len(),
+            self.domains.len()
+        );
+        for (d, a) in self.store.accounts() {
+            s.push_str(&format!(
+                "domain {d}: {} nodes, {} bytes\n",
+                a.nodes, a.memory
+            ));
+        }
+        s
+    }
+
+    /// `quota [set <name> <val>|<domid>]` and `quota-soft [set <name>
+    /// <val>]`, as C 4.17 parses and prints them.
     fn control_quota(&mut self, soft: bool, args: &[String]) -> Result<String, XsErrno> {
+        let table: &[(QuotaKind, &str, &str)] = if soft { C_SOFT_QUOTAS } else { C_HARD_QUOTAS };
         match args {
-            [] => Ok(QuotaKind::ALL
-                .iter()
-                .map(|&q| {
+            [] => {
+                let mut s = "Quota settings:\n".to_string();
+                for &(q, name, descr) in table {
                     let v = if soft {
                         self.config.quotas.soft(q)
                     } else {
                         self.config.quotas.hard(q)
                     };
-                    format!("{:<18}{}\n", q.name(), v)
-                })
-                .collect()),
-            [name, value] => {
-                let q = QuotaKind::from_name(name).ok_or(XsErrno::EINVAL)?;
-                let v: u64 = value.parse().map_err(|_| XsErrno::EINVAL)?;
+                    s.push_str(&format!("{name:<17}: {v:>8} {descr}\n"));
+                }
+                Ok(s)
+            }
+            [set, rest @ ..] if set == "set" => {
+                let [name, value] = rest else {
+                    return Err(XsErrno::EINVAL);
+                };
+                let v = c_atoi(value);
+                if v < 1 {
+                    return Err(XsErrno::EINVAL);
+                }
+                let &(q, _, _) = table
+                    .iter()
+                    .find(|(_, n, _)| n == name)
+                    .ok_or(XsErrno::EINVAL)?;
+                let v = v as u64;
                 if soft {
                     self.config.quotas.set_soft(q, v);
                 } else {
                     self.config.quotas.set_hard(q, v);
                 }
-                Ok("OK\n".to_string())
+                Ok("OK".to_string())
+            }
+            [domid] if !soft => {
+                // C reads the domid with atoi(): "abc" is domain 0.
+                let d = DomId::try_from(c_atoi(domid)).map_err(|_| XsErrno::ENOENT)?;
+                self.domain_usage(d).ok_or(XsErrno::ENOENT)
             }
             _ => Err(XsErrno::EINVAL),
         }
+    }
+
+    /// `quota <domid>`: what a known domain (the privileged one or an
+    /// introduced one) uses, in C's layout. Memory is our own accounting
+    /// (documented difference).
+    fn domain_usage(&self, d: DomId) -> Option<String> {
+        if d != self.config.priv_domid && !self.domains.contains_key(&d) {
+            return None;
+        }
+        let priv_domid = self.config.priv_domid;
+        let of_domain = |k: &ConnKind| match k {
+            ConnKind::Socket => priv_domid == d,
+            ConnKind::Domain(x) => *x == d,
+        };
+        let (mut watches, mut transactions, mut outstanding) = (0, 0, 0);
+        for (id, c) in &self.conns {
+            if of_domain(&c.kind) {
+                watches += self.watches.count(*id);
+                transactions += c.transactions.len();
+                outstanding += c.replies_queued;
+            }
+        }
+        let acct = self.store.account(d);
+        let mut s = format!("Domain {d}:\n");
+        for (name, v) in [
+            ("nodes", u64::from(acct.nodes)),
+            ("watches", watches as u64),
+            ("transactions", transactions as u64),
+            ("outstanding", outstanding as u64),
+            ("memory", acct.memory),
+        ] {
+            s.push_str(&format!("{name:<16}: {v:>8}\n"));
+        }
+        Some(s)
     }
 
     /// Full consistency walk: the tree, its accounting, watches and
@@ -1401,18 +1537,87 @@ impl Engine {
     }
 }
 
-/// XS_CONTROL commands and their help lines.
+/// XS_CONTROL commands and their help texts, in C xenstored 4.17's order
+/// and words (`help` prints them as `<name>\t<text>\n`).
 pub const CONTROL_COMMANDS: &[(&str, &str)] = &[
-    ("check", "check the store's consistency and accounting"),
-    ("help", "list the commands"),
+    ("check", ""),
+    ("log", "on|off"),
     (
         "live-update",
-        "replace the daemon with a new binary (see the README)",
+        "[-c <cmdline>] [-F] [-t <timeout>] <file>\n    Default timeout is 60 seconds.",
     ),
-    ("log", "on|off: switch the access log"),
-    ("logfile", "<file>: write the log to <file>"),
-    ("memreport", "report what the store holds"),
-    ("print", "<string>: write <string> to the log"),
-    ("quota", "[<name> <value>]: show or set a hard quota"),
-    ("quota-soft", "[<name> <value>]: show or set a soft quota"),
+    ("logfile", "<file>"),
+    ("memreport", "[<file>]"),
+    ("print", "<string>"),
+    ("quota", "[set <name> <val>|<domid>]"),
+    ("quota-soft", "[set <name> <val>]"),
+    ("help", ""),
 ];
+
+/// The hard quotas `xenstore-control quota` shows and sets: C 4.17's
+/// names, order and descriptions.
+const C_HARD_QUOTAS: &[(QuotaKind, &str, &str)] = &[
+    (QuotaKind::Nodes, "nodes", "Nodes per domain"),
+    (QuotaKind::Watches, "watches", "Watches per domain"),
+    (
+        QuotaKind::Transactions,
+        "transactions",
+        "Transactions per domain",
+    ),
+    (
+        QuotaKind::Outstanding,
+        "outstanding",
+        "Outstanding requests per domain",
+    ),
+    (
+        QuotaKind::TransactionNodes,
+        "transaction-nodes",
+        "Max. number of accessed nodes per transaction",
+    ),
+    (
+        QuotaKind::Memory,
+        "memory",
+        "Total Xenstore memory per domain (error level)",
+    ),
+    (QuotaKind::NodeSize, "node-size", "Max. size of a node"),
+    (QuotaKind::PathMax, "path-max", "Max. length of a node path"),
+    (
+        QuotaKind::NodePermissions,
+        "permissions",
+        "Max. number of permissions per node",
+    ),
+];
+
+/// The soft quotas C 4.17 has (only memory).
+const C_SOFT_QUOTAS: &[(QuotaKind, &str, &str)] = &[(
+    QuotaKind::Memory,
+    "memory",
+    "Total Xenstore memory per domain (warning level)",
+)];
+
+/// The NUL-terminated strings of a payload, as C's `get_strings()` sees
+/// them: bytes after the last NUL are not an argument.
+fn c_strings(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let end = payload.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+    split_args(&payload[..end])
+}
+
+/// C's `atoi()`: optional blanks and sign, then as many digits as there
+/// are; 0 if none. Saturates instead of overflowing.
+fn c_atoi(s: &str) -> i64 {
+    let t = s.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (neg, digits) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let mut v: i64 = 0;
+    for b in digits.bytes().take_while(u8::is_ascii_digit) {
+        v = v.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+    }
+    if neg {
+        -v
+    } else {
+        v
+    }
+}

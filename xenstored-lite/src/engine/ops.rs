@@ -26,7 +26,8 @@ pub struct Event {
     pub removed: Vec<(String, Arc<[Perm]>)>,
 }
 
-/// Limits that apply to the caller (all 0 = unlimited for privileged).
+/// Limits that apply to the caller (0 = unlimited; for the privileged
+/// caller all are 0 but `path_max`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
     /// Nodes the caller's domain may own.
@@ -70,19 +71,31 @@ pub fn canonical(ctx: &Ctx<'_>, raw: &[u8], special: bool) -> Result<String, XsE
             None => return Err(XsErrno::EINVAL),
         },
     };
-    if !ctx.who.privileged && path.len() > xenring::wire::ABS_PATH_MAX {
+    if path.len() > xenring::wire::ABS_PATH_MAX {
         return Err(XsErrno::EINVAL);
     }
-    if !ctx.who.privileged && ctx.limits.path_max > 0 {
-        let below = match ctx.home {
-            Some(home) if path.starts_with(home) => path.len() - home.len(),
-            _ => path.len(),
-        };
-        if below as u64 > ctx.limits.path_max {
-            return Err(XsErrno::ENOSPC);
-        }
+    // C 4.17's is_valid_nodename(): the path-max quota bounds the length
+    // below any domain's home (`/local/domain/<N>/`, else the whole path),
+    // for every caller, dom0 included, and a longer path is EINVAL.
+    if ctx.limits.path_max > 0 && (path.len() - local_off(&path)) as u64 > ctx.limits.path_max {
+        return Err(XsErrno::EINVAL);
     }
     Ok(path)
+}
+
+/// Where a path's part below a domain's home starts, as C's
+/// `sscanf(node, "/local/domain/%5u/%n")` finds it; 0 if it is not under one.
+fn local_off(path: &str) -> usize {
+    const HOMES: &str = "/local/domain/";
+    let Some(rest) = path.strip_prefix(HOMES) else {
+        return 0;
+    };
+    let digits = rest.bytes().take(5).take_while(u8::is_ascii_digit).count();
+    if digits > 0 && rest.as_bytes().get(digits) == Some(&b'/') {
+        HOMES.len() + digits + 1
+    } else {
+        0
+    }
 }
 
 /// One NUL-terminated argument and nothing else (C's `onearg`).
@@ -298,6 +311,8 @@ fn set_perms(
 ) -> OpResult {
     let (raw, list) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
     let path = canonical(ctx, raw, true)?;
+    // As C's get_strings(): bytes after the last NUL are not an entry.
+    let list = &list[..list.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1)];
     let perms = parse_perm_list(list).map_err(|_| XsErrno::EINVAL)?;
     // C xenstored's order: the entry-count quota first, then the node.
     if !ctx.who.privileged && !within(ctx.limits.node_permissions, perms.len() as u64) {

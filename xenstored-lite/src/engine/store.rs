@@ -2,13 +2,14 @@
 //! a constant-time clone (oxenstored's idea) and a commit is a swap.
 //!
 //! Nodes are kept by canonical path; each node lists its children's leaf
-//! names in a persistent ordered set (so `DIRECTORY` is ordered, and no hash
-//! order ever reaches an output). Per-domain accounting (nodes owned, bytes
+//! names in creation order, as C xenstored does (so `DIRECTORY`,
+//! `xenstore-ls` and `xenstore-list` print what they print against C, and
+//! no hash order ever reaches an output), in persistent maps. Per-domain accounting (nodes owned, bytes
 //! used) lives in the store too, so that it moves with snapshots and commits.
 
 use std::sync::Arc;
 
-use imbl::{HashMap, OrdSet};
+use imbl::{HashMap, OrdSet, Vector};
 use xenring::{DomId, Perm};
 
 /// A canonical path (absolute, or a special `@` path).
@@ -22,8 +23,11 @@ pub struct Node {
     /// Owner entry first (its kind is the default access), then per-domain
     /// entries.
     pub perms: Arc<[Perm]>,
-    /// Leaf names of the children, ordered.
-    pub children: OrdSet<Arc<str>>,
+    /// Leaf names of the children, in creation order.
+    pub children: Children,
+    /// When the node was created (a store-wide counter): its place among
+    /// its siblings, which a live update's stream keeps.
+    pub created: u64,
     /// Changes whenever the node (value, permissions or child list) changes.
     pub generation: u64,
 }
@@ -47,6 +51,64 @@ impl Node {
             out.push(0);
         }
         out
+    }
+}
+
+/// A node's children: leaf names in the order they were created (C lists
+/// them so; re-creating a child puts it last). Persistent, so a snapshot
+/// shares them: a vector for the order (fast to walk for `DIRECTORY`) and
+/// a set for lookups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Children {
+    order: Vector<Arc<str>>,
+    names: OrdSet<Arc<str>>,
+}
+
+impl Children {
+    /// Adds `name` after the others (no-op if present).
+    pub fn insert(&mut self, name: Arc<str>) {
+        if self.names.insert(Arc::clone(&name)).is_none() {
+            self.order.push_back(name);
+        }
+    }
+
+    /// Removes `name` if present (a scan of the order, as C's memmove of
+    /// its children buffer).
+    pub fn remove(&mut self, name: &str) {
+        if let Some(stored) = self.names.remove(name) {
+            if let Some(at) = self.order.iter().position(|n| Arc::ptr_eq(n, &stored)) {
+                self.order.remove(at);
+            }
+        }
+    }
+
+    /// Whether `name` is a child.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// The names, oldest first.
+    pub fn iter(&self) -> imbl::vector::Iter<'_, Arc<str>, imbl::shared_ptr::DefaultSharedPtr> {
+        self.order.iter()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
+impl<'a> IntoIterator for &'a Children {
+    type Item = &'a Arc<str>;
+    type IntoIter = imbl::vector::Iter<'a, Arc<str>, imbl::shared_ptr::DefaultSharedPtr>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.order.iter()
     }
 }
 
@@ -121,6 +183,12 @@ pub fn depth_below(path: &str, ancestor: &str) -> usize {
     rest.split('/').count()
 }
 
+/// Whether a node counts against its owner's quotas: the special `@`
+/// nodes do not (C keeps them outside its database).
+fn accounted(path: &str) -> bool {
+    !path.starts_with('@')
+}
+
 impl Store {
     /// A store holding only `/` (owned by `owner`, no access for others)
     /// and the special nodes.
@@ -132,7 +200,15 @@ impl Store {
             version: 0,
         };
         let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, owner)]);
-        for path in ["/", "@introduceDomain", "@releaseDomain"] {
+        // C xenstored 4.17 starts with /tool/xenstored too (what
+        // `xenstore-ls` shows on a fresh daemon).
+        for path in [
+            "/",
+            "/tool",
+            "/tool/xenstored",
+            "@introduceDomain",
+            "@releaseDomain",
+        ] {
             store.put_node(Arc::from(path), Arc::from(&b""[..]), Arc::clone(&perms));
         }
         store
@@ -194,30 +270,37 @@ impl Store {
     pub fn put_node(&mut self, path: Path, value: Arc<[u8]>, perms: Arc<[Perm]>) {
         self.version += 1;
         let generation = self.next_gen();
-        let (children, old) = match self.nodes.get(&path) {
-            Some(old) => (old.children.clone(), Some(Arc::clone(old))),
-            None => (OrdSet::new(), None),
+        let (children, created, old) = match self.nodes.get(&path) {
+            Some(old) => (old.children.clone(), old.created, Some(Arc::clone(old))),
+            None => (Children::default(), generation, None),
         };
-        if let Some(old) = &old {
-            self.charge(
+        match &old {
+            Some(old) if accounted(&path) => self.charge(
                 old.owner(),
                 -1,
                 -(Node::cost(&path, &old.value, &old.perms) as i64),
-            );
-        } else if let Some(p) = parent(&path) {
-            self.link_child(p, basename(&path));
+            ),
+            Some(_) => {}
+            None => {
+                if let Some(p) = parent(&path) {
+                    self.link_child(p, basename(&path));
+                }
+            }
         }
         let node = Node {
             value,
             perms,
             children,
+            created,
             generation,
         };
-        self.charge(
-            node.owner(),
-            1,
-            Node::cost(&path, &node.value, &node.perms) as i64,
-        );
+        if accounted(&path) {
+            self.charge(
+                node.owner(),
+                1,
+                Node::cost(&path, &node.value, &node.perms) as i64,
+            );
+        }
         self.nodes.insert(path, Arc::new(node));
     }
 
@@ -256,11 +339,13 @@ impl Store {
                 }
             }
             self.nodes.remove(&p);
-            self.charge(
-                node.owner(),
-                -1,
-                -(Node::cost(&p, &node.value, &node.perms) as i64),
-            );
+            if accounted(&p) {
+                self.charge(
+                    node.owner(),
+                    -1,
+                    -(Node::cost(&p, &node.value, &node.perms) as i64),
+                );
+            }
             removed.push((p, node));
         }
         if let Some(p) = parent(path) {
@@ -269,18 +354,26 @@ impl Store {
         removed
     }
 
-    /// Every node, parents before children, children in order.
-    /// Every node, parents before their children (sorted by path: a
-    /// parent's path is a prefix of its child's, so it sorts first), the
-    /// special `@` nodes last. Cheaper than [`Store::walk`] on a large
-    /// store: no lookups and no paths built, one sort.
+    /// Every node, parents before their children (level by level), each
+    /// level in creation order, so that siblings come in their parent's
+    /// order and a store rebuilt from this sequence lists children as this
+    /// one does; the special `@` nodes last. Cheaper than [`Store::walk`]
+    /// on a large store: no lookups and no paths built, one sort.
     pub fn parents_first(&self) -> Vec<(Path, Arc<Node>)> {
         let mut out: Vec<(Path, Arc<Node>)> = self
             .nodes
             .iter()
             .map(|(p, n)| (Arc::clone(p), Arc::clone(n)))
             .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let key = |(p, n): &(Path, Arc<Node>)| {
+            let level = if &**p == "/" {
+                0
+            } else {
+                p.bytes().filter(|&b| b == b'/').count()
+            };
+            (p.starts_with('@'), level, n.created)
+        };
+        out.sort_unstable_by_key(key);
         out
     }
 
@@ -343,9 +436,11 @@ impl Store {
         let mut expected: std::collections::BTreeMap<DomId, Account> =
             std::collections::BTreeMap::new();
         for (path, node) in self.nodes.iter() {
-            let acct = expected.entry(node.owner()).or_default();
-            acct.nodes += 1;
-            acct.memory += Node::cost(path, &node.value, &node.perms);
+            if accounted(path) {
+                let acct = expected.entry(node.owner()).or_default();
+                acct.nodes += 1;
+                acct.memory += Node::cost(path, &node.value, &node.perms);
+            }
             if node.perms.is_empty() {
                 problems.push(format!("{path}: no permissions"));
             }
@@ -407,6 +502,40 @@ mod tests {
     }
 
     #[test]
+    fn test_children_in_creation_order_and_kept_by_parents_first() {
+        let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, 0)]);
+        let mut s = Store::new(0);
+        for p in ["/b", "/a", "/a/y", "/c", "/a/x"] {
+            s.put_node(Arc::from(p), Arc::from(&b""[..]), Arc::clone(&perms));
+        }
+        let names = |s: &Store, p: &str| -> Vec<String> {
+            s.get(p)
+                .unwrap()
+                .children
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        };
+        assert_eq!(names(&s, "/"), ["tool", "b", "a", "c"]);
+        assert_eq!(names(&s, "/a"), ["y", "x"]);
+        // Re-creating puts a child last; overwriting keeps its place.
+        s.remove_tree("/b");
+        s.put_node(Arc::from("/b"), Arc::from(&b""[..]), Arc::clone(&perms));
+        s.put_node(Arc::from("/a"), Arc::from(&b"v"[..]), Arc::clone(&perms));
+        assert_eq!(names(&s, "/"), ["tool", "a", "c", "b"]);
+        // A store rebuilt in parents_first() order (as a live update's
+        // stream is) lists children the same way.
+        let mut rebuilt = Store::new(0);
+        for (p, n) in s.parents_first() {
+            rebuilt.put_node(p, Arc::clone(&n.value), Arc::clone(&n.perms));
+        }
+        for p in ["/", "/a", "/tool"] {
+            assert_eq!(names(&rebuilt, p), names(&s, p), "{p}");
+        }
+        assert!(s.check().is_empty() && rebuilt.check().is_empty());
+    }
+
+    #[test]
     fn test_store_snapshot_is_independent() {
         let mut s = Store::new(0);
         let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, 0)]);
@@ -420,6 +549,6 @@ mod tests {
         let removed = s.remove_tree("/a");
         assert_eq!(removed.len(), 2);
         assert!(s.check().is_empty(), "{:?}", s.check());
-        assert_eq!(s.account(0).nodes, 3, "/, and the two special nodes");
+        assert_eq!(s.account(0).nodes, 3, "/, /tool and /tool/xenstored, as C");
     }
 }

@@ -196,7 +196,8 @@ mod requests {
             (MsgType::Mkdir, &["/t/x"], ok()),
             (MsgType::Read, &["/t/x"], Ok(b"1".to_vec())),
             (MsgType::Mkdir, &["/t/d/e"], ok()),
-            (MsgType::Directory, &["/t"], Ok(b"d\0x\0".to_vec())),
+            // Creation order, as C lists children.
+            (MsgType::Directory, &["/t"], Ok(b"x\0d\0".to_vec())),
             (MsgType::Rm, &["/t/d"], ok()),
             (MsgType::Rm, &["/t/d"], ok()),
             (MsgType::Rm, &["/t/d/e"], Err(XsErrno::ENOENT)),
@@ -1023,28 +1024,194 @@ mod domains {
 mod control {
     use super::*;
 
+    /// `xenstore-control` prints a reply as a C string plus a newline, and
+    /// the help text after any EINVAL: these are C xenstored 4.17's bytes.
     #[test]
     fn test_control_help_check_quota() {
         let mut h = H::new();
-        let help = String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["help"]).unwrap()).unwrap();
-        for (name, _) in CONTROL_COMMANDS {
-            assert!(help.contains(name), "{name}");
-        }
         assert_eq!(
-            h.req(SOCK, MsgType::Control, 0, &["check"]),
-            Ok(b"OK\n\0".to_vec())
+            h.req(SOCK, MsgType::Control, 0, &["help"]),
+            Ok(b"check\t\nlog\ton|off\nlive-update\t[-c <cmdline>] [-F] [-t <timeout>] <file>\n    \
+Default timeout is 60 seconds.\nlogfile\t<file>\nmemreport\t[<file>]\nprint\t<string>\n\
+quota\t[set <name> <val>|<domid>]\nquota-soft\t[set <name> <val>]\nhelp\t\n\0"
+                .to_vec())
         );
         assert_eq!(
-            h.req(SOCK, MsgType::Control, 0, &["quota", "watches", "7"]),
-            Ok(b"OK\n\0".to_vec())
+            h.req(SOCK, MsgType::Control, 0, &["check"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["quota", "set", "watches", "7"]),
+            Ok(b"OK\0".to_vec())
         );
         assert_eq!(
             h.req(SOCK, MsgType::GetQuota, 0, &["watches"]),
             Ok(b"7\0".to_vec())
         );
+        let shown =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota"]).unwrap()).unwrap();
+        assert!(
+            shown.starts_with(
+                "Quota settings:\nnodes            :     1000 Nodes per domain\n\
+watches          :        7 Watches per domain\n"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("permissions      :        5 Max. number of permissions per node\n\0"),
+            "{shown}"
+        );
         assert_eq!(
-            h.req(SOCK, MsgType::Control, 0, &["no-such"]),
+            h.req(SOCK, MsgType::Control, 0, &["quota-soft"]),
+            Ok(b"Quota settings:\nmemory           :  2097152 Total Xenstore memory per domain (warning level)\n\0".to_vec())
+        );
+        let dom0 =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota", "0"]).unwrap()).unwrap();
+        assert!(
+            dom0.starts_with("Domain 0:\nnodes           :        "),
+            "{dom0}"
+        );
+        assert!(
+            dom0.contains("\nwatches         :        0\ntransactions    :        0\n"),
+            "{dom0}"
+        );
+        for ok in [
+            &["log", "on"][..],
+            &["log", "off"],
+            &["print", "hello"],
+            &["quota-soft", "set", "memory", "5"],
+            &["quota", "set", "nodes", "5x"],
+        ] {
+            assert_eq!(
+                h.req(SOCK, MsgType::Control, 0, ok),
+                Ok(b"OK\0".to_vec()),
+                "{ok:?}"
+            );
+        }
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["quota", "9"]),
+            Err(XsErrno::ENOENT)
+        );
+        for bad in [
+            &["no-such"][..],
+            &["help", "x"],
+            &["check", "x"],
+            &["log"],
+            &["log", "x"],
+            &["logfile"],
+            &["print"],
+            &["print", "a", "b"],
+            &["memreport", "a", "b"],
+            &["quota", "watches", "7"],
+            &["quota", "set", "watches"],
+            &["quota", "set", "watches", "0"],
+            &["quota", "set", "bogus", "1"],
+            &["quota", "0", "1"],
+            &["quota-soft", "set", "nodes", "5"],
+            &["quota-soft", "x"],
+        ] {
+            assert_eq!(
+                h.req(SOCK, MsgType::Control, 0, bad),
+                Err(XsErrno::EINVAL),
+                "{bad:?}"
+            );
+        }
+        // Bytes after the last NUL are no argument (C's get_strings()).
+        assert_eq!(
+            h.raw(SOCK, MsgType::Control.raw(), 0, b"check".to_vec()),
             Err(XsErrno::EINVAL)
+        );
+    }
+}
+
+// ---- C xenstored 4.17's answers to malformed requests -----------------------
+
+/// What tests/tests/c_compat.rs found C answering (docs/c-compat.md).
+mod c_answers {
+    use super::*;
+
+    #[test]
+    fn test_transaction_start_inside_a_transaction() {
+        let mut h = H::new();
+        // C looks the transaction up before anything else.
+        assert_eq!(
+            h.req(SOCK, MsgType::TransactionStart, 999, &[""]),
+            Err(XsErrno::ENOENT)
+        );
+        let tx = h.tx_start(SOCK);
+        assert_eq!(
+            h.req(SOCK, MsgType::TransactionStart, tx, &[""]),
+            Err(XsErrno::EBUSY)
+        );
+        h.tx_end(SOCK, tx, false).unwrap();
+    }
+
+    #[test]
+    fn test_path_max_bounds_dom0_below_any_home() {
+        let mut h = H::new();
+        let a = |n: usize| "a".repeat(n);
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(2047))),
+            Err(XsErrno::ENOENT)
+        );
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(2048))),
+            Err(XsErrno::EINVAL)
+        );
+        let home = |d: &str, n: usize| format!("/local/domain/{d}/{}", a(n));
+        assert_eq!(h.read(SOCK, 0, &home("0", 2048)), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, &home("0", 2049)), Err(XsErrno::EINVAL));
+        assert_eq!(h.read(SOCK, 0, &home("12345", 2048)), Err(XsErrno::ENOENT));
+        // Six digits are no home (C's %5u): the whole path counts.
+        assert_eq!(h.read(SOCK, 0, &home("123456", 2030)), Err(XsErrno::EINVAL));
+        assert_eq!(h.read(SOCK, 0, &a(2048)), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, &a(2049)), Err(XsErrno::EINVAL));
+        h.req(
+            SOCK,
+            MsgType::Control,
+            0,
+            &["quota", "set", "path-max", "10"],
+        )
+        .unwrap();
+        assert_eq!(
+            h.read(SOCK, 0, &format!("/{}", a(10))),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(h.read(SOCK, 0, &format!("/{}", a(9))), Err(XsErrno::ENOENT));
+    }
+
+    #[test]
+    fn test_set_perms_ignores_an_unterminated_last_entry() {
+        let mut h = H::new();
+        h.write(SOCK, 0, "/p", "").unwrap();
+        assert_eq!(
+            h.raw(SOCK, MsgType::SetPerms.raw(), 0, b"/p\0n0\0r5".to_vec()),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetPerms, 0, &["/p"]),
+            Ok(b"n0\0".to_vec())
+        );
+        assert_eq!(
+            h.raw(SOCK, MsgType::SetPerms.raw(), 0, b"/p\0r5".to_vec()),
+            Err(XsErrno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn test_release_and_resume_of_the_privileged_domain_refused() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Release, 0, &["0"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Resume, 0, &["0"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Release, 0, &["7"]),
+            Err(XsErrno::ENOENT)
         );
     }
 }
@@ -1644,6 +1811,7 @@ mod live_update_transactions {
                 |e| matches!(e, RestoreError::DuplicateTransactionNode { path, .. } if path == "/x"),
             ),
         ];
+        let fresh = H::new().e.store().len();
         for (records, index, expected) in cases {
             let mut h = H::new();
             let err = h.e.restore_records(&records, &map).unwrap_err();
@@ -1652,7 +1820,7 @@ mod live_update_transactions {
                 err.to_string().starts_with(&format!("record {index}:")),
                 "names record {index}: {err}"
             );
-            assert_eq!(h.e.store().len(), 3, "nothing changed");
+            assert_eq!(h.e.store().len(), fresh, "nothing changed");
             assert!(h.e.conns[&SOCK].transactions.is_empty());
         }
     }

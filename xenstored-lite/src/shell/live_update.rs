@@ -211,9 +211,15 @@ impl Daemon {
             return "live-update session already active.".to_string();
         }
         match std::fs::metadata(binary) {
-            Err(e) => return format!("File not accessible: {}: {e}", binary.display()),
+            // C 4.17's answers word for word (xenstore-control prints
+            // them); the details go to the log.
+            Err(e) => {
+                tracing::warn!("live-update: {}: {e}", binary.display());
+                return "File not accessible.".to_string();
+            }
             Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
-                return format!("File not executable: {}", binary.display())
+                tracing::warn!("live-update: {} is not executable", binary.display());
+                return "File not executable.".to_string();
             }
             Ok(_) => {}
         }
