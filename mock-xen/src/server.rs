@@ -441,6 +441,18 @@ fn keep_only_stdio(keep: RawFd) {
     {
         let _ = nix::unistd::dup2_stdin(&null);
         let _ = nix::unistd::dup2_stdout(&null);
+        // stderr stays only if it is a file or a socket (a log, the
+        // journal): a terminal or a pipe would be held open by this child
+        // after its parent detached and let go of them, and whoever reads
+        // the pipe (an init script's `$(...)`, a test) would wait for ever.
+        let keep_stderr = nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| {
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT;
+            kind == nix::sys::stat::SFlag::S_IFREG || kind == nix::sys::stat::SFlag::S_IFSOCK
+        });
+        if !keep_stderr {
+            let _ = nix::unistd::dup2_stderr(&null);
+        }
     }
 }
 
