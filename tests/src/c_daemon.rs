@@ -102,10 +102,6 @@ impl CDaemon {
 
     /// Runs a command with the environment Xen's tools use to find it.
     pub fn tool(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Command::new(program)
-            .args(args)
-            .env("XENSTORED_PATH", &self.socket)
-            .output()
-            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+        crate::run_tool(&self.socket, program, args)
     }
 }

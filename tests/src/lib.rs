@@ -170,12 +170,18 @@ impl Daemon {
 
     /// Runs a command with the environment Xen's tools use to find us.
     pub fn tool(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Command::new(program)
-            .args(args)
-            .env("XENSTORED_PATH", &self.socket)
-            .output()
-            .unwrap_or_else(|e| panic!("running {program}: {e}"))
+        run_tool(&self.socket, program, args)
     }
+}
+
+/// Runs `program` with the environment Xen's tools use to find the daemon
+/// serving `socket` (`XENSTORED_PATH`), and returns what it printed.
+pub fn run_tool(socket: &Path, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .env("XENSTORED_PATH", socket)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
 }
 
 /// Whether a program exists; prints why a test skips if not.
