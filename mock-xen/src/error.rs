@@ -80,7 +80,7 @@ pub enum Error {
     /// A remote mock-xen process refused the request.
     #[error("mock-xen refused the request (code {code}): {message}")]
     Remote {
-        /// The server-side error's code ([`Error::code`]).
+        /// The server-side error's code (`Error::code`).
         code: u32,
         /// Its message.
         message: String,

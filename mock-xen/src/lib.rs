@@ -1,6 +1,6 @@
 //! A simulated Xen hypervisor that a xenstore daemon cannot tell from Xen.
 //!
-//! It implements the traits of `evtchn` ([`evtchn::EventChannel`]) and
+//! It implements the traits of `evtchn` (`evtchn::EventChannel`) and
 //! `gnttab` ([`gnttab::PageMapper`], [`gnttab::DomainInfoSource`]) so that
 //! the daemon's code paths are the same as on real Xen:
 //!

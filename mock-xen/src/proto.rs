@@ -188,7 +188,7 @@ pub enum Response {
     Frame(u64),
     /// The request failed.
     Error {
-        /// [`Error::code`].
+        /// `Error::code`.
         code: u32,
         /// Its message.
         message: String,

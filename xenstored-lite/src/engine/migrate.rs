@@ -17,7 +17,7 @@
 //! node the transaction touched (the targets of its requests, the parents
 //! its writes created, the children its removals took), the state it would
 //! commit now, and the restored transaction carries those nodes
-//! ([`Carried`]): the writes to apply at commit, and what the committed
+//! (`Carried`): the writes to apply at commit, and what the committed
 //! store must still hold then. See `docs/migration-extension.md`.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,7 @@
 //! replies and watch events back with partial writes kept per connection,
 //! carries out the engine's actions (map and bind a ring on INTRODUCE,
 //! release it, cut a connection off), and turns `VIRQ_DOM_EXC` into domain
-//! states. The clock enters in one place ([`Daemon::now_ms`]). One slow or
+//! states. The clock enters in one place (`Daemon::now_ms`). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 
 pub mod core;
