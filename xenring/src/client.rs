@@ -63,12 +63,23 @@ impl WatchEvent {
     }
 }
 
+/// The `req_id` of a client's first request; later ones count up from it.
+const FIRST_REQ_ID: u32 = 1;
+
 /// A blocking xenstore client.
+///
+/// Every reply is checked against what was sent: a reply for a `req_id`
+/// that was already answered is [`Error::DuplicateReply`], one for a
+/// `req_id` never sent is [`Error::UnknownReply`] (watch events are not
+/// replies and carry no meaningful `req_id`).
 #[derive(Debug)]
 pub struct Client<T> {
     io: T,
     decoder: Decoder,
     next_req_id: u32,
+    /// Requests sent so far: the ids `FIRST_REQ_ID..` (wrapping) of the
+    /// first `sent` of them have been used.
+    sent: u64,
     rbuf: Vec<u8>,
     events: VecDeque<WatchEvent>,
     replies: BTreeMap<u32, Message>,
@@ -93,7 +104,8 @@ impl<T: Read + Write> Client<T> {
         Self {
             io,
             decoder: Decoder::new(),
-            next_req_id: 1,
+            next_req_id: FIRST_REQ_ID,
+            sent: 0,
             rbuf: vec![0; HEADER_SIZE + PAYLOAD_MAX],
             events: VecDeque::new(),
             replies: BTreeMap::new(),
@@ -125,12 +137,18 @@ impl<T: Read + Write> Client<T> {
         crate::codec::encode(&mut bytes, ty, req_id, tx_id, payload)?;
         self.io.write_all(&bytes)?;
         self.io.flush()?;
+        self.sent = self.sent.saturating_add(1);
         self.in_flight.insert(req_id, ty);
         Ok(req_id)
     }
 
     /// Waits for the reply to `req_id`. An `XS_ERROR` reply becomes
     /// [`Error::Xs`]; unknown error names become `EINVAL`, as Linux does.
+    ///
+    /// If waiting fails (the transport failed or timed out, or the server
+    /// sent a reply that was not expected), the request stays outstanding:
+    /// its reply, when it comes, is still its first one, and a later call may
+    /// wait for it again.
     pub fn wait_reply(&mut self, req_id: u32) -> Result<Message, Error> {
         let sent = *self.in_flight.get(&req_id).ok_or(Error::UnexpectedReply {
             sent: "nothing",
@@ -142,10 +160,7 @@ impl<T: Read + Write> Client<T> {
             if let Some(reply) = self.replies.remove(&req_id) {
                 break reply;
             }
-            if let Err(e) = self.receive_one() {
-                self.in_flight.remove(&req_id);
-                return Err(e);
-            }
+            self.receive_one()?;
         };
         self.in_flight.remove(&req_id);
         match reply.msg_type() {
@@ -162,28 +177,54 @@ impl<T: Read + Write> Client<T> {
         }
     }
 
-    /// Reads and files one message (a reply or a watch event).
+    /// Reads once from the transport and files every message that read
+    /// completed (replies and watch events). All of them are filed before the
+    /// first bad one is reported, so that the client stays in step with the
+    /// stream.
     fn receive_one(&mut self) -> Result<(), Error> {
         let n = self.io.read(&mut self.rbuf)?;
         if n == 0 {
             return Err(Error::Closed);
         }
-        let mut input = &self.rbuf[..n];
-        while let Some(msg) = self.decoder.decode(&mut input)? {
-            if msg.header.msg_type == MsgType::WatchEvent.raw() {
-                self.events.push_back(WatchEvent::parse(&msg.payload)?);
-            } else if self.in_flight.contains_key(&msg.header.req_id) {
-                self.replies.insert(msg.header.req_id, msg);
-            } else {
-                return Err(Error::UnexpectedReply {
-                    sent: "nothing",
-                    req_id: msg.header.req_id,
-                    got_type: msg.header.msg_type,
-                    got_req_id: msg.header.req_id,
-                });
+        let mut msgs = Vec::new();
+        let decoded = self.decoder.decode_all(&self.rbuf[..n], &mut msgs);
+        let mut first_error = None;
+        for msg in msgs {
+            if let Err(e) = self.file(msg) {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        match first_error.or(decoded.err()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Files one received message: a watch event is queued, the first reply
+    /// to an outstanding request is kept for [`Client::wait_reply`], anything
+    /// else is the typed error naming what the server did wrong.
+    fn file(&mut self, msg: Message) -> Result<(), Error> {
+        let (req_id, msg_type) = (msg.header.req_id, msg.header.msg_type);
+        if msg_type == MsgType::WatchEvent.raw() {
+            self.events.push_back(WatchEvent::parse(&msg.payload)?);
+            Ok(())
+        } else if self.replies.contains_key(&req_id) {
+            // Answered already in this read or an earlier one, not collected.
+            Err(Error::DuplicateReply { req_id, msg_type })
+        } else if self.in_flight.contains_key(&req_id) {
+            self.replies.insert(req_id, msg);
+            Ok(())
+        } else if self.was_sent(req_id) {
+            // Sent, answered and collected: this is a second answer.
+            Err(Error::DuplicateReply { req_id, msg_type })
+        } else {
+            Err(Error::UnknownReply { req_id, msg_type })
+        }
+    }
+
+    /// Whether `req_id` is one of the ids this client has used.
+    fn was_sent(&self, req_id: u32) -> bool {
+        u64::from(req_id.wrapping_sub(FIRST_REQ_ID)) < self.sent
     }
 
     /// Sends a request and waits for its reply.
@@ -613,6 +654,198 @@ mod tests {
         })
     }
 
+    /// A transport whose every `read` returns the next scripted chunk
+    /// whole (so "one read" is exact), then end of stream; writes are kept.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        reads: VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Scripted {
+        fn new(chunks: &[&[Message]]) -> Self {
+            let reads = chunks
+                .iter()
+                .map(|msgs| msgs.iter().flat_map(Message::to_bytes).collect())
+                .collect();
+            Self {
+                reads,
+                written: Vec::new(),
+            }
+        }
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(chunk) = self.reads.pop_front() else {
+                return Ok(0);
+            };
+            assert!(chunk.len() <= buf.len(), "scripted chunk fits one read");
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn reply(req_id: u32, payload: &[u8]) -> Message {
+        Message::new(MsgType::Read, req_id, 0, payload.to_vec()).unwrap()
+    }
+
+    fn event(req_id: u32, path: &str) -> Message {
+        let payload = build_args(&[path.as_bytes(), b"tok"]);
+        Message::new(MsgType::WatchEvent, req_id, 0, payload).unwrap()
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_in_same_read_is_an_error() {
+        let mut c = Client::new(Scripted::new(&[&[reply(1, b"first"), reply(1, b"second")]]));
+        let id = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        assert_eq!(id, 1);
+        let err = c.wait_reply(id).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::DuplicateReply {
+                    req_id: 1,
+                    msg_type: 2
+                }
+            ),
+            "{err:?}"
+        );
+        // The first answer was kept, not overwritten by the second, and the
+        // request is still waiting to be collected.
+        assert_eq!(c.wait_reply(id).unwrap().payload, b"first");
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_to_uncollected_request_in_later_read() {
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(1, b"one")],
+            &[reply(1, b"again")],
+            &[reply(2, b"two")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::DuplicateReply { req_id: 1, .. })
+        ));
+        assert_eq!(c.wait_reply(r2).unwrap().payload, b"two");
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_after_collection_is_an_error() {
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(1, b"one")],
+            &[reply(1, b"one again")],
+            &[reply(2, b"two")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        let err = c.wait_reply(r2).unwrap_err();
+        assert!(
+            matches!(err, Error::DuplicateReply { req_id: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(c.wait_reply(r2).unwrap().payload, b"two");
+    }
+
+    #[test]
+    fn test_client_unknown_reply_is_an_error() {
+        // Request 1 is sent; 2 (the next id) and u32::MAX never were. The
+        // valid reply in the same read is still filed.
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(2, b"?"), reply(1, b"one")],
+            &[reply(u32::MAX, b"?")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let err = c.wait_reply(r1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownReply {
+                    req_id: 2,
+                    msg_type: 2
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::UnknownReply {
+                req_id: u32::MAX,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_client_unknown_reply_before_any_request() {
+        let mut c = Client::new(Scripted::new(&[&[reply(1, b"?")]]));
+        assert!(matches!(
+            c.next_watch_event(),
+            Err(Error::UnknownReply { req_id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn test_client_watch_events_are_not_replies() {
+        // Events carry req_id 0 (Linux, C xenstored) or anything at all; the
+        // one with the watch's own id comes after the watch was answered.
+        let mut c = Client::new(Scripted::new(&[&[
+            reply(1, b"OK\0"),
+            event(0, "/x"),
+            event(1, "/y"),
+            event(7, "/z"),
+        ]]));
+        let id = c.submit(MsgType::Read, 0, b"/x\0").unwrap();
+        assert_eq!(c.wait_reply(id).unwrap().payload, b"OK\0");
+        let paths: Vec<String> = core::iter::from_fn(|| c.queued_watch_event())
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["/x", "/y", "/z"]);
+    }
+
+    #[test]
+    fn test_client_replies_before_a_framing_error_are_filed() {
+        let mut bytes = reply(1, b"one").to_bytes();
+        bytes.extend_from_slice(&Header::new(MsgType::Read, 2, 0, 5000).to_bytes());
+        let mut c = Client::new(Scripted {
+            reads: VecDeque::from([bytes]),
+            written: Vec::new(),
+        });
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::PayloadTooLong { len: 5000 })
+        ));
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+    }
+
+    /// A generous bound on every wait for the scripted server, so that a
+    /// broken reply path fails the test instead of hanging it.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+    fn bounded(stream: UnixStream) -> UnixStream {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
     #[test]
     fn test_client_read_write_over_socket() {
         let (a, b) = UnixStream::pair().unwrap();
@@ -627,7 +860,7 @@ mod tests {
             };
             vec![Message::new(ty, m.header.req_id, m.header.tx_id, payload).unwrap()]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         c.write(0, "/a", b"v").unwrap();
         assert_eq!(c.read(0, "/a").unwrap(), b"value");
         assert_eq!(c.directory(0, "/").unwrap(), vec!["a", "b"]);
@@ -641,7 +874,7 @@ mod tests {
         let _server = serve(b, |m| {
             vec![Message::error_reply(&m.header, XsErrno::ENOENT)]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         assert!(matches!(
             c.read(0, "/nope"),
             Err(Error::Xs(XsErrno::ENOENT))
@@ -657,7 +890,7 @@ mod tests {
                 Message::new(m.msg_type().unwrap(), m.header.req_id, 0, b"OK\0".to_vec()).unwrap();
             vec![ev, ok]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         c.watch("/x", "tok").unwrap();
         let ev = c.next_watch_event().unwrap();
         assert_eq!(
@@ -691,7 +924,7 @@ mod tests {
                 Some(prev) => vec![reply, prev],
             }
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
         let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
         assert_eq!(c.wait_reply(r1).unwrap().payload, r1.to_string().as_bytes());
@@ -740,10 +973,14 @@ mod tests {
                 }
             })
         };
+        let started = std::time::Instant::now();
         let transport = RingTransport::new(
             GuestEnd::new(page.ring()),
             || Ok(()),
             || {
+                if started.elapsed() > PATIENCE {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
                 std::thread::yield_now();
                 Ok(())
             },
