@@ -136,3 +136,22 @@ pub enum Error {
     #[error("transport I/O failed")]
     Io(#[from] std::io::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_messages_name_the_queue() {
+        let e = Error::IndexOverrun {
+            queue: Queue::Request,
+            prod: 0x500,
+            cons: 0,
+        };
+        assert_eq!(
+            alloc::format!("{e}"),
+            "request ring indices are inconsistent: prod 0x500 - cons 0x0 exceeds 1024"
+        );
+        assert_eq!(alloc::format!("{}", Queue::Response), "response");
+    }
+}

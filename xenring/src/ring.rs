@@ -426,9 +426,10 @@ mod tests {
         let server = ServerEnd::new(page.ring());
         server.advertise(ServerFeatures::ERROR);
         server.advertise(ServerFeatures::RECONNECTION);
-        assert_eq!(
-            page.ring().server_features(),
-            ServerFeatures::ERROR | ServerFeatures::RECONNECTION
-        );
+        // Offering a feature again keeps it.
+        server.advertise(ServerFeatures::ERROR);
+        let both = ServerFeatures::ERROR | ServerFeatures::RECONNECTION;
+        assert_eq!(page.ring().server_features(), both);
+        assert_eq!(GuestEnd::new(page.ring()).server_features(), both);
     }
 }
