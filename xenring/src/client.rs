@@ -1209,7 +1209,7 @@ mod tests {
 
     /// A generous bound on every wait for the scripted server, so that a
     /// broken reply path fails the test instead of hanging it.
-    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
     fn bounded(stream: UnixStream) -> UnixStream {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
