@@ -63,12 +63,23 @@ impl WatchEvent {
     }
 }
 
+/// The `req_id` of a client's first request; later ones count up from it.
+const FIRST_REQ_ID: u32 = 1;
+
 /// A blocking xenstore client.
+///
+/// Every reply is checked against what was sent: a reply for a `req_id`
+/// that was already answered is [`Error::DuplicateReply`], one for a
+/// `req_id` never sent is [`Error::UnknownReply`] (watch events are not
+/// replies and carry no meaningful `req_id`).
 #[derive(Debug)]
 pub struct Client<T> {
     io: T,
     decoder: Decoder,
     next_req_id: u32,
+    /// Requests sent so far: the ids `FIRST_REQ_ID..` (wrapping) of the
+    /// first `sent` of them have been used.
+    sent: u64,
     rbuf: Vec<u8>,
     events: VecDeque<WatchEvent>,
     replies: BTreeMap<u32, Message>,
@@ -93,7 +104,8 @@ impl<T: Read + Write> Client<T> {
         Self {
             io,
             decoder: Decoder::new(),
-            next_req_id: 1,
+            next_req_id: FIRST_REQ_ID,
+            sent: 0,
             rbuf: vec![0; HEADER_SIZE + PAYLOAD_MAX],
             events: VecDeque::new(),
             replies: BTreeMap::new(),
@@ -125,12 +137,18 @@ impl<T: Read + Write> Client<T> {
         crate::codec::encode(&mut bytes, ty, req_id, tx_id, payload)?;
         self.io.write_all(&bytes)?;
         self.io.flush()?;
+        self.sent = self.sent.saturating_add(1);
         self.in_flight.insert(req_id, ty);
         Ok(req_id)
     }
 
     /// Waits for the reply to `req_id`. An `XS_ERROR` reply becomes
     /// [`Error::Xs`]; unknown error names become `EINVAL`, as Linux does.
+    ///
+    /// If waiting fails (the transport failed or timed out, or the server
+    /// sent a reply that was not expected), the request stays outstanding:
+    /// its reply, when it comes, is still its first one, and a later call may
+    /// wait for it again.
     pub fn wait_reply(&mut self, req_id: u32) -> Result<Message, Error> {
         let sent = *self.in_flight.get(&req_id).ok_or(Error::UnexpectedReply {
             sent: "nothing",
@@ -142,10 +160,7 @@ impl<T: Read + Write> Client<T> {
             if let Some(reply) = self.replies.remove(&req_id) {
                 break reply;
             }
-            if let Err(e) = self.receive_one() {
-                self.in_flight.remove(&req_id);
-                return Err(e);
-            }
+            self.receive_one()?;
         };
         self.in_flight.remove(&req_id);
         match reply.msg_type() {
@@ -162,28 +177,54 @@ impl<T: Read + Write> Client<T> {
         }
     }
 
-    /// Reads and files one message (a reply or a watch event).
+    /// Reads once from the transport and files every message that read
+    /// completed (replies and watch events). All of them are filed before the
+    /// first bad one is reported, so that the client stays in step with the
+    /// stream.
     fn receive_one(&mut self) -> Result<(), Error> {
         let n = self.io.read(&mut self.rbuf)?;
         if n == 0 {
             return Err(Error::Closed);
         }
-        let mut input = &self.rbuf[..n];
-        while let Some(msg) = self.decoder.decode(&mut input)? {
-            if msg.header.msg_type == MsgType::WatchEvent.raw() {
-                self.events.push_back(WatchEvent::parse(&msg.payload)?);
-            } else if self.in_flight.contains_key(&msg.header.req_id) {
-                self.replies.insert(msg.header.req_id, msg);
-            } else {
-                return Err(Error::UnexpectedReply {
-                    sent: "nothing",
-                    req_id: msg.header.req_id,
-                    got_type: msg.header.msg_type,
-                    got_req_id: msg.header.req_id,
-                });
+        let mut msgs = Vec::new();
+        let decoded = self.decoder.decode_all(&self.rbuf[..n], &mut msgs);
+        let mut first_error = None;
+        for msg in msgs {
+            if let Err(e) = self.file(msg) {
+                first_error.get_or_insert(e);
             }
         }
-        Ok(())
+        match first_error.or(decoded.err()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Files one received message: a watch event is queued, the first reply
+    /// to an outstanding request is kept for [`Client::wait_reply`], anything
+    /// else is the typed error naming what the server did wrong.
+    fn file(&mut self, msg: Message) -> Result<(), Error> {
+        let (req_id, msg_type) = (msg.header.req_id, msg.header.msg_type);
+        if msg_type == MsgType::WatchEvent.raw() {
+            self.events.push_back(WatchEvent::parse(&msg.payload)?);
+            Ok(())
+        } else if self.replies.contains_key(&req_id) {
+            // Answered already in this read or an earlier one, not collected.
+            Err(Error::DuplicateReply { req_id, msg_type })
+        } else if self.in_flight.contains_key(&req_id) {
+            self.replies.insert(req_id, msg);
+            Ok(())
+        } else if self.was_sent(req_id) {
+            // Sent, answered and collected: this is a second answer.
+            Err(Error::DuplicateReply { req_id, msg_type })
+        } else {
+            Err(Error::UnknownReply { req_id, msg_type })
+        }
+    }
+
+    /// Whether `req_id` is one of the ids this client has used.
+    fn was_sent(&self, req_id: u32) -> bool {
+        u64::from(req_id.wrapping_sub(FIRST_REQ_ID)) < self.sent
     }
 
     /// Sends a request and waits for its reply.
@@ -613,6 +654,568 @@ mod tests {
         })
     }
 
+    /// A transport whose every `read` returns the next scripted chunk
+    /// whole (so "one read" is exact), then end of stream; writes are kept.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        reads: VecDeque<Vec<u8>>,
+        written: Vec<u8>,
+    }
+
+    impl Scripted {
+        fn new(chunks: &[&[Message]]) -> Self {
+            let reads = chunks
+                .iter()
+                .map(|msgs| msgs.iter().flat_map(Message::to_bytes).collect())
+                .collect();
+            Self {
+                reads,
+                written: Vec::new(),
+            }
+        }
+    }
+
+    impl Read for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some(chunk) = self.reads.pop_front() else {
+                return Ok(0);
+            };
+            assert!(chunk.len() <= buf.len(), "scripted chunk fits one read");
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    impl Write for Scripted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn reply(req_id: u32, payload: &[u8]) -> Message {
+        Message::new(MsgType::Read, req_id, 0, payload.to_vec()).unwrap()
+    }
+
+    fn event(req_id: u32, path: &str) -> Message {
+        let payload = build_args(&[path.as_bytes(), b"tok"]);
+        Message::new(MsgType::WatchEvent, req_id, 0, payload).unwrap()
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_in_same_read_is_an_error() {
+        let mut c = Client::new(Scripted::new(&[&[reply(1, b"first"), reply(1, b"second")]]));
+        let id = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        assert_eq!(id, 1);
+        let err = c.wait_reply(id).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::DuplicateReply {
+                    req_id: 1,
+                    msg_type: 2
+                }
+            ),
+            "{err:?}"
+        );
+        // The first answer was kept, not overwritten by the second, and the
+        // request is still waiting to be collected.
+        assert_eq!(c.wait_reply(id).unwrap().payload, b"first");
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_to_uncollected_request_in_later_read() {
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(1, b"one")],
+            &[reply(1, b"again")],
+            &[reply(2, b"two")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::DuplicateReply { req_id: 1, .. })
+        ));
+        assert_eq!(c.wait_reply(r2).unwrap().payload, b"two");
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+    }
+
+    #[test]
+    fn test_client_duplicate_reply_after_collection_is_an_error() {
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(1, b"one")],
+            &[reply(1, b"one again")],
+            &[reply(2, b"two")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        let err = c.wait_reply(r2).unwrap_err();
+        assert!(
+            matches!(err, Error::DuplicateReply { req_id: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(c.wait_reply(r2).unwrap().payload, b"two");
+    }
+
+    #[test]
+    fn test_client_unknown_reply_is_an_error() {
+        // Request 1 is sent; 2 (the next id) and u32::MAX never were. The
+        // valid reply in the same read is still filed.
+        let mut c = Client::new(Scripted::new(&[
+            &[reply(2, b"?"), reply(1, b"one")],
+            &[reply(u32::MAX, b"?")],
+        ]));
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let err = c.wait_reply(r1).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnknownReply {
+                    req_id: 2,
+                    msg_type: 2
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::UnknownReply {
+                req_id: u32::MAX,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn test_client_unknown_reply_before_any_request() {
+        let mut c = Client::new(Scripted::new(&[&[reply(1, b"?")]]));
+        assert!(matches!(
+            c.next_watch_event(),
+            Err(Error::UnknownReply { req_id: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn test_client_watch_events_are_not_replies() {
+        // Events carry req_id 0 (Linux, C xenstored) or anything at all; the
+        // one with the watch's own id comes after the watch was answered.
+        let mut c = Client::new(Scripted::new(&[&[
+            reply(1, b"OK\0"),
+            event(0, "/x"),
+            event(1, "/y"),
+            event(7, "/z"),
+        ]]));
+        let id = c.submit(MsgType::Read, 0, b"/x\0").unwrap();
+        assert_eq!(c.wait_reply(id).unwrap().payload, b"OK\0");
+        let paths: Vec<String> = core::iter::from_fn(|| c.queued_watch_event())
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(paths, ["/x", "/y", "/z"]);
+    }
+
+    #[test]
+    fn test_client_replies_before_a_framing_error_are_filed() {
+        let mut bytes = reply(1, b"one").to_bytes();
+        bytes.extend_from_slice(&Header::new(MsgType::Read, 2, 0, 5000).to_bytes());
+        let mut c = Client::new(Scripted {
+            reads: VecDeque::from([bytes]),
+            written: Vec::new(),
+        });
+        let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
+        let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
+        assert!(matches!(
+            c.wait_reply(r2),
+            Err(Error::PayloadTooLong { len: 5000 })
+        ));
+        assert_eq!(c.wait_reply(r1).unwrap().payload, b"one");
+    }
+
+    /// Runs `call` against a scripted server whose one read is `reply`
+    /// (type `reply_ty`, req_id 1); returns what `call` returned and the one
+    /// request it sent.
+    fn exchange<R>(
+        reply_ty: MsgType,
+        reply: &[u8],
+        call: impl FnOnce(&mut Client<Scripted>) -> R,
+    ) -> (R, Message) {
+        let mut c = Client::new(Scripted::default());
+        let answer = Message::new(reply_ty, 1, 0, reply.to_vec()).unwrap();
+        c.get_mut().reads.push_back(answer.to_bytes());
+        let out = call(&mut c);
+        assert!(c.get_ref().reads.is_empty(), "the reply was read");
+        let mut sent = Vec::new();
+        Decoder::new()
+            .decode_all(&c.into_inner().written, &mut sent)
+            .unwrap();
+        assert_eq!(sent.len(), 1, "exactly one request: {sent:?}");
+        (out, sent.remove(0))
+    }
+
+    /// The request `exchange` should have seen.
+    fn req(ty: MsgType, tx_id: u32, payload: &[u8]) -> Message {
+        Message::new(ty, 1, tx_id, payload.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn test_client_every_call_sends_its_request_and_parses_its_reply() {
+        use MsgType as T;
+        let ok = b"OK\0";
+        let (r, sent) = exchange(T::Read, b"val", |c| c.read(7, "/a"));
+        assert_eq!(
+            (r.unwrap(), sent),
+            (b"val".to_vec(), req(T::Read, 7, b"/a\0"))
+        );
+        let (r, sent) = exchange(T::Write, ok, |c| c.write(7, "/a", b"v"));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Write, 7, b"/a\0v")));
+        let (r, sent) = exchange(T::Mkdir, ok, |c| c.mkdir(7, "/a"));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Mkdir, 7, b"/a\0")));
+        let (r, sent) = exchange(T::Rm, ok, |c| c.rm(7, "/a"));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Rm, 7, b"/a\0")));
+        let (r, sent) = exchange(T::Directory, b"a\0b\0", |c| c.directory(7, "/"));
+        assert_eq!(r.unwrap(), ["a", "b"]);
+        assert_eq!(sent, req(T::Directory, 7, b"/\0"));
+        let (r, sent) = exchange(T::DirectoryPart, b"42\0x\0y\0", |c| {
+            c.directory_part(7, "/d", 3)
+        });
+        assert_eq!(
+            r.unwrap(),
+            ("42".to_string(), vec!["x".to_string(), "y".to_string()])
+        );
+        assert_eq!(sent, req(T::DirectoryPart, 7, b"/d\x003\0"));
+        let (r, _) = exchange(T::DirectoryPart, b"", |c| c.directory_part(7, "/d", 0));
+        assert!(matches!(
+            r,
+            Err(Error::BadPayload {
+                what: "XS_DIRECTORY_PART"
+            })
+        ));
+        let (r, sent) = exchange(T::GetPerms, b"n0\0r5\0", |c| c.get_perms(7, "/a"));
+        assert_eq!(
+            r.unwrap(),
+            [
+                Perm::new(crate::PermKind::None, 0),
+                Perm::new(crate::PermKind::Read, 5)
+            ]
+        );
+        assert_eq!(sent, req(T::GetPerms, 7, b"/a\0"));
+        let perms = [
+            Perm::new(crate::PermKind::Both, 1),
+            Perm::new(crate::PermKind::Read, 2),
+        ];
+        let (r, sent) = exchange(T::SetPerms, ok, |c| c.set_perms(7, "/a", &perms));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ((), req(T::SetPerms, 7, b"/a\0b1\0r2\0"))
+        );
+        let (r, sent) = exchange(T::Watch, ok, |c| c.watch("/w", "tok"));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Watch, 0, b"/w\0tok\0")));
+        let (r, sent) = exchange(T::Watch, ok, |c| c.watch_depth("/w", "tok", 2));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ((), req(T::Watch, 0, b"/w\0tok\x002\0"))
+        );
+        let (r, sent) = exchange(T::Unwatch, ok, |c| c.unwatch("/w", "tok"));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Unwatch, 0, b"/w\0tok\0")));
+        let (r, sent) = exchange(T::ResetWatches, ok, |c| c.reset_watches());
+        assert_eq!((r.unwrap(), sent), ((), req(T::ResetWatches, 0, b"\0")));
+        let (r, sent) = exchange(T::TransactionStart, b"17\0", |c| c.transaction_start());
+        assert_eq!((r.unwrap(), sent), (17, req(T::TransactionStart, 0, b"\0")));
+        let (r, _) = exchange(T::TransactionStart, b"x\0", |c| c.transaction_start());
+        assert!(matches!(
+            r,
+            Err(Error::BadPayload {
+                what: "XS_TRANSACTION_START"
+            })
+        ));
+        let (r, sent) = exchange(T::TransactionEnd, ok, |c| c.transaction_end(7, true));
+        assert_eq!((r.unwrap(), sent), ((), req(T::TransactionEnd, 7, b"T\0")));
+        let (r, sent) = exchange(T::TransactionEnd, ok, |c| c.transaction_end(7, false));
+        assert_eq!((r.unwrap(), sent), ((), req(T::TransactionEnd, 7, b"F\0")));
+        let (r, sent) = exchange(T::Introduce, ok, |c| c.introduce(3, 0x1234, 5));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ((), req(T::Introduce, 0, b"3\x004660\x005\0"))
+        );
+        let (r, sent) = exchange(T::Release, ok, |c| c.release(3));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Release, 0, b"3\0")));
+        let (r, sent) = exchange(T::Resume, ok, |c| c.resume(3));
+        assert_eq!((r.unwrap(), sent), ((), req(T::Resume, 0, b"3\0")));
+        let (r, sent) = exchange(T::GetDomainPath, b"/local/domain/3\0", |c| {
+            c.get_domain_path(3)
+        });
+        assert_eq!(r.unwrap(), "/local/domain/3");
+        assert_eq!(sent, req(T::GetDomainPath, 0, b"3\0"));
+        for (answer, want) in [(&b"T\0"[..], true), (b"F\0", false)] {
+            let (r, sent) = exchange(T::IsDomainIntroduced, answer, |c| c.is_domain_introduced(3));
+            assert_eq!(
+                (r.unwrap(), sent),
+                (want, req(T::IsDomainIntroduced, 0, b"3\0"))
+            );
+        }
+        let (r, sent) = exchange(T::SetTarget, ok, |c| c.set_target(3, 4));
+        assert_eq!((r.unwrap(), sent), ((), req(T::SetTarget, 0, b"3\x004\0")));
+        let (r, sent) = exchange(T::Control, b"done\0", |c| c.control(&["log", "on"]));
+        assert_eq!(
+            (r.unwrap(), sent),
+            (b"done\0".to_vec(), req(T::Control, 0, b"log\0on\0"))
+        );
+        let (r, sent) = exchange(T::GetFeature, b"5\0", |c| c.get_feature(None));
+        assert_eq!((r.unwrap(), sent), (5, req(T::GetFeature, 0, b"\0")));
+        let (r, sent) = exchange(T::GetFeature, b"6\0", |c| c.get_feature(Some(3)));
+        assert_eq!((r.unwrap(), sent), (6, req(T::GetFeature, 0, b"3\0")));
+        let (r, _) = exchange(T::GetFeature, b"-1\0", |c| c.get_feature(None));
+        assert!(matches!(
+            r,
+            Err(Error::BadPayload {
+                what: "XS_GET_FEATURE"
+            })
+        ));
+        let (r, sent) = exchange(T::SetFeature, ok, |c| c.set_feature(3, 5));
+        assert_eq!((r.unwrap(), sent), ((), req(T::SetFeature, 0, b"3\x005\0")));
+        let (r, sent) = exchange(T::GetQuota, b"nodes watches\0", |c| c.get_quota(None, None));
+        assert_eq!(r.unwrap(), "nodes watches");
+        assert_eq!(sent, req(T::GetQuota, 0, b"\0"));
+        let (r, sent) = exchange(T::GetQuota, b"9\0", |c| c.get_quota(Some(3), Some("nodes")));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ("9".to_string(), req(T::GetQuota, 0, b"3\0nodes\0"))
+        );
+        let (r, sent) = exchange(T::GetQuota, b"8\0", |c| c.get_quota(None, Some("nodes")));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ("8".to_string(), req(T::GetQuota, 0, b"nodes\0"))
+        );
+        let (r, sent) = exchange(T::SetQuota, ok, |c| c.set_quota(None, "nodes", 9));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ((), req(T::SetQuota, 0, b"nodes\x009\0"))
+        );
+        let (r, sent) = exchange(T::SetQuota, ok, |c| c.set_quota(Some(3), "nodes", 9));
+        assert_eq!(
+            (r.unwrap(), sent),
+            ((), req(T::SetQuota, 0, b"3\0nodes\x009\0"))
+        );
+    }
+
+    #[test]
+    fn test_client_error_and_mismatched_replies_fail_the_call() {
+        let (r, _) = exchange(MsgType::Error, b"EACCES\0", |c| c.write(0, "/a", b"v"));
+        assert!(matches!(r, Err(Error::Xs(XsErrno::EACCES))));
+        // An error name Xen does not define is EINVAL, as Linux reads it.
+        let (r, _) = exchange(MsgType::Error, b"EWHAT\0", |c| c.mkdir(0, "/a"));
+        assert!(matches!(r, Err(Error::Xs(XsErrno::EINVAL))));
+        let (r, _) = exchange(MsgType::Write, b"OK\0", |c| c.read(0, "/a"));
+        let err = r.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::UnexpectedReply {
+                    sent: "XS_READ",
+                    req_id: 1,
+                    got_type: 11,
+                    got_req_id: 1
+                }
+            ),
+            "{err:?}"
+        );
+        let mut c = Client::new(Scripted::default());
+        assert!(matches!(
+            c.wait_reply(1),
+            Err(Error::UnexpectedReply { req_id: 1, .. })
+        ));
+        assert!(matches!(c.next_watch_event(), Err(Error::Closed)));
+    }
+
+    /// A ring with a server end played by the test inside the transport's
+    /// `wait`; counts the transport's notifications and waits.
+    #[test]
+    fn test_ring_transport_reads_waits_and_notifies_only_when_needed() {
+        use std::cell::Cell;
+        let page = OwnedPage::new();
+        let server = ServerEnd::new(page.ring());
+        let (notified, waited) = (Cell::new(0), Cell::new(0));
+        let mut pending: Vec<&[u8]> = vec![b"hello"];
+        let mut t = RingTransport::new(
+            GuestEnd::new(page.ring()),
+            || {
+                notified.set(notified.get() + 1);
+                Ok(())
+            },
+            || {
+                waited.set(waited.get() + 1);
+                if waited.get() > 100 {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
+                if let Some(data) = pending.pop() {
+                    assert_eq!(server.write(data).unwrap(), data.len());
+                }
+                Ok(())
+            },
+        );
+        let mut buf = [0u8; 2048];
+        assert_eq!(t.read(&mut []).unwrap(), 0);
+        // Empty ring: wait once, then the bytes the server wrote meanwhile.
+        assert_eq!(t.read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"hello");
+        assert_eq!((waited.get(), notified.get()), (1, 0));
+        // A partly filled ring is read without waiting or notifying.
+        server.write(b"abc").unwrap();
+        assert_eq!(t.read(&mut buf).unwrap(), 3);
+        assert_eq!((waited.get(), notified.get()), (1, 0));
+        // A full ring: the server may be waiting for space, so notify.
+        assert_eq!(server.write(&[9u8; 1024]).unwrap(), 1024);
+        assert_eq!(t.read(&mut buf[..100]).unwrap(), 100);
+        assert_eq!((waited.get(), notified.get()), (1, 1));
+        assert_eq!(t.read(&mut buf).unwrap(), 924);
+        assert_eq!((waited.get(), notified.get()), (1, 1));
+        assert_eq!(t.end().readable().unwrap(), 0);
+        assert!(format!("{t:?}").starts_with("RingTransport"));
+    }
+
+    #[test]
+    fn test_ring_transport_writes_wait_for_space_and_notify() {
+        use std::cell::Cell;
+        let page = OwnedPage::new();
+        let server = ServerEnd::new(page.ring());
+        let (notified, waited) = (Cell::new(0), Cell::new(0));
+        let mut t = RingTransport::new(
+            GuestEnd::new(page.ring()),
+            || {
+                notified.set(notified.get() + 1);
+                Ok(())
+            },
+            || {
+                waited.set(waited.get() + 1);
+                if waited.get() > 100 {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
+                // The server makes room for 10 bytes.
+                let mut sink = [0u8; 10];
+                assert_eq!(server.read(&mut sink).unwrap(), 10);
+                Ok(())
+            },
+        );
+        assert_eq!(t.write(&[]).unwrap(), 0);
+        assert_eq!(t.write(&[1u8; 1024]).unwrap(), 1024);
+        assert_eq!((waited.get(), notified.get()), (0, 1));
+        // Full: wait for space, then write what fits and notify.
+        assert_eq!(t.write(&[2u8; 50]).unwrap(), 10);
+        assert_eq!((waited.get(), notified.get()), (1, 2));
+        t.flush().unwrap();
+    }
+
+    #[test]
+    fn test_ring_transport_error_word_stops_it() {
+        let page = OwnedPage::new();
+        let server = ServerEnd::new(page.ring());
+        let mut t = RingTransport::new(
+            GuestEnd::new(page.ring()),
+            || Ok(()),
+            || Err(io::Error::from(io::ErrorKind::TimedOut)),
+        );
+        server.write(b"left").unwrap();
+        server.set_error(RingErrorCode::RingIdx);
+        // Bytes already there are still delivered; then the error word ends it.
+        let mut buf = [0u8; 8];
+        assert_eq!(t.read(&mut buf).unwrap(), 4);
+        for err in [t.read(&mut buf).unwrap_err(), t.write(b"x").unwrap_err()] {
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+            let inner = err.into_inner().and_then(|e| e.downcast::<Error>().ok());
+            assert!(
+                matches!(inner.as_deref(), Some(Error::RingErrorSet(2))),
+                "{inner:?}"
+            );
+        }
+        assert_eq!(
+            GuestEnd::new(page.ring()).writable().unwrap(),
+            RING_SIZE_U32
+        );
+        // Hostile indices are InvalidData carrying the typed error.
+        page.ring()
+            .store_index(crate::page::RingIndex::RspProd, 5000, Ordering::Relaxed);
+        let err = t.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let inner = err.into_inner().and_then(|e| e.downcast::<Error>().ok());
+        assert!(
+            matches!(inner.as_deref(), Some(Error::IndexOverrun { .. })),
+            "{inner:?}"
+        );
+    }
+
+    #[test]
+    fn test_describe_reply_names_the_type() {
+        assert_eq!(
+            describe_reply(&Header::new(MsgType::Read, 1, 0, 0)),
+            "XS_READ"
+        );
+        let odd = Header {
+            msg_type: 99,
+            req_id: 1,
+            tx_id: 0,
+            len: 0,
+        };
+        assert_eq!(describe_reply(&odd), "type 99");
+    }
+
+    #[test]
+    fn test_default_socket_path_follows_libxenstore() {
+        // The only test in this binary that touches these variables.
+        let saved: Vec<_> = ["XENSTORED_PATH", "XENSTORED_RUNDIR"]
+            .iter()
+            .map(|k| (*k, std::env::var_os(k)))
+            .collect();
+        std::env::remove_var("XENSTORED_PATH");
+        std::env::remove_var("XENSTORED_RUNDIR");
+        assert_eq!(
+            default_socket_path(),
+            Path::new("/var/run/xenstored/socket")
+        );
+        std::env::set_var("XENSTORED_RUNDIR", "/run/xs");
+        assert_eq!(default_socket_path(), Path::new("/run/xs/socket"));
+        std::env::set_var("XENSTORED_PATH", "/tmp/xs.sock");
+        assert_eq!(default_socket_path(), Path::new("/tmp/xs.sock"));
+        for (k, v) in saved {
+            match v {
+                Some(v) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
+        }
+    }
+
+    #[test]
+    fn test_connect_unix_reaches_the_socket() {
+        let dir = std::env::temp_dir().join(format!("xenring-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("socket");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let c = Client::connect_unix(&path).unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        assert_eq!(
+            c.get_ref().peer_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+        drop(peer);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(Client::connect_unix(&path), Err(Error::Io(_))));
+    }
+
+    /// A generous bound on every wait for the scripted server, so that a
+    /// broken reply path fails the test instead of hanging it.
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn bounded(stream: UnixStream) -> UnixStream {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+    }
+
     #[test]
     fn test_client_read_write_over_socket() {
         let (a, b) = UnixStream::pair().unwrap();
@@ -627,7 +1230,7 @@ mod tests {
             };
             vec![Message::new(ty, m.header.req_id, m.header.tx_id, payload).unwrap()]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         c.write(0, "/a", b"v").unwrap();
         assert_eq!(c.read(0, "/a").unwrap(), b"value");
         assert_eq!(c.directory(0, "/").unwrap(), vec!["a", "b"]);
@@ -641,7 +1244,7 @@ mod tests {
         let _server = serve(b, |m| {
             vec![Message::error_reply(&m.header, XsErrno::ENOENT)]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         assert!(matches!(
             c.read(0, "/nope"),
             Err(Error::Xs(XsErrno::ENOENT))
@@ -657,7 +1260,7 @@ mod tests {
                 Message::new(m.msg_type().unwrap(), m.header.req_id, 0, b"OK\0".to_vec()).unwrap();
             vec![ev, ok]
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         c.watch("/x", "tok").unwrap();
         let ev = c.next_watch_event().unwrap();
         assert_eq!(
@@ -691,7 +1294,7 @@ mod tests {
                 Some(prev) => vec![reply, prev],
             }
         });
-        let mut c = Client::new(a);
+        let mut c = Client::new(bounded(a));
         let r1 = c.submit(MsgType::Read, 0, b"/a\0").unwrap();
         let r2 = c.submit(MsgType::Read, 0, b"/b\0").unwrap();
         assert_eq!(c.wait_reply(r1).unwrap().payload, r1.to_string().as_bytes());
@@ -740,10 +1343,14 @@ mod tests {
                 }
             })
         };
+        let started = std::time::Instant::now();
         let transport = RingTransport::new(
             GuestEnd::new(page.ring()),
             || Ok(()),
             || {
+                if started.elapsed() > PATIENCE {
+                    return Err(io::Error::from(io::ErrorKind::TimedOut));
+                }
                 std::thread::yield_now();
                 Ok(())
             },

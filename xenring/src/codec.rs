@@ -255,6 +255,27 @@ mod tests {
     }
 
     #[test]
+    fn test_decoder_reports_what_is_missing() {
+        let msg = Message::new(MsgType::Write, 3, 0, b"/a\0value".to_vec()).unwrap();
+        assert_eq!(msg.wire_len(), 16 + 8);
+        let bytes = msg.to_bytes();
+        assert_eq!(bytes.len(), msg.wire_len());
+        let mut dec = Decoder::new();
+        assert_eq!(dec.payload_missing(), None);
+        let mut head = &bytes[..12];
+        assert_eq!(dec.decode(&mut head).unwrap(), None);
+        assert_eq!(dec.payload_missing(), None, "header incomplete");
+        let mut more = &bytes[12..19];
+        assert_eq!(dec.decode(&mut more).unwrap(), None);
+        assert_eq!(dec.payload_missing(), Some(5));
+        assert_eq!(dec.partial(), &bytes[..19]);
+        let mut rest = &bytes[19..];
+        assert_eq!(dec.decode(&mut rest).unwrap(), Some(msg));
+        assert_eq!(dec.payload_missing(), None);
+        assert!(dec.is_idle());
+    }
+
+    #[test]
     fn test_decoder_oversized_len_errors_at_header() {
         let mut bytes = Header::new(MsgType::Write, 1, 0, 4097).to_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 8]);

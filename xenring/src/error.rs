@@ -108,6 +108,23 @@ pub enum Error {
         /// req_id of the reply received.
         got_req_id: u32,
     },
+    /// A second reply for a request that was already answered (its first
+    /// reply is filed or was collected): the server answered it twice.
+    #[error("duplicate reply: req_id {req_id} (type {msg_type}) was already answered")]
+    DuplicateReply {
+        /// The req_id the reply carried.
+        req_id: u32,
+        /// The reply's type.
+        msg_type: u32,
+    },
+    /// A reply for a req_id this client never sent.
+    #[error("unknown reply: req_id {req_id} (type {msg_type}) was never sent")]
+    UnknownReply {
+        /// The req_id the reply carried.
+        req_id: u32,
+        /// The reply's type.
+        msg_type: u32,
+    },
     /// The transport reached end of stream in the middle of a reply.
     #[error("connection closed by the server")]
     Closed,
@@ -118,4 +135,23 @@ pub enum Error {
     #[cfg(feature = "std")]
     #[error("transport I/O failed")]
     Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_messages_name_the_queue() {
+        let e = Error::IndexOverrun {
+            queue: Queue::Request,
+            prod: 0x500,
+            cons: 0,
+        };
+        assert_eq!(
+            alloc::format!("{e}"),
+            "request ring indices are inconsistent: prod 0x500 - cons 0x0 exceeds 1024"
+        );
+        assert_eq!(alloc::format!("{}", Queue::Response), "response");
+    }
 }

@@ -547,6 +547,72 @@ mod tests {
     }
 
     #[test]
+    fn test_words_decode_and_encode_both_ways() {
+        for (raw, state) in [
+            (0, ConnectionState::Connected),
+            (1, ConnectionState::Reconnect),
+            (2, ConnectionState::Unknown(2)),
+            (u32::MAX, ConnectionState::Unknown(u32::MAX)),
+        ] {
+            assert_eq!(ConnectionState::from_raw(raw), state);
+            assert_eq!(state.to_raw(), raw);
+        }
+        for (raw, code) in [
+            (0, RingErrorCode::None),
+            (1, RingErrorCode::Comm),
+            (2, RingErrorCode::RingIdx),
+            (3, RingErrorCode::Proto),
+            (4, RingErrorCode::Other(4)),
+        ] {
+            assert_eq!(RingErrorCode::from_raw(raw), code);
+            assert_eq!(code.to_raw(), raw);
+        }
+        let page = OwnedPage::new();
+        let ring = page.ring();
+        ring.set_connection(ConnectionState::Unknown(9));
+        assert_eq!(ring.connection(), ConnectionState::Unknown(9));
+        ring.set_connection(ConnectionState::Connected);
+        assert_eq!(ring.connection(), ConnectionState::Connected);
+        ring.set_evtchn_port(0x1234_5678);
+        assert_eq!(ring.evtchn_port(), 0x1234_5678);
+    }
+
+    #[test]
+    fn test_copy_out_clips_at_ring_end_and_reads_what_was_written() {
+        let page = OwnedPage::new();
+        let ring = page.ring();
+        let data: [u8; 16] = core::array::from_fn(|i| 0x40 + u8::try_from(i).unwrap_or(0));
+        assert_eq!(ring.copy_in(Queue::Response, 1016, &data), 8);
+        assert_eq!(ring.copy_in(Queue::Response, 0, &data[8..]), 8);
+        let mut out = [0u8; 16];
+        // Index 1016 is 8 bytes before the end; 2040 masks to the same place.
+        assert_eq!(ring.copy_out(Queue::Response, 2040, &mut out), 8);
+        assert_eq!(ring.copy_out(Queue::Response, 1024, &mut out[8..]), 8);
+        assert_eq!(out, data);
+        assert_eq!(ring.copy_out(Queue::Response, 1023, &mut out), 1);
+        assert_eq!(out[0], data[7]);
+        assert_eq!(mask(1024 + 5), 5);
+        assert_eq!(mask(u32::MAX), 1023);
+    }
+
+    #[test]
+    fn test_fill_from_writes_the_page_image() {
+        let page = OwnedPage::new();
+        let mut image = [0u8; PAGE_SIZE];
+        image[0] = 0x5a;
+        image[2052..2056].copy_from_slice(&77u32.to_ne_bytes());
+        image[2076..2080].copy_from_slice(&9u32.to_ne_bytes());
+        page.fill_from(&image);
+        let ring = page.ring();
+        assert_eq!(ring.load_index(RingIndex::ReqProd, Ordering::Relaxed), 77);
+        assert_eq!(ring.evtchn_port(), 9);
+        let mut first = [0u8; 1];
+        ring.copy_out(Queue::Request, 0, &mut first);
+        assert_eq!(first, [0x5a]);
+        assert!(alloc::format!("{page:?}").starts_with("OwnedPage"));
+    }
+
+    #[test]
     fn test_unknown_words_are_kept_not_rejected() {
         assert_eq!(ConnectionState::from_raw(7), ConnectionState::Unknown(7));
         assert_eq!(RingErrorCode::from_raw(9), RingErrorCode::Other(9));

@@ -175,6 +175,28 @@ mod tests {
     }
 
     #[test]
+    fn test_perm_kind_access_and_display() {
+        let kinds = [
+            PermKind::None,
+            PermKind::Read,
+            PermKind::Write,
+            PermKind::Both,
+        ];
+        let access: [(bool, bool); 4] =
+            [(false, false), (true, false), (false, true), (true, true)];
+        for (kind, (read, write)) in kinds.into_iter().zip(access) {
+            assert_eq!(
+                (kind.can_read(), kind.can_write()),
+                (read, write),
+                "{kind:?}"
+            );
+            assert_eq!(PermKind::from_letter(kind.letter()), Some(kind));
+        }
+        assert_eq!(PermKind::from_letter(b'x'), None);
+        assert_eq!(alloc::format!("{}", Perm::new(PermKind::Write, 42)), "w42");
+    }
+
+    #[test]
     fn test_perm_list_roundtrip() {
         let perms = vec![Perm::new(PermKind::None, 0), Perm::new(PermKind::Read, 5)];
         let wire = format_perm_list(&perms);

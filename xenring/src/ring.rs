@@ -367,15 +367,69 @@ mod tests {
         assert_eq!(guest.readable().unwrap(), 0);
     }
 
+    /// `xenstore-ring.txt`: on reconnection the server resets all four
+    /// indices. A server that forgets its consumer index (`req_cons`) looks
+    /// fine until the guest sends its first request on the new connection:
+    /// then the stale consumer index is ahead of (or far from) the fresh
+    /// producer index, and the request is lost or the ring is "corrupt".
+    #[test]
+    fn test_ring_reconnect_resets_consumer_indices_new_requests_flow() {
+        let page = OwnedPage::new();
+        let ring = page.ring();
+        // Guests must not assume the indices start at zero.
+        let start = 0x8000_0123;
+        set_indices(&ring, (start, start), (start, start));
+        let guest = GuestEnd::new(ring);
+        let server = ServerEnd::new(ring);
+        server.advertise(ServerFeatures::RECONNECTION);
+
+        // Old connection: a request consumed, a reply half read, and a
+        // request half written when the guest asks to start over.
+        let mut buf = [0u8; 64];
+        assert_eq!(guest.write(b"old request").unwrap(), 11);
+        assert_eq!(server.read(&mut buf).unwrap(), 11);
+        assert_eq!(server.write(b"old reply").unwrap(), 9);
+        assert_eq!(guest.read(&mut buf[..4]).unwrap(), 4);
+        assert_eq!(guest.write(b"half").unwrap(), 4);
+        guest.request_reconnect();
+        assert!(server.reconnect_requested());
+        server.complete_reconnect();
+        assert!(guest.reconnected());
+        assert!(!server.reconnect_requested());
+
+        for index in [
+            RingIndex::ReqCons,
+            RingIndex::ReqProd,
+            RingIndex::RspCons,
+            RingIndex::RspProd,
+        ] {
+            assert_eq!(ring.load_index(index, Ordering::Relaxed), 0, "{index:?}");
+        }
+        // New connection: exactly the new bytes flow, both ways.
+        assert_eq!(server.readable().unwrap(), 0);
+        assert_eq!(guest.readable().unwrap(), 0);
+        assert_eq!(guest.write(b"new request").unwrap(), 11);
+        assert_eq!(server.readable().unwrap(), 11);
+        assert_eq!(server.read(&mut buf).unwrap(), 11);
+        assert_eq!(&buf[..11], b"new request");
+        assert_eq!(server.write(b"new reply").unwrap(), 9);
+        assert_eq!(guest.readable().unwrap(), 9);
+        assert_eq!(guest.read(&mut buf).unwrap(), 9);
+        assert_eq!(&buf[..9], b"new reply");
+        assert_eq!(guest.writable().unwrap(), RING_SIZE_U32);
+        assert_eq!(server.writable().unwrap(), RING_SIZE_U32);
+    }
+
     #[test]
     fn test_ring_advertise_never_clears_bits() {
         let page = OwnedPage::new();
         let server = ServerEnd::new(page.ring());
         server.advertise(ServerFeatures::ERROR);
         server.advertise(ServerFeatures::RECONNECTION);
-        assert_eq!(
-            page.ring().server_features(),
-            ServerFeatures::ERROR | ServerFeatures::RECONNECTION
-        );
+        // Offering a feature again keeps it.
+        server.advertise(ServerFeatures::ERROR);
+        let both = ServerFeatures::ERROR | ServerFeatures::RECONNECTION;
+        assert_eq!(page.ring().server_features(), both);
+        assert_eq!(GuestEnd::new(page.ring()).server_features(), both);
     }
 }

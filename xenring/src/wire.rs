@@ -418,6 +418,24 @@ mod tests {
     }
 
     #[test]
+    fn test_names_display_as_in_c() {
+        assert_eq!(
+            alloc::format!("{}", MsgType::DirectoryPart),
+            "XS_DIRECTORY_PART"
+        );
+        assert_eq!(alloc::format!("{}", XsErrno::ENOTEMPTY), "ENOTEMPTY");
+    }
+
+    #[test]
+    fn test_errno_values_are_linux_ones() {
+        // asm-generic/errno-base.h and errno.h.
+        let linux = [22, 13, 17, 21, 2, 12, 28, 5, 39, 38, 30, 16, 11, 106, 7, 1];
+        for (e, want) in XsErrno::ALL.iter().zip(linux) {
+            assert_eq!(e.errno(), want, "{e}");
+        }
+    }
+
+    #[test]
     fn test_header_roundtrip_host_order() {
         let h = Header::new(MsgType::Write, 7, 3, 99);
         let bytes = h.to_bytes();
