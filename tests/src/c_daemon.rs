@@ -15,15 +15,6 @@ pub fn shim_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("c-shim/xen-shim.c")
 }
 
-/// Reports that a test cannot run: prints `skipping: <reason>` and, when
-/// `XSL_REQUIRE_ALL=1` (as in CI), fails instead of passing silently.
-pub fn skip(reason: &str) {
-    println!("skipping: {reason}");
-    if std::env::var("XSL_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("XSL_REQUIRE_ALL=1 but {reason}");
-    }
-}
-
 /// Compiles the shim into `dir/xen-shim.so`. `Err` if there is no C
 /// compiler; a shim that does not compile is a bug and panics.
 pub fn build_shim(dir: &Path) -> Result<PathBuf, String> {

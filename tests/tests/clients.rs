@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use tests::{have, Daemon, Proc};
+use tests::{have, skip, test_name, Daemon, Proc};
 
 const CONTROL: &str = "/usr/lib/xen-4.17/bin/xenstore-control";
 
@@ -136,8 +136,9 @@ fn test_pyxs_client_works_unchanged() {
         .output()
         .unwrap();
     if !probe.status.success() {
-        println!(
-            "skipping: python3-pyxs is not installed (scripts/install-test-deps.sh installs it)"
+        skip(
+            &test_name(),
+            "python3-pyxs is not installed (scripts/install-test-deps.sh installs it)",
         );
         return;
     }
