@@ -139,7 +139,7 @@ fn test_daemon_forks_by_default_and_a_second_start_leaves_it_alone() {
         matches!(proc_state(pid), Some(s) if s != 'Z'),
         "daemon {pid} is not running"
     );
-    let mut xs = xenring::Client::connect_unix(rundir.join("socket")).unwrap();
+    let mut xs = tests::client(&rundir.join("socket"));
     xs.write(0, "/tool/forked", b"yes").unwrap();
 
     let (_, again) = start();
@@ -152,7 +152,8 @@ fn test_daemon_forks_by_default_and_a_second_start_leaves_it_alone() {
     );
     assert_eq!(xs.read(0, "/tool/forked").unwrap(), b"yes");
 
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let killed = Command::new("kill").arg(pid.to_string()).status().unwrap();
+    assert!(killed.success(), "kill {pid}: {killed}");
     wait_until("the daemon to stop on SIGTERM", || {
         matches!(proc_state(pid), None | Some('Z'))
     });
