@@ -22,6 +22,10 @@ $XENSTORED_RUNDIR/mock-xen.sock and $XENSTORED_RUNDIR/socket. Each guest
 writes its name and data/greeting, then waits; write 'poweroff' to its
 control/shutdown to destroy it. Exits when every guest is gone.";
 
+/// How long a guest waits for its daemon: as long as it lives (2^32 s, a
+/// bound `Instant` arithmetic takes without overflow).
+const GUEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(u32::MAX as u64);
+
 struct Args {
     hv: PathBuf,
     xenstored: PathBuf,
@@ -103,8 +107,7 @@ fn run(args: &Args) -> Result<(), String> {
         let name = format!("{}-{}", args.name, i + 1);
         threads.push(std::thread::spawn(move || -> Result<u16, String> {
             let mut guest = Guest::attach(&connector, &rec).map_err(|e| e.to_string())?;
-            // A guest waits as long as it lives.
-            guest.set_block_limit(std::time::Duration::from_secs(365 * 24 * 3600));
+            guest.set_block_limit(GUEST_LIFETIME);
             let mut c = Client::new(guest);
             c.write(0, "name", name.as_bytes())
                 .map_err(|e| e.to_string())?;

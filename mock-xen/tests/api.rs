@@ -1,0 +1,200 @@
+//! mock-xen's handles as their users see them: which descriptors they
+//! expose, which domain and slot they act for, what a dropped handle gives
+//! back to the hypervisor, event delivery and masking as the daemon's poll
+//! loop relies on them, and errors that keep their kind across the socket.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use evtchn::{EventChannel, Port};
+use gnttab::{PageMapper, GNTTAB_RESERVED_XENSTORE};
+use mock_xen::{
+    Connector, Error, Guest, MockEventChannel, MockPageMapper, ServerThread, Toolstack,
+};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Whether `fd` is readable right now (a zero-timeout poll).
+fn readable(fd: RawFd) -> bool {
+    // SAFETY: every caller passes the descriptor of a handle it holds for
+    // the whole call, so it stays open while borrowed.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).expect("poll");
+    fds[0]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+/// A guest and dom0's handle bound to its store port.
+fn bound_pair(connector: &Connector) -> (Toolstack, Guest, MockEventChannel, Port) {
+    let ts = Toolstack::open(connector).unwrap();
+    let rec = ts.create_domain().unwrap();
+    let guest = Guest::attach(connector, &rec).unwrap();
+    let mut dom0 = MockEventChannel::open(connector, 0).unwrap();
+    let port = dom0
+        .bind_interdomain(rec.info.domid, Port::new(rec.store_port))
+        .unwrap();
+    (ts, guest, dom0, port)
+}
+
+fn pending(evtchn: &mut MockEventChannel) -> Vec<Port> {
+    let mut out = Vec::new();
+    evtchn.read_pending(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn test_a_dropped_handle_gives_its_bindings_back() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let rec = ts.create_domain().unwrap();
+    let remote = Port::new(rec.store_port);
+    let mut first = MockEventChannel::open(&connector, 0).unwrap();
+    first.bind_interdomain(rec.info.domid, remote).unwrap();
+    let mut second = MockEventChannel::open(&connector, 0).unwrap();
+    assert!(
+        second.bind_interdomain(rec.info.domid, remote).is_err(),
+        "the guest's port is taken while the first handle holds it"
+    );
+    drop(first);
+    second
+        .bind_interdomain(rec.info.domid, remote)
+        .expect("the port is free again once its handle is gone");
+}
+
+#[test]
+fn test_handles_say_which_domain_slot_and_descriptors_they_use() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let recs: Vec<_> = (0..3).map(|_| ts.create_domain().unwrap()).collect();
+    let mut slots = BTreeSet::new();
+    for d in std::iter::once(0).chain(recs.iter().map(|r| r.info.domid)) {
+        let h = MockEventChannel::open(&connector, d).unwrap();
+        assert_eq!(h.conn().domid(), d);
+        slots.insert(h.conn().slot());
+        // In-process: no socket, so no handle descriptor to inherit.
+        assert_eq!(h.conn().raw_fd(), None);
+        assert_eq!(h.handle_fd(), -1);
+    }
+    assert_eq!(slots.len(), 4, "one event slot per domain: {slots:?}");
+    for r in &recs {
+        let g = Guest::attach(&connector, r).unwrap();
+        assert_eq!(g.domid(), r.info.domid);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerThread::start(dir.path().join("hv.sock")).unwrap();
+    let remote = Connector::remote(server.path());
+    let h = MockEventChannel::open(&remote, 0).unwrap();
+    let fd = h.conn().raw_fd().expect("a remote handle has a socket");
+    assert_eq!(h.handle_fd(), fd, "the handle is the socket");
+    // SAFETY: `h` holds the socket open for the whole borrow.
+    let sock = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(sock).expect("the socket is open");
+    assert_eq!(
+        stat.st_mode & nix::libc::S_IFMT,
+        nix::libc::S_IFSOCK,
+        "fd {fd} is the connection's socket"
+    );
+    assert_ne!(h.as_raw_fd(), fd, "the pollable fd is a separate eventfd");
+}
+
+#[test]
+fn test_bound_ports_lists_what_the_handle_bound() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    let mut bound = BTreeSet::new();
+    for _ in 0..2 {
+        let rec = ts.create_domain().unwrap();
+        let p = dom0
+            .bind_interdomain(rec.info.domid, Port::new(rec.store_port))
+            .unwrap();
+        bound.insert(p.get());
+    }
+    let listed: BTreeSet<u32> = dom0.bound_ports().map(|p| p.get()).collect();
+    assert_eq!(listed, bound);
+}
+
+#[test]
+fn test_the_pollable_fd_wakes_for_an_event_and_is_drained_by_reading_it() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, mut guest, mut dom0, port) = bound_pair(&connector);
+    let fd = dom0.as_raw_fd();
+    assert!(!readable(fd), "nothing happened yet");
+    guest.notify().unwrap();
+    assert!(readable(fd), "the guest's notification wakes a poller");
+    assert_eq!(pending(&mut dom0), vec![port]);
+    assert!(!readable(fd), "reading the events drains the wake-up");
+}
+
+#[test]
+fn test_an_event_is_reported_once_and_again_only_if_it_came_while_masked() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, mut guest, mut dom0, port) = bound_pair(&connector);
+    let fd = dom0.as_raw_fd();
+
+    // One notification: reported once; unmasking with nothing pending
+    // neither wakes the poller nor reports it again.
+    guest.notify().unwrap();
+    assert_eq!(pending(&mut dom0), vec![port]);
+    dom0.unmask(&[port]).unwrap();
+    assert!(!readable(fd), "no event came while masked");
+    assert_eq!(pending(&mut dom0), vec![], "reported once");
+
+    // A notification while masked: no wake-up then, one on unmask.
+    guest.notify().unwrap();
+    assert_eq!(pending(&mut dom0), vec![port]);
+    guest.notify().unwrap();
+    assert!(!readable(fd), "a masked port does not wake the poller");
+    assert_eq!(pending(&mut dom0), vec![], "masked: not reported yet");
+    dom0.unmask(&[port]).unwrap();
+    assert!(readable(fd), "unmasking re-signals the event that came");
+    assert_eq!(pending(&mut dom0), vec![port]);
+    dom0.unmask(&[port]).unwrap();
+    assert_eq!(pending(&mut dom0), vec![]);
+}
+
+#[test]
+fn test_errors_keep_their_kind_across_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerThread::start(dir.path().join("hv.sock")).unwrap();
+    let remote = Connector::remote(server.path());
+    let ts = Toolstack::open(&remote).unwrap();
+    let a = ts.create_domain().unwrap();
+    let b = ts.create_domain().unwrap();
+    let code = |e: Error| match e {
+        Error::Remote { code, message } => (code, message),
+        other => panic!("not a remote error: {other:?}"),
+    };
+    // No such domain.
+    let (gone, gone_msg) = code(ts.destroy(60000).unwrap_err());
+    // Domain a maps b's xenstore page, which b granted to dom0 only.
+    let as_a = MockPageMapper::open(&remote, a.info.domid).unwrap();
+    let err = as_a
+        .map_grant_mock(b.info.domid, GNTTAB_RESERVED_XENSTORE)
+        .unwrap_err();
+    let (denied, denied_msg) = code(err);
+    // A port dom0 never had.
+    let (port, port_msg) = code(
+        remote
+            .connect(0)
+            .unwrap()
+            .call_ok(&mock_xen::proto::Request::Unbind { port: 4000 })
+            .unwrap_err(),
+    );
+    let codes = BTreeSet::from([gone, denied, port]);
+    assert_eq!(
+        codes.len(),
+        3,
+        "distinct kinds, distinct codes: {gone_msg} / {denied_msg} / {port_msg}"
+    );
+    // Locally the same failures are the typed errors the codes stand for.
+    let local = Connector::new_local().unwrap();
+    let lts = Toolstack::open(&local).unwrap();
+    assert!(matches!(lts.destroy(60000), Err(Error::NoSuchDomain(_))));
+    assert!(
+        PageMapper::map_grant(&as_a, b.info.domid, GNTTAB_RESERVED_XENSTORE).is_err(),
+        "the gnttab interface refuses it too"
+    );
+}
