@@ -701,3 +701,23 @@ fn test_a_partial_request_is_half_a_request_with_its_whole_header() {
     assert_eq!(guest.write_partial_request("x", b"").unwrap(), 17);
     assert_eq!(dom0.end().readable().unwrap(), 17);
 }
+
+#[test]
+fn test_guest_write_to_a_full_ring_waits_its_whole_block_limit() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    assert_eq!(guest.write_raw(&[0u8; 1024]).unwrap(), 1024);
+    assert_eq!(dom0.end().readable().unwrap(), 1024);
+    let limit = Duration::from_millis(200);
+    guest.set_block_limit(limit);
+    let start = Instant::now();
+    let err = std::io::Write::write(&mut guest, b"x").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // A lower bound only: the write gave the server the time it was
+    // allowed before giving up.
+    assert!(
+        start.elapsed() >= limit,
+        "gave up after {:?}",
+        start.elapsed()
+    );
+}
