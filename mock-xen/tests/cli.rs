@@ -385,3 +385,53 @@ impl Drop for Kill {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn test_mock_xen_peer_answers_each_eventfd_ping_then_exits() {
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+    use std::os::fd::{AsFd, AsRawFd};
+    // Inherited by the peer (no close-on-exec); ours does not block.
+    let ping = EventFd::from_value_and_flags(0, EfdFlags::empty()).unwrap();
+    let pong = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap();
+    let rounds = 3u64;
+    let mut peer = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mock-xen-peer"))
+            .args([
+                "eventfd-pong",
+                &ping.as_raw_fd().to_string(),
+                &pong.as_raw_fd().to_string(),
+                &rounds.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    for round in 0..rounds {
+        ping.write(1).unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            pong.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready =
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(LIMIT).unwrap()).unwrap();
+        assert_eq!(ready, 1, "no pong for ping {round} within {LIMIT:?}");
+        assert_eq!(pong.read().unwrap(), 1, "one pong per ping");
+    }
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = peer.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the peer did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    peer.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+}
