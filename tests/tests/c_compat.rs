@@ -649,7 +649,7 @@ fn start_both(dir: &Path) -> Option<(CDaemon, Daemon, MockXen)> {
     let c = match CDaemon::start(&dir.join("c")) {
         Ok(c) => c,
         Err(why) => {
-            skip(&test_name(), &why);
+            skip(&test_name(), &why.to_string());
             return None;
         }
     };
