@@ -13,6 +13,9 @@ use mock_xen::{
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+/// Generous bound for anything we wait on: a condition, never a sleep.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether `fd` is readable right now (a zero-timeout poll).
 fn readable(fd: RawFd) -> bool {
     // SAFETY: every caller passes the descriptor of a handle it holds for
@@ -197,4 +200,56 @@ fn test_errors_keep_their_kind_across_the_socket() {
         PageMapper::map_grant(&as_a, b.info.domid, GNTTAB_RESERVED_XENSTORE).is_err(),
         "the gnttab interface refuses it too"
     );
+}
+
+#[test]
+fn test_an_event_reaches_only_its_domain_where_port_numbers_repeat() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    assert_eq!(a.store_port, b.store_port, "each guest's first port");
+    let mut guest_a = Guest::attach(&connector, &a).unwrap();
+    let mut guest_b = Guest::attach(&connector, &b).unwrap();
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    let to_a = dom0
+        .bind_interdomain(a.info.domid, Port::new(a.store_port))
+        .unwrap();
+    let to_b = dom0
+        .bind_interdomain(b.info.domid, Port::new(b.store_port))
+        .unwrap();
+    dom0.notify(to_a).unwrap();
+    assert_eq!(pending(guest_b.evtchn()), vec![], "a's event is not b's");
+    assert_eq!(pending(guest_a.evtchn()), vec![Port::new(a.store_port)]);
+    assert_eq!(pending(&mut dom0), vec![], "nor dom0's");
+    guest_b.notify().unwrap();
+    assert_eq!(pending(&mut dom0), vec![to_b]);
+    assert_eq!(pending(guest_a.evtchn()), vec![]);
+}
+
+#[test]
+fn test_events_reach_the_domain_in_the_last_slot() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let max = mock_xen::hv::MAX_DOMAINS as usize;
+    // dom0 holds slot 0; the guests take the others, the last one last.
+    let recs: Vec<_> = (1..max).map(|_| ts.create_domain().unwrap()).collect();
+    let last = recs.last().unwrap();
+    let mut guest = Guest::attach(&connector, last).unwrap();
+    assert_eq!(
+        guest.evtchn().conn().slot() as usize,
+        max - 1,
+        "the last guest has the last slot"
+    );
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    let port = dom0
+        .bind_interdomain(last.info.domid, Port::new(last.store_port))
+        .unwrap();
+    dom0.notify(port).unwrap();
+    let mut fired = Vec::new();
+    guest.evtchn().wait(Some(LIMIT), &mut fired).unwrap();
+    assert_eq!(fired, vec![Port::new(last.store_port)]);
+    guest.notify().unwrap();
+    fired.clear();
+    dom0.wait(Some(LIMIT), &mut fired).unwrap();
+    assert_eq!(fired, vec![port]);
 }
