@@ -253,3 +253,43 @@ fn test_events_reach_the_domain_in_the_last_slot() {
     dom0.wait(Some(LIMIT), &mut fired).unwrap();
     assert_eq!(fired, vec![port]);
 }
+
+#[test]
+fn test_a_guest_may_inspect_and_allocate_in_its_own_domain_only() {
+    use mock_xen::proto::{Request, Response};
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    let (da, db) = (a.info.domid, b.info.domid);
+    let as_a = connector.connect(da).unwrap();
+    let dom0 = connector.connect(0).unwrap();
+    let refused = |r: Result<_, Error>| matches!(r, Err(Error::NotPermitted { .. }));
+
+    let own = as_a.call(&Request::DomainRecord { domid: da }).unwrap().0;
+    assert!(
+        matches!(own, Response::Domain(r) if r.info.domid == da),
+        "{own:?}"
+    );
+    assert!(refused(as_a.call(&Request::DomainRecord { domid: db })));
+    let other = dom0.call(&Request::DomainRecord { domid: db }).unwrap().0;
+    assert!(
+        matches!(other, Response::Domain(r) if r.info.domid == db),
+        "{other:?}"
+    );
+
+    let own = as_a.call_port(&Request::AllocUnbound {
+        domid: da,
+        remote: 0,
+    });
+    assert!(own.is_ok(), "{own:?}");
+    assert!(refused(as_a.call(&Request::AllocUnbound {
+        domid: db,
+        remote: 0
+    })));
+    assert!(dom0
+        .call_port(&Request::AllocUnbound {
+            domid: db,
+            remote: 0
+        })
+        .is_ok());
+}
