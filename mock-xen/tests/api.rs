@@ -293,3 +293,37 @@ fn test_a_guest_may_inspect_and_allocate_in_its_own_domain_only() {
         })
         .is_ok());
 }
+
+#[test]
+fn test_a_domain_grants_its_own_frames_only_and_keeps_its_identity() {
+    use mock_xen::proto::Request;
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    let (da, db) = (a.info.domid, b.info.domid);
+    let as_a = connector.connect(da).unwrap();
+    as_a.call_ok(&Request::Grant {
+        gref: 5,
+        mfn: a.store_mfn,
+        to: db,
+    })
+    .expect("a grants its own page");
+    let err = as_a
+        .call_ok(&Request::Grant {
+            gref: 6,
+            mfn: b.store_mfn,
+            to: db,
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::BadFrame { .. }), "{err:?}");
+    let as_b = MockPageMapper::open(&connector, db).unwrap();
+    as_b.map_grant_mock(da, 5)
+        .expect("b maps what a granted it");
+    assert!(as_b.map_grant_mock(da, 6).is_err(), "the refused grant");
+
+    // A connection speaks for the domain it said hello as, for good.
+    let err = as_a.call(&Request::Hello { domid: db }).unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    as_a.call(&Request::Hello { domid: da })
+        .expect("saying hello again as itself is fine");
+}
