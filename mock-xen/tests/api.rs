@@ -327,3 +327,24 @@ fn test_a_domain_grants_its_own_frames_only_and_keeps_its_identity() {
     as_a.call(&Request::Hello { domid: da })
         .expect("saying hello again as itself is fine");
 }
+
+#[test]
+fn test_a_dying_domain_takes_no_new_connections_or_mappings() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let a = ts.create_domain().unwrap();
+    let da = a.info.domid;
+    let dom0 = MockPageMapper::open(&connector, 0).unwrap();
+    // dom0's mapping keeps the destroyed domain around, dying.
+    let _page = dom0.map_grant(da, GNTTAB_RESERVED_XENSTORE).unwrap();
+    ts.destroy(da).unwrap();
+    let listed = ts.list().unwrap();
+    assert!(
+        listed.iter().any(|d| d.domid == da && d.dying),
+        "{listed:?}"
+    );
+    let err = connector.connect(da).unwrap_err();
+    assert!(matches!(err, Error::NoSuchDomain(d) if d == da), "{err:?}");
+    assert!(Guest::attach(&connector, &a).is_err());
+    assert!(dom0.map_grant(da, GNTTAB_RESERVED_XENSTORE).is_err());
+}
