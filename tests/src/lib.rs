@@ -291,11 +291,51 @@ pub fn client(socket: &Path) -> xenring::Client<UnixStream> {
 /// Runs `program` with the environment Xen's tools use to find the daemon
 /// serving `socket` (`XENSTORED_PATH`), and returns what it printed.
 pub fn run_tool(socket: &Path, program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .env("XENSTORED_PATH", socket)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("XENSTORED_PATH", socket);
+    output_within_limit(&mut cmd, &format!("{program} {}", args.join(" ")))
+}
+
+/// Runs `cmd` to the end like [`Command::output`], but kills it and fails
+/// the test naming `what` if it has not ended within [`LIMIT`] (a tool
+/// waiting for a reply that was lost).
+pub fn output_within_limit(cmd: &mut Command, what: &str) -> std::process::Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut bytes)
+                    .expect("reading a child's output");
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader"),
+        stderr: stderr.join().expect("the stderr reader"),
+    }
 }
 
 /// Where Debian installs Xen 4.17's `xenstore-control`.

@@ -131,10 +131,10 @@ fn test_pyxs_client_works_unchanged() {
     if !have("/usr/bin/python3") {
         return;
     }
-    let probe = Command::new("/usr/bin/python3")
-        .args(["-c", "import pyxs"])
-        .output()
-        .unwrap();
+    let probe = tests::output_within_limit(
+        Command::new("/usr/bin/python3").args(["-c", "import pyxs"]),
+        "python3 -c 'import pyxs'",
+    );
     if !probe.status.success() {
         skip(
             &test_name(),
@@ -168,9 +168,9 @@ with Client(unix_socket_path=sys.argv[1]) as c:
     assert ev == (b"/py", b"tok"), ev
 print("pyxs ok")
 "#;
-    let o = Command::new("/usr/bin/python3")
-        .args(["-c", script, d.socket.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = tests::output_within_limit(
+        Command::new("/usr/bin/python3").args(["-c", script, d.socket.to_str().unwrap()]),
+        "the pyxs script",
+    );
     assert_eq!(out(&o).trim(), "pyxs ok");
 }

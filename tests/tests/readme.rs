@@ -135,10 +135,7 @@ impl Step {
 
     /// Runs it to the end; panics with its output unless it succeeded.
     fn run(&self, pwd: &Path, exported: &[(String, String)]) -> String {
-        let o = self
-            .command(pwd, exported)
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", self.text));
+        let o = tests::output_within_limit(&mut self.command(pwd, exported), &self.text);
         assert!(
             o.status.success(),
             "{}: {}\n{}{}",
