@@ -348,3 +348,54 @@ fn test_a_dying_domain_takes_no_new_connections_or_mappings() {
     assert!(Guest::attach(&connector, &a).is_err());
     assert!(dom0.map_grant(da, GNTTAB_RESERVED_XENSTORE).is_err());
 }
+
+#[test]
+fn test_mappings_name_their_frame_and_the_local_xenstore_page_is_the_ring() {
+    use gnttab::ForeignPage;
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let recs = [ts.create_domain().unwrap(), ts.create_domain().unwrap()];
+    let dom0 = MockPageMapper::open(&connector, 0).unwrap();
+    for r in &recs {
+        let m = dom0
+            .map_grant_mock(r.info.domid, GNTTAB_RESERVED_XENSTORE)
+            .unwrap();
+        assert_eq!(m.mfn(), r.store_mfn, "grant 1 is the xenstore page");
+        // The guest's own view of its xenstore page (`xsd_kva`) is that
+        // same ring, and its port is the store port.
+        let guest = MockPageMapper::open(&connector, r.info.domid).unwrap();
+        let local = guest.map_local_xenstore().unwrap();
+        assert_eq!(local.port.get(), r.store_port);
+        let msg = format!("from domain {}", r.info.domid);
+        let wrote = xenring::GuestEnd::new(local.page.ring())
+            .write(msg.as_bytes())
+            .unwrap();
+        assert_eq!(wrote, msg.len());
+        let mut buf = [0u8; 64];
+        let n = xenring::ServerEnd::new(m.ring()).read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], msg.as_bytes(), "dom0 reads what the guest wrote");
+    }
+}
+
+#[test]
+fn test_domain_info_gets_the_domain_asked_for_with_its_state() {
+    use gnttab::{DomainInfoSource, ShutdownReason};
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    ts.shutdown(b.info.domid, mock_xen::toolstack::SHUTDOWN_CRASH)
+        .unwrap();
+    let mut info = mock_xen::MockDomainInfo::open(&connector, 0).unwrap();
+    let got_a = info.get(a.info.domid).unwrap().expect("domain a");
+    assert_eq!(got_a.domid, a.info.domid);
+    assert_eq!(got_a.shutdown, None);
+    assert_eq!(got_a.unique_id, Some(a.info.unique_id));
+    let got_b = info.get(b.info.domid).unwrap().expect("domain b");
+    assert_eq!(got_b.domid, b.info.domid);
+    assert_eq!(got_b.shutdown, Some(ShutdownReason::Crash));
+    assert!(!got_b.dying);
+    assert_ne!(got_a.handle, got_b.handle, "distinct handles");
+    assert_eq!(info.get(999).unwrap(), None);
+    let all: BTreeSet<u16> = info.list().unwrap().iter().map(|d| d.domid).collect();
+    assert_eq!(all, BTreeSet::from([0, a.info.domid, b.info.domid]));
+}
