@@ -399,3 +399,23 @@ fn test_domain_info_gets_the_domain_asked_for_with_its_state() {
     let all: BTreeSet<u16> = info.list().unwrap().iter().map(|d| d.domid).collect();
     assert_eq!(all, BTreeSet::from([0, a.info.domid, b.info.domid]));
 }
+
+#[test]
+fn test_a_server_replaces_a_stale_socket_file_but_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    std::fs::write(&stale, b"left over").unwrap();
+    let server = mock_xen::Server::bind(&stale).expect("a stale file is replaced");
+    assert_eq!(server.path(), stale.as_path());
+    let meta = std::fs::metadata(&stale).unwrap();
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()),
+        "a socket now"
+    );
+    let busy = dir.path().join("a-directory");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("inside"), b"x").unwrap();
+    let err = mock_xen::Server::bind(&busy).unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "removing it failed: {err:?}");
+    assert!(busy.join("inside").exists(), "and it is left alone");
+}

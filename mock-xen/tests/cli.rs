@@ -435,3 +435,96 @@ fn test_mock_xen_peer_answers_each_eventfd_ping_then_exits() {
         .unwrap();
     assert!(status.success(), "{status}: {err}");
 }
+
+/// The parent of process `pid`, from `/proc/PID/stat`; `None` once gone.
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" {
+        return None;
+    }
+    fields.next()?.parse().ok()
+}
+
+#[test]
+fn test_a_forked_server_serves_is_found_again_and_stops_with_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hv.sock");
+    let mut peer = Kill(
+        Command::new(env!("CARGO_BIN_EXE_mock-xen-peer"))
+            .arg("fork-server")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let owner = peer.0.id();
+    let stdout = peer.0.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        lines
+            .recv_timeout(LIMIT)
+            .unwrap_or_else(|e| panic!("the peer did not say {what}: {e}"))
+    };
+    let forked = next("forked");
+    let words: Vec<&str> = forked.split_whitespace().collect();
+    let ["forked", pid, "child", "true"] = words.as_slice() else {
+        panic!("{forked}");
+    };
+    let pid: u32 = pid.parse().unwrap();
+    assert_eq!(
+        parent_pid(pid),
+        Some(owner),
+        "the server is the peer's child"
+    );
+    assert_eq!(
+        next("attached"),
+        format!("attached {pid} child true"),
+        "found again by its socket, still the peer's child"
+    );
+
+    // Anyone may attach; for us it is no child, and dropping it stops
+    // nothing.
+    let ours = mock_xen::ServerProcess::attach(&path).unwrap();
+    assert_eq!((ours.pid(), ours.is_child()), (pid, false));
+    drop(ours);
+    let connector = Connector::remote(&path);
+    let ts = Toolstack::open(&connector).expect("it still serves");
+    ts.create_domain().unwrap();
+    drop(ts);
+
+    // The owner lets go: the server is stopped, reaped, its socket gone.
+    drop(peer.0.stdin.take());
+    assert_eq!(next("stopped"), "stopped");
+    assert_eq!(parent_pid(pid), None, "the server is gone");
+    assert!(!path.exists(), "its socket is removed");
+}
+
+#[test]
+fn test_a_server_that_cannot_start_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-such-dir").join("hv.sock");
+    let o = Command::new(env!("CARGO_BIN_EXE_mock-xen-peer"))
+        .arg("fork-server")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("No such file or directory"),
+        "the server's own error comes back: {err}"
+    );
+}
