@@ -101,8 +101,9 @@ fi
 
 tier unit cargo test --workspace --lib --bins
 tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*" --examples && cargo test --workspace --doc'
-# The process tier runs the daemon and mock-xen binaries: build them first
-# (cargo test -p tests alone would not rebuild them).
+# The process tier runs the daemon and mock-xen binaries. tests::bin()
+# builds them itself (once per test process, so never a stale one);
+# building them first only shows that build's progress here.
 tier process bash -c 'cargo build --workspace --bins && cargo test -p tests --all-targets'
 tier package bash scripts/test-deb.sh
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
