@@ -15,6 +15,12 @@ pub fn shim_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("c-shim/xen-shim.c")
 }
 
+/// Reports that the running test cannot run C xenstored ([`crate::skip`]
+/// with the test's name): loud, and a failure under `XSL_REQUIRE_ALL=1`.
+pub fn skip(reason: &str) {
+    crate::skip(&crate::test_name(), reason);
+}
+
 /// Why C xenstored cannot run here (the test skips, or fails under
 /// `XSL_REQUIRE_ALL=1`).
 #[derive(Debug, thiserror::Error)]
