@@ -419,3 +419,32 @@ fn test_a_server_replaces_a_stale_socket_file_but_nothing_else() {
     assert!(matches!(err, Error::Io(_)), "removing it failed: {err:?}");
     assert!(busy.join("inside").exists(), "and it is left alone");
 }
+
+#[test]
+fn test_ports_are_bound_claimed_and_unbound_only_by_whom_they_allow() {
+    use mock_xen::proto::Request;
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    let store = Port::new(a.store_port);
+    // a's store port waits for dom0: b may not bind it, dom0 may.
+    let mut as_b = MockEventChannel::open(&connector, b.info.domid).unwrap();
+    assert!(as_b.bind_interdomain(a.info.domid, store).is_err());
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    let port = dom0.bind_interdomain(a.info.domid, store).unwrap();
+    // Another dom0 handle may not unbind what this one bound.
+    let mut other = MockEventChannel::open(&connector, 0).unwrap();
+    assert!(other.unbind(port).is_err(), "not its port");
+    dom0.unbind(port).expect("its own port");
+    // The guest's store port is claimed once.
+    let _first = Guest::attach(&connector, &a).unwrap();
+    assert!(Guest::attach(&connector, &a).is_err(), "claimed already");
+    // Event-channel requests need an event-channel handle first.
+    let plain = connector.connect(0).unwrap();
+    assert!(plain
+        .call_port(&Request::BindInterdomain {
+            remote: b.info.domid,
+            remote_port: b.store_port,
+        })
+        .is_err());
+}
