@@ -442,3 +442,26 @@ fn test_ports_are_bound_claimed_and_unbound_only_by_whom_they_allow() {
         })
         .is_err());
 }
+
+#[test]
+fn test_a_reallocated_port_starts_without_the_old_event() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (a, b) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    let mut guest_a = Guest::attach(&connector, &a).unwrap();
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    let old = dom0
+        .bind_interdomain(a.info.domid, Port::new(a.store_port))
+        .unwrap();
+    guest_a.notify().unwrap();
+    dom0.unbind(old).unwrap();
+    let new = dom0
+        .bind_interdomain(b.info.domid, Port::new(b.store_port))
+        .unwrap();
+    assert_eq!(new, old, "the number is reused");
+    assert_eq!(
+        pending(&mut dom0),
+        vec![],
+        "a's event does not reach b's port"
+    );
+}
