@@ -465,3 +465,25 @@ fn test_a_reallocated_port_starts_without_the_old_event() {
         "a's event does not reach b's port"
     );
 }
+
+#[test]
+fn test_claiming_a_port_wakes_its_owner_only_for_an_event_that_waited() {
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let (quiet, early) = (ts.create_domain().unwrap(), ts.create_domain().unwrap());
+    let mut dom0 = MockEventChannel::open(&connector, 0).unwrap();
+    dom0.bind_interdomain(quiet.info.domid, Port::new(quiet.store_port))
+        .unwrap();
+    let to_early = dom0
+        .bind_interdomain(early.info.domid, Port::new(early.store_port))
+        .unwrap();
+    // dom0 notifies before the guest kernel has claimed its port.
+    dom0.notify(to_early).unwrap();
+
+    let mut g = Guest::attach(&connector, &quiet).unwrap();
+    assert!(!readable(g.evtchn().as_raw_fd()), "nothing waited");
+    assert_eq!(pending(g.evtchn()), vec![]);
+    let mut g = Guest::attach(&connector, &early).unwrap();
+    assert!(readable(g.evtchn().as_raw_fd()), "the early event wakes it");
+    assert_eq!(pending(g.evtchn()), vec![Port::new(early.store_port)]);
+}
