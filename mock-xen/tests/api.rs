@@ -487,3 +487,36 @@ fn test_claiming_a_port_wakes_its_owner_only_for_an_event_that_waited() {
     assert!(readable(g.evtchn().as_raw_fd()), "the early event wakes it");
     assert_eq!(pending(g.evtchn()), vec![Port::new(early.store_port)]);
 }
+
+#[test]
+fn test_each_mapping_is_unmapped_once_and_the_last_one_frees_the_domain() {
+    use mock_xen::proto::{Request, Response};
+    let connector = Connector::new_local().unwrap();
+    let ts = Toolstack::open(&connector).unwrap();
+    let a = ts.create_domain().unwrap();
+    let da = a.info.domid;
+    let dom0 = connector.connect(0).unwrap();
+    let map = || match dom0
+        .call(&Request::MapGrant {
+            domid: da,
+            gref: GNTTAB_RESERVED_XENSTORE,
+        })
+        .unwrap()
+        .0
+    {
+        Response::Frame(mfn) => mfn,
+        other => panic!("{other:?}"),
+    };
+    let mfn = map();
+    assert_eq!(map(), mfn, "the same frame twice");
+    ts.destroy(da).unwrap();
+    let listed = |ts: &Toolstack| ts.list().unwrap().iter().any(|d| d.domid == da);
+    dom0.call_ok(&Request::Unmap { mfn }).unwrap();
+    assert!(listed(&ts), "one mapping left: the domain is still dying");
+    dom0.call_ok(&Request::Unmap { mfn }).unwrap();
+    assert!(!listed(&ts), "the last mapping gone: so is the domain");
+    assert!(
+        dom0.call_ok(&Request::Unmap { mfn }).is_err(),
+        "a third unmap of two mappings"
+    );
+}
