@@ -520,3 +520,17 @@ fn test_each_mapping_is_unmapped_once_and_the_last_one_frees_the_domain() {
         "a third unmap of two mappings"
     );
 }
+
+#[test]
+fn test_a_dropped_server_thread_stops_serving_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hv.sock");
+    let server = ServerThread::start(&path).unwrap();
+    Toolstack::open(&Connector::remote(&path)).expect("it serves");
+    drop(server);
+    assert!(!path.exists(), "its socket is removed");
+    assert!(
+        Toolstack::open(&Connector::remote(&path)).is_err(),
+        "nobody serves there any more"
+    );
+}
