@@ -26,6 +26,38 @@ trap 'rm -f "$LOG"' EXIT
 results=()
 failed=0
 
+# selected_tests FILE: fails (printing why) when a `cargo test` run in FILE
+# selected no test at all: a name filter that matches nothing (every test
+# "filtered out"), or test targets that lost their tests. Each run starts
+# at cargo's "Finished `test` profile" line; its unit and integration test
+# executables ("Running unittests ...", "Running tests/...") and its
+# "test result:" lines must add up to passed + failed + ignored > 0. A
+# doc-test run alone may find none (the workspace has no doc tests yet),
+# unless a filter left some out; benches without libtest print no result.
+selected_tests() {
+  awk '
+    function flush() {
+      if (inrun && total == 0 && (ran || filtered > 0)) {
+        printf "a cargo test run selected no tests (%s)\n", last
+        bad++
+      }
+      inrun = 0
+    }
+    /Finished `(test|bench)` profile/ {
+      flush(); inrun = 1; ran = 0; total = 0; filtered = 0; last = "no executable ran"; next
+    }
+    /^ *Running (unittests|tests\/)/ { ran = 1 }
+    /^ *Running |^ *Doc-tests / { last = $0; sub(/^ */, "", last) }
+    /^test result: / {
+      for (i = 1; i < NF; i++) {
+        if ($(i + 1) ~ /^(passed|failed|ignored);?$/) total += $i
+        if ($(i + 1) == "filtered") filtered += $i
+      }
+    }
+    END { flush(); exit bad > 0 }
+  ' "$1"
+}
+
 # tier NAME COMMAND...: runs COMMAND, its output also kept in $LOG to count
 # the tests it ran, and records how it ended.
 tier() {
@@ -39,6 +71,14 @@ tier() {
   rc=${PIPESTATUS[0]}
   cat "$out" >> "$LOG"
   local wall=$(($(date +%s) - start))
+  local empty
+  if [ "$rc" -eq 0 ] && ! empty=$(selected_tests "$out"); then
+    echo "$empty"
+    results+=("$(printf 'tier %-9s ran, FAILED: %s (%d s)' "$name" "$(echo "$empty" | head -1)" "$wall")")
+    failed=$((failed + 1))
+    rm -f "$out"
+    return
+  fi
   case $rc in
     0) results+=("$(printf 'tier %-9s ran, passed (%d s)' "$name" "$wall")") ;;
     77)
@@ -61,8 +101,9 @@ fi
 
 tier unit cargo test --workspace --lib --bins
 tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*" --examples && cargo test --workspace --doc'
-# The process tier runs the daemon and mock-xen binaries: build them first
-# (cargo test -p tests alone would not rebuild them).
+# The process tier runs the daemon and mock-xen binaries. tests::bin()
+# builds them itself (once per test process, so never a stale one);
+# building them first only shows that build's progress here.
 tier process bash -c 'cargo build --workspace --bins && cargo test -p tests --all-targets'
 tier package bash scripts/test-deb.sh
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
@@ -74,9 +115,15 @@ passed=$(sum passed)
 nfailed=$(sum failed)
 ignored=$(sum ignored)
 rm -f "$LOG.results"
+# Tests that could not run write "skipping: <what>: <reason>" straight to
+# stderr (tests::skip); libtest may have put "test NAME ... " before it on
+# the same line.
+mapfile -t skips < <(grep -aoE 'skipping: .*' "$LOG" | sed 's/[[:space:]]*$//' | sort -u)
 
 echo
 echo "==== summary"
 printf '%s\n' "${results[@]}"
+echo "skipped at run time: ${#skips[@]}"
+[ "${#skips[@]}" -eq 0 ] || printf '  %s\n' "${skips[@]}"
 echo "tests: $passed passed, $nfailed failed, $ignored skipped"
 [ "$failed" -eq 0 ] && [ "$nfailed" -eq 0 ]

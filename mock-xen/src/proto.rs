@@ -547,7 +547,60 @@ mod tests {
             },
         ];
         for resp in all {
-            assert_eq!(Response::decode(&resp.encode()).unwrap(), resp);
+            let bytes = resp.encode();
+            assert_eq!(Response::decode(&bytes).unwrap(), resp);
+            for cut in 0..bytes.len() {
+                // An error message may be cut anywhere after its code.
+                if !matches!(resp, Response::Error { .. }) || cut < 5 {
+                    assert!(
+                        Response::decode(&bytes[..cut]).is_err(),
+                        "{resp:?} cut at {cut}"
+                    );
+                }
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            if !matches!(resp, Response::Error { .. }) {
+                assert!(matches!(
+                    Response::decode(&longer),
+                    Err(Error::Protocol("trailing bytes"))
+                ));
+            }
         }
+    }
+
+    #[test]
+    fn test_proto_refuses_lists_over_the_limit_and_bad_booleans() {
+        let list = |tag: u8, n: usize| {
+            let mut b = vec![tag];
+            if tag == 8 {
+                b.extend_from_slice(&0u32.to_le_bytes());
+            }
+            b.extend_from_slice(&u32::try_from(n).unwrap().to_le_bytes());
+            b
+        };
+        for tag in [3, 8] {
+            assert!(matches!(
+                Response::decode(&list(tag, MAX_MESSAGE + 1)),
+                Err(Error::Protocol("list too long"))
+            ));
+            // At the limit the count is taken; the items are missing.
+            assert!(matches!(
+                Response::decode(&list(tag, MAX_MESSAGE)),
+                Err(Error::Protocol("truncated message"))
+            ));
+        }
+        let mut peer = Response::Peer {
+            slot: 1,
+            port: 2,
+            gen: 3,
+            has_fd: true,
+        }
+        .encode();
+        *peer.last_mut().unwrap() = 2;
+        assert!(matches!(
+            Response::decode(&peer),
+            Err(Error::Protocol("bad boolean"))
+        ));
     }
 }

@@ -600,3 +600,124 @@ fn test_server_process_refuses_to_fork_from_a_threaded_process() {
     }
     assert!(!path.exists());
 }
+
+#[test]
+fn test_guest_reads_and_writes_fail_once_the_server_sets_the_error_word() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    guest.set_block_limit(LIMIT);
+    dom0.end().set_error(xenring::RingErrorCode::Proto);
+    let mut buf = [0u8; 16];
+    let err = std::io::Read::read(&mut guest, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+    let err = std::io::Write::write(&mut guest, b"x").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+}
+
+#[test]
+fn test_guest_block_limit_bounds_a_read_nobody_answers() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, _dom0) = guest_and_dom0(&connector);
+    guest.set_block_limit(Duration::from_millis(100));
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let err = std::io::Read::read(&mut guest, &mut buf).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        start.elapsed() < mock_xen::guest::GUEST_BLOCK_LIMIT,
+        "the limit set, not the default, bounded the read"
+    );
+}
+
+#[test]
+fn test_guest_wait_event_consumes_and_unmasks_the_event() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, mut dom0) = guest_and_dom0(&connector);
+    for round in 0..2 {
+        dom0.evtchn.notify(dom0.port).unwrap();
+        guest.wait_event(LIMIT).unwrap();
+        assert!(
+            no_event_pending(guest.evtchn()),
+            "round {round}: the event was taken"
+        );
+    }
+}
+
+#[test]
+fn test_guest_notifies_only_when_it_frees_a_full_response_ring() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, mut dom0) = guest_and_dom0(&connector);
+    guest.set_block_limit(LIMIT);
+    let ring = xenring::page::RING_SIZE_U32 as usize;
+    assert_eq!(dom0.end().write(&vec![7u8; ring]).unwrap(), ring);
+    dom0.evtchn.notify(dom0.port).unwrap();
+    let mut buf = vec![0u8; 100];
+    assert_eq!(std::io::Read::read(&mut guest, &mut buf).unwrap(), 100);
+    // The server may be waiting for room: it is told.
+    assert_eq!(dom0.wait_event(), vec![dom0.port]);
+    let mut rest = vec![0u8; ring];
+    assert_eq!(
+        std::io::Read::read(&mut guest, &mut rest).unwrap(),
+        ring - 100
+    );
+    // Not full before this read: nobody waits for room, no notification.
+    assert!(no_event_pending(&mut dom0.evtchn));
+}
+
+#[test]
+fn test_flood_fills_the_request_ring_with_whole_requests_only() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    // 16-byte header + 47 characters + NUL: 16 requests fill 1024 bytes.
+    let path = format!("/{}", "p".repeat(46));
+    assert_eq!(guest.flood_requests(100, &path).unwrap(), 16);
+    assert_eq!(dom0.end().readable().unwrap(), 1024);
+    let mut buf = [0u8; 1024];
+    assert_eq!(dom0.end().read(&mut buf).unwrap(), 1024);
+    let mut msgs = Vec::new();
+    Decoder::new().decode_all(&buf, &mut msgs).unwrap();
+    assert_eq!(msgs.len(), 16);
+    // One byte short of a request: it is not started.
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    let long = format!("/{}", "p".repeat(100));
+    assert_eq!(guest.flood_requests(100, &long).unwrap(), 1024 / 118);
+    assert_eq!(dom0.end().readable().unwrap(), (1024 / 118) * 118);
+}
+
+#[test]
+fn test_a_partial_request_is_half_a_request_with_its_whole_header() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    // 16 + "data/x\0never finished" = 37 bytes: 18 go in.
+    assert_eq!(
+        guest
+            .write_partial_request("data/x", b"never finished")
+            .unwrap(),
+        18
+    );
+    assert_eq!(dom0.end().readable().unwrap(), 18);
+    // 16 + "x\0" = 18 bytes: half would cut the header; 17 go in.
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    assert_eq!(guest.write_partial_request("x", b"").unwrap(), 17);
+    assert_eq!(dom0.end().readable().unwrap(), 17);
+}
+
+#[test]
+fn test_guest_write_to_a_full_ring_waits_its_whole_block_limit() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, dom0) = guest_and_dom0(&connector);
+    assert_eq!(guest.write_raw(&[0u8; 1024]).unwrap(), 1024);
+    assert_eq!(dom0.end().readable().unwrap(), 1024);
+    let limit = Duration::from_millis(200);
+    guest.set_block_limit(limit);
+    let start = Instant::now();
+    let err = std::io::Write::write(&mut guest, b"x").unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // A lower bound only: the write gave the server the time it was
+    // allowed before giving up.
+    assert!(
+        start.elapsed() >= limit,
+        "gave up after {:?}",
+        start.elapsed()
+    );
+}

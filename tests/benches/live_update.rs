@@ -316,10 +316,8 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let size = if quick { QUICK } else { FULL };
-    if !quick {
-        // Benchmark the binaries of this very tree, in release.
-        tests::build_bins();
-    }
+    // The binaries of this very tree (in release under `cargo bench`):
+    // `tests::bin` builds them before the first use.
     let per_domain = domain_nodes(FIRST_DOMID).len();
     let domains = u32::try_from((size.nodes - COMMON.len()).div_ceil(per_domain)).unwrap();
 

@@ -15,27 +15,58 @@ pub fn shim_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("c-shim/xen-shim.c")
 }
 
-/// Reports that a test cannot run: prints `skipping: <reason>` and, when
-/// `XSL_REQUIRE_ALL=1` (as in CI), fails instead of passing silently.
+/// Reports that the running test cannot run C xenstored ([`crate::skip`]
+/// with the test's name): loud, and a failure under `XSL_REQUIRE_ALL=1`.
 pub fn skip(reason: &str) {
-    println!("skipping: {reason}");
-    if std::env::var("XSL_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("XSL_REQUIRE_ALL=1 but {reason}");
-    }
+    crate::skip(&crate::test_name(), reason);
+}
+
+/// Why C xenstored cannot run here (the test skips, or fails under
+/// `XSL_REQUIRE_ALL=1`).
+#[derive(Debug, thiserror::Error)]
+pub enum CDaemonUnavailable {
+    /// Debian's xen-utils-4.17 is not installed.
+    #[error(
+        "{C_XENSTORED} is not installed (scripts/install-test-deps.sh installs xen-utils-4.17)"
+    )]
+    NotInstalled,
+    /// There is no C compiler to build the shim with.
+    #[error(
+        "cannot run cc to build the xen shim: {0} (scripts/install-test-deps.sh installs gcc)"
+    )]
+    NoCompiler(#[source] std::io::Error),
+    /// Its run directory or log could not be made.
+    #[error("cannot prepare {what} for C xenstored: {source}")]
+    Setup {
+        /// The directory or file.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program did not start.
+    #[error("cannot start {C_XENSTORED}: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> CDaemonUnavailable {
+    move |source| CDaemonUnavailable::Setup { what, source }
 }
 
 /// Compiles the shim into `dir/xen-shim.so`. `Err` if there is no C
 /// compiler; a shim that does not compile is a bug and panics.
-pub fn build_shim(dir: &Path) -> Result<PathBuf, String> {
+pub fn build_shim(dir: &Path) -> Result<PathBuf, CDaemonUnavailable> {
     std::fs::create_dir_all(dir).expect("shim build directory");
     let out = dir.join("xen-shim.so");
     let o = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+        .args([
+            "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+        ])
         .arg(&out)
         .arg(shim_source())
         .arg("-ldl")
         .output()
-        .map_err(|e| format!("cannot run cc to build the xen shim: {e} (scripts/install-test-deps.sh installs gcc)"))?;
+        .map_err(CDaemonUnavailable::NoCompiler)?;
     assert!(
         o.status.success(),
         "building the xen shim failed: {}",
@@ -60,19 +91,17 @@ pub struct CDaemon {
 impl CDaemon {
     /// Starts C xenstored in the foreground with its own run directory
     /// under `dir`. `Err` says why it cannot run here (the caller skips).
-    pub fn start(dir: &Path) -> Result<Self, String> {
+    pub fn start(dir: &Path) -> Result<Self, CDaemonUnavailable> {
         if !Path::new(C_XENSTORED).exists() {
-            return Err(format!(
-                "{C_XENSTORED} is not installed (scripts/install-test-deps.sh installs xen-utils-4.17)"
-            ));
+            return Err(CDaemonUnavailable::NotInstalled);
         }
         let shim = build_shim(dir)?;
         let rundir = dir.join("c-run");
-        std::fs::create_dir_all(&rundir).map_err(|e| format!("c rundir: {e}"))?;
+        std::fs::create_dir_all(&rundir).map_err(setup("its run directory"))?;
         let socket = rundir.join("socket");
         let log = dir.join("c-xenstored.log");
-        let out = std::fs::File::create(&log).map_err(|e| format!("c log: {e}"))?;
-        let err = out.try_clone().map_err(|e| format!("c log: {e}"))?;
+        let out = std::fs::File::create(&log).map_err(setup("its log"))?;
+        let err = out.try_clone().map_err(setup("its log"))?;
         let child = Command::new(C_XENSTORED)
             .arg("--no-fork")
             .env("XENSTORED_RUNDIR", &rundir)
@@ -83,7 +112,7 @@ impl CDaemon {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("cannot start {C_XENSTORED}: {e}"))?;
+            .map_err(CDaemonUnavailable::Spawn)?;
         let mut proc = Proc { child };
         wait_until("C xenstored's socket", || {
             socket.exists() || !matches!(proc.child.try_wait(), Ok(None))

@@ -1,8 +1,11 @@
 //! Helpers for the end-to-end scenarios in `tests/tests/`: start the daemon
 //! and mock-xen as real processes, wait on conditions with generous bounds.
 
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod c_daemon;
@@ -10,40 +13,132 @@ pub mod c_daemon;
 /// How long anything may take before a test gives up (a bound, not a sleep).
 pub const LIMIT: Duration = Duration::from_secs(60);
 
-/// A workspace binary, built by `cargo test --workspace` next to the test
-/// executables (`target/<profile>/`); built on demand if missing.
+/// A workspace binary (`xenstored-lite`, `mock-xen`, `mock-xen-guest`,
+/// `mock-xen-peer`), freshly built: the first call in a test process runs
+/// `cargo build` for the daemon's and mock-xen's binaries in the profile
+/// and target directory of this executable (see [`build_bins`]), so a test
+/// never runs a binary older than the source. Later calls, from any
+/// thread, reuse that one build; a failed build fails every caller with
+/// cargo's output.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        build_bins();
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(e) = BUILT.get_or_init(build_bins) {
+        panic!("{e}");
     }
-    path
+    target_profile_dir().join(name)
 }
 
-/// Builds the workspace's binaries (`xenstored-lite`, `mock-xen`) in the
-/// profile this executable was built in (`--release` for a benchmark
-/// under `cargo bench`), so that [`bin`] finds them up to date.
-pub fn build_bins() {
+/// How many times this process has run `cargo build` for [`bin`] (1 after
+/// the first call, whatever the number of threads).
+pub fn builds_so_far() -> usize {
+    BUILDS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `target/<profile>`: where this test executable's binaries go
+/// (`target/<profile>/deps/<test>` -> `target/<profile>`).
+fn target_profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let release = exe
-        .parent()
+    exe.parent()
         .and_then(Path::parent)
-        .and_then(Path::file_name)
-        .is_some_and(|p| p == "release");
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.args(["build", "-p", "xenstored-lite", "-p", "mock-xen", "--bins"]);
-    if release {
-        cargo.arg("--release");
+        .expect("target/<profile> directory")
+        .to_path_buf()
+}
+
+/// Builds the workspace's binaries (`xenstored-lite`, `mock-xen`'s) with
+/// `cargo build` in the profile and target directory this executable was
+/// built in (`release` under `cargo bench`, `debug` under `cargo test`, a
+/// custom profile by its name). `Err` holds cargo's output when the build
+/// failed. [`bin`] calls it once per process.
+pub fn build_bins() -> Result<(), String> {
+    BUILDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = target_profile_dir();
+    let profile = match dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") => "dev".to_string(),
+        Some(p) => p.to_string(),
+        None => return Err(format!("no profile in {}", dir.display())),
+    };
+    let target_dir = dir.parent().ok_or("no target directory")?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--profile", &profile])
+        .args(["-p", "xenstored-lite", "-p", "mock-xen", "--bins"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building the binaries for the tests failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
-    let status = cargo.status().expect("cargo build");
-    assert!(status.success(), "building the binaries failed");
+}
+
+/// The environment variable that turns a skip for a missing tool or
+/// package into a failure (CI sets it on the host).
+pub const REQUIRE_ALL: &str = "XSL_REQUIRE_ALL";
+
+/// Reports that a test cannot run because a tool or package is missing:
+/// writes `skipping: <what>: <reason>` straight to the process's standard
+/// error (libtest does not capture that, so the line survives a passing
+/// run and `scripts/test.sh` lists it), and panics instead when
+/// `XSL_REQUIRE_ALL=1`. The caller returns after it.
+pub fn skip(what: &str, reason: &str) {
+    let line = skip_line(what, reason);
+    if std::env::var(REQUIRE_ALL).as_deref() == Ok("1") {
+        panic!("{REQUIRE_ALL}=1 but {}", &line["skipping: ".len()..]);
+    }
+    // Best effort: if stderr itself is gone there is no one to tell.
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(format!("{line}\n").as_bytes());
+    let _ = err.flush();
+}
+
+/// The line [`skip`] writes.
+pub fn skip_line(what: &str, reason: &str) -> String {
+    format!("skipping: {what}: {reason}")
+}
+
+/// The name of the running test (libtest names its threads after them).
+pub fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .unwrap_or("a test")
+        .to_string()
+}
+
+/// Whether `program` exists (an absolute path, or a name on `PATH`).
+pub fn installed(program: &str) -> bool {
+    if Path::new(program).is_absolute() {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
+}
+
+/// Whether a program exists; if not, the running test skips loudly
+/// ([`skip`]: a failure under `XSL_REQUIRE_ALL=1`) and should return.
+pub fn have(program: &str) -> bool {
+    let found = installed(program);
+    if !found {
+        skip(
+            &test_name(),
+            &format!("{program} is not installed (scripts/install-test-deps.sh installs it)"),
+        );
+    }
+    found
 }
 
 /// Polls `cond` until it holds or [`LIMIT`] passes.
@@ -163,9 +258,10 @@ impl Daemon {
         LiveUpdateLog::parse(&self.log_text())
     }
 
-    /// A client on its socket.
-    pub fn client(&self) -> xenring::Client<std::os::unix::net::UnixStream> {
-        xenring::Client::connect_unix(&self.socket).expect("connect to the daemon")
+    /// A client on its socket whose reads and writes fail after [`LIMIT`]
+    /// instead of hanging on a lost reply ([`client`]).
+    pub fn client(&self) -> xenring::Client<UnixStream> {
+        client(&self.socket)
     }
 
     /// Runs a command with the environment Xen's tools use to find us.
@@ -174,26 +270,72 @@ impl Daemon {
     }
 }
 
+/// A raw connection to the daemon serving `socket` whose reads and writes
+/// wait at most [`LIMIT`]: a lost reply fails the read with
+/// `WouldBlock`/`TimedOut` instead of hanging the suite.
+pub fn connect(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connecting to the daemon at {}: {e}", socket.display()));
+    s.set_read_timeout(Some(LIMIT))
+        .expect("setting a read timeout on the daemon's socket");
+    s.set_write_timeout(Some(LIMIT))
+        .expect("setting a write timeout on the daemon's socket");
+    s
+}
+
+/// A [`xenring::Client`] on `socket` with [`connect`]'s bounded waits.
+pub fn client(socket: &Path) -> xenring::Client<UnixStream> {
+    xenring::Client::new(connect(socket))
+}
+
 /// Runs `program` with the environment Xen's tools use to find the daemon
 /// serving `socket` (`XENSTORED_PATH`), and returns what it printed.
 pub fn run_tool(socket: &Path, program: &str, args: &[&str]) -> std::process::Output {
-    Command::new(program)
-        .args(args)
-        .env("XENSTORED_PATH", socket)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+    let mut cmd = Command::new(program);
+    cmd.args(args).env("XENSTORED_PATH", socket);
+    output_within_limit(&mut cmd, &format!("{program} {}", args.join(" ")))
 }
 
-/// Whether a program exists; prints why a test skips if not.
-pub fn have(program: &str) -> bool {
-    let found = Path::new(program).is_absolute() && Path::new(program).exists()
-        || std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(program).exists()))
-            .unwrap_or(false);
-    if !found {
-        println!("skipping: {program} is not installed (scripts/install-test-deps.sh installs it)");
+/// Runs `cmd` to the end like [`Command::output`], but kills it and fails
+/// the test naming `what` if it has not ended within [`LIMIT`] (a tool
+/// waiting for a reply that was lost).
+pub fn output_within_limit(cmd: &mut Command, what: &str) -> std::process::Output {
+    use std::io::Read as _;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut bytes)
+                    .expect("reading a child's output");
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("the stdout reader"),
+        stderr: stderr.join().expect("the stderr reader"),
     }
-    found
 }
 
 /// Where Debian installs Xen 4.17's `xenstore-control`.
@@ -371,6 +513,52 @@ pub fn guest_client(
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    /// Newest modification time of the `.rs` files under `dir`.
+    fn newest_source(dir: &Path) -> std::time::SystemTime {
+        let mut newest = std::time::SystemTime::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).expect("a source directory") {
+            let path = entry.expect("a directory entry").path();
+            let t = if path.is_dir() {
+                newest_source(&path)
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                path.metadata().and_then(|m| m.modified()).expect("mtime")
+            } else {
+                continue;
+            };
+            newest = newest.max(t);
+        }
+        newest
+    }
+
+    #[test]
+    fn binaries_are_built_once_per_process_and_are_not_older_than_their_source() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(|| [bin("xenstored-lite"), bin("mock-xen-guest")]))
+            .collect();
+        let paths: Vec<PathBuf> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a thread calling bin()"))
+            .collect();
+        assert_eq!(builds_so_far(), 1, "one cargo build for every caller");
+        bin("mock-xen");
+        assert_eq!(builds_so_far(), 1, "and none for later calls");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (binary, crate_dir) in [
+            (&paths[0], "xenstored-lite/src"),
+            (&paths[1], "mock-xen/src"),
+        ] {
+            let built = binary
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+            assert!(
+                built >= newest_source(&root.join(crate_dir)),
+                "{} is older than {crate_dir}",
+                binary.display()
+            );
+        }
+    }
 
     #[test]
     fn live_update_log_lines_are_read() {

@@ -8,8 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use tests::c_daemon::{skip, CDaemon};
-use tests::{Daemon, MockXen, XENSTORE_CONTROL};
+use tests::c_daemon::CDaemon;
+use tests::{have, skip, test_name, Daemon, MockXen, XENSTORE_CONTROL};
 use xenring::{Header, MsgType};
 
 /// How long a reply may take before the transcript says `<no reply>`.
@@ -649,7 +649,7 @@ fn start_both(dir: &Path) -> Option<(CDaemon, Daemon, MockXen)> {
     let c = match CDaemon::start(&dir.join("c")) {
         Ok(c) => c,
         Err(why) => {
-            skip(&why);
+            skip(&test_name(), &why.to_string());
             return None;
         }
     };
@@ -757,20 +757,12 @@ fn test_tools_print_what_they_print_against_c_xenstored() {
         "xenstore-chmod",
         "xenstore-exists",
     ];
-    let on_path = |t: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).exists()))
-    };
     for t in tools {
-        if !on_path(t) {
-            skip(&format!("{t} is not installed (xenstore-utils)"));
+        if !have(t) {
             return;
         }
     }
-    if !Path::new(XENSTORE_CONTROL).exists() {
-        skip(&format!(
-            "{XENSTORE_CONTROL} is not installed (xen-utils-4.17)"
-        ));
+    if !have(XENSTORE_CONTROL) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

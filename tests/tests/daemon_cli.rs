@@ -37,10 +37,10 @@ fn test_daemon_notifies_systemd_and_writes_pid_file() {
 
 #[test]
 fn test_daemon_help_explains_every_c_xenstored_flag() {
-    let out = Command::new(bin("xenstored-lite"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = tests::output_within_limit(
+        Command::new(bin("xenstored-lite")).arg("--help"),
+        "xenstored-lite --help",
+    );
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
@@ -74,11 +74,12 @@ fn test_daemon_bad_input_names_the_problem() {
         (&["-N", "--platform", "qemu"][..], "--platform \"qemu\""),
         (&["-N", "--platform", "linux"][..], "/dev/xen"),
     ] {
-        let out = Command::new(bin("xenstored-lite"))
-            .args(args)
-            .env("XENSTORED_RUNDIR", dir.path().join("run"))
-            .output()
-            .unwrap();
+        let out = tests::output_within_limit(
+            Command::new(bin("xenstored-lite"))
+                .args(args)
+                .env("XENSTORED_RUNDIR", dir.path().join("run")),
+            &format!("xenstored-lite {}", args.join(" ")),
+        );
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -139,7 +140,7 @@ fn test_daemon_forks_by_default_and_a_second_start_leaves_it_alone() {
         matches!(proc_state(pid), Some(s) if s != 'Z'),
         "daemon {pid} is not running"
     );
-    let mut xs = xenring::Client::connect_unix(rundir.join("socket")).unwrap();
+    let mut xs = tests::client(&rundir.join("socket"));
     xs.write(0, "/tool/forked", b"yes").unwrap();
 
     let (_, again) = start();
@@ -152,7 +153,8 @@ fn test_daemon_forks_by_default_and_a_second_start_leaves_it_alone() {
     );
     assert_eq!(xs.read(0, "/tool/forked").unwrap(), b"yes");
 
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let killed = Command::new("kill").arg(pid.to_string()).status().unwrap();
+    assert!(killed.success(), "kill {pid}: {killed}");
     wait_until("the daemon to stop on SIGTERM", || {
         matches!(proc_state(pid), None | Some('Z'))
     });

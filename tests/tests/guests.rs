@@ -5,8 +5,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use mock_xen::{DomainRecord, Guest, Toolstack};
-use tests::{create_guest, guest_client, wait_until, Daemon, MockXen};
-use xenring::{Client, Error as XsError, RingErrorCode, XsErrno};
+use tests::{create_guest, guest_client, reply_text, wait_until, Daemon, MockXen};
+use xenring::codec::Decoder;
+use xenring::{Client, Error as XsError, MsgType, RingErrorCode, XsErrno};
 
 /// The work each guest does: numbered writes read back, a watch that dom0
 /// fires, a transaction; every reply checked.
@@ -35,6 +36,16 @@ fn guest_work(c: &mut Client<Guest>, domid: u16, round: u32) {
         c.read(0, "data/tx").unwrap(),
         format!("{domid}-{round}-0").as_bytes()
     );
+}
+
+/// The number of watches the daemon holds, from its `memreport`.
+fn daemon_watches<T: std::io::Read + std::io::Write>(dom0: &mut Client<T>) -> usize {
+    let report = reply_text(&dom0.control(&["memreport"]).unwrap());
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix("watches "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no watch count in memreport: {report}"))
 }
 
 #[test]
@@ -72,7 +83,7 @@ fn test_fifty_guests_and_socket_clients_then_every_fault_mode() {
         let path = daemon.socket.clone();
         let barrier = Arc::clone(&barrier);
         sockets.push(std::thread::spawn(move || {
-            let mut c = Client::connect_unix(&path).unwrap();
+            let mut c = tests::client(&path);
             barrier.wait();
             for i in 0..200 {
                 let p = format!("/tool/client{s}/k{i}");
@@ -114,7 +125,7 @@ fn test_fifty_guests_and_socket_clients_then_every_fault_mode() {
     bad[1].send_oversized().unwrap();
     bad[2].send_garbage().unwrap();
     bad[3].flood_requests(1000, "data").unwrap(); // and never reads
-    bad[4].flood_watches(1000, "data").unwrap(); // over the watch quota
+    let flooded = bad[4].flood_watches(1000, "data").unwrap(); // over the watch quota
     bad[5].set_drop_notifications(true);
     bad[5].flood_requests(1, "/").unwrap();
     bad[6]
@@ -195,10 +206,31 @@ fn test_fifty_guests_and_socket_clients_then_every_fault_mode() {
         "OK"
     );
 
+    // The watch flood is answered in full (a reply per WATCH, OK or an
+    // error over the quota), so the daemon's watch count holds still now.
+    let mut dec = Decoder::new();
+    let mut answered = 0;
+    let mut buf = [0u8; 1024];
+    wait_until("a reply to every flooded WATCH", || {
+        let n = bad[4].end().read(&mut buf).unwrap();
+        let mut msgs = Vec::new();
+        dec.decode_all(&buf[..n], &mut msgs).unwrap();
+        answered += msgs
+            .iter()
+            .filter(|m| m.header.msg_type != MsgType::WatchEvent.raw())
+            .count();
+        if n > 0 {
+            // The daemon may be waiting for room in the response ring.
+            bad[4].notify().unwrap();
+        }
+        answered >= flooded
+    });
+    assert_eq!(answered, flooded, "one reply per request");
+
     // Phase 3: a normal guest destroyed: nodes and watches gone,
     // @releaseDomain delivered.
     let victim = records[7].info.domid;
-    let watches_before = clients.len();
+    let watches_before = daemon_watches(&mut dom0);
     drop(clients.remove(7));
     ts.destroy(victim).unwrap();
     let ev = dom0.next_watch_event().unwrap();
@@ -210,7 +242,11 @@ fn test_fifty_guests_and_socket_clients_then_every_fault_mode() {
         )
     });
     assert!(!dom0.is_domain_introduced(victim).unwrap());
-    assert!(watches_before > clients.len());
+    // Its one watch (data/watched) is gone from the daemon, and only it.
+    wait_until("the daemon to drop the destroyed guest's watch", || {
+        daemon_watches(&mut dom0) < watches_before
+    });
+    assert_eq!(daemon_watches(&mut dom0), watches_before - 1);
     let memreport = String::from_utf8(dom0.control(&["memreport"]).unwrap()).unwrap();
     assert!(
         !memreport.contains(&format!("domain {victim}:")),

@@ -88,8 +88,8 @@ fn after_update(daemon: &mut Daemon, pid: u32, restored_before: usize) {
         daemon.log_text()
     );
     // Exec'd in place: nothing serves from a child (the dry run is reaped).
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .expect("reading the daemon's child processes from /proc");
     assert_eq!(children.trim(), "", "the daemon has child processes");
 }
 
@@ -213,7 +213,8 @@ fn client_work<T: Read + Write>(c: &mut Client<T>, idx: usize, base: &str, load:
                 load.updates.load(SeqCst) > epoch || load.stop.load(SeqCst)
             });
             if load.stop.load(SeqCst) {
-                let _ = c.transaction_end(tx, false);
+                c.transaction_end(tx, false)
+                    .unwrap_or_else(|e| panic!("{tag}: aborting the open transaction: {e}"));
                 break;
             }
             // More in the transaction, now served by the new process.
@@ -547,9 +548,12 @@ fn test_broken_binary_is_refused_and_old_daemon_keeps_serving() {
         assert_refused(&mut daemon, &mut control, c_xenstored);
         w.still_there(&mut dom0, 3);
     } else {
-        println!(
-            "skipping the C xenstored case: {} is not installed",
-            c_xenstored.display()
+        tests::skip(
+            &format!("{} (the C xenstored case)", tests::test_name()),
+            &format!(
+                "{} is not installed (scripts/install-test-deps.sh installs xen-utils-4.17)",
+                c_xenstored.display()
+            ),
         );
     }
 

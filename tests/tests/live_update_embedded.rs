@@ -36,9 +36,9 @@ fn socket_client(daemon: &Daemon) -> Sock {
 /// forked by it).
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("reading the children of {pid} from /proc: {e}"))
         .split_whitespace()
-        .filter_map(|w| w.parse().ok())
+        .map(|w| w.parse().expect("a pid in /proc/PID/task/PID/children"))
         .collect()
 }
 
@@ -506,8 +506,7 @@ fn test_three_live_updates_on_the_embedded_default_under_pipelined_load() {
     }
     for s in 0..SOCKETS {
         let idx = GUESTS + s;
-        let sock = UnixStream::connect(&e.daemon.socket).unwrap();
-        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let sock = tests::connect(&e.daemon.socket);
         let load = Arc::clone(&load);
         threads.push(std::thread::spawn(move || {
             pipelined_work(sock, idx, &format!("/tool/elu/c{s}"), &load)

@@ -55,13 +55,14 @@ fn recorded_totals(log: &str) -> (u64, u64) {
 }
 
 fn replay(rec: &Path, extra: &[&str]) -> Output {
-    Command::new(bin("xenstored-lite"))
-        .arg(format!("--replay={}", rec.display()))
-        .args(extra)
-        .env_remove("XENSTORED_PATH")
-        .env_remove("XENSTORED_RUNDIR")
-        .output()
-        .unwrap()
+    tests::output_within_limit(
+        Command::new(bin("xenstored-lite"))
+            .arg(format!("--replay={}", rec.display()))
+            .args(extra)
+            .env_remove("XENSTORED_PATH")
+            .env_remove("XENSTORED_RUNDIR"),
+        "xenstored-lite --replay",
+    )
 }
 
 /// `(events, requests)` from the replay's summary line.

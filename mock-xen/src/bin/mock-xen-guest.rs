@@ -22,6 +22,10 @@ $XENSTORED_RUNDIR/mock-xen.sock and $XENSTORED_RUNDIR/socket. Each guest
 writes its name and data/greeting, then waits; write 'poweroff' to its
 control/shutdown to destroy it. Exits when every guest is gone.";
 
+/// How long a guest waits for its daemon: as long as it lives (2^32 s, a
+/// bound `Instant` arithmetic takes without overflow).
+const GUEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(u32::MAX as u64);
+
 struct Args {
     hv: PathBuf,
     xenstored: PathBuf,
@@ -29,39 +33,84 @@ struct Args {
     name: String,
 }
 
-fn parse() -> Result<Args, String> {
+/// A command line that cannot be run.
+#[derive(Debug, thiserror::Error)]
+enum UsageError {
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("--count needs a number")]
+    BadCount,
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+    #[error("{0} is required")]
+    Required(&'static str),
+}
+
+/// Why the toolstack side stopped.
+#[derive(Debug, thiserror::Error)]
+enum ToolstackError {
+    #[error("cannot reach mock-xen at {path}: {source}")]
+    Hypervisor {
+        path: String,
+        source: mock_xen::Error,
+    },
+    #[error("cannot reach the xenstore daemon at {path}: {source}")]
+    Daemon {
+        path: String,
+        source: xenring::Error,
+    },
+    #[error("creating a domain: {0}")]
+    Create(mock_xen::Error),
+    #[error("giving domain {domid} its home: {source}")]
+    Home { domid: u16, source: xenring::Error },
+    #[error("introducing domain {domid}: {source}")]
+    Introduce { domid: u16, source: xenring::Error },
+    #[error("destroying domain {domid}: {source}")]
+    Destroy { domid: u16, source: mock_xen::Error },
+}
+
+/// Why a guest's frontend stopped.
+#[derive(Debug, thiserror::Error)]
+enum GuestError {
+    #[error("domain {domid} cannot attach to its ring: {source}")]
+    Attach { domid: u16, source: mock_xen::Error },
+    #[error("domain {domid}: {source}")]
+    Xenstore { domid: u16, source: xenring::Error },
+}
+
+/// The arguments, or `None` for `--help`.
+fn parse() -> Result<Option<Args>, UsageError> {
     let mut hv = None;
     let mut xenstored = None;
     let mut count = 1;
     let mut name = "guest".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| UsageError::MissingValue(arg.clone()))
+        };
         match arg.as_str() {
             "--hv" => hv = Some(PathBuf::from(value()?)),
             "--xenstored" => xenstored = Some(PathBuf::from(value()?)),
-            "--count" => {
-                count = value()?
-                    .parse()
-                    .map_err(|_| "--count needs a number".to_string())?
-            }
+            "--count" => count = value()?.parse().map_err(|_| UsageError::BadCount)?,
             "--name" => name = value()?,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
+            "-h" | "--help" => return Ok(None),
+            other => return Err(UsageError::Unknown(other.to_string())),
         }
     }
-    Ok(Args {
-        hv: hv.ok_or("--hv is required")?,
-        xenstored: xenstored.ok_or("--xenstored is required")?,
+    Ok(Some(Args {
+        hv: hv.ok_or(UsageError::Required("--hv"))?,
+        xenstored: xenstored.ok_or(UsageError::Required("--xenstored"))?,
         count,
         name,
-    })
+    }))
 }
 
 fn main() -> ExitCode {
     let args = match parse() {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
+        Ok(Some(a)) => a,
+        Ok(None) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
@@ -79,49 +128,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args) -> Result<(), ToolstackError> {
     let connector = Connector::remote(&args.hv);
-    let ts = Toolstack::open(&connector)
-        .map_err(|e| format!("cannot reach mock-xen at {}: {e}", args.hv.display()))?;
-    let mut xs = Client::connect_unix(&args.xenstored).map_err(|e| {
-        format!(
-            "cannot reach the xenstore daemon at {}: {e}",
-            args.xenstored.display()
-        )
+    let ts = Toolstack::open(&connector).map_err(|source| ToolstackError::Hypervisor {
+        path: args.hv.display().to_string(),
+        source,
     })?;
+    let mut xs =
+        Client::connect_unix(&args.xenstored).map_err(|source| ToolstackError::Daemon {
+            path: args.xenstored.display().to_string(),
+            source,
+        })?;
     let mut threads = Vec::new();
     for i in 0..args.count {
-        let rec = ts.create_domain().map_err(|e| e.to_string())?;
+        let rec = ts.create_domain().map_err(ToolstackError::Create)?;
         let d = rec.info.domid;
         let home = format!("/local/domain/{d}");
-        xs.mkdir(0, &home).map_err(|e| e.to_string())?;
+        let home_err = |source| ToolstackError::Home { domid: d, source };
+        xs.mkdir(0, &home).map_err(home_err)?;
         xs.set_perms(0, &home, &[Perm::new(PermKind::None, d)])
-            .map_err(|e| e.to_string())?;
+            .map_err(home_err)?;
         ts.introduce(&mut xs, &rec)
-            .map_err(|e| format!("introducing domain {d}: {e}"))?;
+            .map_err(|source| ToolstackError::Introduce { domid: d, source })?;
         let connector = connector.clone();
         let name = format!("{}-{}", args.name, i + 1);
-        threads.push(std::thread::spawn(move || -> Result<u16, String> {
-            let mut guest = Guest::attach(&connector, &rec).map_err(|e| e.to_string())?;
-            // A guest waits as long as it lives.
-            guest.set_block_limit(std::time::Duration::from_secs(365 * 24 * 3600));
+        threads.push(std::thread::spawn(move || -> Result<u16, GuestError> {
+            let xs_err = |source| GuestError::Xenstore { domid: d, source };
+            let mut guest = Guest::attach(&connector, &rec)
+                .map_err(|source| GuestError::Attach { domid: d, source })?;
+            guest.set_block_limit(GUEST_LIFETIME);
             let mut c = Client::new(guest);
-            c.write(0, "name", name.as_bytes())
-                .map_err(|e| e.to_string())?;
+            c.write(0, "name", name.as_bytes()).map_err(xs_err)?;
             c.write(
                 0,
                 "data/greeting",
                 format!("hello from domain {d}").as_bytes(),
             )
-            .map_err(|e| e.to_string())?;
-            c.write(0, "control/shutdown", b"")
-                .map_err(|e| e.to_string())?;
-            c.watch("control/shutdown", "shutdown")
-                .map_err(|e| e.to_string())?;
+            .map_err(xs_err)?;
+            c.write(0, "control/shutdown", b"").map_err(xs_err)?;
+            c.watch("control/shutdown", "shutdown").map_err(xs_err)?;
             println!("domain {d} ({name}) is up: see xenstore-ls /local/domain/{d}");
             loop {
-                c.next_watch_event().map_err(|e| e.to_string())?;
-                if c.read(0, "control/shutdown").map_err(|e| e.to_string())? == b"poweroff" {
+                c.next_watch_event().map_err(xs_err)?;
+                if c.read(0, "control/shutdown").map_err(xs_err)? == b"poweroff" {
                     return Ok(d);
                 }
             }
@@ -130,7 +179,8 @@ fn run(args: &Args) -> Result<(), String> {
     for t in threads {
         match t.join() {
             Ok(Ok(d)) => {
-                ts.destroy(d).map_err(|e| e.to_string())?;
+                ts.destroy(d)
+                    .map_err(|source| ToolstackError::Destroy { domid: d, source })?;
                 println!("domain {d} powered off and destroyed");
             }
             Ok(Err(e)) => eprintln!("mock-xen-guest: a guest stopped: {e}"),

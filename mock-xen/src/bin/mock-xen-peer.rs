@@ -13,6 +13,11 @@
 //!   (prints `event PORT`) and exits 0.
 //! * `eventfd-pong RX TX COUNT`: the plain eventfd ping-pong partner: waits
 //!   on inherited eventfd RX and answers on TX, COUNT times.
+//! * `fork-server SOCKET`: forks a mock-xen server on SOCKET as the daemon's
+//!   embedded mode does (`ServerProcess::fork`, from this single-threaded
+//!   process), prints `forked PID child BOOL`, attaches to it as after an
+//!   exec and prints `attached PID child BOOL`, then waits for its standard
+//!   input to close, stops the server by dropping it and prints `stopped`.
 
 use std::io::Write;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -31,7 +36,10 @@ fn main() -> ExitCode {
         Some("exec-adopt") => exec_adopt(&args[2..]),
         Some("adopted") => adopted(&args[2..]),
         Some("eventfd-pong") => eventfd_pong(&args[2..]),
-        _ => Err("usage: mock-xen-peer echo-dom0|exec-adopt|eventfd-pong ...".to_string()),
+        Some("fork-server") => fork_server(&args[2..]),
+        _ => Err(
+            "usage: mock-xen-peer echo-dom0|exec-adopt|eventfd-pong|fork-server ...".to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,4 +184,26 @@ fn eventfd_pong(args: &[String]) -> Result<(), String> {
         nix::unistd::write(tx, &1u64.to_ne_bytes()).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+fn fork_server(args: &[String]) -> Result<(), String> {
+    let socket: String = arg(args, 0, "socket")?;
+    let server = mock_xen::ServerProcess::fork(&socket).map_err(|e| e.to_string())?;
+    say(&format!(
+        "forked {} child {}",
+        server.pid(),
+        server.is_child()
+    ))?;
+    let again = mock_xen::ServerProcess::attach(&socket).map_err(|e| e.to_string())?;
+    say(&format!(
+        "attached {} child {}",
+        again.pid(),
+        again.is_child()
+    ))?;
+    // Only one of the two stops the server: the one that forked it.
+    std::mem::forget(again);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest).map_err(|e| e.to_string())?;
+    drop(server);
+    say("stopped")
 }
