@@ -46,6 +46,8 @@ pub mod sys;
 
 #[cfg(test)]
 mod cprobe;
+#[cfg(test)]
+mod testskip;
 
 pub use linux::{LinuxEventChannel, EVTCHN_DEVICE};
 

@@ -166,7 +166,11 @@ mod tests {
         let theirs = match cprobe::probe("xen/evtchn.h", &exprs) {
             Ok(values) => values,
             Err(reason) => {
-                println!("skipping: {reason}");
+                crate::testskip::skip(
+                    crate::testskip::Missing::Tool,
+                    "test_ioctl_numbers_kernel_header_match",
+                    &reason,
+                );
                 return;
             }
         };
@@ -207,7 +211,11 @@ mod tests {
         let theirs = match cprobe::probe("xen/evtchn.h", &exprs) {
             Ok(values) => values,
             Err(reason) => {
-                println!("skipping: {reason}");
+                crate::testskip::skip(
+                    crate::testskip::Missing::Tool,
+                    "test_struct_sizes_kernel_header_match",
+                    &reason,
+                );
                 return;
             }
         };

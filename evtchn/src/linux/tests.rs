@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 
+use crate::testskip::{skip, Missing};
+
 thread_local! {
     /// (request, argument bytes) of every ioctl issued on this thread.
     static CALLS: RefCell<Vec<(u32, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
@@ -229,9 +231,10 @@ fn test_adopt_other_fd_rejected_typed_error() {
 
 // ---- Tests on the real device: skipped where there is no Xen. ----
 
-fn real() -> Option<LinuxEventChannel> {
+/// The real device, or `None` after [`skip`] when there is none.
+fn real(test: &str) -> Option<LinuxEventChannel> {
     if !Path::new(EVTCHN_DEVICE).exists() {
-        println!("skipping: {EVTCHN_DEVICE} absent");
+        skip(Missing::Xen, test, &format!("{EVTCHN_DEVICE} absent"));
         return None;
     }
     Some(LinuxEventChannel::open().expect("open the real device"))
@@ -253,12 +256,18 @@ fn wait_for(chan: &mut LinuxEventChannel, port: Port) -> bool {
 
 #[test]
 fn test_real_bind_virq_dom_exc_returns_port() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_bind_virq_dom_exc_returns_port") else {
+        return;
+    };
     let port = match chan.bind_virq(crate::VIRQ_DOM_EXC) {
         Ok(port) => port,
         // A global VIRQ has one binder per domain: a running xenstored holds it.
         Err(Error::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-            println!("skipping: VIRQ_DOM_EXC is already bound in dom0 (a xenstored runs)");
+            skip(
+                Missing::Xen,
+                "test_real_bind_virq_dom_exc_returns_port",
+                "VIRQ_DOM_EXC is already bound in dom0 (a xenstored runs)",
+            );
             return;
         }
         Err(e) => panic!("bind VIRQ_DOM_EXC: {e:?}"),
@@ -269,15 +278,23 @@ fn test_real_bind_virq_dom_exc_returns_port() {
 
 #[test]
 fn test_real_unbind_unknown_port_ioctl_error() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_unbind_unknown_port_ioctl_error") else {
+        return;
+    };
     let err = chan.unbind(Port::new(0)).expect_err("port 0 is never ours");
     assert!(matches!(err, Error::Ioctl { op: "unbind", .. }), "{err:?}");
 }
 
 #[test]
 fn test_real_loopback_notify_delivers_then_masks_until_unmask() {
-    let Some(mut server) = real() else { return };
-    let Some(mut client) = real() else { return };
+    let Some(mut server) = real("test_real_loopback_notify_delivers_then_masks_until_unmask")
+    else {
+        return;
+    };
+    let Some(mut client) = real("test_real_loopback_notify_delivers_then_masks_until_unmask")
+    else {
+        return;
+    };
     // Two handles of dom0 itself: one allocates, the other binds to it, as a
     // guest would bind to a port dom0 offers.
     let offered = server.bind_unbound(0).expect("bind_unbound(dom0)");
@@ -309,6 +326,8 @@ fn test_real_loopback_notify_delivers_then_masks_until_unmask() {
 
 const EXEC_FD_VAR: &str = "EVTCHN_TEST_EXEC_FD";
 const EXEC_PORTS_VAR: &str = "EVTCHN_TEST_EXEC_PORTS";
+/// What the child prints once the inherited pair worked.
+const CHILD_DONE: &str = "child: adopted the inherited handle:";
 
 /// Child side of the exec test; a no-op as an ordinary test.
 #[test]
@@ -326,19 +345,23 @@ fn test_real_exec_child_adopts_handle_ports_still_bound() {
     chan.notify(bound)
         .expect("notify through the inherited handle");
     assert!(wait_for(&mut chan, offered), "inherited loopback pair dead");
-    println!("child: adopted fd {fd}; ports {offered},{bound} still bound");
+    println!("{CHILD_DONE} fd {fd}; ports {offered},{bound} still bound");
 }
 
 #[test]
 fn test_real_exec_inherited_handle_keeps_ports_bound() {
     if !Path::new(EVTCHN_DEVICE).exists() {
-        println!("skipping: {EVTCHN_DEVICE} absent");
+        skip(
+            Missing::Xen,
+            "test_real_exec_inherited_handle_keeps_ports_bound",
+            &format!("{EVTCHN_DEVICE} absent"),
+        );
         return;
     }
     let mut chan = LinuxEventChannel::open_inheritable().expect("open");
     let offered = chan.bind_unbound(0).expect("bind_unbound");
     let bound = chan.bind_interdomain(0, offered).expect("bind_interdomain");
-    let status = Command::new(std::env::current_exe().expect("current_exe"))
+    let out = Command::new(std::env::current_exe().expect("current_exe"))
         .args([
             "linux::tests::test_real_exec_child_adopts_handle_ports_still_bound",
             "--exact",
@@ -347,9 +370,20 @@ fn test_real_exec_inherited_handle_keeps_ports_bound() {
         ])
         .env(EXEC_FD_VAR, chan.as_raw_fd().to_string())
         .env(EXEC_PORTS_VAR, format!("{offered},{bound}"))
-        .status()
+        .output()
         .expect("spawn self");
-    assert!(status.success(), "child failed: {status}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A name that selects no test passes too: the child must have run.
+    assert!(
+        stdout.contains("running 1 test") && stdout.contains(CHILD_DONE),
+        "the child test did not run:\n{stdout}"
+    );
 }
 
 /// `(domid, store port)` of a running guest, from the environment the
@@ -369,9 +403,15 @@ fn guest_env(prefix: &str) -> Option<(DomId, Port)> {
 
 #[test]
 fn test_real_guest_store_port_held_by_xenstored_bind_rejected() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_guest_store_port_held_by_xenstored_bind_rejected") else {
+        return;
+    };
     let Some((domid, port)) = guest_env("XENQEMU_GUEST") else {
-        println!("skipping: XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_PORT unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_store_port_held_by_xenstored_bind_rejected",
+            "XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_PORT unset",
+        );
         return;
     };
     // C xenstored already bound the guest's store port: a second
@@ -401,9 +441,15 @@ fn test_real_guest_store_port_held_by_xenstored_bind_rejected() {
 
 #[test]
 fn test_real_guest_store_port_free_bind_interdomain_succeeds() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_guest_store_port_free_bind_interdomain_succeeds") else {
+        return;
+    };
     let Some((domid, port)) = guest_env("XENQEMU_FREE_GUEST") else {
-        println!("skipping: XENQEMU_FREE_GUEST_DOMID/XENQEMU_FREE_GUEST_STORE_PORT unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_store_port_free_bind_interdomain_succeeds",
+            "XENQEMU_FREE_GUEST_DOMID/XENQEMU_FREE_GUEST_STORE_PORT unset",
+        );
         return;
     };
     // xenstored exited, so Xen put the guest's end back to "unbound, for

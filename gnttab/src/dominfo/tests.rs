@@ -1,4 +1,5 @@
 use super::*;
+use crate::testskip::{skip, Missing};
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -207,9 +208,10 @@ fn test_open_absent_privcmd_error_names_device() {
 
 // ---- On real Xen (dom0). ----
 
-fn real() -> Option<PrivcmdDomainInfo> {
+/// The real privcmd device, or `None` after [`skip`] when there is none.
+fn real(test: &str) -> Option<PrivcmdDomainInfo> {
     if !Path::new("/dev/xen/privcmd").exists() {
-        println!("skipping: /dev/xen/privcmd absent");
+        skip(Missing::Xen, test, "/dev/xen/privcmd absent");
         return None;
     }
     Some(PrivcmdDomainInfo::open().expect("open privcmd"))
@@ -217,7 +219,9 @@ fn real() -> Option<PrivcmdDomainInfo> {
 
 #[test]
 fn test_real_list_contains_dom0() {
-    let Some(mut src) = real() else { return };
+    let Some(mut src) = real("test_real_list_contains_dom0") else {
+        return;
+    };
     println!(
         "hypervisor version {:?}",
         src.xen_version().expect("xen_version")
@@ -264,12 +268,18 @@ fn destroy_domain(src: &PrivcmdDomainInfo, domid: DomId) {
 fn test_real_guest_lifecycle_seen_through_virq_dom_exc() {
     use evtchn::EventChannel as _;
     use std::time::{Duration, Instant};
-    let Some(mut src) = real() else { return };
+    let Some(mut src) = real("test_real_guest_lifecycle_seen_through_virq_dom_exc") else {
+        return;
+    };
     let Some(domid) = std::env::var("XENQEMU_LIFECYCLE_DOMID")
         .ok()
         .and_then(|d| d.parse::<DomId>().ok())
     else {
-        println!("skipping: XENQEMU_LIFECYCLE_DOMID unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_lifecycle_seen_through_virq_dom_exc",
+            "XENQEMU_LIFECYCLE_DOMID unset",
+        );
         return;
     };
     let mut chan = evtchn::LinuxEventChannel::open().expect("open evtchn");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testskip::{skip, Missing};
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -261,10 +262,11 @@ fn test_map_local_xenstore_port_absent_read_error() {
 
 // ---- On real Xen (dom0): skipped elsewhere. ----
 
-fn real() -> Option<LinuxPageMapper> {
+/// The real devices, or `None` after [`skip`] when one is absent.
+fn real(test: &str) -> Option<LinuxPageMapper> {
     for dev in ["/dev/xen/gntdev", "/dev/xen/privcmd"] {
         if !Path::new(dev).exists() {
-            println!("skipping: {dev} absent");
+            skip(Missing::Xen, test, &format!("{dev} absent"));
             return None;
         }
     }
@@ -273,9 +275,15 @@ fn real() -> Option<LinuxPageMapper> {
 
 #[test]
 fn test_real_map_local_xenstore_reads_indices() {
-    let Some(mapper) = real() else { return };
+    let Some(mapper) = real("test_real_map_local_xenstore_reads_indices") else {
+        return;
+    };
     if !Path::new("/proc/xen/xsd_port").exists() {
-        println!("skipping: /proc/xen/xsd_port absent");
+        skip(
+            Missing::Xen,
+            "test_real_map_local_xenstore_reads_indices",
+            "/proc/xen/xsd_port absent",
+        );
         return;
     }
     let local = mapper
@@ -310,9 +318,15 @@ fn guest() -> Option<(DomId, u64)> {
 
 #[test]
 fn test_real_guest_grant_and_mfn_map_same_page() {
-    let Some(mapper) = real() else { return };
+    let Some(mapper) = real("test_real_guest_grant_and_mfn_map_same_page") else {
+        return;
+    };
     let Some((domid, mfn)) = guest() else {
-        println!("skipping: no guest (XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_MFN unset)");
+        skip(
+            Missing::Xen,
+            "test_real_guest_grant_and_mfn_map_same_page",
+            "no guest (XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_MFN unset)",
+        );
         return;
     };
     let by_grant = mapper
