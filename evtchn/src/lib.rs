@@ -256,6 +256,13 @@ mod tests {
     }
 
     #[test]
+    fn test_port_raw_value_round_trips() {
+        let raw: xen_sys::evtchn_port_t = Port::new(70_000).into();
+        assert_eq!(raw, 70_000);
+        assert_eq!(Port::from(raw), Port::new(70_000));
+    }
+
+    #[test]
     fn test_virq_dom_exc_value_is_three() {
         assert_eq!(VIRQ_DOM_EXC, 3);
     }

@@ -153,6 +153,106 @@ fn test_read_pending_partial_port_short_read_error() {
     assert!(matches!(err, Error::ShortRead { completed: 6 }), "{err:?}");
 }
 
+/// A backend whose "device" is one end of a non-blocking `SOCK_SEQPACKET`
+/// pair: each read returns one packet the other end sent, cut to the
+/// buffer's size, so the size of the buffer and where the reads stop show.
+fn fake_packets() -> (LinuxEventChannel, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two new descriptors into the array it gets.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (ours, kernel) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let chan = LinuxEventChannel {
+        fd: ours,
+        ioctl: fake_ioctl,
+    };
+    (chan, kernel)
+}
+
+fn send_packet(kernel: &OwnedFd, bytes: &[u8]) {
+    let n = nix::unistd::write(kernel, bytes).expect("send packet");
+    assert_eq!(n, bytes.len());
+}
+
+#[test]
+fn test_read_pending_full_batch_read_in_one_buffer() {
+    // One read of READ_BATCH ports, as the device gives when that many are
+    // pending: all of them must come back (a smaller buffer loses the rest).
+    let (mut chan, kernel) = fake_packets();
+    let many: Vec<u32> = (0..u32::try_from(READ_BATCH).expect("fits")).collect();
+    send_packet(&kernel, &words(&many));
+    let mut out = Vec::new();
+    chan.read_pending(&mut out).expect("read");
+    assert_eq!(out.len(), READ_BATCH);
+    assert_eq!(out.last(), Some(&Port::new(many[READ_BATCH - 1])));
+}
+
+#[test]
+fn test_read_pending_short_read_means_drained_no_second_read() {
+    // A read shorter than the buffer means nothing more was pending; what
+    // comes later (here a malformed packet) is for the next call.
+    let (mut chan, kernel) = fake_packets();
+    send_packet(&kernel, &words(&[5, 6]));
+    send_packet(&kernel, &[1, 2, 3]);
+    let mut out = Vec::new();
+    chan.read_pending(&mut out)
+        .expect("the first read ends the call");
+    assert_eq!(out, vec![Port::new(5), Port::new(6)]);
+    let err = chan
+        .read_pending(&mut out)
+        .expect_err("the next call reads it");
+    assert!(matches!(err, Error::ShortRead { completed: 3 }), "{err:?}");
+}
+
+#[test]
+fn test_unmask_partial_write_short_write_error() {
+    // A pipe with one free page takes 4096 of the 8192 bytes of a
+    // non-blocking write: the rest of the ports stay masked, say so.
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let flags = OFlag::from_bits_retain(fcntl(&w, FcntlArg::F_GETFL).expect("getfl"));
+    fcntl(&w, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).expect("setfl");
+    let page = [0u8; 4096];
+    while nix::unistd::write(&w, &page).is_ok() {}
+    let mut got = [0u8; 4096];
+    assert_eq!(nix::unistd::read(&r, &mut got).expect("free a page"), 4096);
+    let mut chan = LinuxEventChannel {
+        fd: w,
+        ioctl: fake_ioctl,
+    };
+    let ports: Vec<Port> = (0..2048).map(Port::new).collect();
+    let err = chan.unmask(&ports).expect_err("short write");
+    assert!(
+        matches!(
+            err,
+            Error::ShortWrite {
+                expected: 8192,
+                completed: 4096
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn test_handle_fd_and_as_raw_fd_are_the_device_fd() {
+    let (ours, _kernel) = UnixStream::pair().expect("socketpair");
+    let raw = ours.as_raw_fd();
+    let chan = LinuxEventChannel {
+        fd: OwnedFd::from(ours),
+        ioctl: fake_ioctl,
+    };
+    assert_eq!(chan.as_raw_fd(), raw);
+    assert_eq!(chan.handle_fd(), raw, "a live update must pass this fd on");
+}
+
 #[test]
 fn test_unmask_ports_written_as_native_u32s() {
     let (mut chan, kernel) = fake(Ok(0));
@@ -216,6 +316,47 @@ fn test_adopt_same_char_device_accepted_nonblocking() {
         .expect("adopt");
     let flags = OFlag::from_bits_retain(fcntl(&chan.fd, FcntlArg::F_GETFL).expect("getfl"));
     assert!(flags.contains(OFlag::O_NONBLOCK));
+}
+
+#[test]
+fn test_adopt_nonblocking_fd_stays_nonblocking() {
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/null")
+        .expect("open /dev/null");
+    let chan = LinuxEventChannel::adopt_checked(OwnedFd::from(file), Path::new("/dev/null"))
+        .expect("adopt");
+    let flags = OFlag::from_bits_retain(fcntl(&chan.fd, FcntlArg::F_GETFL).expect("getfl"));
+    assert!(flags.contains(OFlag::O_NONBLOCK));
+}
+
+#[test]
+fn test_adopt_char_device_other_than_device_file_rejected() {
+    // The fd is a character device, the path a regular file.
+    let dir = std::env::temp_dir().join(format!("evtchn-adopt-{}", std::process::id()));
+    std::fs::write(&dir, b"").expect("write a regular file");
+    let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let err = LinuxEventChannel::adopt_checked(OwnedFd::from(file), &dir);
+    let _ = std::fs::remove_file(&dir);
+    assert!(
+        matches!(err, Err(Error::NotEventChannelDevice { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn test_adopt_regular_files_same_rdev_rejected() {
+    // Neither is a character device, though both have device number 0.
+    let path = std::env::temp_dir().join(format!("evtchn-adopt-reg-{}", std::process::id()));
+    std::fs::write(&path, b"").expect("write a regular file");
+    let file = std::fs::File::open(&path).expect("open it");
+    let err = LinuxEventChannel::adopt_checked(OwnedFd::from(file), &path);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        matches!(err, Err(Error::NotEventChannelDevice { .. })),
+        "{err:?}"
+    );
 }
 
 #[test]
