@@ -59,7 +59,7 @@ for scenario in $SCENARIOS; do
   echo "==== $scenario: booting Xen 4.17 + dom0 in QEMU ===="
   start=$(date +%s)
   set +e
-  bash "$RUN_VM" -q -t 480 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
+  bash "$RUN_VM" -q -t 900 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
   rc=$?
   set -e
   wall=$(( $(date +%s) - start ))
