@@ -259,6 +259,9 @@ fn test_unmask_ports_written_as_native_u32s() {
     chan.unmask(&[Port::new(3), Port::new(70000)])
         .expect("unmask");
     chan.unmask(&[]).expect("empty unmask");
+    // The write is done when unmask returns: nothing to wait for (and a
+    // backend that wrote nothing fails here instead of blocking).
+    kernel.set_nonblocking(true).expect("nonblocking");
     let mut got = [0u8; 8];
     std::io::Read::read_exact(&mut &kernel, &mut got).expect("read unmask");
     assert_eq!(got.to_vec(), words(&[3, 70000]));
