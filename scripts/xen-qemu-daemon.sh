@@ -65,7 +65,7 @@ for scenario in $SCENARIOS; do
   wall=$(( $(date +%s) - start ))
   [ -z "${XENQEMU_KEEP_LOGS:-}" ] || { mkdir -p "$XENQEMU_KEEP_LOGS"; cp "$log" "$XENQEMU_KEEP_LOGS/"; }
   if [ "$rc" -eq 0 ] && grep -aq "$marker" "$log"; then
-    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' 
+    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' -e '^  tx| '
     echo "==== $scenario: PASS in $wall s ===="
     passed=$((passed + 1))
   else
