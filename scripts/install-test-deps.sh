@@ -12,7 +12,9 @@ set -euo pipefail
 # also brings C xenstored, which tests/tests/c_compat.rs runs under the
 # shim to compare its replies with ours.
 # man-db: scripts/test-deb.sh checks that the package's man page renders.
-PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17 man-db)
+# libxen-dev: Xen 4.17's public headers in /usr/include/xen, against which
+# gnttab's domain-info layout test checks our sysctl/domctl mirrors.
+PACKAGES=(gcc linux-libc-dev xenstore-utils python3-pyxs xen-utils-4.17 man-db libxen-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -59,13 +59,13 @@ for scenario in $SCENARIOS; do
   echo "==== $scenario: booting Xen 4.17 + dom0 in QEMU ===="
   start=$(date +%s)
   set +e
-  bash "$RUN_VM" -q -t 480 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
+  bash "$RUN_VM" -q -t 900 -d "$WORK/files" -g "$WORK/guest" -l "$log" "$IMAGE" "$cmd"
   rc=$?
   set -e
   wall=$(( $(date +%s) - start ))
   [ -z "${XENQEMU_KEEP_LOGS:-}" ] || { mkdir -p "$XENQEMU_KEEP_LOGS"; cp "$log" "$XENQEMU_KEEP_LOGS/"; }
   if [ "$rc" -eq 0 ] && grep -aq "$marker" "$log"; then
-    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' 
+    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' -e '^  tx| '
     echo "==== $scenario: PASS in $wall s ===="
     passed=$((passed + 1))
   else

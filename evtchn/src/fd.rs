@@ -92,6 +92,25 @@ mod tests {
     }
 
     #[test]
+    fn test_set_cloexec_twice_stays_set_and_cleared() {
+        let (r, _w) = pipe_with_payload();
+        for _ in 0..2 {
+            set_cloexec(r.as_fd(), true).expect("set cloexec");
+            assert!(
+                is_cloexec(r.as_fd()).expect("query"),
+                "setting it again keeps it"
+            );
+        }
+        for _ in 0..2 {
+            set_cloexec(r.as_fd(), false).expect("clear cloexec");
+            assert!(
+                !is_cloexec(r.as_fd()).expect("query"),
+                "clearing it again keeps it clear"
+            );
+        }
+    }
+
+    #[test]
     fn test_set_cloexec_set_fd_closed_by_exec() {
         let (r, w) = pipe_with_payload();
         drop(w);

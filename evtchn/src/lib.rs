@@ -46,6 +46,8 @@ pub mod sys;
 
 #[cfg(test)]
 mod cprobe;
+#[cfg(test)]
+mod testskip;
 
 pub use linux::{LinuxEventChannel, EVTCHN_DEVICE};
 
@@ -251,6 +253,13 @@ mod tests {
     fn test_port_display_is_bare_number() {
         assert_eq!(Port::new(42).to_string(), "42");
         assert_eq!(format!("{:?}", Port::new(42)), "Port(42)");
+    }
+
+    #[test]
+    fn test_port_raw_value_round_trips() {
+        let raw: xen_sys::evtchn_port_t = Port::new(70_000).into();
+        assert_eq!(raw, 70_000);
+        assert_eq!(Port::from(raw), Port::new(70_000));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub mod sys;
 #[cfg(test)]
 #[path = "../../evtchn/src/cprobe.rs"]
 mod cprobe;
+#[cfg(test)]
+#[path = "../../evtchn/src/testskip.rs"]
+mod testskip;
 
 pub use dominfo::{DomainInfo, DomainInfoSource, PrivcmdDomainInfo, ShutdownReason};
 pub use linux::{DevicePaths, LinuxPageMapper};

@@ -161,7 +161,65 @@ destroy_guest() {
   D=""
 }
 
-# stop_guest_loop: the loop ends on data/fromdom0=stop and reports.
+# guest_transactions DOMID: the guest's transactions in the daemon's access
+# log ($ACCESS_LOG, lines "TIME conn C domid D TYPE tx T PATH -> RESULT").
+# Xen's xenstore-write and xenstore-read run several keys in a transaction
+# and, when its end gets EAGAIN, silently start it again: the guest's loop
+# cannot see that, the log can. Prints every EAGAIN the guest got and the
+# TRANSACTION_START of the retry after it, and on the last line
+# "STARTS ENDS LOOP_OK EAGAIN RETRIES LOOP_BAD": the guest's transaction
+# starts and ends, its loop transactions (those touching data/loop/) that
+# committed, its EAGAIN replies, its retries, and loop transactions that
+# ended other than committed.
+guest_transactions() {
+  awk -v d="$1" '
+    $4 == "domid" && $5 == d {
+      c = $3; ty = $6; tx = $8
+      r = $0; sub(/^.* -> /, "", r)
+      p = (NF >= 11) ? $9 : ""
+      if (r ~ /EAGAIN/) { eagain++; retry[c] = 1; print "EAGAIN: " $0 }
+      if (ty == "XS_TRANSACTION_START") {
+        starts++
+        if (retry[c]) { retries++; retry[c] = 0; print "RETRY:  " $0 }
+      } else if (ty == "XS_TRANSACTION_END") {
+        ends++
+        if ((c " " tx) in loop) {
+          if (r == "OK" && p == "T") ok++; else { bad++; print "LOOP TRANSACTION NOT COMMITTED: " $0 }
+          delete loop[c " " tx]
+        }
+      } else if (tx != 0 && p ~ /^data\/loop\//) loop[c " " tx] = 1
+    }
+    END { printf "%d %d %d %d %d %d\n", starts, ends, ok, eagain, retries, bad }
+  ' "$ACCESS_LOG"
+}
+
+# check_guest_transactions ITERATIONS [BEFORE]: the daemon committed each of
+# the loop's 2 transactions per iteration at the first try: no EAGAIN, no
+# retry, every transaction the guest started ended. BEFORE: iterations done
+# before the access log began (C xenstored served them, see c-to-lite.sh);
+# without it the log covers the whole loop and the count is exact.
+check_guest_transactions() {
+  tx_n=$1 tx_before=${2:-}
+  guest_transactions "$D" > /tmp/tx.out || fail "cannot read the access log $ACCESS_LOG"
+  sed '$d' /tmp/tx.out | sed 's/^/  tx| /'
+  set -- $(tail -1 /tmp/tx.out)
+  starts=$1 ends=$2 ok=$3 eagain=$4 retries=$5 bad=$6
+  xq_log "guest $D's transactions in the access log: $starts started, $ends ended, $ok loop transactions committed (loop: $tx_n iterations${tx_before:+, $tx_before of them before the log began}), $eagain EAGAIN, $retries retries, $bad loop transactions not committed"
+  [ "$eagain" = 0 ] && [ "$retries" = 0 ] && [ "$bad" = 0 ] \
+    || fail "the daemon answered the guest EAGAIN $eagain times (retries $retries, loop transactions not committed $bad)"
+  [ "$starts" = "$ends" ] || fail "the guest started $starts transactions and ended $ends"
+  if [ -z "$tx_before" ]; then
+    [ "$ok" = $((2 * tx_n)) ] || fail "$ok loop transactions committed for $tx_n iterations, not $((2 * tx_n))"
+  else
+    # The iteration running at the hand-over may have had its write
+    # transaction committed by C, before the log began.
+    [ "$ok" -ge $((2 * (tx_n - tx_before) - 1)) ] && [ "$ok" -le $((2 * tx_n)) ] \
+      || fail "$ok loop transactions committed for $((tx_n - tx_before)) or $((tx_n - tx_before + 1)) iterations in the log"
+  fi
+}
+
+# stop_guest_loop [BEFORE]: the loop ends on data/fromdom0=stop and
+# reports; then its transactions are checked (check_guest_transactions).
 stop_guest_loop() {
   t xenstore-write /local/domain/$D/data/fromdom0 stop || fail "dom0 cannot write data/fromdom0"
   wait_for 60 "the guest's loop did not report data/done" \
@@ -170,6 +228,7 @@ stop_guest_loop() {
   xq_log "guest loop done: iterations and errors = $done"
   [ "${done#* }" = 0 ] || fail "the guest's loop counted errors: $done"
   e=$(guest_errors) && fail "the guest's loop saw errors: $e"
+  check_guest_transactions "${done% *}" "$@"
 }
 
 # finish MARKER: the guest's console, the daemon's log checked for

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 
+use crate::testskip::{skip, Missing};
+
 thread_local! {
     /// (request, argument bytes) of every ioctl issued on this thread.
     static CALLS: RefCell<Vec<(u32, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
@@ -151,12 +153,115 @@ fn test_read_pending_partial_port_short_read_error() {
     assert!(matches!(err, Error::ShortRead { completed: 6 }), "{err:?}");
 }
 
+/// A backend whose "device" is one end of a non-blocking `SOCK_SEQPACKET`
+/// pair: each read returns one packet the other end sent, cut to the
+/// buffer's size, so the size of the buffer and where the reads stop show.
+fn fake_packets() -> (LinuxEventChannel, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two new descriptors into the array it gets.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (ours, kernel) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let chan = LinuxEventChannel {
+        fd: ours,
+        ioctl: fake_ioctl,
+    };
+    (chan, kernel)
+}
+
+fn send_packet(kernel: &OwnedFd, bytes: &[u8]) {
+    let n = nix::unistd::write(kernel, bytes).expect("send packet");
+    assert_eq!(n, bytes.len());
+}
+
+#[test]
+fn test_read_pending_full_batch_read_in_one_buffer() {
+    // One read of READ_BATCH ports, as the device gives when that many are
+    // pending: all of them must come back (a smaller buffer loses the rest).
+    let (mut chan, kernel) = fake_packets();
+    let many: Vec<u32> = (0..u32::try_from(READ_BATCH).expect("fits")).collect();
+    send_packet(&kernel, &words(&many));
+    let mut out = Vec::new();
+    chan.read_pending(&mut out).expect("read");
+    assert_eq!(out.len(), READ_BATCH);
+    assert_eq!(out.last(), Some(&Port::new(many[READ_BATCH - 1])));
+}
+
+#[test]
+fn test_read_pending_short_read_means_drained_no_second_read() {
+    // A read shorter than the buffer means nothing more was pending; what
+    // comes later (here a malformed packet) is for the next call.
+    let (mut chan, kernel) = fake_packets();
+    send_packet(&kernel, &words(&[5, 6]));
+    send_packet(&kernel, &[1, 2, 3]);
+    let mut out = Vec::new();
+    chan.read_pending(&mut out)
+        .expect("the first read ends the call");
+    assert_eq!(out, vec![Port::new(5), Port::new(6)]);
+    let err = chan
+        .read_pending(&mut out)
+        .expect_err("the next call reads it");
+    assert!(matches!(err, Error::ShortRead { completed: 3 }), "{err:?}");
+}
+
+#[test]
+fn test_unmask_partial_write_short_write_error() {
+    // A pipe with one free page takes 4096 of the 8192 bytes of a
+    // non-blocking write: the rest of the ports stay masked, say so.
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    let flags = OFlag::from_bits_retain(fcntl(&w, FcntlArg::F_GETFL).expect("getfl"));
+    fcntl(&w, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).expect("setfl");
+    let page = [0u8; 4096];
+    while nix::unistd::write(&w, &page).is_ok() {}
+    let mut got = [0u8; 4096];
+    assert_eq!(nix::unistd::read(&r, &mut got).expect("free a page"), 4096);
+    let mut chan = LinuxEventChannel {
+        fd: w,
+        ioctl: fake_ioctl,
+    };
+    let ports: Vec<Port> = (0..2048).map(Port::new).collect();
+    let err = chan.unmask(&ports).expect_err("short write");
+    assert!(
+        matches!(
+            err,
+            Error::ShortWrite {
+                expected: 8192,
+                completed: 4096
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn test_handle_fd_and_as_raw_fd_are_the_device_fd() {
+    let (ours, _kernel) = UnixStream::pair().expect("socketpair");
+    let raw = ours.as_raw_fd();
+    let chan = LinuxEventChannel {
+        fd: OwnedFd::from(ours),
+        ioctl: fake_ioctl,
+    };
+    assert_eq!(chan.as_raw_fd(), raw);
+    assert_eq!(chan.handle_fd(), raw, "a live update must pass this fd on");
+}
+
 #[test]
 fn test_unmask_ports_written_as_native_u32s() {
     let (mut chan, kernel) = fake(Ok(0));
     chan.unmask(&[Port::new(3), Port::new(70000)])
         .expect("unmask");
     chan.unmask(&[]).expect("empty unmask");
+    // The write is done when unmask returns: nothing to wait for (and a
+    // backend that wrote nothing fails here instead of blocking).
+    kernel.set_nonblocking(true).expect("nonblocking");
     let mut got = [0u8; 8];
     std::io::Read::read_exact(&mut &kernel, &mut got).expect("read unmask");
     assert_eq!(got.to_vec(), words(&[3, 70000]));
@@ -217,6 +322,47 @@ fn test_adopt_same_char_device_accepted_nonblocking() {
 }
 
 #[test]
+fn test_adopt_nonblocking_fd_stays_nonblocking() {
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/null")
+        .expect("open /dev/null");
+    let chan = LinuxEventChannel::adopt_checked(OwnedFd::from(file), Path::new("/dev/null"))
+        .expect("adopt");
+    let flags = OFlag::from_bits_retain(fcntl(&chan.fd, FcntlArg::F_GETFL).expect("getfl"));
+    assert!(flags.contains(OFlag::O_NONBLOCK));
+}
+
+#[test]
+fn test_adopt_char_device_other_than_device_file_rejected() {
+    // The fd is a character device, the path a regular file.
+    let dir = std::env::temp_dir().join(format!("evtchn-adopt-{}", std::process::id()));
+    std::fs::write(&dir, b"").expect("write a regular file");
+    let file = std::fs::File::open("/dev/null").expect("open /dev/null");
+    let err = LinuxEventChannel::adopt_checked(OwnedFd::from(file), &dir);
+    let _ = std::fs::remove_file(&dir);
+    assert!(
+        matches!(err, Err(Error::NotEventChannelDevice { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn test_adopt_regular_files_same_rdev_rejected() {
+    // Neither is a character device, though both have device number 0.
+    let path = std::env::temp_dir().join(format!("evtchn-adopt-reg-{}", std::process::id()));
+    std::fs::write(&path, b"").expect("write a regular file");
+    let file = std::fs::File::open(&path).expect("open it");
+    let err = LinuxEventChannel::adopt_checked(OwnedFd::from(file), &path);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        matches!(err, Err(Error::NotEventChannelDevice { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn test_adopt_other_fd_rejected_typed_error() {
     let (a, _b) = UnixStream::pair().expect("socketpair");
     let err = LinuxEventChannel::adopt_checked(OwnedFd::from(a), Path::new("/dev/null"))
@@ -229,9 +375,10 @@ fn test_adopt_other_fd_rejected_typed_error() {
 
 // ---- Tests on the real device: skipped where there is no Xen. ----
 
-fn real() -> Option<LinuxEventChannel> {
+/// The real device, or `None` after [`skip`] when there is none.
+fn real(test: &str) -> Option<LinuxEventChannel> {
     if !Path::new(EVTCHN_DEVICE).exists() {
-        println!("skipping: {EVTCHN_DEVICE} absent");
+        skip(Missing::Xen, test, &format!("{EVTCHN_DEVICE} absent"));
         return None;
     }
     Some(LinuxEventChannel::open().expect("open the real device"))
@@ -253,12 +400,18 @@ fn wait_for(chan: &mut LinuxEventChannel, port: Port) -> bool {
 
 #[test]
 fn test_real_bind_virq_dom_exc_returns_port() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_bind_virq_dom_exc_returns_port") else {
+        return;
+    };
     let port = match chan.bind_virq(crate::VIRQ_DOM_EXC) {
         Ok(port) => port,
         // A global VIRQ has one binder per domain: a running xenstored holds it.
         Err(Error::Ioctl { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
-            println!("skipping: VIRQ_DOM_EXC is already bound in dom0 (a xenstored runs)");
+            skip(
+                Missing::Xen,
+                "test_real_bind_virq_dom_exc_returns_port",
+                "VIRQ_DOM_EXC is already bound in dom0 (a xenstored runs)",
+            );
             return;
         }
         Err(e) => panic!("bind VIRQ_DOM_EXC: {e:?}"),
@@ -269,15 +422,23 @@ fn test_real_bind_virq_dom_exc_returns_port() {
 
 #[test]
 fn test_real_unbind_unknown_port_ioctl_error() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_unbind_unknown_port_ioctl_error") else {
+        return;
+    };
     let err = chan.unbind(Port::new(0)).expect_err("port 0 is never ours");
     assert!(matches!(err, Error::Ioctl { op: "unbind", .. }), "{err:?}");
 }
 
 #[test]
 fn test_real_loopback_notify_delivers_then_masks_until_unmask() {
-    let Some(mut server) = real() else { return };
-    let Some(mut client) = real() else { return };
+    let Some(mut server) = real("test_real_loopback_notify_delivers_then_masks_until_unmask")
+    else {
+        return;
+    };
+    let Some(mut client) = real("test_real_loopback_notify_delivers_then_masks_until_unmask")
+    else {
+        return;
+    };
     // Two handles of dom0 itself: one allocates, the other binds to it, as a
     // guest would bind to a port dom0 offers.
     let offered = server.bind_unbound(0).expect("bind_unbound(dom0)");
@@ -309,6 +470,8 @@ fn test_real_loopback_notify_delivers_then_masks_until_unmask() {
 
 const EXEC_FD_VAR: &str = "EVTCHN_TEST_EXEC_FD";
 const EXEC_PORTS_VAR: &str = "EVTCHN_TEST_EXEC_PORTS";
+/// What the child prints once the inherited pair worked.
+const CHILD_DONE: &str = "child: adopted the inherited handle:";
 
 /// Child side of the exec test; a no-op as an ordinary test.
 #[test]
@@ -326,19 +489,23 @@ fn test_real_exec_child_adopts_handle_ports_still_bound() {
     chan.notify(bound)
         .expect("notify through the inherited handle");
     assert!(wait_for(&mut chan, offered), "inherited loopback pair dead");
-    println!("child: adopted fd {fd}; ports {offered},{bound} still bound");
+    println!("{CHILD_DONE} fd {fd}; ports {offered},{bound} still bound");
 }
 
 #[test]
 fn test_real_exec_inherited_handle_keeps_ports_bound() {
     if !Path::new(EVTCHN_DEVICE).exists() {
-        println!("skipping: {EVTCHN_DEVICE} absent");
+        skip(
+            Missing::Xen,
+            "test_real_exec_inherited_handle_keeps_ports_bound",
+            &format!("{EVTCHN_DEVICE} absent"),
+        );
         return;
     }
     let mut chan = LinuxEventChannel::open_inheritable().expect("open");
     let offered = chan.bind_unbound(0).expect("bind_unbound");
     let bound = chan.bind_interdomain(0, offered).expect("bind_interdomain");
-    let status = Command::new(std::env::current_exe().expect("current_exe"))
+    let out = Command::new(std::env::current_exe().expect("current_exe"))
         .args([
             "linux::tests::test_real_exec_child_adopts_handle_ports_still_bound",
             "--exact",
@@ -347,9 +514,20 @@ fn test_real_exec_inherited_handle_keeps_ports_bound() {
         ])
         .env(EXEC_FD_VAR, chan.as_raw_fd().to_string())
         .env(EXEC_PORTS_VAR, format!("{offered},{bound}"))
-        .status()
+        .output()
         .expect("spawn self");
-    assert!(status.success(), "child failed: {status}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A name that selects no test passes too: the child must have run.
+    assert!(
+        stdout.contains("running 1 test") && stdout.contains(CHILD_DONE),
+        "the child test did not run:\n{stdout}"
+    );
 }
 
 /// `(domid, store port)` of a running guest, from the environment the
@@ -369,9 +547,15 @@ fn guest_env(prefix: &str) -> Option<(DomId, Port)> {
 
 #[test]
 fn test_real_guest_store_port_held_by_xenstored_bind_rejected() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_guest_store_port_held_by_xenstored_bind_rejected") else {
+        return;
+    };
     let Some((domid, port)) = guest_env("XENQEMU_GUEST") else {
-        println!("skipping: XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_PORT unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_store_port_held_by_xenstored_bind_rejected",
+            "XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_PORT unset",
+        );
         return;
     };
     // C xenstored already bound the guest's store port: a second
@@ -401,9 +585,15 @@ fn test_real_guest_store_port_held_by_xenstored_bind_rejected() {
 
 #[test]
 fn test_real_guest_store_port_free_bind_interdomain_succeeds() {
-    let Some(mut chan) = real() else { return };
+    let Some(mut chan) = real("test_real_guest_store_port_free_bind_interdomain_succeeds") else {
+        return;
+    };
     let Some((domid, port)) = guest_env("XENQEMU_FREE_GUEST") else {
-        println!("skipping: XENQEMU_FREE_GUEST_DOMID/XENQEMU_FREE_GUEST_STORE_PORT unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_store_port_free_bind_interdomain_succeeds",
+            "XENQEMU_FREE_GUEST_DOMID/XENQEMU_FREE_GUEST_STORE_PORT unset",
+        );
         return;
     };
     // xenstored exited, so Xen put the guest's end back to "unbound, for

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testskip::{skip, Missing};
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -13,6 +14,9 @@ thread_local! {
     static SEEN: RefCell<Vec<(u32, u16, u32)>> = const { RefCell::new(Vec::new()) };
     /// Lie about the count returned.
     static OVERCOUNT: Cell<bool> = const { Cell::new(false) };
+    /// Ignore first_domain: answer every call from the lowest domid, as a
+    /// broken hypervisor would (from the third call on, fail with EIO).
+    static STALE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Plays Xen: answers sysctl getdomaininfolist and xen_version.
@@ -39,11 +43,16 @@ unsafe fn fake_hypervisor(_fd: RawFd, request: u32, arg: *mut c_void) -> io::Res
             if let Some(errno) = FAIL.with(Cell::get) {
                 return Err(io::Error::from_raw_os_error(errno));
             }
+            let stale = STALE.with(Cell::get);
+            if stale && SEEN.with(|s| s.borrow().len()) > 2 {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            let from = if stale { 0 } else { req.first_domain };
             let records = req.buffer as *mut sys::XenDomctlGetdomaininfo;
             let chosen: Vec<_> = DOMAINS.with(|d| {
                 d.borrow()
                     .iter()
-                    .filter(|x| x.domain >= req.first_domain)
+                    .filter(|x| x.domain >= from)
                     .take(req.max_domains as usize)
                     .copied()
                     .collect()
@@ -75,6 +84,7 @@ fn source(domains: Vec<sys::XenDomctlGetdomaininfo>) -> PrivcmdDomainInfo {
     DOMAINS.with(|d| *d.borrow_mut() = domains);
     FAIL.with(|f| f.set(None));
     OVERCOUNT.with(|o| o.set(false));
+    STALE.with(|o| o.set(false));
     SEEN.with(|s| s.borrow_mut().clear());
     let mut file = tempfile::tempfile().expect("tempfile");
     file.write_all(&[0; 16]).expect("fill");
@@ -102,13 +112,110 @@ fn test_list_decodes_flags_and_handle() {
     assert!(!list[2].dying);
     assert_eq!(list[2].unique_id, None);
     assert_eq!(
-        SEEN.with(|s| s.borrow()[0]),
-        (
+        SEEN.with(|s| s.borrow().clone()),
+        vec![(
             sys::XEN_SYSCTL_INTERFACE_VERSION,
             0,
             u32::try_from(LIST_CAPACITY).expect("small")
-        )
+        )],
+        "one sysctl: a batch shorter than asked for is the end of the list"
     );
+}
+
+#[test]
+fn test_list_capacity_fills_the_list_pages() {
+    // As many records as the pages after the sysctl's own page hold.
+    let record = std::mem::size_of::<sys::XenDomctlGetdomaininfo>();
+    assert!(LIST_CAPACITY * record <= LIST_PAGES * PAGE_SIZE);
+    assert!((LIST_CAPACITY + 1) * record > LIST_PAGES * PAGE_SIZE);
+}
+
+#[test]
+fn test_list_hypervisor_repeats_batch_stops() {
+    // A full batch, then the same one again though we asked for the
+    // domains after it: nonsense, so stop instead of asking forever.
+    let many: Vec<_> = (0..=u16::try_from(LIST_CAPACITY).expect("small"))
+        .map(|d| domain(d, 0, 0))
+        .collect();
+    let mut src = source(many);
+    STALE.with(|s| s.set(true));
+    let list = src.list().expect("list stops after the repeated batch");
+    assert_eq!(list.len(), LIST_CAPACITY);
+    assert_eq!(SEEN.with(|s| s.borrow().len()), 2);
+}
+
+#[test]
+fn test_list_full_batch_up_to_last_domid_stops() {
+    // A full batch ending at the last ordinary domid: nothing can follow.
+    let last = sys::DOMID_FIRST_RESERVED - 1;
+    let cap = u16::try_from(LIST_CAPACITY).expect("small");
+    let many: Vec<_> = (last + 1 - cap..=last).map(|d| domain(d, 0, 0)).collect();
+    let mut src = source(many);
+    let list = src.list().expect("list");
+    assert_eq!(list.len(), LIST_CAPACITY);
+    assert_eq!(
+        SEEN.with(|s| s.borrow().len()),
+        1,
+        "no sysctl past the last domid"
+    );
+}
+
+#[test]
+fn test_list_full_batch_ending_at_domid_max_no_overflow() {
+    // Records claiming the highest domid: stop, never step past u16::MAX.
+    let cap = u16::try_from(LIST_CAPACITY).expect("small");
+    let many: Vec<_> = (u16::MAX - (cap - 1)..=u16::MAX)
+        .map(|d| domain(d, 0, 0))
+        .collect();
+    let mut src = source(many);
+    assert_eq!(src.list().expect("list").len(), LIST_CAPACITY);
+    assert_eq!(SEEN.with(|s| s.borrow().len()), 1);
+}
+
+#[test]
+fn test_debug_names_buffer_and_device() {
+    let src = source(vec![]);
+    let text = format!("{src:?}");
+    assert!(text.contains("HypercallBuffer"), "{text}");
+    assert!(
+        text.contains(&format!("len: {}", (1 + LIST_PAGES) * PAGE_SIZE)),
+        "{text}"
+    );
+    assert!(text.contains("fake-privcmd"), "{text}");
+    assert_eq!(src.device_path(), Path::new("fake-privcmd"));
+}
+
+#[test]
+fn test_open_paths_buffer_holds_sysctl_page_and_records() {
+    // No hypercall device: anonymous locked memory instead.
+    let src =
+        PrivcmdDomainInfo::open_paths(Path::new("/dev/null"), Path::new("/nonexistent/hypercall"))
+            .expect("open");
+    let record = std::mem::size_of::<sys::XenDomctlGetdomaininfo>();
+    assert!(
+        src.buf.len >= PAGE_SIZE + LIST_CAPACITY * record,
+        "{:?}",
+        src.buf
+    );
+    assert_eq!(src.device_path(), Path::new("/dev/null"));
+}
+
+/// Whether `/proc/self/maps` has a mapping of exactly `[start, start + len)`.
+fn mapped(start: usize, len: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let range = format!("{start:x}-{:x} ", start + len);
+    maps.lines().any(|l| l.starts_with(&range))
+}
+
+#[test]
+fn test_hypercall_buffer_drop_unmaps() {
+    // An odd size, so that no other mapping is likely to match it.
+    let len = 7 * PAGE_SIZE;
+    let buf = HypercallBuffer::anonymous(NonZeroUsize::new(len).expect("nonzero")).expect("map");
+    let start = buf.ptr.as_ptr() as usize;
+    assert!(mapped(start, len), "mapped while alive");
+    drop(buf);
+    assert!(!mapped(start, len), "unmapped once dropped");
 }
 
 #[test]
@@ -207,9 +314,10 @@ fn test_open_absent_privcmd_error_names_device() {
 
 // ---- On real Xen (dom0). ----
 
-fn real() -> Option<PrivcmdDomainInfo> {
+/// The real privcmd device, or `None` after [`skip`] when there is none.
+fn real(test: &str) -> Option<PrivcmdDomainInfo> {
     if !Path::new("/dev/xen/privcmd").exists() {
-        println!("skipping: /dev/xen/privcmd absent");
+        skip(Missing::Xen, test, "/dev/xen/privcmd absent");
         return None;
     }
     Some(PrivcmdDomainInfo::open().expect("open privcmd"))
@@ -217,7 +325,9 @@ fn real() -> Option<PrivcmdDomainInfo> {
 
 #[test]
 fn test_real_list_contains_dom0() {
-    let Some(mut src) = real() else { return };
+    let Some(mut src) = real("test_real_list_contains_dom0") else {
+        return;
+    };
     println!(
         "hypervisor version {:?}",
         src.xen_version().expect("xen_version")
@@ -264,12 +374,18 @@ fn destroy_domain(src: &PrivcmdDomainInfo, domid: DomId) {
 fn test_real_guest_lifecycle_seen_through_virq_dom_exc() {
     use evtchn::EventChannel as _;
     use std::time::{Duration, Instant};
-    let Some(mut src) = real() else { return };
+    let Some(mut src) = real("test_real_guest_lifecycle_seen_through_virq_dom_exc") else {
+        return;
+    };
     let Some(domid) = std::env::var("XENQEMU_LIFECYCLE_DOMID")
         .ok()
         .and_then(|d| d.parse::<DomId>().ok())
     else {
-        println!("skipping: XENQEMU_LIFECYCLE_DOMID unset");
+        skip(
+            Missing::Xen,
+            "test_real_guest_lifecycle_seen_through_virq_dom_exc",
+            "XENQEMU_LIFECYCLE_DOMID unset",
+        );
         return;
     };
     let mut chan = evtchn::LinuxEventChannel::open().expect("open evtchn");

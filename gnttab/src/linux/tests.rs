@@ -1,4 +1,5 @@
 use super::*;
+use crate::testskip::{skip, Missing};
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -174,6 +175,70 @@ fn test_map_foreign_paged_out_enoent_typed_error() {
 }
 
 #[test]
+fn test_map_foreign_ioctl_fails_other_errno_ioctl_error() {
+    // Only ENOENT with a per-page code is the frame's fault; any other
+    // failure of the call is the call's, whatever the per-page code says.
+    for (errno, batch_err) in [(libc::EINVAL, -libc::EINVAL), (libc::ENOENT, 0)] {
+        let mapper = fake_mapper();
+        reset(Err(errno), 0, batch_err);
+        let err = mapper.map_foreign(9, 0x42).expect_err("must fail");
+        match &err {
+            Error::Ioctl {
+                op: "IOCTL_PRIVCMD_MMAPBATCH_V2",
+                source,
+            } => assert_eq!(source.raw_os_error(), Some(errno)),
+            other => panic!("errno {errno}, per-page {batch_err}: unexpected {other:?}"),
+        }
+    }
+}
+
+/// Whether `/proc/self/maps` has a mapping of exactly the page at `start`.
+fn page_mapped(start: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    let range = format!("{start:x}-{:x} ", start + PAGE_SIZE);
+    maps.lines().any(|l| l.starts_with(&range))
+}
+
+#[test]
+fn test_map_foreign_page_debug_names_frame_and_drop_unmaps() {
+    let mapper = fake_mapper();
+    reset(Ok(0), 0, 0);
+    let page = mapper.map_foreign(9, 0x1234).expect("map");
+    assert_eq!(
+        format!("{page:?}"),
+        "MappedPage { what: \"domain 9 frame 0x1234\" }"
+    );
+    let start = page.ring().as_ptr() as usize;
+    assert!(page_mapped(start), "mapped while alive");
+    drop(page);
+    assert!(!page_mapped(start), "unmapped once dropped");
+}
+
+#[test]
+fn test_map_grant_page_debug_names_grant() {
+    let mapper = fake_mapper();
+    reset(Ok(0), PAGE_SIZE as u64, 0);
+    let page = mapper.map_grant(7, 1).expect("map");
+    assert_eq!(
+        format!("{page:?}"),
+        format!("GrantPage {{ domid: 7, gref: 1, index: {PAGE_SIZE} }}")
+    );
+}
+
+#[test]
+fn test_mapper_debug_names_devices() {
+    let text = format!("{:?}", fake_mapper());
+    assert!(
+        text.contains("Device { path: \"fake-gntdev\", fd: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("Device { path: \"fake-privcmd\", fd: "),
+        "{text}"
+    );
+}
+
+#[test]
 fn test_open_absent_gntdev_error_names_device() {
     let paths = DevicePaths {
         gntdev: "/nonexistent/xen/gntdev".into(),
@@ -261,10 +326,11 @@ fn test_map_local_xenstore_port_absent_read_error() {
 
 // ---- On real Xen (dom0): skipped elsewhere. ----
 
-fn real() -> Option<LinuxPageMapper> {
+/// The real devices, or `None` after [`skip`] when one is absent.
+fn real(test: &str) -> Option<LinuxPageMapper> {
     for dev in ["/dev/xen/gntdev", "/dev/xen/privcmd"] {
         if !Path::new(dev).exists() {
-            println!("skipping: {dev} absent");
+            skip(Missing::Xen, test, &format!("{dev} absent"));
             return None;
         }
     }
@@ -273,9 +339,15 @@ fn real() -> Option<LinuxPageMapper> {
 
 #[test]
 fn test_real_map_local_xenstore_reads_indices() {
-    let Some(mapper) = real() else { return };
+    let Some(mapper) = real("test_real_map_local_xenstore_reads_indices") else {
+        return;
+    };
     if !Path::new("/proc/xen/xsd_port").exists() {
-        println!("skipping: /proc/xen/xsd_port absent");
+        skip(
+            Missing::Xen,
+            "test_real_map_local_xenstore_reads_indices",
+            "/proc/xen/xsd_port absent",
+        );
         return;
     }
     let local = mapper
@@ -310,9 +382,15 @@ fn guest() -> Option<(DomId, u64)> {
 
 #[test]
 fn test_real_guest_grant_and_mfn_map_same_page() {
-    let Some(mapper) = real() else { return };
+    let Some(mapper) = real("test_real_guest_grant_and_mfn_map_same_page") else {
+        return;
+    };
     let Some((domid, mfn)) = guest() else {
-        println!("skipping: no guest (XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_MFN unset)");
+        skip(
+            Missing::Xen,
+            "test_real_guest_grant_and_mfn_map_same_page",
+            "no guest (XENQEMU_GUEST_DOMID/XENQEMU_GUEST_STORE_MFN unset)",
+        );
         return;
     };
     let by_grant = mapper
