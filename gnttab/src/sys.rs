@@ -142,8 +142,8 @@ pub const XEN_SYSCTL_GETDOMAININFOLIST: u32 = 6;
 /// `DOMID_FIRST_RESERVED`: ids from here up are not real domains.
 pub const DOMID_FIRST_RESERVED: domid_t = 0x7ff0;
 
-/// `XEN_DOMINF_dying`.
-pub const XEN_DOMINF_DYING: u32 = 1 << 0;
+/// `XEN_DOMINF_dying` (`1U<<0` in domctl.h).
+pub const XEN_DOMINF_DYING: u32 = 1;
 /// `XEN_DOMINF_shutdown`.
 pub const XEN_DOMINF_SHUTDOWN: u32 = 1 << 2;
 /// `XEN_DOMINF_shutdownshift`.
