@@ -151,9 +151,14 @@ impl H {
     }
 
     fn perms(&mut self, conn: ConnId, path: &str, perms: &[&str]) -> R {
+        self.perms_in(conn, 0, path, perms)
+    }
+
+    /// SET_PERMS in transaction `tx` (0: none).
+    fn perms_in(&mut self, conn: ConnId, tx: u32, path: &str, perms: &[&str]) -> R {
         let mut args = vec![path];
         args.extend_from_slice(perms);
-        self.req(conn, MsgType::SetPerms, 0, &args)
+        self.req(conn, MsgType::SetPerms, tx, &args)
     }
 
     fn check(&self) {
@@ -712,11 +717,28 @@ mod transactions {
             h.write(c, tx, &format!("{base}/state"), "1").unwrap();
             h.write(c, tx, &format!("{base}/frontend-id"), &i.to_string())
                 .unwrap();
-            h.perms(c, &base, &["n0", &format!("r{i}")])
-                .unwrap_or_else(|_| ok().unwrap());
+            // The node exists in the transaction (the write above made it).
+            assert_eq!(
+                h.perms_in(c, tx, &base, &["n0", &format!("r{i}")]),
+                ok(),
+                "SET_PERMS inside transaction {tx}"
+            );
+            assert_eq!(
+                h.req(SOCK, MsgType::GetPerms, 0, &[&base]),
+                Err(XsErrno::ENOENT),
+                "not visible outside before the commit"
+            );
         }
         for (&c, &tx) in conns.iter().zip(&txs) {
             assert_eq!(h.tx_end(c, tx, true), ok());
+        }
+        for i in 0..conns.len() {
+            let base = format!("/local/domain/0/backend/vbd/51712/{i}");
+            assert_eq!(
+                h.req(SOCK, MsgType::GetPerms, 0, &[&base]),
+                Ok(format!("n0\0r{i}\0").into_bytes()),
+                "the permissions set in transaction {i} were committed"
+            );
         }
         assert_eq!(
             h.req(
@@ -1825,3 +1847,240 @@ mod live_update_transactions {
         }
     }
 }
+
+// ---- who is told of a removal -----------------------------------------------
+
+mod removal_events {
+    use super::*;
+
+    /// `/s` readable by all; `/s/a` by nobody but 7; `/s/a/b` by 6 only.
+    fn removal_setup() -> (H, ConnId, ConnId, ConnId) {
+        let mut h = H::new();
+        let (d5, d6, d7) = (h.dom(5), h.dom(6), h.dom(7));
+        h.write(SOCK, 0, "/s/a/b", "secret").unwrap();
+        h.perms(SOCK, "/s", &["r0"]).unwrap();
+        h.perms(SOCK, "/s/a", &["n0", "r7"]).unwrap();
+        h.perms(SOCK, "/s/a/b", &["n0", "r6"]).unwrap();
+        for (conn, path, token) in [
+            (d5, "/s/a/b", "below5"),
+            (d5, "/s/a/b/none", "missing5"),
+            (d5, "/s", "above5"),
+            (d6, "/s/a/b", "below6"),
+            (d6, "/s", "above6"),
+            (d7, "/s", "above7"),
+            (d7, "/s/a/b", "below7"),
+        ] {
+            h.req(conn, MsgType::Watch, 0, &[path, token]).unwrap();
+        }
+        for c in [d5, d6, d7] {
+            h.events(c); // the initial events
+        }
+        (h, d5, d6, d7)
+    }
+
+    #[test]
+    fn test_watch_removed_subtree_only_readers_of_each_node_told() {
+        let (mut h, d5, d6, d7) = removal_setup();
+        assert_eq!(h.req(SOCK, MsgType::Rm, 0, &["/s/a"]), ok());
+        assert_eq!(
+            h.events(d5),
+            vec![],
+            "5 may read none of the removed nodes: it learns nothing"
+        );
+        assert_eq!(
+            h.events(d6),
+            vec![H::ev("/s/a/b", "below6")],
+            "6 may read /s/a/b (its watch fires) but not /s/a"
+        );
+        assert_eq!(
+            h.events(d7),
+            vec![H::ev("/s/a", "above7")],
+            "7 may read /s/a but not /s/a/b"
+        );
+        h.check();
+    }
+
+    #[test]
+    fn test_watch_removed_by_domain_death_only_readers_told() {
+        let (mut h, d5, d6, _) = removal_setup();
+        // Guest 8's home holds a node only 6 may read.
+        h.dom(8);
+        h.write(SOCK, 0, "/local/domain/8/dev", "").unwrap();
+        h.perms(SOCK, "/local/domain/8", &["n8"]).unwrap();
+        h.perms(SOCK, "/local/domain/8/dev", &["n8", "r6"]).unwrap();
+        h.req(d5, MsgType::Watch, 0, &["/local/domain/8/dev", "w5"])
+            .unwrap();
+        h.req(d6, MsgType::Watch, 0, &["/local/domain/8/dev", "w6"])
+            .unwrap();
+        h.events(d5);
+        h.events(d6);
+        h.e.handle(Input::DomainState {
+            domid: 8,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(h.events(d5), vec![]);
+        assert_eq!(h.events(d6), vec![H::ev("/local/domain/8/dev", "w6")]);
+    }
+}
+
+// ---- @introduceDomain / @releaseDomain --------------------------------------
+
+/// C xenstored 4.17 (XSA-115) sends a special watch event only to the
+/// connections that may read the special node: the privileged ones, and
+/// those the node's ACL (SET_PERMS on it) lets read. We also tell the
+/// domain itself and the domain acting for it (SET_TARGET) of its own
+/// events; nobody unprivileged hears of an unrelated domain.
+mod special_watches {
+    use super::*;
+
+    fn watch_specials(h: &mut H, conn: ConnId, tag: &str) {
+        for (path, depth) in [
+            ("@introduceDomain", None),
+            ("@releaseDomain", None),
+            ("@releaseDomain", Some("1")),
+            ("@releaseDomain/6", None),
+        ] {
+            let token = format!("{tag}{}", depth.unwrap_or(""));
+            let mut args = vec![path, token.as_str()];
+            args.extend(depth);
+            h.req(conn, MsgType::Watch, 0, &args).unwrap();
+        }
+        h.events(conn);
+    }
+
+    fn shutdown(h: &mut H, domid: DomId, dying: bool) {
+        h.e.handle(Input::DomainState {
+            domid,
+            shutdown: true,
+            dying,
+        });
+    }
+
+    #[test]
+    fn test_special_watch_unprivileged_guest_not_told_of_other_domains() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, SOCK, "p");
+        h.dom(6);
+        shutdown(&mut h, 6, false);
+        shutdown(&mut h, 6, true);
+        assert_eq!(h.events(d5), vec![], "6 is none of 5's business");
+        assert_eq!(
+            h.events(SOCK),
+            vec![
+                H::ev("@introduceDomain", "p"),
+                H::ev("@releaseDomain", "p"),
+                H::ev("@releaseDomain/6", "p1"),
+                H::ev("@releaseDomain/6", "p"),
+            ],
+            "the privileged connection hears of 6 (one event per shutdown)"
+        );
+    }
+
+    #[test]
+    fn test_special_watch_acl_grants_events_for_that_node_only() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let d7 = h.dom(7);
+        assert_eq!(h.perms(SOCK, "@releaseDomain", &["n0", "r7"]), ok());
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, d7, "d");
+        h.dom(6);
+        shutdown(&mut h, 6, true);
+        assert_eq!(h.events(d5), vec![]);
+        assert_eq!(
+            h.events(d7),
+            vec![
+                H::ev("@releaseDomain", "d"),
+                H::ev("@releaseDomain/6", "d1"),
+                H::ev("@releaseDomain/6", "d"),
+            ],
+            "7 may read @releaseDomain, not @introduceDomain"
+        );
+    }
+
+    #[test]
+    fn test_special_watch_domain_and_its_device_model_told_of_its_own() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let d6 = h.dom(6);
+        let d8 = h.dom(8);
+        assert_eq!(h.req(SOCK, MsgType::SetTarget, 0, &["8", "6"]), ok());
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, d6, "s");
+        watch_specials(&mut h, d8, "t");
+        shutdown(&mut h, 6, false);
+        assert_eq!(h.events(d5), vec![], "5 is unrelated");
+        let own = vec![
+            H::ev("@releaseDomain", "s"),
+            H::ev("@releaseDomain/6", "s1"),
+            H::ev("@releaseDomain/6", "s"),
+        ];
+        assert_eq!(h.events(d6), own, "6's own shutdown");
+        assert_eq!(
+            h.events(d8),
+            vec![
+                H::ev("@releaseDomain", "t"),
+                H::ev("@releaseDomain/6", "t1"),
+                H::ev("@releaseDomain/6", "t"),
+            ],
+            "8 acts for 6"
+        );
+        h.dom(9);
+        shutdown(&mut h, 9, false);
+        for c in [d5, d6, d8] {
+            assert_eq!(h.events(c), vec![], "9 is nobody's business");
+        }
+    }
+}
+
+// ---- what a transaction read changed meanwhile ------------------------------
+
+mod transaction_conflicts {
+    use super::*;
+
+    fn listed_dir() -> (H, u32) {
+        let mut h = H::new();
+        h.write(SOCK, 0, "/dir/one", "1").unwrap();
+        let tx = h.tx_start(SOCK);
+        assert_eq!(
+            h.req(SOCK, MsgType::Directory, tx, &["/dir"]),
+            Ok(b"one\0".to_vec())
+        );
+        h.write(SOCK, tx, "/elsewhere", "from tx").unwrap();
+        (h, tx)
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_gained_child_commit_eagain() {
+        let (mut h, tx) = listed_dir();
+        h.write(SOCK, 0, "/dir/two", "2").unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(
+            h.read(SOCK, 0, "/elsewhere"),
+            Err(XsErrno::ENOENT),
+            "nothing of it applied"
+        );
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_lost_child_commit_eagain() {
+        let (mut h, tx) = listed_dir();
+        h.req(SOCK, MsgType::Rm, 0, &["/dir/one"]).unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(h.read(SOCK, 0, "/elsewhere"), Err(XsErrno::ENOENT));
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_child_value_changed_commits() {
+        let (mut h, tx) = listed_dir();
+        // The listing is the same: what the transaction saw still holds.
+        h.write(SOCK, 0, "/dir/one", "changed").unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), ok());
+        assert_eq!(h.read(SOCK, 0, "/elsewhere"), Ok(b"from tx".to_vec()));
+        assert_eq!(h.read(SOCK, 0, "/dir/one"), Ok(b"changed".to_vec()));
+    }
+}
+
