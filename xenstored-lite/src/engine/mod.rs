@@ -1024,7 +1024,11 @@ impl Engine {
         }
     }
 
-    /// `@introduceDomain` / `@releaseDomain` for `domid`.
+    /// `@introduceDomain` / `@releaseDomain` for `domid`. As C xenstored
+    /// 4.17 (XSA-115), only connections that may read the special node
+    /// hear of it (the privileged ones, and those its ACL lets read); and,
+    /// beyond C, `domid` itself and a domain acting for it (`SET_TARGET`).
+    /// An unprivileged guest never learns of an unrelated domain.
     fn fire_special(&mut self, base: &str, domid: DomId) {
         let specific = format!("{base}/{domid}");
         let mut deliveries = Vec::new();
