@@ -161,6 +161,19 @@ impl H {
         self.req(conn, MsgType::SetPerms, tx, &args)
     }
 
+    /// The `Action::Log` lines produced since the last call (other actions
+    /// are dropped).
+    fn logs(&mut self) -> Vec<String> {
+        self.e
+            .take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Log(line) => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn check(&self) {
         assert_eq!(self.e.check(), Vec::<String>::new());
     }
@@ -2084,3 +2097,198 @@ mod transaction_conflicts {
     }
 }
 
+// ---- the soft memory quota --------------------------------------------------
+
+mod soft_quota {
+    use super::*;
+
+    const SOFT: u64 = 400;
+
+    /// Guest 5 with its home (owned by it), soft memory quota [`SOFT`].
+    fn guest_with_soft_quota(soft: u64) -> (H, ConnId) {
+        let mut config = Config::default();
+        config.quotas.set_soft(QuotaKind::Memory, soft);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        h.logs();
+        (h, d5)
+    }
+
+    fn used(h: &H, domid: DomId) -> u64 {
+        h.e.store().account(domid).memory
+    }
+
+    fn over(domid: DomId, used: u64, soft: u64) -> String {
+        format!("domain {domid} uses {used} bytes of memory, over its soft quota of {soft} bytes")
+    }
+
+    fn back(domid: DomId, used: u64, soft: u64) -> String {
+        format!(
+            "domain {domid} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
+        )
+    }
+
+    /// Writes 5's `k0`, `k1`, … (100 bytes each) until domain 5 is over
+    /// the soft quota; returns how many.
+    fn fill_until_over(h: &mut H, conn: ConnId, soft: u64) -> usize {
+        let value = "v".repeat(100);
+        let mut n = 0;
+        while used(h, 5) <= soft {
+            assert!(n < 100, "domain 5 is not charged for its nodes");
+            let path = format!("/local/domain/5/k{n}");
+            assert_eq!(h.write(conn, 0, &path, &value), ok());
+            n += 1;
+            if used(h, 5) <= soft {
+                assert_eq!(h.logs(), Vec::<String>::new(), "not over yet");
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn test_soft_quota_crossing_logged_once_write_not_refused() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        let n = fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        assert_eq!(
+            h.read(d5, 0, &format!("k{}", n - 1)),
+            Ok("v".repeat(100).into_bytes()),
+            "the write that crossed it was carried out"
+        );
+        // Still over: more writes go through, and are not logged again.
+        for i in 0..5 {
+            assert_eq!(h.write(d5, 0, &format!("more{i}"), "x"), ok());
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "once per crossing");
+        // Back within it: logged once; then crossing again is news again.
+        for i in 0..5 {
+            h.req(d5, MsgType::Rm, 0, &[&format!("more{i}")]).unwrap();
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "still over");
+        let mut backs = Vec::new();
+        for i in 0..n {
+            h.req(d5, MsgType::Rm, 0, &[&format!("k{i}")]).unwrap();
+            let logs = h.logs();
+            if !logs.is_empty() {
+                assert!(used(&h, 5) <= SOFT);
+                backs.push((logs, used(&h, 5)));
+            } else {
+                assert!(used(&h, 5) <= SOFT || backs.is_empty());
+            }
+        }
+        assert_eq!(backs.len(), 1, "logged once, when it came back: {backs:?}");
+        assert_eq!(backs[0].0, vec![back(5, backs[0].1, SOFT)]);
+        h.write(d5, 0, "small", "").unwrap();
+        assert_eq!(h.logs(), Vec::<String>::new(), "within: nothing to say");
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_exactly_at_limit_is_within() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        h.write(d5, 0, "a", "").unwrap();
+        let base = used(&h, 5);
+        // A value that brings the use to the limit exactly, then one byte more.
+        let fill = usize::try_from(SOFT - base).unwrap();
+        h.write(d5, 0, "a", &"v".repeat(fill)).unwrap();
+        assert_eq!(used(&h, 5), SOFT);
+        assert_eq!(h.logs(), Vec::<String>::new(), "at the limit is within");
+        h.write(d5, 0, "a", &"v".repeat(fill + 1)).unwrap();
+        assert_eq!(h.logs(), vec![over(5, SOFT + 1, SOFT)]);
+        h.write(d5, 0, "a", &"v".repeat(fill)).unwrap();
+        assert_eq!(h.logs(), vec![back(5, SOFT, SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_charged_owner_named_whoever_writes() {
+        let (mut h, _d5) = guest_with_soft_quota(SOFT);
+        // dom0 writes in 5's home: the nodes are 5's, and so is the use.
+        let n = fill_until_over(&mut h, SOCK, SOFT);
+        assert!(n > 1);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        // dom0 over the soft quota in its own nodes: exempt, nothing logged.
+        for i in 0..10 {
+            h.write(SOCK, 0, &format!("/tool/big{i}"), &"v".repeat(100))
+                .unwrap();
+        }
+        assert!(used(&h, 0) > SOFT);
+        assert_eq!(h.logs(), Vec::<String>::new(), "the privileged domain");
+    }
+
+    #[test]
+    fn test_soft_quota_ownership_change_moves_the_use() {
+        let (mut h, _d5) = guest_with_soft_quota(SOFT);
+        h.dom(6);
+        h.write(SOCK, 0, "/big", &"v".repeat(500)).unwrap();
+        assert_eq!(h.logs(), Vec::<String>::new(), "dom0's");
+        h.perms(SOCK, "/big", &["n6"]).unwrap();
+        assert_eq!(h.logs(), vec![over(6, used(&h, 6), SOFT)]);
+        h.perms(SOCK, "/big", &["n0"]).unwrap();
+        assert_eq!(h.logs(), vec![back(6, 0, SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_crossed_in_transaction_logged_at_commit() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        let tx = h.tx_start(d5);
+        for i in 0..6 {
+            assert_eq!(h.write(d5, tx, &format!("t{i}"), &"v".repeat(100)), ok());
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "nothing committed yet");
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert!(used(&h, 5) > SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        // An aborted transaction changes nothing, so says nothing.
+        let tx = h.tx_start(d5);
+        for i in 0..6 {
+            h.req(d5, MsgType::Rm, tx, &[&format!("t{i}")]).unwrap();
+        }
+        assert_eq!(h.tx_end(d5, tx, false), ok());
+        assert_eq!(h.logs(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn test_soft_quota_set_by_control_applies_to_later_writes() {
+        let (mut h, d5) = guest_with_soft_quota(0);
+        for i in 0..10 {
+            h.write(d5, 0, &format!("k{i}"), &"v".repeat(100)).unwrap();
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "0: no soft quota");
+        assert_eq!(
+            h.req(
+                SOCK,
+                MsgType::Control,
+                0,
+                &["quota-soft", "set", "memory", "300"]
+            ),
+            ok()
+        );
+        h.write(d5, 0, "k0", "w").unwrap();
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), 300)]);
+    }
+
+    #[test]
+    fn test_soft_quota_domain_dying_over_it_logs_nothing_more() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs().len(), 1);
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(used(&h, 5), 0);
+        assert_eq!(h.logs(), Vec::<String>::new(), "gone, not back within");
+        // The domid reused: a new domain, crossing is news again.
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+    }
+}
