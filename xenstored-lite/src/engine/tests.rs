@@ -2292,3 +2292,148 @@ mod soft_quota {
         assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
     }
 }
+
+// ---- the watch registry ------------------------------------------------------
+
+mod watch_registry {
+    use super::super::watch::{Watch, Watches};
+    use super::*;
+
+    fn w(conn: ConnId, path: &str, token: &str) -> Watch {
+        Watch {
+            conn,
+            path: path.to_string(),
+            abs: path.to_string(),
+            token: token.to_string(),
+            depth: None,
+            relative_prefix: None,
+        }
+    }
+
+    fn tokens<'a>(v: impl IntoIterator<Item = &'a Watch>) -> Vec<(ConnId, &'a str)> {
+        v.into_iter().map(|w| (w.conn, w.token.as_str())).collect()
+    }
+
+    /// Connections 1, 2 and 3, some watches on the same path.
+    fn registry() -> Watches {
+        let mut ws = Watches::default();
+        assert!(ws.is_empty());
+        assert_eq!(ws.len(), 0);
+        for (conn, path, token) in [
+            (2, "/p", "2a"),
+            (1, "/p", "1a"),
+            (3, "/p/q", "3a"),
+            (2, "/z", "2b"),
+            (1, "/p/q", "1b"),
+            (3, "/p", "3b"),
+        ] {
+            assert!(ws.add(w(conn, path, token)));
+        }
+        assert!(!ws.add(w(1, "/p", "1a")), "same path and token again");
+        ws
+    }
+
+    #[test]
+    fn test_watches_counted_per_connection_and_in_total() {
+        let ws = registry();
+        assert!(!ws.is_empty());
+        assert_eq!(ws.len(), 6);
+        assert_eq!((ws.count(1), ws.count(2), ws.count(3)), (2, 2, 2));
+        assert_eq!(ws.count(4), 0);
+    }
+
+    #[test]
+    fn test_watches_of_connection_in_registration_order() {
+        let ws = registry();
+        assert_eq!(tokens(ws.of_conn(1)), vec![(1, "1a"), (1, "1b")]);
+        assert_eq!(tokens(ws.of_conn(2)), vec![(2, "2a"), (2, "2b")]);
+        assert_eq!(tokens(ws.of_conn(3)), vec![(3, "3a"), (3, "3b")]);
+        assert!(ws.of_conn(9).is_empty());
+    }
+
+    #[test]
+    fn test_watches_removing_one_keeps_the_others_on_its_path() {
+        let mut ws = registry();
+        assert!(ws.remove(1, "/p", "1a"));
+        assert!(!ws.remove(1, "/p", "1a"), "already gone");
+        assert_eq!(ws.len(), 5);
+        assert_eq!(
+            tokens(ws.matching("/p/x")),
+            vec![(2, "2a"), (3, "3b")],
+            "the other watches on /p still fire"
+        );
+        assert_eq!(
+            tokens(ws.matching("/p/q")),
+            vec![(2, "2a"), (3, "3a"), (1, "1b"), (3, "3b")]
+        );
+        // The last watch on a path gone: nothing is left below it.
+        assert!(ws.remove(2, "/z", "2b"));
+        assert!(ws.matching("/z").is_empty());
+        assert!(ws.below("/").iter().all(|w| w.abs != "/z"));
+    }
+
+    #[test]
+    fn test_watches_removing_a_connection_leaves_the_others() {
+        let mut ws = registry();
+        ws.remove_conn(2);
+        assert_eq!(ws.len(), 4);
+        assert_eq!(ws.count(2), 0);
+        assert!(ws.of_conn(2).is_empty());
+        assert_eq!(
+            tokens(ws.matching("/p/q")),
+            vec![(1, "1a"), (3, "3a"), (1, "1b"), (3, "3b")]
+        );
+        assert!(ws.matching("/z").is_empty());
+        assert_eq!(tokens(ws.of_conn(1)), vec![(1, "1a"), (1, "1b")]);
+        assert_eq!(tokens(ws.of_conn(3)), vec![(3, "3a"), (3, "3b")]);
+        ws.remove_conn(1);
+        ws.remove_conn(3);
+        assert!(ws.is_empty());
+        assert_eq!(ws.len(), 0);
+    }
+
+    #[test]
+    fn test_watches_below_a_path_and_depth() {
+        let ws = registry();
+        assert_eq!(
+            tokens(ws.below("/p")),
+            vec![(3, "3a"), (1, "1b")],
+            "strictly below, ordered by path"
+        );
+        assert_eq!(ws.below("/").len(), 6);
+        assert!(ws.below("/p/q").is_empty());
+        let mut d = w(1, "/d", "t");
+        d.depth = Some(1);
+        assert!(d.within_depth("/d"));
+        assert!(d.within_depth("/d/a"));
+        assert!(!d.within_depth("/d/a/b"));
+        d.relative_prefix = Some("/local/domain/1/".to_string());
+        assert_eq!(d.event_path("/local/domain/1/x"), "x");
+        assert_eq!(d.event_path("/other"), "/other");
+    }
+}
+
+// ---- what the engine tells about itself -------------------------------------
+
+mod accessors {
+    use super::*;
+
+    #[test]
+    fn test_engine_reports_its_config_requests_and_watches() {
+        let mut h = H::with(Config {
+            priv_domid: 3,
+            watch_event_timeout_ms: 1234,
+            ..Config::default()
+        });
+        assert_eq!(h.e.config().priv_domid, 3);
+        assert_eq!(h.e.config().watch_event_timeout_ms, 1234);
+        assert_eq!(h.e.requests(), 0);
+        assert_eq!(h.e.watch_count(), 0);
+        h.read(SOCK, 0, "/").unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/a", "t"]).unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/b", "t"]).unwrap();
+        assert_eq!(h.raw(SOCK, 9999, 0, vec![]), Err(XsErrno::ENOSYS));
+        assert_eq!(h.e.requests(), 4, "refused ones count too");
+        assert_eq!(h.e.watch_count(), 2);
+    }
+}
