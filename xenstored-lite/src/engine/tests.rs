@@ -2437,3 +2437,56 @@ mod accessors {
         assert_eq!(h.e.watch_count(), 2);
     }
 }
+
+// ---- limits at their exact values -------------------------------------------
+
+mod boundaries {
+    use super::*;
+
+    #[test]
+    fn test_transaction_nodes_quota_counts_writes_not_reads() {
+        let mut config = Config::default();
+        config.quotas.set_hard(QuotaKind::TransactionNodes, 3);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let tx = h.tx_start(d5);
+        for i in 0..3 {
+            assert_eq!(h.write(d5, tx, &format!("k{i}"), "v"), ok(), "write {i}");
+            h.read(d5, tx, "k0").unwrap();
+        }
+        assert_eq!(h.write(d5, tx, "k3", "v"), Err(XsErrno::ENOSPC));
+        assert_eq!(
+            h.req(d5, MsgType::Rm, tx, &["k0"]),
+            Err(XsErrno::ENOSPC),
+            "RM counts as a write"
+        );
+        assert_eq!(h.read(d5, tx, "k2"), Ok(b"v".to_vec()), "reads go on");
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "k2"), Ok(b"v".to_vec()));
+        assert_eq!(h.read(d5, 0, "k3"), Err(XsErrno::ENOENT));
+        // The privileged domain is exempt.
+        let tx = h.tx_start(SOCK);
+        for i in 0..5 {
+            assert_eq!(h.write(SOCK, tx, &format!("/t{i}"), "v"), ok());
+        }
+        assert_eq!(h.tx_end(SOCK, tx, true), ok());
+    }
+
+    #[test]
+    fn test_watch_event_of_exactly_payload_max_is_sent() {
+        let mut h = H::new();
+        // "/b\0" + token + "\0" is PAYLOAD_MAX bytes; "/bb" one more.
+        let token = "t".repeat(xenring::wire::PAYLOAD_MAX - 4);
+        h.req(SOCK, MsgType::Watch, 0, &["/", &token]).unwrap();
+        h.events(SOCK);
+        h.write(SOCK, 0, "/b", "").unwrap();
+        h.write(SOCK, 0, "/bb", "").unwrap();
+        assert_eq!(h.events(SOCK), vec![H::ev("/b", &token)]);
+        let logs = h.logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(logs[0].contains("/bb"), "{logs:?}");
+    }
+}
