@@ -2490,3 +2490,44 @@ mod boundaries {
         assert!(logs[0].contains("/bb"), "{logs:?}");
     }
 }
+
+// ---- committing a transaction the store did not move under ------------------
+
+mod unmoved_commit {
+    use super::*;
+
+    /// Nothing else changed the store: the commit takes the transaction's
+    /// own result as answered (quotas are checked when a request runs, as
+    /// C xenstored does, not again at commit), so lowering a quota
+    /// meanwhile does not turn it into EAGAIN.
+    #[test]
+    fn test_transaction_unmoved_store_commits_as_answered() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let tx = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx, "a", "1"), ok());
+        assert_eq!(h.write(d5, tx, "b", "2"), ok());
+        assert_eq!(
+            h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "1"]),
+            ok()
+        );
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "b"), Ok(b"2".to_vec()));
+        // Once the store has moved, the requests are run again, under the
+        // quota of now.
+        let tx = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx, "c", "3"), Err(XsErrno::ENOSPC));
+        h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "0"])
+            .unwrap();
+        let tx2 = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx2, "c", "3"), ok());
+        h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "1"])
+            .unwrap();
+        h.write(SOCK, 0, "/elsewhere", "").unwrap();
+        assert_eq!(h.tx_end(d5, tx2, true), Err(XsErrno::EAGAIN));
+        assert_eq!(h.tx_end(d5, tx, false), ok());
+    }
+}
