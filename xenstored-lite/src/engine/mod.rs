@@ -22,7 +22,7 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use xenring::codec::{build_args, split_args, Message};
@@ -305,6 +305,9 @@ pub struct Engine {
     with_output: std::collections::BTreeSet<ConnId>,
     /// Replies queued so far (for `test_alter_reply`).
     replies: u64,
+    /// Domains whose memory use was last seen above the soft memory quota
+    /// (logged once when they crossed it).
+    over_soft: BTreeSet<DomId>,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -355,6 +358,7 @@ impl Engine {
             last_result: None,
             with_output: std::collections::BTreeSet::new(),
             replies: 0,
+            over_soft: BTreeSet::new(),
         }
     }
 
@@ -676,6 +680,7 @@ impl Engine {
             for e in &events {
                 self.fire(e);
             }
+            self.check_soft_memory(&events);
             return result.map(Some);
         }
         let tx_limit = if who.privileged {
@@ -1024,7 +1029,11 @@ impl Engine {
         }
     }
 
-    /// `@introduceDomain` / `@releaseDomain` for `domid`.
+    /// `@introduceDomain` / `@releaseDomain` for `domid`. As C xenstored
+    /// 4.17 (XSA-115), only connections that may read the special node
+    /// hear of it (the privileged ones, and those its ACL lets read); and,
+    /// beyond C, `domid` itself and a domain acting for it (`SET_TARGET`).
+    /// An unprivileged guest never learns of an unrelated domain.
     fn fire_special(&mut self, base: &str, domid: DomId) {
         let specific = format!("{base}/{domid}");
         let mut deliveries = Vec::new();
@@ -1066,7 +1075,36 @@ impl Engine {
         for e in &events {
             self.fire(e);
         }
+        self.check_soft_memory(&events);
         Ok(())
+    }
+
+    /// The soft memory quota: when a domain's memory use (the bytes its
+    /// nodes are charged) goes above it, one line is logged, and nothing is
+    /// refused; another when it is back within it. Only the owners of the
+    /// nodes `events` changed can have moved, so only they are looked at.
+    fn check_soft_memory(&mut self, events: &[Event]) {
+        let soft = self.config.quotas.soft(QuotaKind::Memory);
+        let owners: BTreeSet<DomId> = events
+            .iter()
+            .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
+            .filter_map(|p| p.first().map(|owner| owner.domid))
+            .filter(|&d| d != self.config.priv_domid)
+            .collect();
+        for d in owners {
+            let used = self.store.account(d).memory;
+            if !within(soft, used) {
+                if self.over_soft.insert(d) {
+                    self.actions.push(Action::Log(format!(
+                        "domain {d} uses {used} bytes of memory, over its soft quota of {soft} bytes"
+                    )));
+                }
+            } else if self.over_soft.remove(&d) {
+                self.actions.push(Action::Log(format!(
+                    "domain {d} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
+                )));
+            }
+        }
     }
 
     /// Whether the committed store is still the one `tx` started from (or
@@ -1208,6 +1246,8 @@ impl Engine {
 
     fn domain_state(&mut self, domid: DomId, shutdown: bool, dying: bool) {
         if dying {
+            // Its nodes go: that is no news for the log.
+            self.over_soft.remove(&domid);
             if let Some(dom) = self.domains.get(&domid) {
                 let ring = dom.conn;
                 self.release(domid, ring);
@@ -1226,6 +1266,7 @@ impl Engine {
                         .collect(),
                 };
                 self.fire(&event);
+                self.check_soft_memory(std::slice::from_ref(&event));
             }
             self.store.forget_domain(domid, self.config.priv_domid);
             self.domain_quotas.remove(&domid);

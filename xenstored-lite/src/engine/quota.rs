@@ -3,8 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use xenring::DomId;
-
 /// One quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum QuotaKind {
@@ -14,7 +12,8 @@ pub enum QuotaKind {
     Watches,
     /// Outstanding requests per connection (replies not yet taken).
     Outstanding,
-    /// Bytes a domain's nodes may use (`-M` in bytes here; soft limit logs).
+    /// Bytes a domain's nodes may use (`-Q memory=N`); crossing the soft
+    /// limit (`-q memory=N`) is logged, not refused.
     Memory,
     /// Open transactions per connection (`-t`).
     Transactions,
@@ -128,12 +127,6 @@ impl Quotas {
     pub fn set_soft(&mut self, q: QuotaKind, value: u64) {
         self.soft.insert(q, value);
     }
-
-    /// Whether `used` is within the hard limit.
-    pub fn allows(&self, q: QuotaKind, used: u64) -> bool {
-        let limit = self.hard(q);
-        limit == 0 || used <= limit
-    }
 }
 
 /// Per-domain overrides on top of the global quotas.
@@ -154,6 +147,3 @@ pub fn effective(global: &Quotas, domain: Option<&DomainQuotas>, q: QuotaKind) -
 pub fn within(limit: u64, used: u64) -> bool {
     limit == 0 || used <= limit
 }
-
-/// A domain id for quota tables.
-pub type QuotaDomain = DomId;

@@ -151,9 +151,27 @@ impl H {
     }
 
     fn perms(&mut self, conn: ConnId, path: &str, perms: &[&str]) -> R {
+        self.perms_in(conn, 0, path, perms)
+    }
+
+    /// SET_PERMS in transaction `tx` (0: none).
+    fn perms_in(&mut self, conn: ConnId, tx: u32, path: &str, perms: &[&str]) -> R {
         let mut args = vec![path];
         args.extend_from_slice(perms);
-        self.req(conn, MsgType::SetPerms, 0, &args)
+        self.req(conn, MsgType::SetPerms, tx, &args)
+    }
+
+    /// The `Action::Log` lines produced since the last call (other actions
+    /// are dropped).
+    fn logs(&mut self) -> Vec<String> {
+        self.e
+            .take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Log(line) => Some(line),
+                _ => None,
+            })
+            .collect()
     }
 
     fn check(&self) {
@@ -712,11 +730,28 @@ mod transactions {
             h.write(c, tx, &format!("{base}/state"), "1").unwrap();
             h.write(c, tx, &format!("{base}/frontend-id"), &i.to_string())
                 .unwrap();
-            h.perms(c, &base, &["n0", &format!("r{i}")])
-                .unwrap_or_else(|_| ok().unwrap());
+            // The node exists in the transaction (the write above made it).
+            assert_eq!(
+                h.perms_in(c, tx, &base, &["n0", &format!("r{i}")]),
+                ok(),
+                "SET_PERMS inside transaction {tx}"
+            );
+            assert_eq!(
+                h.req(SOCK, MsgType::GetPerms, 0, &[&base]),
+                Err(XsErrno::ENOENT),
+                "not visible outside before the commit"
+            );
         }
         for (&c, &tx) in conns.iter().zip(&txs) {
             assert_eq!(h.tx_end(c, tx, true), ok());
+        }
+        for i in 0..conns.len() {
+            let base = format!("/local/domain/0/backend/vbd/51712/{i}");
+            assert_eq!(
+                h.req(SOCK, MsgType::GetPerms, 0, &[&base]),
+                Ok(format!("n0\0r{i}\0").into_bytes()),
+                "the permissions set in transaction {i} were committed"
+            );
         }
         assert_eq!(
             h.req(
@@ -1823,5 +1858,676 @@ mod live_update_transactions {
             assert_eq!(h.e.store().len(), fresh, "nothing changed");
             assert!(h.e.conns[&SOCK].transactions.is_empty());
         }
+    }
+}
+
+// ---- who is told of a removal -----------------------------------------------
+
+mod removal_events {
+    use super::*;
+
+    /// `/s` readable by all; `/s/a` by nobody but 7; `/s/a/b` by 6 only.
+    fn removal_setup() -> (H, ConnId, ConnId, ConnId) {
+        let mut h = H::new();
+        let (d5, d6, d7) = (h.dom(5), h.dom(6), h.dom(7));
+        h.write(SOCK, 0, "/s/a/b", "secret").unwrap();
+        h.perms(SOCK, "/s", &["r0"]).unwrap();
+        h.perms(SOCK, "/s/a", &["n0", "r7"]).unwrap();
+        h.perms(SOCK, "/s/a/b", &["n0", "r6"]).unwrap();
+        for (conn, path, token) in [
+            (d5, "/s/a/b", "below5"),
+            (d5, "/s/a/b/none", "missing5"),
+            (d5, "/s", "above5"),
+            (d6, "/s/a/b", "below6"),
+            (d6, "/s", "above6"),
+            (d7, "/s", "above7"),
+            (d7, "/s/a/b", "below7"),
+        ] {
+            h.req(conn, MsgType::Watch, 0, &[path, token]).unwrap();
+        }
+        for c in [d5, d6, d7] {
+            h.events(c); // the initial events
+        }
+        (h, d5, d6, d7)
+    }
+
+    #[test]
+    fn test_watch_removed_subtree_only_readers_of_each_node_told() {
+        let (mut h, d5, d6, d7) = removal_setup();
+        assert_eq!(h.req(SOCK, MsgType::Rm, 0, &["/s/a"]), ok());
+        assert_eq!(
+            h.events(d5),
+            vec![],
+            "5 may read none of the removed nodes: it learns nothing"
+        );
+        assert_eq!(
+            h.events(d6),
+            vec![H::ev("/s/a/b", "below6")],
+            "6 may read /s/a/b (its watch fires) but not /s/a"
+        );
+        assert_eq!(
+            h.events(d7),
+            vec![H::ev("/s/a", "above7")],
+            "7 may read /s/a but not /s/a/b"
+        );
+        h.check();
+    }
+
+    #[test]
+    fn test_watch_removed_by_domain_death_only_readers_told() {
+        let (mut h, d5, d6, _) = removal_setup();
+        // Guest 8's home holds a node only 6 may read.
+        h.dom(8);
+        h.write(SOCK, 0, "/local/domain/8/dev", "").unwrap();
+        h.perms(SOCK, "/local/domain/8", &["n8"]).unwrap();
+        h.perms(SOCK, "/local/domain/8/dev", &["n8", "r6"]).unwrap();
+        h.req(d5, MsgType::Watch, 0, &["/local/domain/8/dev", "w5"])
+            .unwrap();
+        h.req(d6, MsgType::Watch, 0, &["/local/domain/8/dev", "w6"])
+            .unwrap();
+        h.events(d5);
+        h.events(d6);
+        h.e.handle(Input::DomainState {
+            domid: 8,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(h.events(d5), vec![]);
+        assert_eq!(h.events(d6), vec![H::ev("/local/domain/8/dev", "w6")]);
+    }
+}
+
+// ---- @introduceDomain / @releaseDomain --------------------------------------
+
+/// C xenstored 4.17 (XSA-115) sends a special watch event only to the
+/// connections that may read the special node: the privileged ones, and
+/// those the node's ACL (SET_PERMS on it) lets read. We also tell the
+/// domain itself and the domain acting for it (SET_TARGET) of its own
+/// events; nobody unprivileged hears of an unrelated domain.
+mod special_watches {
+    use super::*;
+
+    fn watch_specials(h: &mut H, conn: ConnId, tag: &str) {
+        for (path, depth) in [
+            ("@introduceDomain", None),
+            ("@releaseDomain", None),
+            ("@releaseDomain", Some("1")),
+            ("@releaseDomain/6", None),
+        ] {
+            let token = format!("{tag}{}", depth.unwrap_or(""));
+            let mut args = vec![path, token.as_str()];
+            args.extend(depth);
+            h.req(conn, MsgType::Watch, 0, &args).unwrap();
+        }
+        h.events(conn);
+    }
+
+    fn shutdown(h: &mut H, domid: DomId, dying: bool) {
+        h.e.handle(Input::DomainState {
+            domid,
+            shutdown: true,
+            dying,
+        });
+    }
+
+    #[test]
+    fn test_special_watch_unprivileged_guest_not_told_of_other_domains() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, SOCK, "p");
+        h.dom(6);
+        shutdown(&mut h, 6, false);
+        shutdown(&mut h, 6, true);
+        assert_eq!(h.events(d5), vec![], "6 is none of 5's business");
+        assert_eq!(
+            h.events(SOCK),
+            vec![
+                H::ev("@introduceDomain", "p"),
+                H::ev("@releaseDomain", "p"),
+                H::ev("@releaseDomain/6", "p1"),
+                H::ev("@releaseDomain/6", "p"),
+            ],
+            "the privileged connection hears of 6 (one event per shutdown)"
+        );
+    }
+
+    #[test]
+    fn test_special_watch_acl_grants_events_for_that_node_only() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let d7 = h.dom(7);
+        assert_eq!(h.perms(SOCK, "@releaseDomain", &["n0", "r7"]), ok());
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, d7, "d");
+        h.dom(6);
+        shutdown(&mut h, 6, true);
+        assert_eq!(h.events(d5), vec![]);
+        assert_eq!(
+            h.events(d7),
+            vec![
+                H::ev("@releaseDomain", "d"),
+                H::ev("@releaseDomain/6", "d1"),
+                H::ev("@releaseDomain/6", "d"),
+            ],
+            "7 may read @releaseDomain, not @introduceDomain"
+        );
+    }
+
+    #[test]
+    fn test_special_watch_domain_and_its_device_model_told_of_its_own() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let d6 = h.dom(6);
+        let d8 = h.dom(8);
+        assert_eq!(h.req(SOCK, MsgType::SetTarget, 0, &["8", "6"]), ok());
+        watch_specials(&mut h, d5, "g");
+        watch_specials(&mut h, d6, "s");
+        watch_specials(&mut h, d8, "t");
+        shutdown(&mut h, 6, false);
+        assert_eq!(h.events(d5), vec![], "5 is unrelated");
+        let own = vec![
+            H::ev("@releaseDomain", "s"),
+            H::ev("@releaseDomain/6", "s1"),
+            H::ev("@releaseDomain/6", "s"),
+        ];
+        assert_eq!(h.events(d6), own, "6's own shutdown");
+        assert_eq!(
+            h.events(d8),
+            vec![
+                H::ev("@releaseDomain", "t"),
+                H::ev("@releaseDomain/6", "t1"),
+                H::ev("@releaseDomain/6", "t"),
+            ],
+            "8 acts for 6"
+        );
+        h.dom(9);
+        shutdown(&mut h, 9, false);
+        for c in [d5, d6, d8] {
+            assert_eq!(h.events(c), vec![], "9 is nobody's business");
+        }
+    }
+}
+
+// ---- what a transaction read changed meanwhile ------------------------------
+
+mod transaction_conflicts {
+    use super::*;
+
+    fn listed_dir() -> (H, u32) {
+        let mut h = H::new();
+        h.write(SOCK, 0, "/dir/one", "1").unwrap();
+        let tx = h.tx_start(SOCK);
+        assert_eq!(
+            h.req(SOCK, MsgType::Directory, tx, &["/dir"]),
+            Ok(b"one\0".to_vec())
+        );
+        h.write(SOCK, tx, "/elsewhere", "from tx").unwrap();
+        (h, tx)
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_gained_child_commit_eagain() {
+        let (mut h, tx) = listed_dir();
+        h.write(SOCK, 0, "/dir/two", "2").unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(
+            h.read(SOCK, 0, "/elsewhere"),
+            Err(XsErrno::ENOENT),
+            "nothing of it applied"
+        );
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_lost_child_commit_eagain() {
+        let (mut h, tx) = listed_dir();
+        h.req(SOCK, MsgType::Rm, 0, &["/dir/one"]).unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(h.read(SOCK, 0, "/elsewhere"), Err(XsErrno::ENOENT));
+    }
+
+    #[test]
+    fn test_transaction_listed_directory_child_value_changed_commits() {
+        let (mut h, tx) = listed_dir();
+        // The listing is the same: what the transaction saw still holds.
+        h.write(SOCK, 0, "/dir/one", "changed").unwrap();
+        assert_eq!(h.tx_end(SOCK, tx, true), ok());
+        assert_eq!(h.read(SOCK, 0, "/elsewhere"), Ok(b"from tx".to_vec()));
+        assert_eq!(h.read(SOCK, 0, "/dir/one"), Ok(b"changed".to_vec()));
+    }
+}
+
+// ---- the soft memory quota --------------------------------------------------
+
+mod soft_quota {
+    use super::*;
+
+    const SOFT: u64 = 400;
+
+    /// Guest 5 with its home (owned by it), soft memory quota [`SOFT`].
+    fn guest_with_soft_quota(soft: u64) -> (H, ConnId) {
+        let mut config = Config::default();
+        config.quotas.set_soft(QuotaKind::Memory, soft);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        h.logs();
+        (h, d5)
+    }
+
+    fn used(h: &H, domid: DomId) -> u64 {
+        h.e.store().account(domid).memory
+    }
+
+    fn over(domid: DomId, used: u64, soft: u64) -> String {
+        format!("domain {domid} uses {used} bytes of memory, over its soft quota of {soft} bytes")
+    }
+
+    fn back(domid: DomId, used: u64, soft: u64) -> String {
+        format!(
+            "domain {domid} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
+        )
+    }
+
+    /// Writes 5's `k0`, `k1`, … (100 bytes each) until domain 5 is over
+    /// the soft quota; returns how many.
+    fn fill_until_over(h: &mut H, conn: ConnId, soft: u64) -> usize {
+        let value = "v".repeat(100);
+        let mut n = 0;
+        while used(h, 5) <= soft {
+            assert!(n < 100, "domain 5 is not charged for its nodes");
+            let path = format!("/local/domain/5/k{n}");
+            assert_eq!(h.write(conn, 0, &path, &value), ok());
+            n += 1;
+            if used(h, 5) <= soft {
+                assert_eq!(h.logs(), Vec::<String>::new(), "not over yet");
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn test_soft_quota_crossing_logged_once_write_not_refused() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        let n = fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        assert_eq!(
+            h.read(d5, 0, &format!("k{}", n - 1)),
+            Ok("v".repeat(100).into_bytes()),
+            "the write that crossed it was carried out"
+        );
+        // Still over: more writes go through, and are not logged again.
+        for i in 0..5 {
+            assert_eq!(h.write(d5, 0, &format!("more{i}"), "x"), ok());
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "once per crossing");
+        // Back within it: logged once; then crossing again is news again.
+        for i in 0..5 {
+            h.req(d5, MsgType::Rm, 0, &[&format!("more{i}")]).unwrap();
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "still over");
+        let mut backs = Vec::new();
+        for i in 0..n {
+            h.req(d5, MsgType::Rm, 0, &[&format!("k{i}")]).unwrap();
+            let logs = h.logs();
+            if !logs.is_empty() {
+                assert!(used(&h, 5) <= SOFT);
+                backs.push((logs, used(&h, 5)));
+            } else {
+                assert!(used(&h, 5) <= SOFT || backs.is_empty());
+            }
+        }
+        assert_eq!(backs.len(), 1, "logged once, when it came back: {backs:?}");
+        assert_eq!(backs[0].0, vec![back(5, backs[0].1, SOFT)]);
+        h.write(d5, 0, "small", "").unwrap();
+        assert_eq!(h.logs(), Vec::<String>::new(), "within: nothing to say");
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_exactly_at_limit_is_within() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        h.write(d5, 0, "a", "").unwrap();
+        let base = used(&h, 5);
+        // A value that brings the use to the limit exactly, then one byte more.
+        let fill = usize::try_from(SOFT - base).unwrap();
+        h.write(d5, 0, "a", &"v".repeat(fill)).unwrap();
+        assert_eq!(used(&h, 5), SOFT);
+        assert_eq!(h.logs(), Vec::<String>::new(), "at the limit is within");
+        h.write(d5, 0, "a", &"v".repeat(fill + 1)).unwrap();
+        assert_eq!(h.logs(), vec![over(5, SOFT + 1, SOFT)]);
+        h.write(d5, 0, "a", &"v".repeat(fill)).unwrap();
+        assert_eq!(h.logs(), vec![back(5, SOFT, SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_charged_owner_named_whoever_writes() {
+        let (mut h, _d5) = guest_with_soft_quota(SOFT);
+        // dom0 writes in 5's home: the nodes are 5's, and so is the use.
+        let n = fill_until_over(&mut h, SOCK, SOFT);
+        assert!(n > 1);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        // dom0 over the soft quota in its own nodes: exempt, nothing logged.
+        for i in 0..10 {
+            h.write(SOCK, 0, &format!("/tool/big{i}"), &"v".repeat(100))
+                .unwrap();
+        }
+        assert!(used(&h, 0) > SOFT);
+        assert_eq!(h.logs(), Vec::<String>::new(), "the privileged domain");
+    }
+
+    #[test]
+    fn test_soft_quota_ownership_change_moves_the_use() {
+        let (mut h, _d5) = guest_with_soft_quota(SOFT);
+        h.dom(6);
+        h.write(SOCK, 0, "/big", &"v".repeat(500)).unwrap();
+        assert_eq!(h.logs(), Vec::<String>::new(), "dom0's");
+        h.perms(SOCK, "/big", &["n6"]).unwrap();
+        assert_eq!(h.logs(), vec![over(6, used(&h, 6), SOFT)]);
+        h.perms(SOCK, "/big", &["n0"]).unwrap();
+        assert_eq!(h.logs(), vec![back(6, 0, SOFT)]);
+    }
+
+    #[test]
+    fn test_soft_quota_crossed_in_transaction_logged_at_commit() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        let tx = h.tx_start(d5);
+        for i in 0..6 {
+            assert_eq!(h.write(d5, tx, &format!("t{i}"), &"v".repeat(100)), ok());
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "nothing committed yet");
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert!(used(&h, 5) > SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        // An aborted transaction changes nothing, so says nothing.
+        let tx = h.tx_start(d5);
+        for i in 0..6 {
+            h.req(d5, MsgType::Rm, tx, &[&format!("t{i}")]).unwrap();
+        }
+        assert_eq!(h.tx_end(d5, tx, false), ok());
+        assert_eq!(h.logs(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn test_soft_quota_set_by_control_applies_to_later_writes() {
+        let (mut h, d5) = guest_with_soft_quota(0);
+        for i in 0..10 {
+            h.write(d5, 0, &format!("k{i}"), &"v".repeat(100)).unwrap();
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "0: no soft quota");
+        assert_eq!(
+            h.req(
+                SOCK,
+                MsgType::Control,
+                0,
+                &["quota-soft", "set", "memory", "300"]
+            ),
+            ok()
+        );
+        h.write(d5, 0, "k0", "w").unwrap();
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), 300)]);
+    }
+
+    #[test]
+    fn test_soft_quota_domain_dying_over_it_logs_nothing_more() {
+        let (mut h, d5) = guest_with_soft_quota(SOFT);
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs().len(), 1);
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(used(&h, 5), 0);
+        assert_eq!(h.logs(), Vec::<String>::new(), "gone, not back within");
+        // The domid reused: a new domain, crossing is news again.
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+    }
+}
+
+// ---- the watch registry ------------------------------------------------------
+
+mod watch_registry {
+    use super::super::watch::{Watch, Watches};
+    use super::*;
+
+    fn w(conn: ConnId, path: &str, token: &str) -> Watch {
+        Watch {
+            conn,
+            path: path.to_string(),
+            abs: path.to_string(),
+            token: token.to_string(),
+            depth: None,
+            relative_prefix: None,
+        }
+    }
+
+    fn tokens<'a>(v: impl IntoIterator<Item = &'a Watch>) -> Vec<(ConnId, &'a str)> {
+        v.into_iter().map(|w| (w.conn, w.token.as_str())).collect()
+    }
+
+    /// Connections 1, 2 and 3, some watches on the same path.
+    fn registry() -> Watches {
+        let mut ws = Watches::default();
+        assert!(ws.is_empty());
+        assert_eq!(ws.len(), 0);
+        for (conn, path, token) in [
+            (2, "/p", "2a"),
+            (1, "/p", "1a"),
+            (3, "/p/q", "3a"),
+            (2, "/z", "2b"),
+            (1, "/p/q", "1b"),
+            (3, "/p", "3b"),
+        ] {
+            assert!(ws.add(w(conn, path, token)));
+        }
+        assert!(!ws.add(w(1, "/p", "1a")), "same path and token again");
+        ws
+    }
+
+    #[test]
+    fn test_watches_counted_per_connection_and_in_total() {
+        let ws = registry();
+        assert!(!ws.is_empty());
+        assert_eq!(ws.len(), 6);
+        assert_eq!((ws.count(1), ws.count(2), ws.count(3)), (2, 2, 2));
+        assert_eq!(ws.count(4), 0);
+    }
+
+    #[test]
+    fn test_watches_of_connection_in_registration_order() {
+        let ws = registry();
+        assert_eq!(tokens(ws.of_conn(1)), vec![(1, "1a"), (1, "1b")]);
+        assert_eq!(tokens(ws.of_conn(2)), vec![(2, "2a"), (2, "2b")]);
+        assert_eq!(tokens(ws.of_conn(3)), vec![(3, "3a"), (3, "3b")]);
+        assert!(ws.of_conn(9).is_empty());
+    }
+
+    #[test]
+    fn test_watches_removing_one_keeps_the_others_on_its_path() {
+        let mut ws = registry();
+        assert!(ws.remove(1, "/p", "1a"));
+        assert!(!ws.remove(1, "/p", "1a"), "already gone");
+        assert_eq!(ws.len(), 5);
+        assert_eq!(
+            tokens(ws.matching("/p/x")),
+            vec![(2, "2a"), (3, "3b")],
+            "the other watches on /p still fire"
+        );
+        assert_eq!(
+            tokens(ws.matching("/p/q")),
+            vec![(2, "2a"), (3, "3a"), (1, "1b"), (3, "3b")]
+        );
+        // The last watch on a path gone: nothing is left below it.
+        assert!(ws.remove(2, "/z", "2b"));
+        assert!(ws.matching("/z").is_empty());
+        assert!(ws.below("/").iter().all(|w| w.abs != "/z"));
+    }
+
+    #[test]
+    fn test_watches_removing_a_connection_leaves_the_others() {
+        let mut ws = registry();
+        ws.remove_conn(2);
+        assert_eq!(ws.len(), 4);
+        assert_eq!(ws.count(2), 0);
+        assert!(ws.of_conn(2).is_empty());
+        assert_eq!(
+            tokens(ws.matching("/p/q")),
+            vec![(1, "1a"), (3, "3a"), (1, "1b"), (3, "3b")]
+        );
+        assert!(ws.matching("/z").is_empty());
+        assert_eq!(tokens(ws.of_conn(1)), vec![(1, "1a"), (1, "1b")]);
+        assert_eq!(tokens(ws.of_conn(3)), vec![(3, "3a"), (3, "3b")]);
+        ws.remove_conn(1);
+        ws.remove_conn(3);
+        assert!(ws.is_empty());
+        assert_eq!(ws.len(), 0);
+    }
+
+    #[test]
+    fn test_watches_below_a_path_and_depth() {
+        let ws = registry();
+        assert_eq!(
+            tokens(ws.below("/p")),
+            vec![(3, "3a"), (1, "1b")],
+            "strictly below, ordered by path"
+        );
+        assert_eq!(ws.below("/").len(), 6);
+        assert!(ws.below("/p/q").is_empty());
+        let mut d = w(1, "/d", "t");
+        d.depth = Some(1);
+        assert!(d.within_depth("/d"));
+        assert!(d.within_depth("/d/a"));
+        assert!(!d.within_depth("/d/a/b"));
+        d.relative_prefix = Some("/local/domain/1/".to_string());
+        assert_eq!(d.event_path("/local/domain/1/x"), "x");
+        assert_eq!(d.event_path("/other"), "/other");
+    }
+}
+
+// ---- what the engine tells about itself -------------------------------------
+
+mod accessors {
+    use super::*;
+
+    #[test]
+    fn test_engine_reports_its_config_requests_and_watches() {
+        let mut h = H::with(Config {
+            priv_domid: 3,
+            watch_event_timeout_ms: 1234,
+            ..Config::default()
+        });
+        assert_eq!(h.e.config().priv_domid, 3);
+        assert_eq!(h.e.config().watch_event_timeout_ms, 1234);
+        assert_eq!(h.e.requests(), 0);
+        assert_eq!(h.e.watch_count(), 0);
+        h.read(SOCK, 0, "/").unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/a", "t"]).unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/b", "t"]).unwrap();
+        assert_eq!(h.raw(SOCK, 9999, 0, vec![]), Err(XsErrno::ENOSYS));
+        assert_eq!(h.e.requests(), 4, "refused ones count too");
+        assert_eq!(h.e.watch_count(), 2);
+    }
+}
+
+// ---- limits at their exact values -------------------------------------------
+
+mod boundaries {
+    use super::*;
+
+    #[test]
+    fn test_transaction_nodes_quota_counts_writes_not_reads() {
+        let mut config = Config::default();
+        config.quotas.set_hard(QuotaKind::TransactionNodes, 3);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let tx = h.tx_start(d5);
+        for i in 0..3 {
+            assert_eq!(h.write(d5, tx, &format!("k{i}"), "v"), ok(), "write {i}");
+            h.read(d5, tx, "k0").unwrap();
+        }
+        assert_eq!(h.write(d5, tx, "k3", "v"), Err(XsErrno::ENOSPC));
+        assert_eq!(
+            h.req(d5, MsgType::Rm, tx, &["k0"]),
+            Err(XsErrno::ENOSPC),
+            "RM counts as a write"
+        );
+        assert_eq!(h.read(d5, tx, "k2"), Ok(b"v".to_vec()), "reads go on");
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "k2"), Ok(b"v".to_vec()));
+        assert_eq!(h.read(d5, 0, "k3"), Err(XsErrno::ENOENT));
+        // The privileged domain is exempt.
+        let tx = h.tx_start(SOCK);
+        for i in 0..5 {
+            assert_eq!(h.write(SOCK, tx, &format!("/t{i}"), "v"), ok());
+        }
+        assert_eq!(h.tx_end(SOCK, tx, true), ok());
+    }
+
+    #[test]
+    fn test_watch_event_of_exactly_payload_max_is_sent() {
+        let mut h = H::new();
+        // "/b\0" + token + "\0" is PAYLOAD_MAX bytes; "/bb" one more.
+        let token = "t".repeat(xenring::wire::PAYLOAD_MAX - 4);
+        h.req(SOCK, MsgType::Watch, 0, &["/", &token]).unwrap();
+        h.events(SOCK);
+        h.write(SOCK, 0, "/b", "").unwrap();
+        h.write(SOCK, 0, "/bb", "").unwrap();
+        assert_eq!(h.events(SOCK), vec![H::ev("/b", &token)]);
+        let logs = h.logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(logs[0].contains("/bb"), "{logs:?}");
+    }
+}
+
+// ---- committing a transaction the store did not move under ------------------
+
+mod unmoved_commit {
+    use super::*;
+
+    /// Nothing else changed the store: the commit takes the transaction's
+    /// own result as answered (quotas are checked when a request runs, as
+    /// C xenstored does, not again at commit), so lowering a quota
+    /// meanwhile does not turn it into EAGAIN.
+    #[test]
+    fn test_transaction_unmoved_store_commits_as_answered() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let tx = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx, "a", "1"), ok());
+        assert_eq!(h.write(d5, tx, "b", "2"), ok());
+        assert_eq!(
+            h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "1"]),
+            ok()
+        );
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "b"), Ok(b"2".to_vec()));
+        // Once the store has moved, the requests are run again, under the
+        // quota of now.
+        let tx = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx, "c", "3"), Err(XsErrno::ENOSPC));
+        h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "0"])
+            .unwrap();
+        let tx2 = h.tx_start(d5);
+        assert_eq!(h.write(d5, tx2, "c", "3"), ok());
+        h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "1"])
+            .unwrap();
+        h.write(SOCK, 0, "/elsewhere", "").unwrap();
+        assert_eq!(h.tx_end(d5, tx2, true), Err(XsErrno::EAGAIN));
+        assert_eq!(h.tx_end(d5, tx, false), ok());
     }
 }
