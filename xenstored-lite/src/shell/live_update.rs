@@ -773,42 +773,4 @@ fn is_listening_socket(fd: RawFd) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_start_options_accept_what_xenstore_control_sends() {
-        assert_eq!(
-            parse_start(&["-t", "60"]),
-            Ok(StartOptions {
-                version: Version::V2
-            })
-        );
-        assert_eq!(
-            parse_start(&["-t", "5", "-F", "-v", "1"]),
-            Ok(StartOptions {
-                version: Version::V1
-            })
-        );
-        assert_eq!(parse_start(&["-v", "3"]), Err(XsErrno::EINVAL));
-        assert_eq!(parse_start(&["-t"]), Err(XsErrno::EINVAL));
-        assert_eq!(parse_start(&["-x"]), Err(XsErrno::EINVAL));
-    }
-
-    #[test]
-    fn test_new_args_add_dash_u_once() {
-        let ours = vec![
-            OsString::from("-N"),
-            OsString::from("--mock-xen"),
-            OsString::from("/s"),
-        ];
-        assert_eq!(
-            new_args(&ours, None),
-            ["-N", "--mock-xen", "/s", "-U"].map(OsString::from)
-        );
-        assert_eq!(
-            new_args(&ours, Some("-N  -U\t-T /log")),
-            ["-N", "-U", "-T", "/log"].map(OsString::from)
-        );
-    }
-}
+mod tests;
