@@ -60,6 +60,8 @@ pub(super) struct Session {
     binary: PathBuf,
     cmdline: Option<String>,
     start: Option<Start>,
+    /// How long the dry run may take ([`DRY_RUN_LIMIT`]).
+    dry_run_limit: Duration,
 }
 
 /// `-s` received: the dry run is under way.
@@ -228,6 +230,7 @@ impl Daemon {
             binary: binary.to_path_buf(),
             cmdline: None,
             start: None,
+            dry_run_limit: DRY_RUN_LIMIT,
         });
         "OK".to_string()
     }
@@ -327,12 +330,13 @@ impl Daemon {
             }
             return;
         }
+        let limit = session.dry_run_limit;
         let Some(start) = &mut session.start else {
             return;
         };
         let status = match start.child.try_wait() {
             Ok(Some(status)) => status,
-            Ok(None) if start.since.elapsed() < DRY_RUN_LIMIT => return,
+            Ok(None) if start.since.elapsed() < limit => return,
             Ok(None) => {
                 let header = start.header;
                 return self.refuse(
@@ -340,7 +344,7 @@ impl Daemon {
                     header,
                     format!(
                         "the new binary did not finish its dry run within {} s",
-                        DRY_RUN_LIMIT.as_secs()
+                        limit.as_secs()
                     ),
                 );
             }
@@ -479,6 +483,17 @@ impl Daemon {
         }
     }
 
+    /// The descriptors the new binary inherits: the listening socket, the
+    /// event-channel handle and every client socket.
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
+        fds.extend(self.conns.values().filter_map(|c| match &c.transport {
+            Transport::Socket(s) => Some(s.as_raw_fd()),
+            Transport::Ring { .. } => None,
+        }));
+        fds
+    }
+
     /// Writes the final state and execs the new binary. Returns only if
     /// that failed, with why; the daemon is then as it was.
     fn hand_over(&mut self, session: &Session, header: Header, version: Version) -> String {
@@ -496,11 +511,7 @@ impl Daemon {
             t0.elapsed().as_millis(),
             session.binary.display()
         );
-        let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
-        fds.extend(self.conns.values().filter_map(|c| match &c.transport {
-            Transport::Socket(s) => Some(s.as_raw_fd()),
-            _ => None,
-        }));
+        let fds = self.inherited_fds();
         let args = new_args(&self.exec_args, session.cmdline.as_deref());
         let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
             .chain(args.iter().map(OsString::as_os_str))
@@ -653,11 +664,8 @@ impl Daemon {
         let report = daemon.core.restore(bytes, stream, &outcomes)?;
         summary.nodes = report.nodes;
         summary.watches = report.watches;
-        if !report.unknown_quotas.is_empty() {
-            tracing::info!(
-                "live update: quotas not known here, ignored: {:?}",
-                report.unknown_quotas
-            );
+        for name in &report.unknown_quotas {
+            tracing::info!("live update: quota {name:?} is not known here; ignored");
         }
         daemon.do_actions();
         for id in report.bad_input {

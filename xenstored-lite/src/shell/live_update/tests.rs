@@ -1036,6 +1036,7 @@ fn test_live_update_commands_answer_as_c_does() {
     assert_eq!(c.live_update(d, &["-s", "-v", "9"]), "EINVAL");
 
     assert_eq!(c.live_update(d, &["-f", &p(&binary)]), "OK");
+    assert!(!d.live_update_pending(), "a session, but no dry run yet");
     assert_eq!(
         c.live_update(d, &["-f", &p(&binary)]),
         "live-update session already active."
@@ -1095,6 +1096,7 @@ fn test_failed_dry_run_is_refused_with_its_last_line_and_cleans_up() {
     assert!(w.dir.path().join(STATE_FILE).exists());
     std::fs::write(&go, "").unwrap();
     let answer = text(&c.answer(d, req).payload);
+    assert!(!d.live_update_pending());
     assert!(
         answer.starts_with("live-update refused: the new binary failed its dry run (exit status: 3): it went wrong"),
         "{answer}"
@@ -1292,4 +1294,102 @@ fn test_new_args_add_dash_u_once() {
         new_args(&ours, Some("-N  -U\t-T /log")),
         ["-N", "-U", "-T", "/log"].map(OsString::from)
     );
+}
+
+#[test]
+fn test_dry_run_over_its_time_limit_is_refused_and_killed() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let pid_file = w.path("pid");
+    let binary = script(
+        w.dir.path(),
+        "new",
+        &format!("echo $$ > {}\nexec sleep 600", pid_file.display()),
+    );
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    if let Some(s) = &mut d.live_update {
+        s.dry_run_limit = Duration::ZERO;
+    }
+    let answer = c.live_update(d, &["-s"]);
+    assert_eq!(
+        answer,
+        "live-update refused: the new binary did not finish its dry run within 0 s"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    // Killed and reaped (if it got as far as saying who it was).
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+            assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+        }
+    }
+}
+
+#[test]
+fn test_the_new_binary_inherits_listener_handle_and_every_client_socket() {
+    let b = busy();
+    let d = &b.w.daemon;
+    let mut expected = vec![d.listener.as_raw_fd(), d.platform.evtchn.handle_fd()];
+    expected.extend([socket_fd(d, b.watcher.id), socket_fd(d, b.reader.id)]);
+    expected.sort_unstable();
+    let mut fds = d.inherited_fds();
+    fds.sort_unstable();
+    assert_eq!(fds, expected, "no ring, every socket");
+}
+
+#[test]
+fn test_restore_maps_a_ring_by_grant_when_the_stream_has_no_mfn() {
+    // As C xenstored writes it: no ring location.
+    let mut b = busy();
+    let mut stream = b.w.daemon.export_stream(Version::V2, None);
+    for r in &mut stream.records {
+        if let Record::Connection(c) = r {
+            c.ring = None;
+        }
+    }
+    let (bytes, stream) = passed_down(stream);
+    let (mut d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 0));
+    let got = on_guest(&mut d, b.w.connector(), b.rec, |c| {
+        c.write(0, "data/after", b"yes").unwrap();
+        c.read(0, "data/after").unwrap()
+    });
+    assert_eq!(got, b"yes");
+}
+
+#[test]
+fn test_restore_releases_a_dead_ring_of_a_stream_without_unique_ids() {
+    let mut b = busy();
+    let domid = b.rec.info.domid;
+    let mut stream = b.w.daemon.export_stream(Version::V2, None);
+    with_unique_id(&mut stream, domid, None);
+    b.w.ts.destroy(domid).unwrap();
+    let (bytes, stream) = passed_down(stream);
+    let (d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 1));
+    assert!(d.engine().domain_ring(domid).is_none());
+}
+
+#[test]
+fn test_restore_keeps_dom0s_own_ring_whatever_its_unique_id() {
+    let mut w = World::new();
+    w.daemon.serve_local_ring();
+    let Some(dom0) = w
+        .daemon
+        .conns
+        .iter()
+        .find_map(|(&id, c)| (c.domid() == Some(0)).then_some(id))
+    else {
+        panic!("dom0's own ring is not served on mock-xen");
+    };
+    let mut stream = w.daemon.export_stream(Version::V2, None);
+    assert!(conn_record(&stream, dom0).ring.is_none());
+    // Dom0 is never replaced: a unique id that does not match is ignored.
+    with_unique_id(&mut stream, 0, Some(0xdead));
+    let (bytes, stream) = passed_down(stream);
+    let (d, summary) = take_over(&w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 0));
+    assert!(d.conns.values().any(|c| c.domid() == Some(0)));
 }
