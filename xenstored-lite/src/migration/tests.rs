@@ -843,6 +843,8 @@ fn arb_stream() -> impl Strategy<Value = Stream> {
 fn config() -> ProptestConfig {
     ProptestConfig {
         rng_seed: proptest::test_runner::RngSeed::Fixed(0x0005_7a7e_d0e5),
+        // A failure is reported soon (the mutation check waits for it).
+        max_shrink_iters: 256,
         failure_persistence: Some(Box::new(
             proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
         )),

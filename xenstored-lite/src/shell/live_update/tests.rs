@@ -226,6 +226,15 @@ impl Client {
         }
     }
 
+    /// Fails at once if request `req` was answered already (so that a
+    /// wait for something else does not run into its bound).
+    fn no_answer_yet(&mut self, req: u32) {
+        self.poll();
+        if let Some(m) = self.inbox.iter().find(|m| m.header.req_id == req) {
+            panic!("answered already: {}", text(&m.payload));
+        }
+    }
+
     /// The next watch event: path and token.
     fn watch_event(&mut self, daemon: &mut Daemon) -> (String, String) {
         let mut found = None;
@@ -1083,6 +1092,7 @@ fn test_failed_dry_run_is_refused_with_its_last_line_and_cleans_up() {
         build_args(&[b"live-update", b"-s", b"-t", b"60", b"-F", b"-v", b"1"]),
     );
     until(d, "the dry run started", |d| {
+        c.no_answer_yet(req);
         d.live_update_pending() && state_copy.exists()
     });
     // The daemon serves while the dry run runs; -s has no answer yet.
@@ -1165,8 +1175,9 @@ fn test_dry_run_is_abandoned_when_the_asking_connection_goes() {
     );
     let d = &mut w.daemon;
     assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
-    c.send(MsgType::Control, 0, build_args(&[b"live-update", b"-s"]));
+    let req = c.send(MsgType::Control, 0, build_args(&[b"live-update", b"-s"]));
     until(d, "the dry run started", |_| {
+        c.no_answer_yet(req);
         std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
     });
     assert!(d.live_update_pending());
@@ -1198,7 +1209,10 @@ fn test_abort_ends_a_dry_run_under_way() {
     let d = &mut w.daemon;
     assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
     let req = c.send(MsgType::Control, 0, build_args(&[b"live-update", b"-s"]));
-    until(d, "the dry run started", |_| started.exists());
+    until(d, "the dry run started", |_| {
+        c.no_answer_yet(req);
+        started.exists()
+    });
     assert_eq!(
         other.live_update(d, &["-f", binary.to_str().unwrap()]),
         "live-update session already active."
@@ -1276,6 +1290,15 @@ fn test_start_options_accept_what_xenstore_control_sends() {
     );
     assert_eq!(parse_start(&["-v", "3"]), Err(XsErrno::EINVAL));
     assert_eq!(parse_start(&["-t"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-v"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-t", "soon"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-v", "two"]), Err(XsErrno::EINVAL));
+    assert_eq!(
+        parse_start(&["-F", "-v", "1", "-t", "9"]),
+        Ok(StartOptions {
+            version: Version::V1
+        })
+    );
     assert_eq!(parse_start(&["-x"]), Err(XsErrno::EINVAL));
 }
 
