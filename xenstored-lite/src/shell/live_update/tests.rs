@@ -393,6 +393,15 @@ fn busy() -> Busy {
         .parse()
         .unwrap();
     watcher.ok(d, MsgType::Write, tx, build_path_value(b"/a/t", b"x"));
+    // A global quota and one of the guest's own.
+    watcher.ok(d, MsgType::SetQuota, 0, build_args(&[b"watches", b"7"]));
+    let domid = rec.info.domid.to_string();
+    watcher.ok(
+        d,
+        MsgType::SetQuota,
+        0,
+        build_args(&[domid.as_bytes(), b"nodes", b"77"]),
+    );
     let read = Message::new(MsgType::Read, 7, 0, build_args(&[b"/a"]))
         .unwrap()
         .to_bytes();
@@ -521,6 +530,28 @@ fn test_export_carries_descriptors_connections_and_engine_state() {
         r,
         Record::Node(n) if n.path == "/a" && n.value == b"1" && n.conn_id == 0
     )));
+
+    let quota = |q: &[crate::migration::Quota], name: &str| {
+        q.iter().find(|q| q.name == name).map(|q| q.value)
+    };
+    let global = stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::GlobalQuota(g) => Some(g),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(quota(&global.dom_quota, "watches"), Some(7));
+    let domain = stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Domain(dd) if dd.domain_id == b.rec.info.domid => Some(dd),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(quota(&domain.quota, "nodes"), Some(77));
 
     // Exporting took nothing: the daemon still writes the reply's rest.
     until(d, "the rest of the reply", |_| {
@@ -661,6 +692,23 @@ fn test_restore_takes_over_every_connection_where_it_stopped() {
         b.reader
             .ok(&mut d, MsgType::Read, 0, build_args(&[b"/a/t"])),
         b"x"
+    );
+
+    // The quotas are as they were.
+    let domid = b.rec.info.domid.to_string();
+    assert_eq!(
+        b.reader
+            .ok(&mut d, MsgType::GetQuota, 0, build_args(&[b"watches"])),
+        b"7\0"
+    );
+    assert_eq!(
+        b.reader.ok(
+            &mut d,
+            MsgType::GetQuota,
+            0,
+            build_args(&[domid.as_bytes(), b"nodes"])
+        ),
+        b"77\0"
     );
 
     // The guest's ring is served.
