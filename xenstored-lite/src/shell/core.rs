@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use xenring::codec::Decoder;
 use xenring::{DomId, Header, Message, XsErrno};
 
+use crate::engine::migrate::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
 use crate::migration::{ConnSpec, Record, Stream};
 use crate::replay::format::{Answer, ConnectKind, Event, Outcome, Recorder};
@@ -372,7 +373,7 @@ impl Core {
         bytes: &[u8],
         stream: &Stream,
         outcomes: &[(u32, Outcome)],
-    ) -> Result<RestoreOutcome, String> {
+    ) -> Result<RestoreOutcome, TakeOverError> {
         if let Some(r) = &mut self.recorder {
             r.record(&Event::Restore {
                 stream: bytes.to_vec(),
@@ -417,20 +418,17 @@ impl Core {
                     }
                     id
                 }
-                (o, _) => {
-                    return Err(format!(
-                        "connection {}: outcome {o:?} does not fit its record",
-                        c.conn_id
-                    ))
+                (outcome, _) => {
+                    return Err(TakeOverError::OutcomeMismatch {
+                        conn_id: c.conn_id,
+                        outcome,
+                    })
                 }
             };
             map.insert(c.conn_id, id);
             restored.push((id, c));
         }
-        let report = self
-            .engine
-            .restore_records(&stream.records, &map)
-            .map_err(|e| e.to_string())?;
+        let report = self.engine.restore_records(&stream.records, &map)?;
         for domid in gone {
             self.engine.handle(Input::DomainState {
                 domid,
@@ -455,6 +453,23 @@ impl Core {
             bad_input,
         })
     }
+}
+
+/// Why [`Core::restore`] could not take a stream over.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TakeOverError {
+    /// What became of a connection does not fit its record (a socket
+    /// restored as a ring, or the other way round).
+    #[error("connection {conn_id}: outcome {outcome:?} does not fit its record")]
+    OutcomeMismatch {
+        /// The stream's connection id.
+        conn_id: u32,
+        /// What became of it.
+        outcome: Outcome,
+    },
+    /// The engine refused the records.
+    #[error(transparent)]
+    Records(#[from] RestoreError),
 }
 
 /// What [`Core::restore`] did.
@@ -663,7 +678,13 @@ mod tests {
         let err = after
             .restore(&bytes, &stream, &[(5, Outcome::Ring(9))])
             .unwrap_err();
-        assert!(err.contains("connection 5"), "{err}");
+        assert_eq!(
+            err,
+            TakeOverError::OutcomeMismatch {
+                conn_id: 5,
+                outcome: Outcome::Ring(9)
+            }
+        );
     }
 
     #[test]
