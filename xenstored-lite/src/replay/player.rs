@@ -305,7 +305,10 @@ fn apply(
                 why: format!("the recorded migration stream: {e}"),
             })?;
             c.restore(&stream, &parsed, &outcomes)
-                .map_err(|why| ReplayError::Inconsistent { index, why })?;
+                .map_err(|e| ReplayError::Inconsistent {
+                    index,
+                    why: e.to_string(),
+                })?;
         }
         Event::Time(t) => {
             first_time.get_or_insert(t);

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use xenring::codec::Decoder;
 use xenring::{DomId, Header, Message, XsErrno};
 
+use crate::engine::migrate::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
 use crate::migration::{ConnSpec, Record, Stream};
 use crate::replay::format::{Answer, ConnectKind, Event, Outcome, Recorder};
@@ -372,7 +373,7 @@ impl Core {
         bytes: &[u8],
         stream: &Stream,
         outcomes: &[(u32, Outcome)],
-    ) -> Result<RestoreOutcome, String> {
+    ) -> Result<RestoreOutcome, TakeOverError> {
         if let Some(r) = &mut self.recorder {
             r.record(&Event::Restore {
                 stream: bytes.to_vec(),
@@ -417,20 +418,17 @@ impl Core {
                     }
                     id
                 }
-                (o, _) => {
-                    return Err(format!(
-                        "connection {}: outcome {o:?} does not fit its record",
-                        c.conn_id
-                    ))
+                (outcome, _) => {
+                    return Err(TakeOverError::OutcomeMismatch {
+                        conn_id: c.conn_id,
+                        outcome,
+                    })
                 }
             };
             map.insert(c.conn_id, id);
             restored.push((id, c));
         }
-        let report = self
-            .engine
-            .restore_records(&stream.records, &map)
-            .map_err(|e| e.to_string())?;
+        let report = self.engine.restore_records(&stream.records, &map)?;
         for domid in gone {
             self.engine.handle(Input::DomainState {
                 domid,
@@ -457,6 +455,23 @@ impl Core {
     }
 }
 
+/// Why [`Core::restore`] could not take a stream over.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TakeOverError {
+    /// What became of a connection does not fit its record (a socket
+    /// restored as a ring, or the other way round).
+    #[error("connection {conn_id}: outcome {outcome:?} does not fit its record")]
+    OutcomeMismatch {
+        /// The stream's connection id.
+        conn_id: u32,
+        /// What became of it.
+        outcome: Outcome,
+    },
+    /// The engine refused the records.
+    #[error(transparent)]
+    Records(#[from] RestoreError),
+}
+
 /// What [`Core::restore`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreOutcome {
@@ -468,4 +483,227 @@ pub struct RestoreOutcome {
     pub unknown_quotas: Vec<String>,
     /// Connections whose pending input did not decode.
     pub bad_input: Vec<ConnId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Config;
+    use crate::migration::{ConnectionData, Endian, Header as StreamHeader, SocketConn, Version};
+    use xenring::codec::{build_args, build_path_value};
+    use xenring::MsgType;
+
+    fn request(ty: MsgType, req_id: u32, payload: Vec<u8>) -> Vec<u8> {
+        Message::new(ty, req_id, 0, payload).unwrap().to_bytes()
+    }
+
+    /// Requests whose answers are several messages of different lengths:
+    /// replies and a watch event.
+    fn requests() -> Vec<u8> {
+        [
+            request(
+                MsgType::Write,
+                1,
+                build_path_value(b"/a", b"a value long enough to cut"),
+            ),
+            request(MsgType::Watch, 2, build_args(&[b"/a", b"token"])),
+            request(MsgType::Read, 3, build_args(&[b"/a"])),
+            request(MsgType::Directory, 4, build_args(&[b"/"])),
+        ]
+        .concat()
+    }
+
+    fn socket_core() -> Core {
+        let mut core = Core::new(Engine::new(Config::default()), None);
+        core.connect(1, ConnKind::Socket);
+        core
+    }
+
+    /// Everything `conn` has to write, written in full.
+    fn drain(core: &mut Core, conn: ConnId) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(bytes) = core.next_output(conn) {
+            let bytes = bytes.to_vec();
+            assert!(!bytes.is_empty(), "next_output offered nothing");
+            out.extend_from_slice(&bytes);
+            core.wrote(conn, bytes.len());
+        }
+        out
+    }
+
+    /// The stream a live update writes for connection 1 of `core` (as
+    /// stream connection 5), through bytes and back.
+    fn stream_of(core: &Core) -> (Vec<u8>, Stream) {
+        let pending = core.pending(1, None).unwrap();
+        let mut records = vec![Record::Connection(ConnectionData {
+            conn_id: 5,
+            spec: ConnSpec::Socket(SocketConn { socket_fd: 10 }),
+            in_data: pending.in_data,
+            out_resp_len: pending.out_resp_len,
+            out_data: pending.out_data,
+            unique_id: None,
+            ring: None,
+        })];
+        records.extend(core.export_records(&BTreeMap::from([(1, 5)])));
+        let stream = Stream {
+            header: StreamHeader {
+                version: Version::V2,
+                endian: Endian::Little,
+            },
+            records,
+        };
+        let bytes = stream.to_bytes().unwrap();
+        let parsed = Stream::parse(&bytes).unwrap();
+        assert_eq!(parsed, stream);
+        (bytes, parsed)
+    }
+
+    fn restored(bytes: &[u8], stream: &Stream) -> Core {
+        let mut core = Core::new(Engine::new(Config::default()), None);
+        let outcome = core
+            .restore(bytes, stream, &[(5, Outcome::Socket(9))])
+            .unwrap();
+        assert!(outcome.bad_input.is_empty());
+        core
+    }
+
+    #[test]
+    fn test_pending_after_partial_write_is_exactly_the_unwritten_rest() {
+        let mut reference = socket_core();
+        reference
+            .input(1, &requests(), &mut |_, _, _, _| {})
+            .unwrap();
+        let all = drain(&mut reference, 1);
+
+        let mut core = socket_core();
+        core.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+        let first = core.next_output(1).unwrap().len();
+        core.wrote(1, 7);
+        let pending = core.pending(1, None).unwrap();
+        assert_eq!(pending.out_data, &all[7..]);
+        assert_eq!(usize::from(pending.out_resp_len), first - 7);
+        assert!(pending.in_data.is_empty());
+        // Reading pending bytes takes nothing: the core still writes them.
+        assert_eq!(drain(&mut core, 1), &all[7..]);
+    }
+
+    #[test]
+    fn test_nothing_written_yet_is_no_partial_response() {
+        let mut core = socket_core();
+        core.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+        let queued = core.pending(1, None).unwrap();
+        assert_eq!(queued.out_resp_len, 0);
+        // Taken from the engine but not written: still no partial response.
+        let _ = core.next_output(1).unwrap();
+        core.wrote(1, 0);
+        let taken = core.pending(1, None).unwrap();
+        assert_eq!(taken.out_resp_len, 0);
+        assert_eq!(taken.out_data, queued.out_data);
+    }
+
+    #[test]
+    fn test_live_update_resumes_a_partial_write_with_no_byte_twice_or_lost() {
+        let mut reference = socket_core();
+        reference
+            .input(1, &requests(), &mut |_, _, _, _| {})
+            .unwrap();
+        let all = drain(&mut reference, 1);
+        let first = {
+            let mut c = socket_core();
+            c.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+            c.next_output(1).unwrap().len()
+        };
+        // Cut inside the header, at its end, inside the payload, at the
+        // message's end, and in the second message.
+        for cut in [0, 1, 15, 16, 17, first - 1, first, first + 3] {
+            let mut core = socket_core();
+            core.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+            let mut sent = Vec::new();
+            while sent.len() < cut {
+                let bytes = core.next_output(1).unwrap();
+                let n = bytes.len().min(cut - sent.len());
+                sent.extend_from_slice(&bytes[..n]);
+                core.wrote(1, n);
+            }
+            let (bytes, stream) = stream_of(&core);
+            let mut after = restored(&bytes, &stream);
+            sent.extend(drain(&mut after, 9));
+            assert_eq!(sent, all, "cut after {cut} octets");
+        }
+    }
+
+    #[test]
+    fn test_live_update_carries_half_a_request_that_completes_after() {
+        let read = request(MsgType::Read, 8, build_args(&[b"/a"]));
+        let mut core = socket_core();
+        let write = request(MsgType::Write, 1, build_path_value(b"/a", b"v"));
+        core.input(1, &write, &mut |_, _, _, _| {}).unwrap();
+        let _ = drain(&mut core, 1);
+        // Half a header, then a header and half a payload.
+        for cut in [5, 18] {
+            let mut c = socket_core();
+            c.input(1, &write, &mut |_, _, _, _| {}).unwrap();
+            let _ = drain(&mut c, 1);
+            c.input(1, &read[..cut], &mut |_, _, _, _| {}).unwrap();
+            assert_eq!(c.next_output(1), None, "half a request has no answer");
+            let pending = c.pending(1, None).unwrap();
+            assert_eq!(pending.in_data, &read[..cut]);
+            let (bytes, stream) = stream_of(&c);
+            let mut after = restored(&bytes, &stream);
+            assert_eq!(after.next_output(9), None);
+            after.input(9, &read[cut..], &mut |_, _, _, _| {}).unwrap();
+            let reply = drain(&mut after, 9);
+            let expected = Message::new(MsgType::Read, 8, 0, b"v".to_vec())
+                .unwrap()
+                .to_bytes();
+            assert_eq!(reply, expected, "cut after {cut} octets");
+        }
+    }
+
+    #[test]
+    fn test_extra_message_is_queued_after_everything_else() {
+        let mut core = socket_core();
+        core.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+        let plain = core.pending(1, None).unwrap();
+        let ok = Message::new(MsgType::Control, 3, 0, b"OK\0".to_vec()).unwrap();
+        let with = core.pending(1, Some(&ok)).unwrap();
+        assert_eq!(with.out_data, [plain.out_data, ok.to_bytes()].concat());
+    }
+
+    #[test]
+    fn test_restore_refuses_an_outcome_that_does_not_fit_its_record() {
+        let core = socket_core();
+        let (bytes, stream) = stream_of(&core);
+        let mut after = Core::new(Engine::new(Config::default()), None);
+        let err = after
+            .restore(&bytes, &stream, &[(5, Outcome::Ring(9))])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TakeOverError::OutcomeMismatch {
+                conn_id: 5,
+                outcome: Outcome::Ring(9)
+            }
+        );
+    }
+
+    #[test]
+    fn test_restore_reports_pending_input_that_does_not_decode() {
+        let mut core = socket_core();
+        // A header announcing a payload over the protocol's limit.
+        let mut bad = Message::new(MsgType::Read, 1, 0, Vec::new())
+            .unwrap()
+            .to_bytes();
+        bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+        let (_, mut stream) = stream_of(&core);
+        if let Some(Record::Connection(c)) = stream.records.first_mut() {
+            c.in_data = bad;
+        }
+        let bytes = stream.to_bytes().unwrap();
+        core = Core::new(Engine::new(Config::default()), None);
+        let outcome = core
+            .restore(&bytes, &stream, &[(5, Outcome::Socket(9))])
+            .unwrap();
+        assert_eq!(outcome.bad_input, vec![9]);
+    }
 }

@@ -34,13 +34,13 @@ use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::GNTTAB_RESERVED_XENSTORE;
 use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
-use super::core::Core;
+use super::core::{Core, TakeOverError};
 use super::platform::{fd_is_open, Platform};
 use super::{Conn, Daemon, ShellConfig, Transport};
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
-    RingLocation, SocketConn, Stream, Version, DOMID_INVALID,
+    RingLocation, SocketConn, Stream, Version, WriteError, DOMID_INVALID,
 };
 use crate::replay::format::{Answer, Event, Outcome};
 
@@ -60,6 +60,8 @@ pub(super) struct Session {
     binary: PathBuf,
     cmdline: Option<String>,
     start: Option<Start>,
+    /// How long the dry run may take ([`DRY_RUN_LIMIT`]).
+    dry_run_limit: Duration,
 }
 
 /// `-s` received: the dry run is under way.
@@ -120,6 +122,76 @@ fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
     evtchn::fd::set_cloexec(unsafe { BorrowedFd::borrow_raw(fd) }, on)
 }
 
+/// Why the state could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateWriteError {
+    /// The stream cannot carry it.
+    #[error("cannot encode the state: {0}")]
+    Encode(#[from] WriteError),
+    /// The state file cannot be written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Why the new process could not take over the old one's state.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailure {
+    /// The stream's content does not restore.
+    #[error(transparent)]
+    TakeOver(#[from] TakeOverError),
+    /// The listening socket passed down cannot be used.
+    #[error("cannot take over the listening socket: {0}")]
+    Listener(#[source] io::Error),
+    /// The socket cannot be bound again.
+    #[error("cannot serve {}: {source}", path.display())]
+    Serve {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The daemon cannot be set up (recording, epoll).
+    #[error("cannot set up the daemon: {0}")]
+    Setup(#[source] io::Error),
+}
+
+/// Why a ring of the stream cannot be served again.
+#[derive(Debug, thiserror::Error)]
+enum RingRestoreError {
+    /// Dom0's own ring (xsd_kva) cannot be mapped.
+    #[error("cannot map dom0's own ring: {0}")]
+    LocalRing(#[source] gnttab::Error),
+    /// Neither the grant nor the mfn maps.
+    #[error("cannot map its ring (grant: {grant}; mfn {mfn:#x}: {foreign})")]
+    Map {
+        /// Why the grant did not map.
+        grant: gnttab::Error,
+        /// The mfn of the stream.
+        mfn: u64,
+        /// Why the mfn did not map.
+        foreign: gnttab::Error,
+    },
+    /// The grant does not map and the stream has no mfn.
+    #[error("cannot map its ring by grant ({0}) and the stream has no mfn")]
+    NoMfn(#[source] gnttab::Error),
+    /// Its port must be bound again, and the stream does not say to what.
+    #[error("the event-channel handle was not passed down and the stream has no remote port")]
+    NoRemotePort,
+    /// Its port cannot be bound again.
+    #[error("cannot bind its port {remote}: {source}")]
+    Bind {
+        /// The guest's port.
+        remote: u32,
+        /// Why.
+        source: evtchn::Error,
+    },
+}
+
 /// What a restore took over, for the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreSummary {
@@ -142,7 +214,7 @@ pub fn check_stream(
     config: Config,
     bytes: &[u8],
     stream: &Stream,
-) -> Result<RestoreSummary, String> {
+) -> Result<RestoreSummary, TakeOverError> {
     let mut core = Core::new(Engine::new(config), None);
     let mut summary = RestoreSummary::default();
     let outcomes: Vec<(u32, Outcome)> = stream
@@ -228,6 +300,7 @@ impl Daemon {
             binary: binary.to_path_buf(),
             cmdline: None,
             start: None,
+            dry_run_limit: DRY_RUN_LIMIT,
         });
         "OK".to_string()
     }
@@ -327,12 +400,13 @@ impl Daemon {
             }
             return;
         }
+        let limit = session.dry_run_limit;
         let Some(start) = &mut session.start else {
             return;
         };
         let status = match start.child.try_wait() {
             Ok(Some(status)) => status,
-            Ok(None) if start.since.elapsed() < DRY_RUN_LIMIT => return,
+            Ok(None) if start.since.elapsed() < limit => return,
             Ok(None) => {
                 let header = start.header;
                 return self.refuse(
@@ -340,7 +414,7 @@ impl Daemon {
                     header,
                     format!(
                         "the new binary did not finish its dry run within {} s",
-                        DRY_RUN_LIMIT.as_secs()
+                        limit.as_secs()
                     ),
                 );
             }
@@ -400,11 +474,13 @@ impl Daemon {
         &mut self,
         version: Version,
         reply: Option<(ConnId, &Message)>,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, StateWriteError> {
         let stream = self.export_stream(version, reply);
-        let bytes = stream.to_bytes().map_err(|e| e.to_string())?;
-        std::fs::write(self.state_path(), &bytes)
-            .map_err(|e| format!("{}: {e}", self.state_path().display()))?;
+        let bytes = stream.to_bytes()?;
+        std::fs::write(self.state_path(), &bytes).map_err(|source| StateWriteError::Io {
+            path: self.state_path(),
+            source,
+        })?;
         Ok(bytes.len())
     }
 
@@ -479,6 +555,17 @@ impl Daemon {
         }
     }
 
+    /// The descriptors the new binary inherits: the listening socket, the
+    /// event-channel handle and every client socket.
+    fn inherited_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
+        fds.extend(self.conns.values().filter_map(|c| match &c.transport {
+            Transport::Socket(s) => Some(s.as_raw_fd()),
+            Transport::Ring { .. } => None,
+        }));
+        fds
+    }
+
     /// Writes the final state and execs the new binary. Returns only if
     /// that failed, with why; the daemon is then as it was.
     fn hand_over(&mut self, session: &Session, header: Header, version: Version) -> String {
@@ -496,11 +583,7 @@ impl Daemon {
             t0.elapsed().as_millis(),
             session.binary.display()
         );
-        let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
-        fds.extend(self.conns.values().filter_map(|c| match &c.transport {
-            Transport::Socket(s) => Some(s.as_raw_fd()),
-            _ => None,
-        }));
+        let fds = self.inherited_fds();
         let args = new_args(&self.exec_args, session.cmdline.as_deref());
         let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
             .chain(args.iter().map(OsString::as_os_str))
@@ -555,7 +638,7 @@ impl Daemon {
         config: &ShellConfig,
         bytes: &[u8],
         stream: &Stream,
-    ) -> Result<(Self, RestoreSummary), String> {
+    ) -> Result<(Self, RestoreSummary), RestoreFailure> {
         let t0 = Instant::now();
         let global = stream.records.iter().find_map(|r| match r {
             Record::Global(g) => Some(*g),
@@ -568,7 +651,7 @@ impl Daemon {
                 // socket, and nothing else in this process owns it.
                 let l = unsafe { UnixListener::from_raw_fd(fd) };
                 let _ = set_cloexec(fd, true);
-                l.set_nonblocking(true).map_err(|e| e.to_string())?;
+                l.set_nonblocking(true).map_err(RestoreFailure::Listener)?;
                 l
             }
             other => {
@@ -576,11 +659,14 @@ impl Daemon {
                     "live update: no listening socket passed down ({other:?}); binding {} again",
                     config.socket.display()
                 );
-                super::bind_listener(&config.socket).map_err(|e| e.to_string())?
+                super::bind_listener(&config.socket).map_err(|source| RestoreFailure::Serve {
+                    path: config.socket.clone(),
+                    source,
+                })?
             }
         };
         let mut daemon = Self::with_listener(engine, platform, config, listener, true)
-            .map_err(|e| e.to_string())?;
+            .map_err(RestoreFailure::Setup)?;
         let mut summary = RestoreSummary::default();
         let alive: Option<BTreeMap<DomId, Option<u64>>> = daemon.platform.dominfo_list().map(|l| {
             l.into_iter()
@@ -653,11 +739,8 @@ impl Daemon {
         let report = daemon.core.restore(bytes, stream, &outcomes)?;
         summary.nodes = report.nodes;
         summary.watches = report.watches;
-        if !report.unknown_quotas.is_empty() {
-            tracing::info!(
-                "live update: quotas not known here, ignored: {:?}",
-                report.unknown_quotas
-            );
+        for name in &report.unknown_quotas {
+            tracing::info!("live update: quota {name:?} is not known here; ignored");
         }
         daemon.do_actions();
         for id in report.bad_input {
@@ -701,52 +784,49 @@ impl Daemon {
 
     /// Maps a restored ring again and gets its port: the inherited handle
     /// still has it bound; else it is bound anew from the remote port.
-    fn restore_ring(&mut self, r: &RingConn, loc: Option<RingLocation>) -> Result<ConnId, String> {
+    fn restore_ring(
+        &mut self,
+        r: &RingConn,
+        loc: Option<RingLocation>,
+    ) -> Result<ConnId, RingRestoreError> {
         let domid = r.domid;
-        let (page, remote_port) = if domid == 0 && loc.is_none() {
-            let local = self
-                .platform
-                .mapper
-                .map_local_xenstore()
-                .map_err(|e| format!("cannot map dom0's own ring: {e}"))?;
-            (local.page, Some(local.port.get()))
-        } else {
-            let page = match self
-                .platform
-                .mapper
-                .map_grant(domid, GNTTAB_RESERVED_XENSTORE)
-            {
-                Ok(page) => page,
-                Err(grant_err) => match loc {
-                    Some(l) => self
+        let (page, remote_port) =
+            if domid == 0 && loc.is_none() {
+                let local = self
+                    .platform
+                    .mapper
+                    .map_local_xenstore()
+                    .map_err(RingRestoreError::LocalRing)?;
+                (local.page, Some(local.port.get()))
+            } else {
+                let page =
+                    match self
                         .platform
                         .mapper
-                        .map_foreign(domid, l.mfn)
-                        .map_err(|e| {
-                            format!(
-                                "cannot map its ring (grant: {grant_err}; mfn {:#x}: {e})",
-                                l.mfn
-                            )
-                        })?,
-                    None => {
-                        return Err(format!(
-                            "cannot map its ring by grant ({grant_err}) and the stream has no mfn"
-                        ))
-                    }
-                },
+                        .map_grant(domid, GNTTAB_RESERVED_XENSTORE)
+                    {
+                        Ok(page) => page,
+                        Err(grant_err) => match loc {
+                            Some(l) => self.platform.mapper.map_foreign(domid, l.mfn).map_err(
+                                |foreign| RingRestoreError::Map {
+                                    grant: grant_err,
+                                    mfn: l.mfn,
+                                    foreign,
+                                },
+                            )?,
+                            None => return Err(RingRestoreError::NoMfn(grant_err)),
+                        },
+                    };
+                (page, loc.map(|l| l.remote_port))
             };
-            (page, loc.map(|l| l.remote_port))
-        };
         let port = if self.platform.evtchn_inherited {
             Port::new(r.evtchn)
         } else {
-            let remote = remote_port.ok_or(
-                "the event-channel handle was not passed down and the stream has no remote port",
-            )?;
+            let remote = remote_port.ok_or(RingRestoreError::NoRemotePort)?;
             self.platform
                 .evtchn
                 .bind_interdomain(domid, Port::new(remote))
-                .map_err(|e| format!("cannot bind its port {remote}: {e}"))?
+                .map_err(|source| RingRestoreError::Bind { remote, source })?
         };
         Ok(self.add_ring(page, port, domid))
     }
@@ -773,42 +853,4 @@ fn is_listening_socket(fd: RawFd) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn test_start_options_accept_what_xenstore_control_sends() {
-        assert_eq!(
-            parse_start(&["-t", "60"]),
-            Ok(StartOptions {
-                version: Version::V2
-            })
-        );
-        assert_eq!(
-            parse_start(&["-t", "5", "-F", "-v", "1"]),
-            Ok(StartOptions {
-                version: Version::V1
-            })
-        );
-        assert_eq!(parse_start(&["-v", "3"]), Err(XsErrno::EINVAL));
-        assert_eq!(parse_start(&["-t"]), Err(XsErrno::EINVAL));
-        assert_eq!(parse_start(&["-x"]), Err(XsErrno::EINVAL));
-    }
-
-    #[test]
-    fn test_new_args_add_dash_u_once() {
-        let ours = vec![
-            OsString::from("-N"),
-            OsString::from("--mock-xen"),
-            OsString::from("/s"),
-        ];
-        assert_eq!(
-            new_args(&ours, None),
-            ["-N", "--mock-xen", "/s", "-U"].map(OsString::from)
-        );
-        assert_eq!(
-            new_args(&ours, Some("-N  -U\t-T /log")),
-            ["-N", "-U", "-T", "/log"].map(OsString::from)
-        );
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@ pub mod core;
 mod live_update;
 pub mod platform;
 
-pub use live_update::{check_stream, RestoreSummary, STATE_FILE};
+pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

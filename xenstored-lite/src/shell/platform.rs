@@ -130,6 +130,12 @@ impl Platform {
         })
     }
 
+    /// mock-xen reached through `connector` (a mock-xen process, or a
+    /// machine in this process), with a handle of its own.
+    pub fn mock(connector: &Connector) -> Result<Self, PlatformError> {
+        Self::remote(connector, "mock-xen".to_string(), None, None)
+    }
+
     /// Every domain the hypervisor knows, or `None` (logged) if it cannot
     /// say.
     pub fn dominfo_list(&mut self) -> Option<Vec<gnttab::DomainInfo>> {

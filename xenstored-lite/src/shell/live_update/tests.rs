@@ -1,0 +1,1477 @@
+//! Unit tests of the live update: a daemon in this process, on a mock-xen
+//! served by a thread of this process, with clients on its socket and
+//! guests on their rings. The export is read back as a stream; the restore
+//! takes over duplicates of the descriptors the export names, as the new
+//! process takes over the old one's across `exec()`.
+
+use std::io::Write as _;
+use std::os::fd::IntoRawFd;
+use std::sync::{Arc, Mutex};
+
+use mock_xen::{Connector, DomainRecord, Guest, ServerThread, Toolstack};
+use xenring::codec::{build_args, build_path_value, Decoder};
+use xenring::{Perm, PermKind};
+
+use super::*;
+use crate::engine::migrate::RestoreError;
+use crate::migration::{TransactionData, WatchData};
+use crate::shell::platform::PlatformChoice;
+
+/// How long anything may take (a bound, not a sleep).
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn shell_config(dir: &Path) -> ShellConfig {
+    ShellConfig {
+        socket: dir.join("socket"),
+        access_log: None,
+        rundir: dir.to_path_buf(),
+        exec_args: vec![OsString::from("-N")],
+        record_dir: None,
+    }
+}
+
+/// A mock-xen, a daemon on it, and a toolstack.
+struct World {
+    dir: tempfile::TempDir,
+    hv: ServerThread,
+    ts: Toolstack,
+    daemon: Daemon,
+}
+
+impl World {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = ServerThread::start(dir.path().join("mock-xen.sock")).unwrap();
+        let platform = Platform::mock(&Connector::remote(hv.path())).unwrap();
+        let daemon = Daemon::new(
+            Engine::new(Config::default()),
+            platform,
+            &shell_config(dir.path()),
+        )
+        .unwrap();
+        let ts = Toolstack::open(&Connector::remote(hv.path())).unwrap();
+        Self {
+            dir,
+            hv,
+            ts,
+            daemon,
+        }
+    }
+
+    fn connector(&self) -> Connector {
+        Connector::remote(self.hv.path())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client on the socket, once the daemon has accepted it.
+    fn connect(&mut self) -> Client {
+        let stream = UnixStream::connect(self.path("socket")).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let before: Vec<ConnId> = self.daemon.conns.keys().copied().collect();
+        until(&mut self.daemon, "the client accepted", |d| {
+            d.conns.len() > before.len()
+        });
+        let id = self
+            .daemon
+            .conns
+            .keys()
+            .copied()
+            .find(|id| !before.contains(id))
+            .unwrap();
+        Client::new(stream, id)
+    }
+
+    /// A guest created, given its home and introduced by `dom0`.
+    fn guest(&mut self, dom0: &mut Client) -> DomainRecord {
+        let rec = self.ts.create_domain().unwrap();
+        let d = rec.info.domid;
+        let home = format!("/local/domain/{d}");
+        dom0.ok(
+            &mut self.daemon,
+            MsgType::Mkdir,
+            0,
+            build_args(&[home.as_bytes()]),
+        );
+        let perm = Perm::new(PermKind::None, d).to_string();
+        dom0.ok(
+            &mut self.daemon,
+            MsgType::SetPerms,
+            0,
+            build_args(&[home.as_bytes(), perm.as_bytes()]),
+        );
+        let args = [
+            d.to_string(),
+            rec.store_mfn.to_string(),
+            rec.store_port.to_string(),
+        ];
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        dom0.ok(&mut self.daemon, MsgType::Introduce, 0, build_args(&args));
+        rec
+    }
+}
+
+/// Turns `daemon` until `cond` holds (within [`LIMIT`]).
+fn until(daemon: &mut Daemon, what: &str, mut cond: impl FnMut(&mut Daemon) -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond(daemon) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        daemon.turn(Some(10)).unwrap();
+    }
+}
+
+/// A socket client that never blocks: requests go out, answers are read
+/// while the daemon turns.
+struct Client {
+    stream: UnixStream,
+    /// The daemon's connection id for it.
+    id: ConnId,
+    decoder: Decoder,
+    /// Every octet received.
+    raw: Vec<u8>,
+    /// Messages received and not yet taken.
+    inbox: Vec<Message>,
+    next_req: u32,
+}
+
+impl Client {
+    fn new(stream: UnixStream, id: ConnId) -> Self {
+        Self {
+            stream,
+            id,
+            decoder: Decoder::new(),
+            raw: Vec::new(),
+            inbox: Vec::new(),
+            next_req: 100,
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn send(&mut self, ty: MsgType, tx: u32, payload: Vec<u8>) -> u32 {
+        self.next_req += 1;
+        let req = self.next_req;
+        self.send_raw(&Message::new(ty, req, tx, payload).unwrap().to_bytes());
+        req
+    }
+
+    /// Reads what has arrived.
+    fn poll(&mut self) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut got = false;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => {
+                    got = true;
+                    self.raw.extend_from_slice(&buf[..n]);
+                    let mut input = &buf[..n];
+                    while let Some(m) = self.decoder.decode(&mut input).unwrap() {
+                        self.inbox.push(m);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return got,
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+    }
+
+    /// The answer to request `req` (watch events stay in the inbox).
+    fn answer(&mut self, daemon: &mut Daemon, req: u32) -> Message {
+        let mut found = None;
+        until(daemon, "an answer", |_| {
+            self.poll();
+            if let Some(at) = self.inbox.iter().position(|m| {
+                m.header.req_id == req && m.header.msg_type != MsgType::WatchEvent.raw()
+            }) {
+                found = Some(self.inbox.remove(at));
+            }
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    fn ask(
+        &mut self,
+        daemon: &mut Daemon,
+        ty: MsgType,
+        tx: u32,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, XsErrno> {
+        let req = self.send(ty, tx, payload);
+        let m = self.answer(daemon, req);
+        if m.header.msg_type == MsgType::Error.raw() {
+            Err(XsErrno::from_wire(&m.payload).unwrap())
+        } else {
+            assert_eq!(m.header.msg_type, ty.raw());
+            Ok(m.payload)
+        }
+    }
+
+    fn ok(&mut self, daemon: &mut Daemon, ty: MsgType, tx: u32, payload: Vec<u8>) -> Vec<u8> {
+        self.ask(daemon, ty, tx, payload)
+            .unwrap_or_else(|e| panic!("{ty:?}: {e:?}"))
+    }
+
+    /// `XS_CONTROL live-update ARGS`: the reply text, or the error's name.
+    fn live_update(&mut self, daemon: &mut Daemon, args: &[&str]) -> String {
+        let mut all: Vec<&[u8]> = vec![b"live-update"];
+        all.extend(args.iter().map(|a| a.as_bytes()));
+        match self.ask(daemon, MsgType::Control, 0, build_args(&all)) {
+            Ok(p) => text(&p),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    /// Fails at once if request `req` was answered already (so that a
+    /// wait for something else does not run into its bound).
+    fn no_answer_yet(&mut self, req: u32) {
+        self.poll();
+        if let Some(m) = self.inbox.iter().find(|m| m.header.req_id == req) {
+            panic!("answered already: {}", text(&m.payload));
+        }
+    }
+
+    /// The next watch event: path and token.
+    fn watch_event(&mut self, daemon: &mut Daemon) -> (String, String) {
+        let mut found = None;
+        until(daemon, "a watch event", |_| {
+            self.poll();
+            if let Some(at) = self
+                .inbox
+                .iter()
+                .position(|m| m.header.msg_type == MsgType::WatchEvent.raw())
+            {
+                found = Some(self.inbox.remove(at));
+            }
+            found.is_some()
+        });
+        let m = found.unwrap();
+        let mut parts = xenring::codec::split_args(&m.payload);
+        let path = text(parts.next().unwrap());
+        let token = text(parts.next().unwrap());
+        (path, token)
+    }
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload.strip_suffix(&[0]).unwrap_or(payload)).into_owned()
+}
+
+fn socket_fd(daemon: &Daemon, id: ConnId) -> RawFd {
+    match &daemon.conns[&id].transport {
+        Transport::Socket(s) => s.as_raw_fd(),
+        Transport::Ring { .. } => panic!("connection {id} is a ring"),
+    }
+}
+
+fn conn_record(stream: &Stream, conn_id: u32) -> &ConnectionData {
+    stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Connection(c) if c.conn_id == conn_id => Some(c),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no record of connection {conn_id}"))
+}
+
+fn has_cloexec(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) };
+    assert!(flags >= 0, "descriptor {fd} is not open");
+    flags & nix::libc::FD_CLOEXEC != 0
+}
+
+/// A duplicate of `fd` that the caller owns (the new process's copy).
+fn dup(fd: RawFd) -> RawFd {
+    // SAFETY: `fd` is open in this process; borrowed for the call only.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::unistd::dup(borrowed).unwrap().into_raw_fd()
+}
+
+/// What the new process is handed: `stream` with every descriptor it
+/// names duplicated (the old daemon keeps its own), as bytes and parsed.
+fn passed_down(mut stream: Stream) -> (Vec<u8>, Stream) {
+    for r in &mut stream.records {
+        match r {
+            Record::Global(g) => {
+                g.rw_socket_fd = dup(g.rw_socket_fd);
+                g.evtchn_fd = dup(g.evtchn_fd);
+            }
+            Record::Connection(ConnectionData {
+                spec: ConnSpec::Socket(s),
+                ..
+            }) => s.socket_fd = dup(s.socket_fd),
+            _ => {}
+        }
+    }
+    let bytes = stream.to_bytes().unwrap();
+    let parsed = Stream::parse(&bytes).unwrap();
+    assert_eq!(parsed, stream);
+    (bytes, parsed)
+}
+
+/// The new process's side: the platform adopted from the stream's
+/// event-channel handle, then the restore.
+fn take_over(w: &World, bytes: &[u8], stream: &Stream) -> (Daemon, RestoreSummary) {
+    let evtchn_fd = stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Global(g) => Some(g.evtchn_fd),
+            _ => None,
+        })
+        .unwrap_or(-1);
+    let platform = Platform::adopt(
+        &PlatformChoice::Remote(w.hv.path().to_path_buf()),
+        w.dir.path(),
+        evtchn_fd,
+    )
+    .unwrap();
+    Daemon::restore(
+        Engine::new(Config::default()),
+        platform,
+        &shell_config(w.dir.path()),
+        bytes,
+        stream,
+    )
+    .unwrap()
+}
+
+/// The guest's blocking client, run on a thread of its own while the test
+/// turns the daemon.
+fn on_guest<T: Send + 'static>(
+    daemon: &mut Daemon,
+    connector: Connector,
+    rec: DomainRecord,
+    work: impl FnOnce(&mut xenring::Client<Guest>) -> T + Send + 'static,
+) -> T {
+    let slot = Arc::new(Mutex::new(None));
+    let out = Arc::clone(&slot);
+    let thread = std::thread::spawn(move || {
+        let mut guest = Guest::attach(&connector, &rec).unwrap();
+        guest.set_block_limit(LIMIT);
+        let mut c = xenring::Client::new(guest);
+        let result = work(&mut c);
+        *out.lock().unwrap() = Some(result);
+    });
+    until(daemon, "the guest's work", |_| thread.is_finished());
+    thread.join().expect("the guest's thread panicked");
+    let result = slot.lock().unwrap().take();
+    result.unwrap()
+}
+
+/// A daemon with a guest (domain 1, ring), a client with a value, a
+/// watch, an open transaction and half a request read, and a client with
+/// a reply of which 5 octets were written: what each export must carry.
+struct Busy {
+    w: World,
+    rec: DomainRecord,
+    watcher: Client,
+    tx: u32,
+    half: Vec<u8>,
+    reader: Client,
+    reply: Vec<u8>,
+}
+
+const HALF_REQUEST: usize = 10;
+const WRITTEN: usize = 5;
+
+fn busy() -> Busy {
+    let mut w = World::new();
+    let mut watcher = w.connect();
+    let rec = w.guest(&mut watcher);
+    let d = &mut w.daemon;
+    watcher.ok(d, MsgType::Write, 0, build_path_value(b"/a", b"1"));
+    watcher.ok(d, MsgType::Watch, 0, build_args(&[b"/a", b"tok"]));
+    assert_eq!(watcher.watch_event(d), ("/a".into(), "tok".into()));
+    let tx: u32 = text(&watcher.ok(d, MsgType::TransactionStart, 0, vec![0]))
+        .parse()
+        .unwrap();
+    watcher.ok(d, MsgType::Write, tx, build_path_value(b"/a/t", b"x"));
+    // A global quota and one of the guest's own.
+    watcher.ok(d, MsgType::SetQuota, 0, build_args(&[b"watches", b"7"]));
+    let domid = rec.info.domid.to_string();
+    watcher.ok(
+        d,
+        MsgType::SetQuota,
+        0,
+        build_args(&[domid.as_bytes(), b"nodes", b"77"]),
+    );
+    let read = Message::new(MsgType::Read, 7, 0, build_args(&[b"/a"]))
+        .unwrap()
+        .to_bytes();
+    let half = read[..HALF_REQUEST].to_vec();
+    watcher.send_raw(&half);
+    let id = watcher.id;
+    until(d, "half a request read", |d| {
+        d.core
+            .pending(id, None)
+            .is_some_and(|p| p.in_data.len() == HALF_REQUEST)
+    });
+
+    let mut reader = w.connect();
+    let d = &mut w.daemon;
+    reader.send(MsgType::Read, 0, build_args(&[b"/a"]));
+    // Read the request but write only part of the reply, as a socket that
+    // took 5 octets does.
+    until(d, "the request read", |d| {
+        d.service_socket(reader.id);
+        d.core.conns_with_output().contains(&reader.id)
+    });
+    let reply = d.core.next_output(reader.id).unwrap().to_vec();
+    let Transport::Socket(s) = &mut d.conns.get_mut(&reader.id).unwrap().transport else {
+        panic!("not a socket");
+    };
+    s.write_all(&reply[..WRITTEN]).unwrap();
+    d.core.wrote(reader.id, WRITTEN);
+    Busy {
+        w,
+        rec,
+        watcher,
+        tx,
+        half,
+        reader,
+        reply,
+    }
+}
+
+#[test]
+fn test_export_carries_descriptors_connections_and_engine_state() {
+    let mut b = busy();
+    let d = &mut b.w.daemon;
+    let stream = d.export_stream(Version::V2, None);
+    assert_eq!(stream.header.version, Version::V2);
+    assert_eq!(
+        stream.header.endian,
+        if cfg!(target_endian = "big") {
+            Endian::Big
+        } else {
+            Endian::Little
+        }
+    );
+    let evtchn_fd = d.platform.evtchn.handle_fd();
+    assert!(evtchn_fd >= 0);
+    assert_eq!(
+        stream.records[0],
+        Record::Global(GlobalData {
+            rw_socket_fd: d.listener.as_raw_fd(),
+            evtchn_fd,
+        })
+    );
+
+    // Stream connection ids are ours.
+    let watcher = conn_record(&stream, b.watcher.id);
+    assert_eq!(
+        watcher.spec,
+        ConnSpec::Socket(SocketConn {
+            socket_fd: socket_fd(d, b.watcher.id)
+        })
+    );
+    assert_eq!(watcher.in_data, b.half);
+    assert!(watcher.out_data.is_empty());
+    assert_eq!(watcher.out_resp_len, 0);
+    assert_eq!((watcher.unique_id, watcher.ring), (None, None));
+
+    let reader = conn_record(&stream, b.reader.id);
+    assert_eq!(reader.out_data, &b.reply[WRITTEN..]);
+    assert_eq!(usize::from(reader.out_resp_len), b.reply.len() - WRITTEN);
+    assert!(reader.in_data.is_empty());
+
+    let (ring_id, port) = d
+        .conns
+        .iter()
+        .find_map(|(&id, c)| match &c.transport {
+            Transport::Ring { port, .. } => Some((id, *port)),
+            Transport::Socket(_) => None,
+        })
+        .unwrap();
+    let ring = conn_record(&stream, ring_id);
+    assert_eq!(
+        ring.spec,
+        ConnSpec::Ring(RingConn {
+            domid: b.rec.info.domid,
+            tdomid: DOMID_INVALID,
+            evtchn: port.get(),
+        })
+    );
+    assert_eq!(
+        ring.ring,
+        Some(RingLocation {
+            mfn: b.rec.store_mfn,
+            remote_port: b.rec.store_port,
+        })
+    );
+    assert_eq!(ring.unique_id, Some(b.rec.info.unique_id));
+
+    let connections = stream
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Connection(_)))
+        .count();
+    assert_eq!(connections, 3);
+    // Without a depth, a plain WATCH_DATA even in version 2.
+    assert!(stream.records.contains(&Record::Watch(WatchData {
+        conn_id: b.watcher.id,
+        wpath: "/a".into(),
+        token: b"tok".to_vec(),
+    })));
+    assert!(stream
+        .records
+        .contains(&Record::Transaction(TransactionData {
+            conn_id: b.watcher.id,
+            tx_id: b.tx,
+        })));
+    assert!(stream.records.iter().any(|r| matches!(
+        r,
+        Record::Node(n) if n.path == "/a" && n.value == b"1" && n.conn_id == 0
+    )));
+
+    let quota = |q: &[crate::migration::Quota], name: &str| {
+        q.iter().find(|q| q.name == name).map(|q| q.value)
+    };
+    let global = stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::GlobalQuota(g) => Some(g),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(quota(&global.dom_quota, "watches"), Some(7));
+    let domain = stream
+        .records
+        .iter()
+        .find_map(|r| match r {
+            Record::Domain(dd) if dd.domain_id == b.rec.info.domid => Some(dd),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(quota(&domain.quota, "nodes"), Some(77));
+
+    // Exporting took nothing: the daemon still writes the reply's rest.
+    until(d, "the rest of the reply", |_| {
+        b.reader.poll();
+        b.reader.raw.len() >= b.reply.len()
+    });
+    assert_eq!(b.reader.raw, b.reply);
+}
+
+#[test]
+fn test_export_in_version_1_writes_plain_watches() {
+    let mut b = busy();
+    let stream = b.w.daemon.export_stream(Version::V1, None);
+    assert_eq!(stream.header.version, Version::V1);
+    assert!(stream.records.contains(&Record::Watch(WatchData {
+        conn_id: b.watcher.id,
+        wpath: "/a".into(),
+        token: b"tok".to_vec(),
+    })));
+    stream.to_bytes().unwrap();
+}
+
+#[test]
+fn test_export_names_the_target_of_a_ring() {
+    let mut w = World::new();
+    let mut dom0 = w.connect();
+    let first = w.guest(&mut dom0);
+    let second = w.guest(&mut dom0);
+    let args = [first.info.domid.to_string(), second.info.domid.to_string()];
+    dom0.ok(
+        &mut w.daemon,
+        MsgType::SetTarget,
+        0,
+        build_args(&[args[0].as_bytes(), args[1].as_bytes()]),
+    );
+    let stream = w.daemon.export_stream(Version::V2, None);
+    let tdomids: Vec<(DomId, DomId)> = stream
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Connection(ConnectionData {
+                spec: ConnSpec::Ring(r),
+                ..
+            }) => Some((r.domid, r.tdomid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tdomids,
+        [
+            (first.info.domid, second.info.domid),
+            (second.info.domid, DOMID_INVALID)
+        ]
+    );
+}
+
+#[test]
+fn test_export_leaves_out_a_ring_that_was_cut_off() {
+    let mut w = World::new();
+    let mut dom0 = w.connect();
+    let rec = w.guest(&mut dom0);
+    let mut guest = Guest::attach(&w.connector(), &rec).unwrap();
+    guest.send_oversized().unwrap();
+    let ring = w
+        .daemon
+        .conns
+        .iter()
+        .find_map(|(&id, c)| c.domid().map(|_| id))
+        .unwrap();
+    until(&mut w.daemon, "the ring cut off", |d| !d.core.is_live(ring));
+    let stream = w.daemon.export_stream(Version::V2, None);
+    let ids: Vec<u32> = stream
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Connection(c) => Some(c.conn_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, [dom0.id]);
+}
+
+#[test]
+fn test_restore_takes_over_every_connection_where_it_stopped() {
+    let mut b = busy();
+    let stream = b.w.daemon.export_stream(Version::V2, None);
+    let nodes = stream
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Node(n) if n.conn_id == 0))
+        .count();
+    let (bytes, stream) = passed_down(stream);
+    let listener_fd = match stream.records[0] {
+        Record::Global(g) => g.rw_socket_fd,
+        _ => unreachable!(),
+    };
+    let (mut d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!(
+        summary,
+        RestoreSummary {
+            sockets: 2,
+            rings: 1,
+            gone: 0,
+            nodes,
+            watches: 1,
+        }
+    );
+    // The listener passed down is the one served, closed on exec again.
+    assert_eq!(d.listener.as_raw_fd(), listener_fd);
+    assert!(has_cloexec(listener_fd));
+    for c in d.conns.values() {
+        if let Transport::Socket(s) = &c.transport {
+            assert!(has_cloexec(s.as_raw_fd()));
+        }
+    }
+
+    // The partly written reply goes on where it stopped.
+    until(&mut d, "the rest of the reply", |_| {
+        b.reader.poll();
+        b.reader.raw.len() >= b.reply.len()
+    });
+    assert_eq!(b.reader.raw, b.reply, "no octet twice, none lost");
+
+    // The half-received request completes.
+    let read = Message::new(MsgType::Read, 7, 0, build_args(&[b"/a"]))
+        .unwrap()
+        .to_bytes();
+    b.watcher.send_raw(&read[HALF_REQUEST..]);
+    assert_eq!(b.watcher.answer(&mut d, 7).payload, b"1");
+
+    // The watch fires, the transaction commits.
+    b.reader
+        .ok(&mut d, MsgType::Write, 0, build_path_value(b"/a", b"2"));
+    assert_eq!(b.watcher.watch_event(&mut d), ("/a".into(), "tok".into()));
+    b.watcher
+        .ok(&mut d, MsgType::TransactionEnd, b.tx, b"T\0".to_vec());
+    assert_eq!(
+        b.reader
+            .ok(&mut d, MsgType::Read, 0, build_args(&[b"/a/t"])),
+        b"x"
+    );
+
+    // The quotas are as they were.
+    let domid = b.rec.info.domid.to_string();
+    assert_eq!(
+        b.reader
+            .ok(&mut d, MsgType::GetQuota, 0, build_args(&[b"watches"])),
+        b"7\0"
+    );
+    assert_eq!(
+        b.reader.ok(
+            &mut d,
+            MsgType::GetQuota,
+            0,
+            build_args(&[domid.as_bytes(), b"nodes"])
+        ),
+        b"77\0"
+    );
+
+    // The guest's ring is served.
+    let got = on_guest(&mut d, b.w.connector(), b.rec, |c| {
+        c.write(0, "data/after", b"yes").unwrap();
+        c.read(0, "data/after").unwrap()
+    });
+    assert_eq!(got, b"yes");
+
+    // New clients reach the adopted listener.
+    let stream = UnixStream::connect(b.w.path("socket")).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let n = d.conns.len();
+    until(&mut d, "a new client", |d| d.conns.len() > n);
+}
+
+fn with_unique_id(stream: &mut Stream, domid: DomId, unique_id: Option<u64>) {
+    for r in &mut stream.records {
+        if let Record::Connection(c) = r {
+            if matches!(c.spec, ConnSpec::Ring(r) if r.domid == domid) {
+                c.unique_id = unique_id;
+            }
+        }
+    }
+}
+
+/// Restores `b` with the ring's unique id set to `unique_id`; returns the
+/// summary and whether the domain is still introduced.
+fn restore_ring_with_unique_id(unique_id: impl Fn(u64) -> Option<u64>) -> (RestoreSummary, bool) {
+    let mut b = busy();
+    let domid = b.rec.info.domid;
+    let mut stream = b.w.daemon.export_stream(Version::V2, None);
+    with_unique_id(&mut stream, domid, unique_id(b.rec.info.unique_id));
+    let (bytes, stream) = passed_down(stream);
+    let (d, summary) = take_over(&b.w, &bytes, &stream);
+    let rings = d.conns.values().filter(|c| c.domid().is_some()).count();
+    assert_eq!(
+        rings,
+        1 - summary.gone,
+        "a released ring keeps no transport"
+    );
+    (summary, d.engine().domain_ring(domid).is_some())
+}
+
+#[test]
+fn test_restore_keeps_a_ring_of_the_same_domain() {
+    let (summary, introduced) = restore_ring_with_unique_id(Some);
+    assert_eq!((summary.rings, summary.gone, introduced), (1, 0, true));
+    // A stream without unique ids (an older writer) trusts the domid.
+    let (summary, introduced) = restore_ring_with_unique_id(|_| None);
+    assert_eq!((summary.rings, summary.gone, introduced), (1, 0, true));
+}
+
+#[test]
+fn test_restore_releases_a_ring_whose_domid_was_reused() {
+    let (summary, introduced) = restore_ring_with_unique_id(|u| Some(u + 1000));
+    assert_eq!((summary.rings, summary.gone, introduced), (1, 1, false));
+}
+
+#[test]
+fn test_restore_releases_a_ring_whose_domain_died() {
+    let mut b = busy();
+    let mut watcher = b.w.connect();
+    watcher.ok(
+        &mut b.w.daemon,
+        MsgType::Watch,
+        0,
+        build_args(&[b"@releaseDomain", b"rel"]),
+    );
+    assert_eq!(
+        watcher.watch_event(&mut b.w.daemon),
+        ("@releaseDomain".into(), "rel".into())
+    );
+    let stream = b.w.daemon.export_stream(Version::V2, None);
+    b.w.ts.destroy(b.rec.info.domid).unwrap();
+    let (bytes, stream) = passed_down(stream);
+    let (mut d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 1));
+    assert!(d.engine().domain_ring(b.rec.info.domid).is_none());
+    assert_eq!(
+        watcher.watch_event(&mut d),
+        ("@releaseDomain".into(), "rel".into())
+    );
+    let domid = b.rec.info.domid.to_string();
+    assert_eq!(
+        watcher.ok(
+            &mut d,
+            MsgType::IsDomainIntroduced,
+            0,
+            build_args(&[domid.as_bytes()])
+        ),
+        b"F\0"
+    );
+}
+
+/// A stream by hand: GLOBAL_DATA and the given records.
+fn hand_stream(rw_socket_fd: i32, records: Vec<Record>) -> (Vec<u8>, Stream) {
+    let mut all = vec![Record::Global(GlobalData {
+        rw_socket_fd,
+        evtchn_fd: -1,
+    })];
+    all.extend(records);
+    let stream = Stream {
+        header: StreamHeader {
+            version: Version::V2,
+            endian: Endian::Little,
+        },
+        records: all,
+    };
+    let bytes = stream.to_bytes().unwrap();
+    (bytes, stream)
+}
+
+fn socket_record(conn_id: u32, socket_fd: i32, out_data: &[u8]) -> Record {
+    Record::Connection(ConnectionData {
+        conn_id,
+        spec: ConnSpec::Socket(SocketConn { socket_fd }),
+        in_data: Vec::new(),
+        out_resp_len: 0,
+        out_data: out_data.to_vec(),
+        unique_id: None,
+        ring: None,
+    })
+}
+
+fn restore_in(
+    dir: &Path,
+    hv: &ServerThread,
+    bytes: &[u8],
+    stream: &Stream,
+) -> (Daemon, RestoreSummary) {
+    let platform = Platform::mock(&Connector::remote(hv.path())).unwrap();
+    Daemon::restore(
+        Engine::new(Config::default()),
+        platform,
+        &shell_config(dir),
+        bytes,
+        stream,
+    )
+    .unwrap()
+}
+
+#[test]
+fn test_restore_drops_connections_whose_descriptor_is_no_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = ServerThread::start(dir.path().join("mock-xen.sock")).unwrap();
+    let (pipe_r, _pipe_w) = nix::unistd::pipe().unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (bytes, stream) = hand_stream(
+        -1,
+        vec![
+            socket_record(1, pipe_r.as_raw_fd(), b""),
+            socket_record(2, -1, b""),
+            socket_record(3, 4000, b""),
+            socket_record(4, theirs.into_raw_fd(), b"queued"),
+        ],
+    );
+    let (mut d, summary) = restore_in(dir.path(), &hv, &bytes, &stream);
+    assert_eq!(summary.sockets, 1);
+    assert_eq!(d.conns.len(), 1);
+    // The pipe is still ours: nothing took it over.
+    assert!(fd_is_open(pipe_r.as_raw_fd()));
+    let mut c = Client::new(ours, 0);
+    c.stream.set_nonblocking(true).unwrap();
+    until(&mut d, "the queued output", |_| {
+        c.poll();
+        c.raw.len() >= 6
+    });
+    assert_eq!(c.raw, b"queued");
+}
+
+#[test]
+fn test_restore_binds_the_socket_again_when_no_listener_was_passed() {
+    for passed in ["none", "connected socket", "closed"] {
+        let dir = tempfile::tempdir().unwrap();
+        let hv = ServerThread::start(dir.path().join("mock-xen.sock")).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = match passed {
+            "none" => -1,
+            "connected socket" => a.as_raw_fd(),
+            _ => 4001,
+        };
+        let (bytes, stream) = hand_stream(fd, Vec::new());
+        let (mut d, _) = restore_in(dir.path(), &hv, &bytes, &stream);
+        assert_ne!(d.listener.as_raw_fd(), fd, "{passed}");
+        let stream = UnixStream::connect(dir.path().join("socket")).unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut c = Client::new(stream, 0);
+        let reply = c.ask(&mut d, MsgType::Read, 0, build_args(&[b"/nope"]));
+        assert_eq!(reply, Err(XsErrno::ENOENT), "{passed}");
+        drop(a);
+    }
+}
+
+#[test]
+fn test_restore_refuses_a_stream_the_engine_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = ServerThread::start(dir.path().join("mock-xen.sock")).unwrap();
+    // A watch of a connection the stream does not have.
+    let (bytes, stream) = hand_stream(
+        -1,
+        vec![Record::Watch(WatchData {
+            conn_id: 9,
+            wpath: "/a".into(),
+            token: b"t".to_vec(),
+        })],
+    );
+    let platform = Platform::mock(&Connector::remote(hv.path())).unwrap();
+    let err = Daemon::restore(
+        Engine::new(Config::default()),
+        platform,
+        &shell_config(dir.path()),
+        &bytes,
+        &stream,
+    )
+    .unwrap_err();
+    let unknown = |e: &TakeOverError| {
+        matches!(
+            e,
+            TakeOverError::Records(RestoreError::UnknownConnection { conn_id: 9, .. })
+        )
+    };
+    assert!(
+        matches!(&err, RestoreFailure::TakeOver(e) if unknown(e)),
+        "{err:?}"
+    );
+    let err = check_stream(Config::default(), &bytes, &stream).unwrap_err();
+    assert!(unknown(&err), "{err:?}");
+}
+
+#[test]
+fn test_restore_closes_a_connection_whose_pending_input_does_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = ServerThread::start(dir.path().join("mock-xen.sock")).unwrap();
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut bad = Message::new(MsgType::Read, 1, 0, Vec::new())
+        .unwrap()
+        .to_bytes();
+    bad[12..16].copy_from_slice(&5000u32.to_le_bytes());
+    let record = Record::Connection(ConnectionData {
+        conn_id: 1,
+        spec: ConnSpec::Socket(SocketConn {
+            socket_fd: theirs.into_raw_fd(),
+        }),
+        in_data: bad,
+        out_resp_len: 0,
+        out_data: Vec::new(),
+        unique_id: None,
+        ring: None,
+    });
+    let (bytes, stream) = hand_stream(-1, vec![record]);
+    let (d, summary) = restore_in(dir.path(), &hv, &bytes, &stream);
+    assert_eq!(summary.sockets, 1);
+    assert!(d.conns.is_empty());
+    // Closed: the client sees the end of the stream.
+    let mut buf = [0u8; 1];
+    assert_eq!((&ours).read(&mut buf).unwrap(), 0);
+}
+
+#[test]
+fn test_restore_binds_ring_ports_again_without_the_handle() {
+    let mut w = World::new();
+    let mut dom0 = w.connect();
+    let rec = w.guest(&mut dom0);
+    let stream = w.daemon.export_stream(Version::V2, None);
+    // The old process and its handle are gone; the new one gets neither
+    // listener nor handle (a writer that passes none down).
+    let World {
+        dir,
+        hv,
+        ts,
+        daemon,
+    } = w;
+    drop(daemon);
+    let mut stream = stream;
+    stream
+        .records
+        .retain(|r| !matches!(r, Record::Connection(c) if matches!(c.spec, ConnSpec::Socket(_))));
+    stream.records[0] = Record::Global(GlobalData {
+        rw_socket_fd: -1,
+        evtchn_fd: -1,
+    });
+    let bytes = stream.to_bytes().unwrap();
+    let (mut d, summary) = restore_in(dir.path(), &hv, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 0));
+    let got = on_guest(&mut d, Connector::remote(hv.path()), rec, |c| {
+        c.write(0, "data/after", b"yes").unwrap();
+        c.read(0, "data/after").unwrap()
+    });
+    assert_eq!(got, b"yes");
+    drop(ts);
+}
+
+#[test]
+fn test_check_stream_counts_what_a_restore_would_take() {
+    let mut b = busy();
+    let stream = b.w.daemon.export_stream(Version::V2, None);
+    let nodes = stream
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Node(n) if n.conn_id == 0))
+        .count();
+    let bytes = stream.to_bytes().unwrap();
+    let summary = check_stream(Config::default(), &bytes, &stream).unwrap();
+    assert_eq!(
+        summary,
+        RestoreSummary {
+            sockets: 2,
+            rings: 1,
+            gone: 0,
+            nodes,
+            watches: 1,
+        }
+    );
+}
+
+#[test]
+fn test_write_state_queues_the_reply_last_on_its_connection() {
+    let mut b = busy();
+    let ok = Message {
+        header: Header::new(MsgType::Control, 42, 0, 3),
+        payload: b"OK\0".to_vec(),
+    };
+    let size =
+        b.w.daemon
+            .write_state(Version::V1, Some((b.reader.id, &ok)))
+            .unwrap();
+    let bytes = std::fs::read(b.w.path(STATE_FILE)).unwrap();
+    assert_eq!(bytes.len(), size);
+    let stream = Stream::parse(&bytes).unwrap();
+    assert_eq!(stream.header.version, Version::V1);
+    let reader = conn_record(&stream, b.reader.id);
+    assert_eq!(
+        reader.out_data,
+        [&b.reply[WRITTEN..], &ok.to_bytes()].concat()
+    );
+    assert!(conn_record(&stream, b.watcher.id).out_data.is_empty());
+}
+
+/// A script standing in for the new binary: `dry_run` is its body for the
+/// dry run; run any other way (an exec that should not have happened)
+/// it says so and exits 97.
+fn script(dir: &Path, name: &str, dry_run: &str) -> PathBuf {
+    let path = dir.join(name);
+    let body = format!(
+        "#!/bin/sh\ncase \"$*\" in\n*--dry-run=*)\n{dry_run}\n;;\nesac\necho 'exec of the test binary: the test process was replaced' >&2\nexit 97\n"
+    );
+    std::fs::write(&path, body).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn test_live_update_commands_answer_as_c_does() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let mut other = w.connect();
+    let d = &mut w.daemon;
+    let missing = w.dir.path().join("missing");
+    let plain = w.dir.path().join("plain");
+    std::fs::write(&plain, "not a program").unwrap();
+    let sub = w.dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = script(w.dir.path(), "new", "exit 1");
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+
+    assert_eq!(
+        c.live_update(d, &["-f", &p(&missing)]),
+        "File not accessible."
+    );
+    assert_eq!(
+        c.live_update(d, &["-f", &p(&plain)]),
+        "File not executable."
+    );
+    assert_eq!(c.live_update(d, &["-f", &p(&sub)]), "File not executable.");
+    assert!(d.live_update.is_none());
+    assert_eq!(
+        c.live_update(d, &["-c", "-N"]),
+        "Not in live-update session."
+    );
+    assert_eq!(c.live_update(d, &["-a"]), "No live-update session active.");
+    assert_eq!(c.live_update(d, &["-s"]), "Not in live-update session.");
+    assert!(c
+        .live_update(d, &["-b", "x"])
+        .contains("not in a stub domain"));
+    assert!(c
+        .live_update(d, &["-d", "x"])
+        .contains("not in a stub domain"));
+    assert_eq!(c.live_update(d, &["-x"]), "EINVAL");
+    assert_eq!(c.live_update(d, &[]), "EINVAL");
+    assert_eq!(c.live_update(d, &["-s", "-v", "9"]), "EINVAL");
+
+    assert_eq!(c.live_update(d, &["-f", &p(&binary)]), "OK");
+    assert!(!d.live_update_pending(), "a session, but no dry run yet");
+    assert_eq!(
+        c.live_update(d, &["-f", &p(&binary)]),
+        "live-update session already active."
+    );
+    // The session is the asking connection's.
+    assert_eq!(
+        other.live_update(d, &["-c", "-N"]),
+        "Not in live-update session."
+    );
+    assert_eq!(other.live_update(d, &["-s"]), "Not in live-update session.");
+    assert_eq!(c.live_update(d, &["-c", "-N -V"]), "OK");
+    assert_eq!(
+        d.live_update.as_ref().and_then(|s| s.cmdline.clone()),
+        Some("-N -V".to_string())
+    );
+    assert_eq!(c.live_update(d, &["-a"]), "OK");
+    assert!(d.live_update.is_none());
+    assert_eq!(c.live_update(d, &["-a"]), "No live-update session active.");
+}
+
+#[test]
+fn test_failed_dry_run_is_refused_with_its_last_line_and_cleans_up() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let seen = w.path("seen");
+    let state_copy = w.path("state-copy");
+    let go = w.path("go");
+    let binary = script(
+        w.dir.path(),
+        "new",
+        &format!(
+            "echo \"$@\" > {seen}\necho \"$XENSTORED_RUNDIR\" >> {seen}\necho \"${{XENSTORED_PATH-unset}}\" >> {seen}\nfor a; do case \"$a\" in --dry-run=*) cp \"${{a#--dry-run=}}\" {copy};; esac; done\nwhile [ ! -e {go} ]; do sleep 0.01; done\necho first >&2\necho 'it went wrong' >&2\necho >&2\nexit 3",
+            seen = seen.display(),
+            copy = state_copy.display(),
+            go = go.display(),
+        ),
+    );
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    assert_eq!(c.live_update(d, &["-c", "-N --socket /elsewhere"]), "OK");
+    let req = c.send(
+        MsgType::Control,
+        0,
+        build_args(&[b"live-update", b"-s", b"-t", b"60", b"-F", b"-v", b"1"]),
+    );
+    until(d, "the dry run started", |d| {
+        c.no_answer_yet(req);
+        d.live_update_pending() && state_copy.exists()
+    });
+    // The daemon serves while the dry run runs; -s has no answer yet.
+    let mut other = w_connect(d, &w.dir);
+    assert_eq!(
+        other.ask(d, MsgType::Read, 0, build_args(&[b"/nope"])),
+        Err(XsErrno::ENOENT)
+    );
+    c.poll();
+    assert!(c.inbox.iter().all(|m| m.header.req_id != req));
+    assert!(w.dir.path().join(STATE_FILE).exists());
+    std::fs::write(&go, "").unwrap();
+    let answer = text(&c.answer(d, req).payload);
+    assert!(!d.live_update_pending());
+    assert!(
+        answer.starts_with("live-update refused: the new binary failed its dry run (exit status: 3): it went wrong"),
+        "{answer}"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    assert!(!w.dir.path().join(DRY_RUN_DIR).exists());
+
+    let seen = std::fs::read_to_string(&seen).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    let state = w.dir.path().join(STATE_FILE);
+    assert_eq!(
+        lines[0],
+        format!("-N --socket /elsewhere -U --dry-run={}", state.display())
+    );
+    assert_eq!(
+        lines[1],
+        w.dir.path().join(DRY_RUN_DIR).display().to_string()
+    );
+    assert_eq!(lines[2], "unset");
+    // The state the dry run got: version 1 as asked, the asking
+    // connection without an answer yet.
+    let stream = Stream::parse(&std::fs::read(&state_copy).unwrap()).unwrap();
+    assert_eq!(stream.header.version, Version::V1);
+    assert!(conn_record(&stream, c.id).out_data.is_empty());
+}
+
+/// A client on the socket of the daemon in `dir`.
+fn w_connect(d: &mut Daemon, dir: &tempfile::TempDir) -> Client {
+    let stream = UnixStream::connect(dir.path().join("socket")).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let before: Vec<ConnId> = d.conns.keys().copied().collect();
+    until(d, "the client accepted", |d| d.conns.len() > before.len());
+    let id = d
+        .conns
+        .keys()
+        .copied()
+        .find(|id| !before.contains(id))
+        .unwrap();
+    Client::new(stream, id)
+}
+
+#[test]
+fn test_dry_run_that_prints_nothing_is_named_so() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let binary = script(w.dir.path(), "new", "exit 1");
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    let answer = c.live_update(d, &["-s"]);
+    assert!(
+        answer.ends_with("(exit status: 1): (it printed nothing)"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn test_dry_run_is_abandoned_when_the_asking_connection_goes() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let pid_file = w.path("pid");
+    let binary = script(
+        w.dir.path(),
+        "new",
+        &format!("echo $$ > {}\nexec sleep 600", pid_file.display()),
+    );
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    let req = c.send(MsgType::Control, 0, build_args(&[b"live-update", b"-s"]));
+    until(d, "the dry run started", |_| {
+        c.no_answer_yet(req);
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert!(d.live_update_pending());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(c);
+    until(d, "the session ended", |d| d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    assert!(!w.dir.path().join(DRY_RUN_DIR).exists());
+    // The dry run was killed and reaped.
+    let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+    assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+}
+
+#[test]
+fn test_abort_ends_a_dry_run_under_way() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let mut other = w.connect();
+    let started = w.path("started");
+    let binary = script(
+        w.dir.path(),
+        "new",
+        &format!("touch {}\nexec sleep 600", started.display()),
+    );
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    let req = c.send(MsgType::Control, 0, build_args(&[b"live-update", b"-s"]));
+    until(d, "the dry run started", |_| {
+        c.no_answer_yet(req);
+        started.exists()
+    });
+    assert_eq!(
+        other.live_update(d, &["-f", binary.to_str().unwrap()]),
+        "live-update session already active."
+    );
+    assert_eq!(c.live_update(d, &["-s"]), "live-update already starting.");
+    assert_eq!(c.live_update(d, &["-a"]), "OK");
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    c.poll();
+    assert!(c.inbox.iter().all(|m| m.header.req_id != req));
+}
+
+#[test]
+fn test_binary_that_cannot_start_is_refused_and_the_state_removed() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    // Executable, but not a program the system can run.
+    let binary = w.path("garbage");
+    std::fs::write(&binary, [0x7f, b'E', b'L', b'F', 0, 0, 0, 0]).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    let answer = c.live_update(d, &["-s"]);
+    assert!(
+        answer.starts_with("live-update refused: cannot start"),
+        "{answer}"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+}
+
+#[test]
+fn test_failed_exec_is_undone_and_the_daemon_serves_on() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    // The dry run succeeds and takes the binary away, so that the exec
+    // fails (the script would exit 97 if it were exec'd).
+    let binary = script(w.dir.path(), "new", "rm -f \"$0\"\nexit 0");
+    let d = &mut w.daemon;
+    assert!(d.virq.is_some());
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    let answer = c.live_update(d, &["-s"]);
+    assert!(
+        answer.starts_with(&format!(
+            "live-update refused: Error activating new binary {}: ENOENT",
+            binary.display()
+        )),
+        "{answer}"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    // Every descriptor is closed on exec again; VIRQ_DOM_EXC is bound again.
+    assert!(has_cloexec(d.listener.as_raw_fd()));
+    assert!(has_cloexec(d.platform.evtchn.handle_fd()));
+    assert!(has_cloexec(socket_fd(d, c.id)));
+    assert!(d.virq.is_some());
+    // Nothing was taken from any connection: the daemon serves on.
+    c.ok(d, MsgType::Write, 0, build_path_value(b"/after", b"1"));
+    assert_eq!(c.ok(d, MsgType::Read, 0, build_args(&[b"/after"])), b"1");
+}
+
+#[test]
+fn test_start_options_accept_what_xenstore_control_sends() {
+    assert_eq!(
+        parse_start(&["-t", "60"]),
+        Ok(StartOptions {
+            version: Version::V2
+        })
+    );
+    assert_eq!(
+        parse_start(&["-t", "5", "-F", "-v", "1"]),
+        Ok(StartOptions {
+            version: Version::V1
+        })
+    );
+    assert_eq!(parse_start(&["-v", "3"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-t"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-v"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-t", "soon"]), Err(XsErrno::EINVAL));
+    assert_eq!(parse_start(&["-v", "two"]), Err(XsErrno::EINVAL));
+    assert_eq!(
+        parse_start(&["-F", "-v", "1", "-t", "9"]),
+        Ok(StartOptions {
+            version: Version::V1
+        })
+    );
+    assert_eq!(parse_start(&["-x"]), Err(XsErrno::EINVAL));
+}
+
+#[test]
+fn test_new_args_add_dash_u_once() {
+    let ours = vec![
+        OsString::from("-N"),
+        OsString::from("--mock-xen"),
+        OsString::from("/s"),
+    ];
+    assert_eq!(
+        new_args(&ours, None),
+        ["-N", "--mock-xen", "/s", "-U"].map(OsString::from)
+    );
+    assert_eq!(
+        new_args(&ours, Some("-N  -U\t-T /log")),
+        ["-N", "-U", "-T", "/log"].map(OsString::from)
+    );
+}
+
+#[test]
+fn test_dry_run_over_its_time_limit_is_refused_and_killed() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let pid_file = w.path("pid");
+    let binary = script(
+        w.dir.path(),
+        "new",
+        &format!("echo $$ > {}\nexec sleep 600", pid_file.display()),
+    );
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", binary.to_str().unwrap()]), "OK");
+    if let Some(s) = &mut d.live_update {
+        s.dry_run_limit = Duration::ZERO;
+    }
+    let answer = c.live_update(d, &["-s"]);
+    assert_eq!(
+        answer,
+        "live-update refused: the new binary did not finish its dry run within 0 s"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    // Killed and reaped (if it got as far as saying who it was).
+    if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+            assert_eq!(gone, Err(nix::errno::Errno::ESRCH));
+        }
+    }
+}
+
+#[test]
+fn test_the_new_binary_inherits_listener_handle_and_every_client_socket() {
+    let b = busy();
+    let d = &b.w.daemon;
+    let mut expected = vec![d.listener.as_raw_fd(), d.platform.evtchn.handle_fd()];
+    expected.extend([socket_fd(d, b.watcher.id), socket_fd(d, b.reader.id)]);
+    expected.sort_unstable();
+    let mut fds = d.inherited_fds();
+    fds.sort_unstable();
+    assert_eq!(fds, expected, "no ring, every socket");
+}
+
+#[test]
+fn test_restore_maps_a_ring_by_grant_when_the_stream_has_no_mfn() {
+    // As C xenstored writes it: no ring location.
+    let mut b = busy();
+    let mut stream = b.w.daemon.export_stream(Version::V2, None);
+    for r in &mut stream.records {
+        if let Record::Connection(c) = r {
+            c.ring = None;
+        }
+    }
+    let (bytes, stream) = passed_down(stream);
+    let (mut d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 0));
+    let got = on_guest(&mut d, b.w.connector(), b.rec, |c| {
+        c.write(0, "data/after", b"yes").unwrap();
+        c.read(0, "data/after").unwrap()
+    });
+    assert_eq!(got, b"yes");
+}
+
+#[test]
+fn test_restore_releases_a_dead_ring_of_a_stream_without_unique_ids() {
+    let mut b = busy();
+    let domid = b.rec.info.domid;
+    let mut stream = b.w.daemon.export_stream(Version::V2, None);
+    with_unique_id(&mut stream, domid, None);
+    b.w.ts.destroy(domid).unwrap();
+    let (bytes, stream) = passed_down(stream);
+    let (d, summary) = take_over(&b.w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 1));
+    assert!(d.engine().domain_ring(domid).is_none());
+}
+
+#[test]
+fn test_restore_keeps_dom0s_own_ring_whatever_its_unique_id() {
+    let mut w = World::new();
+    w.daemon.serve_local_ring();
+    let Some(dom0) = w
+        .daemon
+        .conns
+        .iter()
+        .find_map(|(&id, c)| (c.domid() == Some(0)).then_some(id))
+    else {
+        panic!("dom0's own ring is not served on mock-xen");
+    };
+    let mut stream = w.daemon.export_stream(Version::V2, None);
+    assert!(conn_record(&stream, dom0).ring.is_none());
+    // Dom0 is never replaced: a unique id that does not match is ignored.
+    with_unique_id(&mut stream, 0, Some(0xdead));
+    let (bytes, stream) = passed_down(stream);
+    let (d, summary) = take_over(&w, &bytes, &stream);
+    assert_eq!((summary.rings, summary.gone), (1, 0));
+    assert!(d.conns.values().any(|c| c.domid() == Some(0)));
+}
