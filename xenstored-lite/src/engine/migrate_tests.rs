@@ -1,0 +1,243 @@
+//! Unit tests of the engine's part of a live update: what `export_records`
+//! writes and `restore_records` takes back, quotas first.
+
+use std::collections::BTreeMap;
+
+use xenring::codec::{build_args, build_path_value, Message};
+use xenring::{DomId, MsgType, XsErrno};
+
+use super::*;
+use crate::engine::{Config, ConnId, ConnKind, Engine, Input};
+use crate::migration::{DomainData, GlobalQuotaData, Record};
+
+/// The privileged socket connection.
+pub(in crate::engine) const SOCK: ConnId = 1;
+
+/// Stream connection ids are engine ids plus this, so a mix-up shows.
+const STREAM: u32 = 1000;
+
+/// An engine driven the way the shell drives it, for tests that need the
+/// connections and domains around the store.
+pub(in crate::engine) struct Eng {
+    pub(in crate::engine) e: Engine,
+    req_id: u32,
+}
+
+impl Eng {
+    pub(in crate::engine) fn new(config: Config) -> Self {
+        let mut e = Engine::new(config);
+        e.handle(Input::Connect {
+            conn: SOCK,
+            kind: ConnKind::Socket,
+        });
+        Self { e, req_id: 0 }
+    }
+
+    /// Registers `domid`'s ring as connection 100 + domid, its home made
+    /// and given to it as a toolstack does.
+    pub(in crate::engine) fn guest(&mut self, domid: DomId) -> ConnId {
+        let home = format!("/local/domain/{domid}");
+        self.req(SOCK, MsgType::Mkdir, &[&home]).unwrap();
+        let owner = format!("n{domid}");
+        self.req(SOCK, MsgType::SetPerms, &[&home, &owner]).unwrap();
+        self.ring(domid)
+    }
+
+    /// Registers `domid`'s ring only (the store already has its home).
+    fn ring(&mut self, domid: DomId) -> ConnId {
+        let conn = 100 + ConnId::from(domid);
+        self.e
+            .restore_ring(conn, domid, 0x1000 + u64::from(domid), 7, None);
+        conn
+    }
+
+    /// One request and its reply (watch events on the way are dropped).
+    pub(in crate::engine) fn raw(&mut self, conn: ConnId, ty: MsgType, payload: Vec<u8>) -> R {
+        self.req_id += 1;
+        let msg = Message::new(ty, self.req_id, 0, payload).unwrap();
+        self.e.handle(Input::Request { conn, msg: &msg });
+        loop {
+            let reply = self.e.pop_output(conn).expect("a reply");
+            if reply.header.msg_type == MsgType::WatchEvent.raw() {
+                continue;
+            }
+            assert_eq!(reply.header.req_id, self.req_id);
+            return if reply.header.msg_type == MsgType::Error.raw() {
+                Err(XsErrno::from_wire(&reply.payload).expect("an error name"))
+            } else {
+                assert_eq!(reply.header.msg_type, ty.raw());
+                Ok(reply.payload)
+            };
+        }
+    }
+
+    pub(in crate::engine) fn req(&mut self, conn: ConnId, ty: MsgType, args: &[&str]) -> R {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.raw(conn, ty, build_args(&args))
+    }
+
+    pub(in crate::engine) fn write(&mut self, conn: ConnId, path: &str, value: &str) -> R {
+        self.raw(
+            conn,
+            MsgType::Write,
+            build_path_value(path.as_bytes(), value.as_bytes()),
+        )
+    }
+
+    /// `GET_QUOTA`'s answer as text.
+    pub(in crate::engine) fn quota(&mut self, args: &[&str]) -> String {
+        let v = self.req(SOCK, MsgType::GetQuota, args).unwrap();
+        String::from_utf8(v.strip_suffix(&[0]).unwrap().to_vec()).unwrap()
+    }
+
+    fn stream_ids(&self) -> BTreeMap<ConnId, u32> {
+        self.e.conns.keys().map(|&c| (c, c + STREAM)).collect()
+    }
+
+    fn export(&self) -> Vec<Record> {
+        self.e.export_records(&self.stream_ids())
+    }
+
+    /// A new engine (default settings) with this one's connections
+    /// registered as the shell does, restored from `records`.
+    fn restore(&self, records: &[Record]) -> Result<Eng, RestoreError> {
+        let mut new = Eng::new(Config::default());
+        new.req_id = self.req_id;
+        for (&id, c) in &self.e.conns {
+            if let ConnKind::Domain(d) = c.kind {
+                let (mfn, port) = self.e.domain_ring(d).unwrap();
+                new.e
+                    .restore_ring(id, d, mfn, port, self.e.domain_target(d));
+            }
+        }
+        let back: BTreeMap<u32, ConnId> =
+            self.stream_ids().into_iter().map(|(c, s)| (s, c)).collect();
+        new.e.restore_records(records, &back)?;
+        assert!(new.e.check().is_empty(), "{:?}", new.e.check());
+        Ok(new)
+    }
+
+    fn live_update(&self) -> Eng {
+        self.restore(&self.export()).unwrap()
+    }
+}
+
+type R = Result<Vec<u8>, XsErrno>;
+
+fn ok() -> R {
+    Ok(b"OK\0".to_vec())
+}
+
+fn domain_record(records: &[Record], domid: DomId) -> &DomainData {
+    records
+        .iter()
+        .find_map(|r| match r {
+            Record::Domain(d) if d.domain_id == domid => Some(d),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no DOMAIN_DATA for {domid}"))
+}
+
+fn quotas_of(list: &[crate::migration::Quota]) -> Vec<(String, u32)> {
+    list.iter().map(|q| (q.name.clone(), q.value)).collect()
+}
+
+// ---- quotas -------------------------------------------------------------------
+
+#[test]
+fn test_live_update_keeps_per_domain_quotas_and_enforces_them() {
+    let mut old = Eng::new(Config::default());
+    let d5 = old.guest(5);
+    let d7 = old.guest(7);
+    for args in [
+        ["5", "nodes", "3"],
+        ["5", "node-size", "4"],
+        ["7", "path-max", "10"],
+    ] {
+        assert_eq!(old.req(SOCK, MsgType::SetQuota, &args), ok());
+    }
+    let records = old.export();
+    assert_eq!(
+        quotas_of(&domain_record(&records, 5).quota),
+        [("nodes".to_string(), 3), ("node-size".to_string(), 4)]
+    );
+    assert_eq!(
+        quotas_of(&domain_record(&records, 7).quota),
+        [("path-max".to_string(), 10)]
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.quota(&["5", "nodes"]), "3");
+    assert_eq!(new.quota(&["5", "node-size"]), "4");
+    assert_eq!(new.quota(&["7", "path-max"]), "10");
+    // Not overridden: the global value, for both.
+    assert_eq!(new.quota(&["7", "nodes"]), "1000");
+    assert_eq!(new.quota(&["5", "path-max"]), "2048");
+    // And in force: domain 5 owns its home and may create two nodes.
+    assert_eq!(new.write(d5, "a", "1234"), ok());
+    assert_eq!(new.write(d5, "b", "12345"), Err(XsErrno::ENOSPC));
+    assert_eq!(new.write(d5, "b", ""), ok());
+    assert_eq!(new.write(d5, "c", ""), Err(XsErrno::ENOSPC));
+    assert_eq!(new.write(d7, "1234567890", ""), ok());
+    assert_eq!(new.write(d7, "12345678901", ""), Err(XsErrno::EINVAL));
+    assert_eq!(new.write(d7, "c", "12345"), ok(), "5's quotas are 5's");
+    // A second update keeps them too.
+    let mut third = new.live_update();
+    assert_eq!(third.quota(&["5", "nodes"]), "3");
+    assert_eq!(third.write(d5, "c", ""), Err(XsErrno::ENOSPC));
+}
+
+#[test]
+fn test_live_update_keeps_global_quotas() {
+    let mut old = Eng::new(Config::default());
+    let d5 = old.guest(5);
+    assert_eq!(old.req(SOCK, MsgType::SetQuota, &["nodes", "2"]), ok());
+    assert_eq!(
+        old.req(SOCK, MsgType::SetQuota, &["memory", "123456"]),
+        ok()
+    );
+    let records = old.export();
+    let global: Vec<(String, u32)> = records
+        .iter()
+        .find_map(|r| match r {
+            Record::GlobalQuota(GlobalQuotaData { dom_quota, .. }) => Some(quotas_of(dom_quota)),
+            _ => None,
+        })
+        .expect("a GLOBAL_QUOTA_DATA record");
+    assert!(global.contains(&("nodes".to_string(), 2)), "{global:?}");
+    assert!(
+        global.contains(&("memory".to_string(), 123_456)),
+        "{global:?}"
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.quota(&["nodes"]), "2");
+    assert_eq!(new.quota(&["memory"]), "123456");
+    assert_eq!(new.quota(&["watches"]), "128");
+    assert_eq!(new.write(d5, "a", ""), ok());
+    assert_eq!(new.write(d5, "b", ""), Err(XsErrno::ENOSPC));
+}
+
+#[test]
+fn test_restore_unknown_quota_names_reported_not_applied() {
+    let mut old = Eng::new(Config::default());
+    old.guest(5);
+    let mut records = old.export();
+    for r in &mut records {
+        match r {
+            Record::GlobalQuota(g) => g.glob_quota.push(crate::migration::Quota {
+                name: "no-such-global".into(),
+                value: 1,
+            }),
+            Record::Domain(d) => d.quota.push(crate::migration::Quota {
+                name: "no-such-quota".into(),
+                value: 1,
+            }),
+            _ => {}
+        }
+    }
+    let mut new = Eng::new(Config::default());
+    new.ring(5);
+    let back = BTreeMap::from([(SOCK + STREAM, SOCK), (105 + STREAM, 105)]);
+    let report = new.e.restore_records(&records, &back).unwrap();
+    assert_eq!(report.unknown_quotas, ["no-such-global", "no-such-quota"]);
+    assert_eq!(new.quota(&["5", "nodes"]), "1000");
+}
