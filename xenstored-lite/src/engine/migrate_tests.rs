@@ -53,8 +53,19 @@ impl Eng {
 
     /// One request and its reply (watch events on the way are dropped).
     pub(in crate::engine) fn raw(&mut self, conn: ConnId, ty: MsgType, payload: Vec<u8>) -> R {
+        self.raw_tx(conn, ty, 0, payload)
+    }
+
+    /// The same in transaction `tx`.
+    pub(in crate::engine) fn raw_tx(
+        &mut self,
+        conn: ConnId,
+        ty: MsgType,
+        tx: u32,
+        payload: Vec<u8>,
+    ) -> R {
         self.req_id += 1;
-        let msg = Message::new(ty, self.req_id, 0, payload).unwrap();
+        let msg = Message::new(ty, self.req_id, tx, payload).unwrap();
         self.e.handle(Input::Request { conn, msg: &msg });
         loop {
             let reply = self.e.pop_output(conn).expect("a reply");
@@ -81,6 +92,28 @@ impl Eng {
             conn,
             MsgType::Write,
             build_path_value(path.as_bytes(), value.as_bytes()),
+        )
+    }
+
+    fn tx_req(&mut self, conn: ConnId, tx: u32, ty: MsgType, args: &[&str]) -> R {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.raw_tx(conn, ty, tx, build_args(&args))
+    }
+
+    fn tx_start(&mut self, conn: ConnId) -> u32 {
+        let id = self.req(conn, MsgType::TransactionStart, &[""]).unwrap();
+        std::str::from_utf8(id.strip_suffix(&[0]).unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn tx_end(&mut self, conn: ConnId, tx: u32, commit: bool) -> R {
+        self.tx_req(
+            conn,
+            tx,
+            MsgType::TransactionEnd,
+            &[if commit { "T" } else { "F" }],
         )
     }
 
@@ -240,4 +273,94 @@ fn test_restore_unknown_quota_names_reported_not_applied() {
     let report = new.e.restore_records(&records, &back).unwrap();
     assert_eq!(report.unknown_quotas, ["no-such-global", "no-such-quota"]);
     assert_eq!(new.quota(&["5", "nodes"]), "1000");
+}
+
+// ---- open transactions ------------------------------------------------------
+
+/// The `(path, access)` of the node records of open transactions.
+fn tx_records(records: &[Record]) -> Vec<(String, Access)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Node(n) if n.conn_id != 0 => Some((n.path.clone(), n.access)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn test_live_update_transaction_get_perms_is_a_read_that_can_conflict() {
+    let mut old = Eng::new(Config::default());
+    assert_eq!(old.write(SOCK, "/a", "x"), ok());
+    let tx = old.tx_start(SOCK);
+    assert_eq!(
+        old.tx_req(SOCK, tx, MsgType::GetPerms, &["/a"]),
+        Ok(b"n0\0".to_vec())
+    );
+    let records = old.export();
+    assert_eq!(tx_records(&records), [("/a".to_string(), Access::READ)]);
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.req(SOCK, MsgType::SetPerms, &["/a", "n0", "r5"]), ok());
+    assert_eq!(new.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+}
+
+#[test]
+fn test_live_update_transaction_mkdir_is_carried_and_committed() {
+    let mut old = Eng::new(Config::default());
+    let tx = old.tx_start(SOCK);
+    assert_eq!(old.tx_req(SOCK, tx, MsgType::Mkdir, &["/m/n"]), ok());
+    let records = old.export();
+    assert_eq!(
+        tx_records(&records),
+        [
+            ("/m".to_string(), Access::WRITTEN),
+            ("/m/n".to_string(), Access::READ_WRITTEN)
+        ]
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(
+        new.req(SOCK, MsgType::Read, &["/m/n"]),
+        Err(XsErrno::ENOENT)
+    );
+    assert_eq!(new.tx_end(SOCK, tx, true), ok());
+    assert_eq!(new.req(SOCK, MsgType::Read, &["/m/n"]), Ok(Vec::new()));
+}
+
+#[test]
+fn test_live_update_transaction_special_nodes_come_first() {
+    let mut old = Eng::new(Config::default());
+    assert_eq!(old.write(SOCK, "/a", ""), ok());
+    let tx = old.tx_start(SOCK);
+    assert_eq!(old.tx_req(SOCK, tx, MsgType::Read, &["/a"]), Ok(Vec::new()));
+    assert!(old
+        .tx_req(SOCK, tx, MsgType::GetPerms, &["@releaseDomain"])
+        .is_ok());
+    assert_eq!(
+        old.raw_tx(SOCK, MsgType::Write, tx, build_path_value(b"/a/b", b"v")),
+        ok()
+    );
+    let paths: Vec<String> = tx_records(&old.export())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(paths, ["@releaseDomain", "/a", "/a/b"]);
+    let mut new = old.live_update();
+    assert_eq!(new.tx_end(SOCK, tx, true), ok());
+    assert_eq!(new.req(SOCK, MsgType::Read, &["/a/b"]), Ok(b"v".to_vec()));
+}
+
+// ---- domains ------------------------------------------------------------------
+
+#[test]
+fn test_domain_ring_and_target_as_registered() {
+    let mut e = Eng::new(Config::default());
+    e.guest(5);
+    e.guest(7);
+    assert_eq!(e.e.domain_ring(5), Some((0x1005, 7)));
+    assert_eq!(e.e.domain_ring(7), Some((0x1007, 7)));
+    assert_eq!(e.e.domain_ring(9), None);
+    assert_eq!(e.e.domain_target(5), None);
+    assert_eq!(e.req(SOCK, MsgType::SetTarget, &["5", "7"]), ok());
+    assert_eq!(e.e.domain_target(5), Some(7));
+    assert_eq!(e.e.domain_target(7), None);
 }
