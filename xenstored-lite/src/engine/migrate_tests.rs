@@ -8,7 +8,7 @@ use xenring::{DomId, MsgType, XsErrno};
 
 use super::*;
 use crate::engine::{Config, ConnId, ConnKind, Engine, Input};
-use crate::migration::{DomainData, GlobalQuotaData, Record};
+use crate::migration::{DomainData, GlobalQuotaData, NodeData, Record, WatchDataExtended};
 
 /// The privileged socket connection.
 pub(in crate::engine) const SOCK: ConnId = 1;
@@ -21,6 +21,8 @@ const STREAM: u32 = 1000;
 pub(in crate::engine) struct Eng {
     pub(in crate::engine) e: Engine,
     req_id: u32,
+    /// Watch events seen while waiting for replies: connection, path.
+    events: Vec<(ConnId, String)>,
 }
 
 impl Eng {
@@ -30,7 +32,11 @@ impl Eng {
             conn: SOCK,
             kind: ConnKind::Socket,
         });
-        Self { e, req_id: 0 }
+        Self {
+            e,
+            req_id: 0,
+            events: Vec::new(),
+        }
     }
 
     /// Registers `domid`'s ring as connection 100 + domid, its home made
@@ -51,7 +57,7 @@ impl Eng {
         conn
     }
 
-    /// One request and its reply (watch events on the way are dropped).
+    /// One request and its reply (watch events on the way are noted).
     pub(in crate::engine) fn raw(&mut self, conn: ConnId, ty: MsgType, payload: Vec<u8>) -> R {
         self.raw_tx(conn, ty, 0, payload)
     }
@@ -70,6 +76,9 @@ impl Eng {
         loop {
             let reply = self.e.pop_output(conn).expect("a reply");
             if reply.header.msg_type == MsgType::WatchEvent.raw() {
+                let path = reply.payload.split(|&b| b == 0).next().unwrap_or_default();
+                let path = String::from_utf8_lossy(path).into_owned();
+                self.events.push((conn, path));
                 continue;
             }
             assert_eq!(reply.header.req_id, self.req_id);
@@ -93,6 +102,21 @@ impl Eng {
             MsgType::Write,
             build_path_value(path.as_bytes(), value.as_bytes()),
         )
+    }
+
+    /// The watch events `conn` has been sent so far (and forgets them).
+    fn events(&mut self, conn: ConnId) -> Vec<String> {
+        while let Some(m) = self.e.pop_output(conn) {
+            assert_eq!(m.header.msg_type, MsgType::WatchEvent.raw());
+            let path = m.payload.split(|&b| b == 0).next().unwrap_or_default();
+            self.events
+                .push((conn, String::from_utf8_lossy(path).into_owned()));
+        }
+        let (mine, rest) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|(c, _)| *c == conn);
+        self.events = rest;
+        mine.into_iter().map(|(_, p)| p).collect()
     }
 
     fn tx_req(&mut self, conn: ConnId, tx: u32, ty: MsgType, args: &[&str]) -> R {
@@ -363,4 +387,63 @@ fn test_domain_ring_and_target_as_registered() {
     assert_eq!(e.req(SOCK, MsgType::SetTarget, &["5", "7"]), ok());
     assert_eq!(e.e.domain_target(5), Some(7));
     assert_eq!(e.e.domain_target(7), None);
+}
+
+// ---- watches and committed nodes ------------------------------------------------
+
+#[test]
+fn test_live_update_keeps_watch_depth() {
+    let mut old = Eng::new(Config::default());
+    assert_eq!(old.req(SOCK, MsgType::Watch, &["/w", "one", "1"]), ok());
+    assert_eq!(
+        old.req(SOCK, MsgType::Watch, &["/v", "huge", "70000"]),
+        ok()
+    );
+    assert_eq!(old.events(SOCK), ["/w", "/v"]);
+    let records = old.export();
+    let depths: Vec<(String, u16)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::WatchExtended(WatchDataExtended { wpath, depth, .. }) => {
+                Some((wpath.clone(), *depth))
+            }
+            _ => None,
+        })
+        .collect();
+    // A depth past the field's range is kept as the largest limited one.
+    assert_eq!(depths, [("/w".to_string(), 1), ("/v".to_string(), 65534)]);
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.write(SOCK, "/w/a", ""), ok());
+    assert_eq!(new.write(SOCK, "/w/a/b", ""), ok());
+    assert_eq!(new.write(SOCK, "/v/a/b", ""), ok());
+    assert_eq!(new.events(SOCK), ["/w/a", "/v/a/b"]);
+}
+
+#[test]
+fn test_restore_refuses_relative_node_path() {
+    let old = Eng::new(Config::default());
+    let mut records = old.export();
+    let at = records.len();
+    records.insert(
+        1,
+        Record::Node(NodeData {
+            conn_id: 0,
+            tx_id: 0,
+            access: Access::NONE,
+            perms: vec![crate::migration::NodePerm::new(xenring::Perm::new(
+                xenring::PermKind::None,
+                0,
+            ))],
+            path: "relative".into(),
+            value: Vec::new(),
+        }),
+    );
+    assert!(at > 1);
+    assert_eq!(
+        old.restore(&records).err(),
+        Some(RestoreError::BadNodePath {
+            index: 1,
+            path: "relative".into()
+        })
+    );
 }
