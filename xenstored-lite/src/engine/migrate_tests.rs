@@ -447,3 +447,81 @@ fn test_restore_refuses_relative_node_path() {
         })
     );
 }
+
+/// `records` with one open transaction of the socket made of `nodes`.
+fn with_transaction(mut records: Vec<Record>, nodes: Vec<NodeData>) -> Vec<Record> {
+    let conn_id = SOCK + STREAM;
+    records.push(Record::Transaction(crate::migration::TransactionData {
+        conn_id,
+        tx_id: 1,
+    }));
+    records.extend(nodes.into_iter().map(|n| {
+        Record::Node(NodeData {
+            conn_id,
+            tx_id: 1,
+            ..n
+        })
+    }));
+    records
+}
+
+fn tx_node(access: Access, path: &str, perms: bool, value: &str) -> NodeData {
+    NodeData {
+        conn_id: 0,
+        tx_id: 0,
+        access,
+        perms: if perms {
+            vec![crate::migration::NodePerm::new(xenring::Perm::new(
+                xenring::PermKind::None,
+                0,
+            ))]
+        } else {
+            Vec::new()
+        },
+        path: path.into(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn test_restore_refuses_impossible_transaction_nodes() {
+    let old = Eng::new(Config::default());
+    let cases = [
+        (tx_node(Access::READ, "/a", false, "x"), "value-len"),
+        (
+            tx_node(Access::NONE, "@releaseDomain", false, ""),
+            "perm-count",
+        ),
+    ];
+    for (node, field) in cases {
+        let path = node.path.clone();
+        let records = with_transaction(old.export(), vec![node]);
+        match old.restore(&records) {
+            Err(RestoreError::BadTransactionNode {
+                field: f, path: p, ..
+            }) => assert_eq!((f, p.as_str()), (field, path.as_str())),
+            other => panic!("{path}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn test_live_update_transaction_writing_special_node_and_root_commits() {
+    let mut old = Eng::new(Config::default());
+    let tx = old.tx_start(SOCK);
+    assert_eq!(
+        old.tx_req(SOCK, tx, MsgType::SetPerms, &["@releaseDomain", "n0", "r5"]),
+        ok()
+    );
+    assert_eq!(
+        old.raw_tx(SOCK, MsgType::Write, tx, build_path_value(b"/", b"root")),
+        ok()
+    );
+    let mut new = old.live_update();
+    assert_eq!(new.tx_end(SOCK, tx, true), ok());
+    assert_eq!(
+        new.req(SOCK, MsgType::GetPerms, &["@releaseDomain"]),
+        Ok(b"n0\0r5\0".to_vec())
+    );
+    assert_eq!(new.req(SOCK, MsgType::Read, &["/"]), Ok(b"root".to_vec()));
+}
