@@ -525,3 +525,146 @@ fn test_live_update_transaction_writing_special_node_and_root_commits() {
     );
     assert_eq!(new.req(SOCK, MsgType::Read, &["/"]), Ok(b"root".to_vec()));
 }
+
+/// The open transactions' node records in full: path, access, value,
+/// permissions.
+fn tx_nodes_full(records: &[Record]) -> Vec<(String, Access, String, usize)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Node(n) if n.conn_id != 0 => Some((
+                n.path.clone(),
+                n.access,
+                String::from_utf8_lossy(&n.value).into_owned(),
+                n.perms.len(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn test_live_update_transaction_records_exact_and_stable_across_updates() {
+    let mut old = Eng::new(Config::default());
+    for (p, v) in [("/e", "old"), ("/r", "r"), ("/r/c", "c"), ("/x", "x")] {
+        assert_eq!(old.write(SOCK, p, v), ok());
+    }
+    let tx = old.tx_start(SOCK);
+    let w = |e: &mut Eng, p: &str, v: &str| {
+        e.raw_tx(
+            SOCK,
+            MsgType::Write,
+            tx,
+            build_path_value(p.as_bytes(), v.as_bytes()),
+        )
+    };
+    assert_eq!(
+        old.tx_req(SOCK, tx, MsgType::Read, &["/x"]),
+        Ok(b"x".to_vec())
+    );
+    assert_eq!(w(&mut old, "/e", "new"), ok());
+    assert_eq!(w(&mut old, "/t/a", "ta"), ok());
+    assert_eq!(old.tx_req(SOCK, tx, MsgType::Rm, &["/r"]), ok());
+    assert_eq!(w(&mut old, "/r", "again"), ok());
+    assert_eq!(
+        old.tx_req(SOCK, tx, MsgType::Read, &["/missing"]),
+        Err(XsErrno::ENOENT)
+    );
+    let want = |p: &str, a: Access, v: &str, n: usize| (p.to_string(), a, v.to_string(), n);
+    let expected = vec![
+        want("/e", Access::READ_WRITTEN, "new", 1),
+        want("/missing", Access::READ, "", 0),
+        want("/r", Access::READ_WRITTEN, "again", 1),
+        // Taken with the removal, not re-created by the write.
+        want("/r/c", Access::NONE, "", 0),
+        // Created as a parent: written, not read.
+        want("/t", Access::WRITTEN, "", 1),
+        want("/t/a", Access::READ_WRITTEN, "ta", 1),
+        want("/x", Access::READ, "x", 1),
+    ];
+    assert_eq!(tx_nodes_full(&old.export()), expected);
+    // A restored transaction writes the same records again, update after
+    // update.
+    let mut new = old.live_update();
+    assert_eq!(tx_nodes_full(&new.export()), expected);
+    new = new.live_update();
+    assert_eq!(tx_nodes_full(&new.export()), expected);
+    assert_eq!(new.req(SOCK, MsgType::Watch, &["/x", "x"]), ok());
+    assert_eq!(new.tx_end(SOCK, tx, true), ok());
+    assert_eq!(
+        new.events(SOCK),
+        ["/x"],
+        "only the watch's first event: /x was read"
+    );
+    for (p, v) in [("/e", "new"), ("/r", "again"), ("/t/a", "ta"), ("/t", "")] {
+        assert_eq!(
+            new.req(SOCK, MsgType::Read, &[p]),
+            Ok(v.as_bytes().to_vec()),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        new.req(SOCK, MsgType::Read, &["/r/c"]),
+        Err(XsErrno::ENOENT)
+    );
+    assert_eq!(new.req(SOCK, MsgType::Directory, &["/r"]), Ok(Vec::new()));
+}
+
+#[test]
+fn test_live_update_conflicting_transaction_shown_by_what_it_read() {
+    let mut old = Eng::new(Config::default());
+    assert_eq!(old.write(SOCK, "/x", "0"), ok());
+    let tx = old.tx_start(SOCK);
+    assert_eq!(
+        old.tx_req(SOCK, tx, MsgType::Read, &["/x"]),
+        Ok(b"0".to_vec())
+    );
+    assert_eq!(old.write(SOCK, "/x", "1"), ok());
+    let records = old.export();
+    assert_eq!(
+        tx_nodes_full(&records),
+        [("/x".to_string(), Access::READ, "0".to_string(), 1)],
+        "what it saw, nothing more"
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+    assert_eq!(new.req(SOCK, MsgType::Read, &["/x"]), Ok(b"1".to_vec()));
+}
+
+#[test]
+fn test_live_update_conflict_no_read_shows_still_fails() {
+    // A guest's write that its home's new permissions would refuse: no
+    // node it read differs, so the stream must say otherwise that the
+    // transaction cannot commit.
+    let mut old = Eng::new(Config::default());
+    let d5 = old.guest(5);
+    let tx = old.tx_start(d5);
+    assert_eq!(
+        old.raw_tx(d5, MsgType::Write, tx, build_path_value(b"a", b"mine")),
+        ok()
+    );
+    assert_eq!(
+        old.req(SOCK, MsgType::SetPerms, &["/local/domain/5", "n0"]),
+        ok()
+    );
+    let records = old.export();
+    assert_eq!(
+        tx_nodes_full(&records),
+        [
+            (
+                "/local/domain/5/a".to_string(),
+                Access::READ_WRITTEN,
+                "mine".to_string(),
+                1
+            ),
+            // "Read, absent" for `/`, which never holds.
+            ("/".to_string(), Access::READ, String::new(), 0),
+        ]
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.tx_end(d5, tx, true), Err(XsErrno::EAGAIN));
+    assert_eq!(
+        new.req(SOCK, MsgType::Read, &["/local/domain/5/a"]),
+        Err(XsErrno::ENOENT)
+    );
+}
