@@ -54,12 +54,13 @@ fn test_per_domain_and_global_quotas_survive_live_update_and_hold() {
     const NODES: u32 = 4;
     dom0.set_quota(Some(d), "nodes", NODES).unwrap();
     dom0.set_quota(Some(d), "node-size", 16).unwrap();
+    dom0.set_quota(Some(d), "memory", 100_000).unwrap();
     dom0.set_quota(None, "watches", 64).unwrap();
-    let before: Vec<String> = ["nodes", "node-size", "watches"]
+    let before: Vec<String> = ["nodes", "node-size", "memory", "watches"]
         .iter()
         .map(|q| dom0.get_quota(Some(d), Some(q)).unwrap())
         .collect();
-    assert_eq!(before, ["4", "16", "64"]);
+    assert_eq!(before, ["4", "16", "100000", "64"]);
 
     let pid = daemon.pid();
     let restored = daemon.live_updates().restored;
@@ -78,7 +79,12 @@ fn test_per_domain_and_global_quotas_survive_live_update_and_hold() {
     });
 
     // The same answers from the new process, on connections opened before.
-    for (q, want) in [("nodes", "4"), ("node-size", "16"), ("watches", "64")] {
+    for (q, want) in [
+        ("nodes", "4"),
+        ("node-size", "16"),
+        ("memory", "100000"),
+        ("watches", "64"),
+    ] {
         assert_eq!(
             dom0.get_quota(Some(d), Some(q)).unwrap(),
             want,
