@@ -932,3 +932,7 @@ impl Engine {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "migrate_tests.rs"]
+pub(super) mod tests;

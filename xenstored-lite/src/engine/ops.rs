@@ -174,6 +174,11 @@ fn ok() -> Vec<u8> {
     b"OK\0".to_vec()
 }
 
+/// The error for a write past the memory quota: C xenstored's
+/// `domain_memory_add()` refuses with ENOMEM (the node and entry-count
+/// quotas are ENOSPC).
+const MEMORY_QUOTA: XsErrno = XsErrno::ENOMEM;
+
 fn check_value(ctx: &Ctx<'_>, value: &[u8]) -> Result<(), XsErrno> {
     if !ctx.who.privileged && !within(ctx.limits.node_size, value.len() as u64) {
         return Err(XsErrno::ENOSPC);
@@ -204,7 +209,7 @@ fn write(
         if !ctx.who.privileged && new_cost > old_cost {
             let acct = store.account(node.owner());
             if !within(ctx.limits.memory, acct.memory + new_cost - old_cost) {
-                return Err(XsErrno::ENOSPC);
+                return Err(MEMORY_QUOTA);
             }
         }
         store.put_node(Arc::from(path), Arc::from(value), Arc::clone(&perms));
@@ -258,7 +263,7 @@ fn write(
             .map(|p| Node::cost(p, if *p == path { value } else { b"" }, &perms))
             .sum();
         if !within(ctx.limits.memory, acct.memory + cost) {
-            return Err(XsErrno::ENOSPC);
+            return Err(MEMORY_QUOTA);
         }
     }
     for p in missing.iter().rev() {
@@ -376,3 +381,7 @@ pub fn special_readable(store: &Store, who: &Who, path: &str) -> bool {
     let base = path.split('/').next().unwrap_or(path);
     store.get(base).is_some_and(|n| access(who, &n.perms).read)
 }
+
+#[cfg(test)]
+#[path = "ops_tests.rs"]
+mod tests;

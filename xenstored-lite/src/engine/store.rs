@@ -65,9 +65,11 @@ pub struct Children {
 }
 
 impl Children {
-    /// Adds `name` after the others (no-op if present).
+    /// Adds `name` after the others (no-op if present: the set keeps the
+    /// name the order holds, which `remove` looks for).
     pub fn insert(&mut self, name: Arc<str>) {
-        if self.names.insert(Arc::clone(&name)).is_none() {
+        if !self.names.contains(&name) {
+            self.names.insert(Arc::clone(&name));
             self.order.push_back(name);
         }
     }
@@ -552,3 +554,7 @@ mod tests {
         assert_eq!(s.account(0).nodes, 3, "/, /tool and /tool/xenstored, as C");
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod more_tests;

@@ -1,0 +1,351 @@
+//! Unit tests of the store: accounting, generations, the orders it lists
+//! nodes in, `forget_domain`, and what `check` reports on a broken store.
+
+use std::sync::Arc;
+
+use xenring::{DomId, Perm, PermKind};
+
+use super::*;
+
+fn perms(list: &[(PermKind, DomId)]) -> Arc<[Perm]> {
+    list.iter().map(|&(k, d)| Perm::new(k, d)).collect()
+}
+
+fn put(s: &mut Store, path: &str, value: &[u8], p: &Arc<[Perm]>) {
+    s.put_node(Arc::from(path), Arc::from(value), Arc::clone(p));
+}
+
+fn paths(list: &[(Path, Arc<Node>)]) -> Vec<&str> {
+    list.iter().map(|(p, _)| &**p).collect()
+}
+
+#[test]
+fn test_node_cost_owner_and_payload() {
+    let p = perms(&[(PermKind::Read, 5), (PermKind::Write, 7)]);
+    // Path, value, 8 bytes per entry, 32 for the record.
+    assert_eq!(Node::cost("/a", b"xyz", &p), 2 + 3 + 16 + 32);
+    assert_eq!(Node::cost("/local/x", b"", &p[..1]), 8 + 8 + 32);
+    let mut s = Store::new(0);
+    put(&mut s, "/a", b"", &p);
+    put(&mut s, "/a/x", b"", &p);
+    put(&mut s, "/a/yy", b"", &p);
+    let a = s.get("/a").unwrap();
+    assert_eq!(a.owner(), 5);
+    assert_eq!(a.children_payload(), b"x\0yy\0");
+    assert_eq!(s.get("/a/x").unwrap().children_payload(), b"");
+}
+
+#[test]
+fn test_children_set_and_order() {
+    let mut c = Children::default();
+    assert!(c.is_empty());
+    assert_eq!(c.len(), 0);
+    c.insert(Arc::from("b"));
+    c.insert(Arc::from("a"));
+    c.insert(Arc::from("b"));
+    assert!(!c.is_empty());
+    assert_eq!(c.len(), 2);
+    assert!(c.contains("a") && c.contains("b") && !c.contains("c"));
+    let order: Vec<&str> = c.iter().map(|n| &**n).collect();
+    assert_eq!(order, ["b", "a"]);
+    let order: Vec<&str> = (&c).into_iter().map(|n| &**n).collect();
+    assert_eq!(order, ["b", "a"]);
+    c.remove("b");
+    c.remove("zz");
+    assert_eq!(c.len(), 1);
+    assert!(!c.contains("b"));
+    c.insert(Arc::from("b"));
+    let order: Vec<&str> = c.iter().map(|n| &**n).collect();
+    assert_eq!(order, ["a", "b"]);
+}
+
+#[test]
+fn test_path_helpers_edges() {
+    assert_eq!(parent("@releaseDomain/5"), None);
+    assert_eq!(parent("/a/b/c"), Some("/a/b"));
+    assert_eq!(basename("/a/bc"), "bc");
+    assert_eq!(basename("@x"), "@x");
+    assert_eq!(join("/a/b", "c"), "/a/b/c");
+    assert!(!is_child_of("/a", "/a/b"));
+    assert!(!is_child_of("/", "/a"));
+    assert!(!is_child_of("/b/a", "/a"));
+    assert!(!is_child_of("/a-b", "/a"));
+    assert!(is_child_of("/a/b/c", "/a/b"));
+    assert!(is_child_of("/", "/"));
+    assert_eq!(depth_below("/a/b", "/"), 2);
+    assert_eq!(depth_below("/a/b/c/d", "/a/b"), 2);
+}
+
+#[test]
+fn test_fresh_store_contents_and_counters() {
+    let s = Store::new(3);
+    assert_eq!(s.len(), 5);
+    assert!(!s.is_empty());
+    assert_eq!(s.get("/tool/xenstored").unwrap().owner(), 3);
+    assert!(s.get("/nope").is_none());
+    // The special nodes count against nobody.
+    let owner = perms(&[(PermKind::None, 3)]);
+    let memory: u64 = ["/", "/tool", "/tool/xenstored"]
+        .iter()
+        .map(|p| Node::cost(p, b"", &owner))
+        .sum();
+    assert_eq!(s.accounts(), [(3, Account { nodes: 3, memory })]);
+    assert_eq!(s.account(4), Account::default());
+}
+
+#[test]
+fn test_accounting_follows_owner_through_writes_and_removal() {
+    let mut s = Store::new(0);
+    let base = s.account(0);
+    let p5 = perms(&[(PermKind::None, 5)]);
+    let p7 = perms(&[(PermKind::Read, 7), (PermKind::Write, 5)]);
+    put(&mut s, "/d", b"1", &p5);
+    put(&mut s, "/d/e", b"22", &p5);
+    let c5 = Node::cost("/d", b"1", &p5) + Node::cost("/d/e", b"22", &p5);
+    assert_eq!(
+        s.account(5),
+        Account {
+            nodes: 2,
+            memory: c5
+        }
+    );
+    // Overwriting replaces the charge; a new owner takes it over.
+    put(&mut s, "/d/e", b"4444", &p5);
+    let c5 = Node::cost("/d", b"1", &p5) + Node::cost("/d/e", b"4444", &p5);
+    assert_eq!(
+        s.account(5),
+        Account {
+            nodes: 2,
+            memory: c5
+        }
+    );
+    put(&mut s, "/d/e", b"", &p7);
+    assert_eq!(
+        s.account(5),
+        Account {
+            nodes: 1,
+            memory: Node::cost("/d", b"1", &p5)
+        }
+    );
+    assert_eq!(
+        s.account(7),
+        Account {
+            nodes: 1,
+            memory: Node::cost("/d/e", b"", &p7)
+        }
+    );
+    assert_eq!(
+        s.accounts().iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        [0, 5, 7]
+    );
+    assert!(s.check().is_empty(), "{:?}", s.check());
+    // Removing a subtree uncharges every node; an empty account goes.
+    let removed = s.remove_tree("/d");
+    assert_eq!(paths(&removed), ["/d", "/d/e"]);
+    assert_eq!(s.account(5), Account::default());
+    assert_eq!(s.accounts(), [(0, base)]);
+    assert!(s.check().is_empty(), "{:?}", s.check());
+    // Rewriting a special node charges nobody either.
+    put(&mut s, "@introduceDomain", b"", &p5);
+    assert_eq!(s.accounts(), [(0, base)]);
+    assert!(s.check().is_empty(), "{:?}", s.check());
+}
+
+#[test]
+fn test_versions_and_generations_change_with_every_modification() {
+    let mut s = Store::new(0);
+    let p = perms(&[(PermKind::None, 0)]);
+    let v0 = s.version();
+    put(&mut s, "/a", b"", &p);
+    let v1 = s.version();
+    assert!(v1 > v0);
+    let g_root = s.get("/").unwrap().generation;
+    let g_a = s.get("/a").unwrap().generation;
+    put(&mut s, "/a", b"x", &p);
+    assert!(s.version() > v1);
+    let g_a2 = s.get("/a").unwrap().generation;
+    assert!(g_a2 > g_a, "a rewrite gets a new generation");
+    assert_eq!(s.get("/").unwrap().generation, g_root, "not a child change");
+    put(&mut s, "/a/b", b"", &p);
+    let g_a3 = s.get("/a").unwrap().generation;
+    assert!(g_a3 > g_a2, "a new child changes the parent");
+    assert_eq!(s.get("/a").unwrap().created, g_a, "creation stays");
+    let v2 = s.version();
+    assert!(s.remove_tree("/nope").is_empty());
+    assert_eq!(s.version(), v2, "removing nothing changes nothing");
+    s.remove_tree("/a/b");
+    assert!(s.version() > v2);
+    assert!(s.get("/a").unwrap().generation > g_a3, "a child removed");
+    assert!(s.get("/a").unwrap().children.is_empty());
+}
+
+#[test]
+fn test_parents_first_and_walk_orders() {
+    let mut s = Store::new(0);
+    let p = perms(&[(PermKind::None, 0)]);
+    for path in ["/b", "/a", "/b/z", "/a/y", "/b/z/1", "/a/x"] {
+        put(&mut s, path, b"", &p);
+    }
+    assert_eq!(
+        paths(&s.parents_first()),
+        [
+            "/",
+            "/tool",
+            "/b",
+            "/a",
+            "/tool/xenstored",
+            "/b/z",
+            "/a/y",
+            "/a/x",
+            "/b/z/1",
+            "@introduceDomain",
+            "@releaseDomain",
+        ]
+    );
+    assert_eq!(
+        paths(&s.walk()),
+        [
+            "/",
+            "/tool",
+            "/tool/xenstored",
+            "/b",
+            "/b/z",
+            "/b/z/1",
+            "/a",
+            "/a/y",
+            "/a/x",
+            "@introduceDomain",
+            "@releaseDomain",
+        ]
+    );
+}
+
+#[test]
+fn test_forget_domain_gives_owned_nodes_away_and_drops_entries() {
+    let mut s = Store::new(0);
+    let cases = [
+        ("/own", perms(&[(PermKind::Read, 5), (PermKind::Write, 7)])),
+        ("/named", perms(&[(PermKind::None, 7), (PermKind::Read, 5)])),
+        (
+            "/both",
+            perms(&[
+                (PermKind::None, 7),
+                (PermKind::Read, 5),
+                (PermKind::Write, 8),
+            ]),
+        ),
+        ("/other", perms(&[(PermKind::None, 7), (PermKind::Read, 8)])),
+    ];
+    for (path, p) in &cases {
+        put(&mut s, path, b"v", p);
+    }
+    assert_eq!(s.forget_domain(5, 0), 3);
+    let got = |s: &Store, path: &str| s.get(path).unwrap().perms.to_vec();
+    assert_eq!(
+        got(&s, "/own"),
+        [Perm::new(PermKind::Read, 0), Perm::new(PermKind::Write, 7)]
+    );
+    assert_eq!(got(&s, "/named"), [Perm::new(PermKind::None, 7)]);
+    assert_eq!(
+        got(&s, "/both"),
+        [Perm::new(PermKind::None, 7), Perm::new(PermKind::Write, 8)]
+    );
+    assert_eq!(got(&s, "/other").len(), 2);
+    assert_eq!(&*s.get("/own").unwrap().value, b"v");
+    assert_eq!(s.account(5), Account::default());
+    assert!(s.check().is_empty(), "{:?}", s.check());
+    assert_eq!(s.forget_domain(5, 0), 0);
+    // Handing a domain's nodes to itself keeps its owner entry.
+    put(
+        &mut s,
+        "/self",
+        b"",
+        &perms(&[(PermKind::None, 9), (PermKind::Read, 9)]),
+    );
+    assert_eq!(s.forget_domain(9, 9), 1);
+    assert_eq!(got(&s, "/self"), [Perm::new(PermKind::None, 9)]);
+}
+
+#[test]
+fn test_check_names_each_kind_of_damage() {
+    let p = perms(&[(PermKind::None, 5)]);
+    let mut s = Store::new(0);
+    put(&mut s, "/a", b"", &p);
+    put(&mut s, "/a/b", b"", &p);
+    put(&mut s, "/c", b"", &p);
+    assert!(s.check().is_empty(), "{:?}", s.check());
+
+    // A child listed but gone (its charge left behind).
+    let mut broken = s.clone();
+    broken.nodes.remove("/a/b");
+    let a5 = s.account(5);
+    let one = Node::cost("/a", b"", &p) + Node::cost("/c", b"", &p);
+    assert_eq!(
+        broken.check(),
+        [
+            "/a: child b missing".to_string(),
+            format!(
+                "domain 5: accounting says {a5:?}, nodes say {:?}",
+                Account {
+                    nodes: 2,
+                    memory: one
+                }
+            ),
+        ]
+    );
+
+    // A node its parent does not list; one whose parent is missing; one
+    // without permissions.
+    let mut broken = s.clone();
+    let a = broken.nodes.get("/a").unwrap();
+    let mut unlisted = Node::clone(a);
+    unlisted.children = Children::default();
+    broken
+        .nodes
+        .insert(Arc::from("/a/hidden"), Arc::new(unlisted.clone()));
+    broken
+        .nodes
+        .insert(Arc::from("/x/y"), Arc::new(unlisted.clone()));
+    let mut bare = unlisted;
+    bare.perms = Arc::from(Vec::new());
+    let c = Arc::clone(broken.nodes.get("/c").unwrap());
+    broken.nodes.insert(
+        Arc::from("/c"),
+        Arc::new(Node {
+            perms: Arc::clone(&bare.perms),
+            ..Node::clone(&c)
+        }),
+    );
+    let problems = broken.check();
+    for want in [
+        "/a/hidden: not listed in /a",
+        "/x/y: parent /x missing",
+        "/c: no permissions",
+    ] {
+        assert!(problems.iter().any(|p| p == want), "{want}: {problems:?}");
+    }
+
+    // A charge for a domain that owns nothing.
+    let mut broken = s.clone();
+    broken.accounts.insert(
+        9,
+        Account {
+            nodes: 1,
+            memory: 1,
+        },
+    );
+    assert_eq!(
+        broken.check(),
+        [format!(
+            "domain 9: charged {:?} for no nodes",
+            Account {
+                nodes: 1,
+                memory: 1
+            }
+        )]
+    );
+    // An empty entry is no charge.
+    let mut broken = s.clone();
+    broken.accounts.insert(9, Account::default());
+    assert!(broken.check().is_empty());
+}
