@@ -1034,3 +1034,88 @@ fn test_record_types_are_named_as_the_spec_names_them() {
     assert_eq!(RecordType(9).name(), None);
     assert_eq!(RecordType(9).to_string(), "type 0x00000009");
 }
+
+/// A version 2 big-endian stream of one record (`ty`, `body` padded to 8)
+/// and END.
+fn one_record_v2(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut s = [&b"xenstore"[..], &[0, 0, 0, 2, 0, 0, 0, 1]].concat();
+    let padded = body.len().div_ceil(8) * 8;
+    let len = u8::try_from(padded).expect("a short test body");
+    s.extend_from_slice(&[0, 0, 0, ty, 0, 0, 0, len]);
+    s.extend_from_slice(body);
+    s.resize(s.len() + padded - body.len(), 0);
+    s.extend_from_slice(&[0; 8]);
+    s
+}
+
+#[test]
+fn test_a_list_longer_than_its_record_is_refused_before_it_is_read() {
+    // NODE_DATA: conn 0, tx 0, path-len 3, value-len 0, access 0,
+    // perm-count 256 (1,024 octets), then only 8 octets.
+    let node = [
+        &[0, 0, 0, 0, 0, 0, 0, 0][..],
+        &[0, 3, 0, 0, 0, 0, 1, 0],
+        &[b'n', 0, 0, 0, b'/', b'r', 0, 0],
+    ]
+    .concat();
+    let err = parse(&one_record_v2(5, &node)).unwrap_err();
+    assert_eq!(
+        err,
+        MigrationError::BodyTooShort {
+            index: 0,
+            record_type: RecordType::NODE_DATA,
+            field: "perm",
+            need: 16 + 256 * 4,
+            have: 24,
+        }
+    );
+    // DOMAIN_DATA: domain 5, n-quota 300 (1,200 octets of values), features 0,
+    // then one value and one name.
+    let domain = [&[0, 5, 1, 44, 0, 0, 0, 0][..], &[0, 0, 0, 9, b'x', 0, 0, 0]].concat();
+    let err = parse(&one_record_v2(7, &domain)).unwrap_err();
+    assert_eq!(
+        err,
+        MigrationError::BodyTooShort {
+            index: 0,
+            record_type: RecordType::DOMAIN_DATA,
+            field: "quota-val",
+            need: 8 + 300 * 4,
+            have: 16,
+        }
+    );
+}
+
+#[test]
+fn test_a_list_that_exactly_fills_its_record_is_read_not_skipped() {
+    // NODE_DATA whose two permissions end the body: they are read, and it
+    // is the missing path that is refused, not the permissions.
+    let node = [
+        &[0, 0, 0, 0, 0, 0, 0, 0][..],
+        &[0, 0, 0, 0, 0, 0, 0, 2],
+        &[b'n', 0, 0, 0, b'r', 0, 0, 3],
+    ]
+    .concat();
+    let err = parse(&one_record_v2(5, &node)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MigrationError::BadField { field: "path", .. }
+                | MigrationError::BodyTooShort { field: "path", .. }
+        ),
+        "{err:?}"
+    );
+    // DOMAIN_DATA whose two quota values end the body: the names are what
+    // is missing.
+    let domain = [&[0, 5, 0, 2, 0, 0, 0, 0][..], &[0, 0, 0, 9, 0, 0, 0, 7]].concat();
+    let err = parse(&one_record_v2(7, &domain)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MigrationError::BadField {
+                field: "quota-names",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
