@@ -33,9 +33,11 @@ if ! git rev-parse --verify --quiet "$base^{commit}" > /dev/null; then
   exit 1
 fi
 
-# It mutates the tree in place: refuse to touch uncommitted work.
-if ! git diff --quiet HEAD -- '*.rs'; then
-  echo "mutants-diff: the tree has uncommitted changes to .rs files; commit or stash them first" >&2
+# It mutates the tree in place (and a failing property test under a mutant
+# records its case in a regressions file): refuse to touch uncommitted
+# work, and put back every tracked file afterwards.
+if ! git diff --quiet HEAD; then
+  echo "mutants-diff: the tree has uncommitted changes; commit or stash them first" >&2
   exit 1
 fi
 
@@ -72,10 +74,10 @@ fi
 rc=0
 cargo mutants --in-diff "$work/diff" --in-place --no-shuffle "${shard[@]}" \
   --output "$work" || rc=$?
-git diff --quiet HEAD -- '*.rs' || {
-  echo "mutants-diff: the tree was left mutated; restoring it" >&2
-  git checkout HEAD -- $(git diff --name-only HEAD -- '*.rs')
-}
+if ! git diff --quiet HEAD; then
+  echo "mutants-diff: putting back what the run changed: $(git diff --name-only HEAD | tr '\n' ' ')"
+  git diff --name-only -z HEAD | xargs -0 git checkout HEAD --
+fi
 
 out=$work/mutants.out
 for f in missed timeout unviable caught; do
