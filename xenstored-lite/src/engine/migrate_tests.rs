@@ -668,3 +668,35 @@ fn test_live_update_conflict_no_read_shows_still_fails() {
         Err(XsErrno::ENOENT)
     );
 }
+
+#[test]
+fn test_live_update_transaction_perms_change_told_to_who_could_read_before() {
+    let mut old = Eng::new(Config::default());
+    let g5 = old.guest(5);
+    assert_eq!(old.write(SOCK, "/w", "x"), ok());
+    assert_eq!(old.req(SOCK, MsgType::SetPerms, &["/w", "n0", "r5"]), ok());
+    assert_eq!(old.req(g5, MsgType::Watch, &["/w", "t"]), ok());
+    assert_eq!(old.events(g5), ["/w"], "the watch's first event");
+    let tx = old.tx_start(SOCK);
+    assert_eq!(old.tx_req(SOCK, tx, MsgType::SetPerms, &["/w", "n0"]), ok());
+    let mut new = old.live_update();
+    assert_eq!(new.tx_end(SOCK, tx, true), ok());
+    // 5 may no longer read /w, but it could before the change: it hears of it.
+    assert_eq!(new.events(g5), ["/w"]);
+    assert_eq!(new.req(g5, MsgType::Read, &["/w"]), Err(XsErrno::EACCES));
+}
+
+#[test]
+fn test_live_update_transaction_directory_part_is_a_read_that_can_conflict() {
+    let mut old = Eng::new(Config::default());
+    assert_eq!(old.write(SOCK, "/d/a", "1"), ok());
+    let tx = old.tx_start(SOCK);
+    assert!(old
+        .tx_req(SOCK, tx, MsgType::DirectoryPart, &["/d", "0"])
+        .is_ok());
+    let records = old.export();
+    assert_eq!(tx_records(&records), [("/d".to_string(), Access::READ)]);
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.write(SOCK, "/d/b", "2"), ok());
+    assert_eq!(new.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
+}
