@@ -700,3 +700,22 @@ fn test_live_update_transaction_directory_part_is_a_read_that_can_conflict() {
     assert_eq!(new.write(SOCK, "/d/b", "2"), ok());
     assert_eq!(new.tx_end(SOCK, tx, true), Err(XsErrno::EAGAIN));
 }
+
+#[test]
+fn test_restore_a_written_node_with_nothing_written_below_it_fires_its_event() {
+    // Only a parent that the transaction created for a node written below
+    // it is silent; a written node elsewhere does not make /p one.
+    let old = Eng::new(Config::default());
+    let records = with_transaction(
+        old.export(),
+        vec![
+            tx_node(Access::WRITTEN, "/p", true, "v"),
+            tx_node(Access::WRITTEN, "/elsewhere", true, "y"),
+        ],
+    );
+    let mut new = old.restore(&records).unwrap();
+    assert_eq!(new.req(SOCK, MsgType::Watch, &["/p", "t"]), ok());
+    assert_eq!(new.events(SOCK), ["/p"], "the watch's first event");
+    assert_eq!(new.tx_end(SOCK, 1, true), ok());
+    assert_eq!(new.events(SOCK), ["/p"]);
+}
