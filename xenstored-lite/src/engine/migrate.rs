@@ -301,6 +301,12 @@ fn apply_write(store: &mut Store, w: &CarriedWrite, events: &mut Vec<Event>) -> 
     true
 }
 
+/// Whether the transaction created `path`: it is in its result and was not
+/// in the store it started from.
+fn created_here(result: &Store, reference: &Store, path: &str) -> bool {
+    result.get(path).is_some() && reference.get(path).is_none()
+}
+
 /// A transaction's records being read from a stream.
 struct PendingTx<'r> {
     conn: ConnId,
@@ -885,8 +891,7 @@ impl Engine {
         };
         for path in &creating {
             let mut at = parent(path);
-            while let Some(p) = at.filter(|p| result.get(p).is_some() && reference.get(p).is_none())
-            {
+            while let Some(p) = at.filter(|p| created_here(&result, reference, p)) {
                 touched.entry(p.to_string()).or_default();
                 at = parent(p);
             }
