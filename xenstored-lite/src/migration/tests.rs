@@ -613,7 +613,21 @@ fn writer_refuses_what_the_format_cannot_carry() {
     ));
     assert!(matches!(
         write(&watch("/a", &[1; 70000])),
-        Err(WriteError::TooLong { field: "token", .. })
+        Err(WriteError::TooLong {
+            field: "token",
+            len: 70001,
+            max: 65535,
+            ..
+        })
+    ));
+    // The NUL counts: 65,535 octets and their terminator are one too many.
+    assert!(matches!(
+        write(&watch("/a", &[1; 65535])),
+        Err(WriteError::TooLong {
+            field: "token",
+            len: 65536,
+            ..
+        })
     ));
     let v2_only = Stream {
         header,
