@@ -2531,3 +2531,32 @@ mod unmoved_commit {
         assert_eq!(h.tx_end(d5, tx, false), ok());
     }
 }
+
+/// The replay test hook (`--test-alter-reply N`): exactly the Nth reply
+/// is changed, watch events are not counted.
+mod alter_reply {
+    use super::*;
+
+    #[test]
+    fn test_alter_reply_changes_the_nth_reply_only() {
+        let mut h = H::with(Config {
+            test_alter_reply: Some(3),
+            ..Config::default()
+        });
+        assert_eq!(h.write(SOCK, 0, "/a", "x"), ok());
+        // Reply 2, and a watch event that is not a reply.
+        assert_eq!(h.req(SOCK, MsgType::Watch, 0, &["/a", "t"]), ok());
+        assert_eq!(h.req(SOCK, MsgType::Read, 0, &["/a"]), Ok(b"X".to_vec()));
+        assert_eq!(h.req(SOCK, MsgType::Read, 0, &["/a"]), Ok(b"x".to_vec()));
+    }
+
+    #[test]
+    fn test_alter_reply_gives_an_empty_reply_a_byte() {
+        let mut h = H::with(Config {
+            test_alter_reply: Some(2),
+            ..Config::default()
+        });
+        assert_eq!(h.write(SOCK, 0, "/e", ""), ok());
+        assert_eq!(h.req(SOCK, MsgType::Read, 0, &["/e"]), Ok(b"!".to_vec()));
+    }
+}
