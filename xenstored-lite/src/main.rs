@@ -10,7 +10,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use xenstored_lite::cli::Cli;
 use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
-use xenstored_lite::migration::{Record, Stream};
+use xenstored_lite::migration::Stream;
 use xenstored_lite::replay::player::{self, Options};
 use xenstored_lite::shell::platform::Platform;
 use xenstored_lite::shell::{check_stream, notify_systemd_ready, Daemon, ShellConfig, STATE_FILE};
@@ -233,14 +233,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut platform = match &state {
         Some((_, stream)) => {
-            let evtchn_fd = stream
-                .records
-                .iter()
-                .find_map(|r| match r {
-                    Record::Global(g) => Some(g.evtchn_fd),
-                    _ => None,
-                })
-                .unwrap_or(-1);
+            let evtchn_fd = stream.global().map_or(-1, |g| g.evtchn_fd);
             Platform::adopt(&choice, &rundir, evtchn_fd)
         }
         None => Platform::open(&choice, &rundir),

@@ -159,6 +159,14 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// The stream's `GLOBAL_DATA` (the descriptors passed down), if any.
+    pub fn global(&self) -> Option<GlobalData> {
+        self.records.iter().find_map(|r| match r {
+            Record::Global(g) => Some(*g),
+            _ => None,
+        })
+    }
+
     /// Parses a stream; see [`parse()`].
     pub fn parse(input: &[u8]) -> Result<Self, MigrationError> {
         parse(input)

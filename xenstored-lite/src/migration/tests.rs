@@ -1133,3 +1133,16 @@ fn test_a_list_that_exactly_fills_its_record_is_read_not_skipped() {
         "{err:?}"
     );
 }
+
+#[test]
+fn test_global_gives_the_descriptors_passed_down() {
+    let stream = parse(&hand_v1_le()).unwrap();
+    assert_eq!(
+        stream.global(),
+        Some(GlobalData {
+            rw_socket_fd: -1,
+            evtchn_fd: 5
+        })
+    );
+    assert_eq!(parse(&hand_v2_be()).unwrap().global(), None);
+}

@@ -640,10 +640,7 @@ impl Daemon {
         stream: &Stream,
     ) -> Result<(Self, RestoreSummary), RestoreFailure> {
         let t0 = Instant::now();
-        let global = stream.records.iter().find_map(|r| match r {
-            Record::Global(g) => Some(*g),
-            _ => None,
-        });
+        let global = stream.global();
         let listener = match global.map(|g| g.rw_socket_fd) {
             Some(fd) if is_listening_socket(fd) => {
                 // SAFETY: the old process passed this descriptor down for its

@@ -319,14 +319,7 @@ fn passed_down(mut stream: Stream) -> (Vec<u8>, Stream) {
 /// The new process's side: the platform adopted from the stream's
 /// event-channel handle, then the restore.
 fn take_over(w: &World, bytes: &[u8], stream: &Stream) -> (Daemon, RestoreSummary) {
-    let evtchn_fd = stream
-        .records
-        .iter()
-        .find_map(|r| match r {
-            Record::Global(g) => Some(g.evtchn_fd),
-            _ => None,
-        })
-        .unwrap_or(-1);
+    let evtchn_fd = stream.global().map_or(-1, |g| g.evtchn_fd);
     let platform = Platform::adopt(
         &PlatformChoice::Remote(w.hv.path().to_path_buf()),
         w.dir.path(),
