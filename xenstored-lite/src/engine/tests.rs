@@ -1052,6 +1052,117 @@ mod domains {
         assert!(h.e.accepts_requests(d5));
         assert!(h.e.accepts_requests(SOCK));
     }
+
+    /// The bytes one unread reply to a guest's READ of `/` occupies.
+    fn one_reply_bytes() -> usize {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"/"])).unwrap();
+        h.e.handle(Input::Request {
+            conn: d5,
+            msg: &msg,
+        });
+        h.e.queued_messages(d5).map(Message::wire_len).sum()
+    }
+
+    /// The limit is on bytes *over* `max_queued_bytes`: a queue holding
+    /// exactly the limit is kept, one reply more cuts the guest off.
+    #[test]
+    fn test_output_quota_exactly_at_the_limit_is_kept() {
+        let one = one_reply_bytes();
+        assert!(one > 0);
+        let mut h = H::with(Config {
+            max_queued_bytes: 2 * one,
+            ..Config::default()
+        });
+        let d5 = h.dom(5);
+        let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"/"])).unwrap();
+        for _ in 0..2 {
+            h.e.handle(Input::Request {
+                conn: d5,
+                msg: &msg,
+            });
+        }
+        assert!(
+            !h.e.take_actions()
+                .iter()
+                .any(|a| matches!(a, Action::Kill { .. })),
+            "a queue of exactly the limit is not over it"
+        );
+        assert_eq!(h.e.queued_messages(d5).count(), 2);
+        h.e.handle(Input::Request {
+            conn: d5,
+            msg: &msg,
+        });
+        let actions = h.e.take_actions();
+        assert!(
+            matches!(actions.as_slice(), [Action::Kill { conn: 105, .. }]),
+            "{actions:?}"
+        );
+    }
+
+    /// `max_queued_bytes = 0` means no limit, not a limit of zero bytes.
+    #[test]
+    fn test_output_quota_zero_is_unlimited() {
+        let mut h = H::with(Config {
+            max_queued_bytes: 0,
+            ..Config::default()
+        });
+        let d5 = h.dom(5);
+        let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"/"])).unwrap();
+        for _ in 0..100 {
+            h.e.handle(Input::Request {
+                conn: d5,
+                msg: &msg,
+            });
+        }
+        let actions = h.e.take_actions();
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Kill { .. })),
+            "{actions:?}"
+        );
+        assert_eq!(h.e.queued_messages(d5).count(), 100);
+    }
+
+    /// Closing a connection forgets the INTRODUCE it was waiting on, and
+    /// only that one: another connection's pending INTRODUCE still
+    /// completes and is answered.
+    #[test]
+    fn test_domain_close_forgets_only_its_own_pending_introduce() {
+        const OTHER: ConnId = 2;
+        let mut h = H::new();
+        h.e.handle(Input::Connect {
+            conn: OTHER,
+            kind: ConnKind::Socket,
+        });
+        let mut tokens = Vec::new();
+        for (conn, domid) in [(SOCK, b"5"), (OTHER, b"6")] {
+            let msg = Message::new(
+                MsgType::Introduce,
+                7,
+                0,
+                build_args(&[domid, b"4660", b"1"]),
+            )
+            .unwrap();
+            h.e.handle(Input::Request { conn, msg: &msg });
+            let Some(Action::Introduce { token, .. }) = h.e.take_actions().pop() else {
+                panic!("no introduce action")
+            };
+            tokens.push(token);
+        }
+        h.e.handle(Input::Disconnect { conn: SOCK });
+        assert_eq!(h.e.pending_introduce_domid(tokens[0]), None);
+        assert_eq!(h.e.pending_introduce_domid(tokens[1]), Some(6));
+        h.e.handle(Input::Introduced {
+            token: tokens[1],
+            result: Ok(106),
+        });
+        assert_eq!(h.drain_reply(OTHER).payload, b"OK\0");
+        assert_eq!(
+            h.req(OTHER, MsgType::IsDomainIntroduced, 0, &["6"]),
+            Ok(b"T\0".to_vec())
+        );
+    }
 }
 
 // ---- control ----------------------------------------------------------------
