@@ -2547,12 +2547,51 @@ mod accessors {
         assert_eq!(h.e.requests(), 4, "refused ones count too");
         assert_eq!(h.e.watch_count(), 2);
     }
+
+    /// The access log writes each request's outcome from `last_result`:
+    /// success, the error sent, or nothing yet while an INTRODUCE waits.
+    #[test]
+    fn test_engine_last_result_is_the_outcome_of_the_last_request() {
+        let mut h = H::new();
+        assert_eq!(h.e.last_result(), None);
+        h.write(SOCK, 0, "/a", "v").unwrap();
+        assert_eq!(h.e.last_result(), Some(Ok(())));
+        assert_eq!(h.read(SOCK, 0, "/nothing"), Err(XsErrno::ENOENT));
+        assert_eq!(h.e.last_result(), Some(Err(XsErrno::ENOENT)));
+        let msg = Message::new(MsgType::Introduce, 7, 0, build_args(&[b"5", b"1", b"1"])).unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        assert_eq!(h.e.last_result(), None, "answered later");
+    }
 }
 
 // ---- limits at their exact values -------------------------------------------
 
 mod boundaries {
     use super::*;
+
+    /// A reply of exactly `PAYLOAD_MAX` octets is sent; only a longer one
+    /// becomes E2BIG.
+    #[test]
+    fn test_reply_of_exactly_payload_max_is_sent() {
+        let mut h = H::new();
+        let max = xenring::wire::PAYLOAD_MAX;
+        // 64 children with 63-octet names: 64 × (63 + NUL) octets listed.
+        let names: Vec<String> = (0..64).map(|i| format!("{i:063}")).collect();
+        assert_eq!(names.len() * 64, max);
+        for n in &names {
+            h.write(SOCK, 0, &format!("/d/{n}"), "").unwrap();
+        }
+        let listing = h.req(SOCK, MsgType::Directory, 0, &["/d"]).unwrap();
+        assert_eq!(listing.len(), max);
+        h.write(SOCK, 0, "/d/x", "").unwrap();
+        assert_eq!(
+            h.req(SOCK, MsgType::Directory, 0, &["/d"]),
+            Err(XsErrno::E2BIG)
+        );
+    }
 
     #[test]
     fn test_transaction_nodes_quota_counts_writes_not_reads() {
