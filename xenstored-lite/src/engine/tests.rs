@@ -1053,6 +1053,52 @@ mod domains {
         assert!(h.e.accepts_requests(SOCK));
     }
 
+    /// GET_FEATURE without a domain gives the server's features; SET_FEATURE
+    /// records a domain's, which GET_FEATURE then gives back; bits the
+    /// server lacks, unknown domains and wrong argument counts are refused.
+    #[test]
+    fn test_domain_features_set_and_get() {
+        let mut h = H::new();
+        h.dom(5);
+        let server = format!("{SERVER_FEATURES}\0").into_bytes();
+        assert_eq!(h.req(SOCK, MsgType::GetFeature, 0, &[""]), Ok(server));
+        assert_eq!(
+            h.req(SOCK, MsgType::GetFeature, 0, &["5"]),
+            Ok(b"0\0".to_vec())
+        );
+        assert_eq!(h.req(SOCK, MsgType::SetFeature, 0, &["5", "1"]), ok());
+        assert_eq!(
+            h.req(SOCK, MsgType::GetFeature, 0, &["5"]),
+            Ok(b"1\0".to_vec())
+        );
+        let unknown_bit = (SERVER_FEATURES + 1).next_power_of_two().to_string();
+        assert_eq!(
+            h.req(SOCK, MsgType::SetFeature, 0, &["5", &unknown_bit]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetFeature, 0, &["5"]),
+            Ok(b"1\0".to_vec()),
+            "a refused SET_FEATURE changes nothing"
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetFeature, 0, &["6"]),
+            Err(XsErrno::ENOENT)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::SetFeature, 0, &["6", "1"]),
+            Err(XsErrno::ENOENT)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::SetFeature, 0, &["5"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetFeature, 0, &["5", "6"]),
+            Err(XsErrno::EINVAL)
+        );
+    }
+
     /// The bytes one unread reply to a guest's READ of `/` occupies.
     fn one_reply_bytes() -> usize {
         let mut h = H::new();
