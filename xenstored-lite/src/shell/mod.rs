@@ -8,15 +8,17 @@
 //! states. The clock enters in one place (`Daemon::now_ms`). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 
+mod access_log;
 pub mod core;
 mod live_update;
 pub mod platform;
+mod systemd;
 
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
+pub use systemd::notify_ready as notify_systemd_ready;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,10 +31,11 @@ use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use xenring::page::RING_SIZE_U32;
-use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
+use xenring::{DomId, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
 
 use crate::engine::{Action, ConnId, ConnKind, Engine};
 use crate::replay::format::{Event, Recorder};
+use access_log::AccessLog;
 use core::Core;
 use platform::Platform;
 
@@ -95,7 +98,7 @@ pub struct Daemon {
     next_conn: ConnId,
     start: Instant,
     last_time: u64,
-    access_log: Option<File>,
+    access_log: Option<AccessLog>,
     stop: Arc<AtomicBool>,
     dirty: BTreeSet<ConnId>,
     epoll: Epoll,
@@ -122,10 +125,6 @@ impl std::fmt::Debug for Daemon {
             .field("connections", &self.conns.len())
             .finish()
     }
-}
-
-fn describe(ty: u32) -> &'static str {
-    MsgType::try_from(ty).map_or("XS_UNKNOWN", MsgType::name)
 }
 
 impl Daemon {
@@ -178,7 +177,7 @@ impl Daemon {
             }
         };
         let access_log = match &config.access_log {
-            Some(path) => Some(File::options().create(true).append(true).open(path)?),
+            Some(path) => Some(AccessLog::open(path)?),
             None => None,
         };
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
@@ -469,7 +468,7 @@ impl Daemon {
         let log = &mut self.access_log;
         self.core
             .input(conn, bytes, &mut |engine, conn, domid, msg| {
-                log_access(log, last_time, engine, conn, domid, msg);
+                AccessLog::request(log, last_time, engine, conn, domid, msg);
             })
     }
 
@@ -739,8 +738,8 @@ impl Daemon {
     }
 
     fn open_access_log(&mut self, path: PathBuf) {
-        match File::options().create(true).append(true).open(&path) {
-            Ok(f) => self.access_log = Some(f),
+        match AccessLog::open(&path) {
+            Ok(log) => self.access_log = Some(log),
             Err(e) => tracing::warn!("cannot open access log {}: {e}", path.display()),
         }
     }
@@ -791,66 +790,9 @@ fn bind_listener(path: &std::path::Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// One line of the access log.
-fn log_access(
-    file: &mut Option<File>,
-    now: u64,
-    engine: &Engine,
-    conn: ConnId,
-    domid: Option<DomId>,
-    msg: &Message,
-) {
-    let Some(f) = file.as_mut() else {
-        return;
-    };
-    let path = xenring::codec::split_args(&msg.payload)
-        .next()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let result = match engine.last_result() {
-        Some(Ok(())) => "OK".to_string(),
-        Some(Err(e)) => e.to_string(),
-        None => "pending".to_string(),
-    };
-    let line = format!(
-        "{now} conn {conn} domid {} {} tx {} {path} -> {result}\n",
-        domid.unwrap_or(0),
-        describe(msg.header.msg_type),
-        msg.header.tx_id
-    );
-    if let Err(e) = f.write_all(line.as_bytes()) {
-        tracing::warn!("access log write failed, switching it off: {e}");
-        *file = None;
-    }
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.core.sync_recording();
         let _ = std::fs::remove_file(&self.socket_path);
-    }
-}
-
-/// Tells systemd the daemon is ready (`sd_notify(READY=1)`), when it
-/// started us with `Type=notify`.
-pub fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    // Abstract socket names start with '@'.
-    let sent = if path.as_os_str().as_encoded_bytes().first() == Some(&b'@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(
-            &path.as_os_str().as_encoded_bytes()[1..],
-        )
-        .and_then(|addr| {
-            std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)
-        })
-    } else {
-        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", &path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!("cannot notify systemd: {e}");
     }
 }
