@@ -1,39 +1,24 @@
 //! `xenstored-lite`: the daemon.
+//!
+//! No `unsafe` here: signals and `fork` go through `shell::os`.
+
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::Signal;
 use xenstored_lite::cli::Cli;
 use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
 use xenstored_lite::migration::Stream;
 use xenstored_lite::replay::player::{self, Options};
+use xenstored_lite::shell::os;
 use xenstored_lite::shell::platform::Platform;
 use xenstored_lite::shell::{check_stream, notify_systemd_ready, Daemon, ShellConfig, STATE_FILE};
-
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
-}
-
-fn install_signal_handlers() -> nix::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; no other handler for these signals exists.
-        unsafe { sigaction(signal, &action) }?;
-    }
-    Ok(())
-}
 
 /// One descriptor per client socket: allow as many as the hard limit does.
 fn raise_fd_limit() {
@@ -56,11 +41,11 @@ fn raise_fd_limit() {
 /// to release the parent. Must run before any thread exists (the embedded
 /// mock-xen has one).
 fn detach() -> Result<std::fs::File, String> {
-    use nix::unistd::{fork, pipe, setsid, ForkResult};
+    use nix::unistd::{pipe, setsid, ForkResult};
     let (read, write) = pipe().map_err(|e| format!("cannot detach: pipe: {e}"))?;
-    // SAFETY: no other thread exists yet, so the child's copy of this one is
-    // the whole process; both sides only go on with ordinary code.
-    match unsafe { fork() } {
+    // No other thread exists yet (checked), so the child's copy of this one
+    // is the whole process.
+    match os::fork_single_threaded() {
         Ok(ForkResult::Parent { .. }) => {
             drop(write);
             let mut byte = [0u8; 1];
@@ -275,7 +260,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| format!("cannot write pid file {}: {e}", pid_file.display()))?;
     }
-    install_signal_handlers()?;
+    os::flag_signals(&[Signal::SIGTERM, Signal::SIGINT])?;
     raise_fd_limit();
     tracing::info!("serving {}", socket.display());
     notify_systemd_ready();
@@ -283,7 +268,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         finish_detach(ready);
     }
     let stop = daemon.stop_flag();
-    while !SIGNALLED.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+    while !os::signalled() && !stop.load(Ordering::Relaxed) {
         daemon.turn(Some(1000))?;
     }
     daemon.log_recording_totals();

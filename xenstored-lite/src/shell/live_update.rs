@@ -22,10 +22,9 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,7 +34,8 @@ use gnttab::GNTTAB_RESERVED_XENSTORE;
 use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
 use super::core::{Core, TakeOverError};
-use super::platform::{fd_is_open, Platform};
+use super::os::{self, set_cloexec};
+use super::platform::Platform;
 use super::{Conn, Daemon, ShellConfig, Transport};
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
@@ -114,12 +114,6 @@ fn new_args(ours: &[OsString], cmdline: Option<&str>) -> Vec<OsString> {
         args.push(OsString::from("-U"));
     }
     args
-}
-
-fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
-    // SAFETY: `fd` is one of the daemon's own open descriptors (listener,
-    // event-channel handle, client sockets), borrowed only for this call.
-    evtchn::fd::set_cloexec(unsafe { BorrowedFd::borrow_raw(fd) }, on)
 }
 
 /// Why the state could not be written.
@@ -641,19 +635,18 @@ impl Daemon {
     ) -> Result<(Self, RestoreSummary), RestoreFailure> {
         let t0 = Instant::now();
         let global = stream.global();
-        let listener = match global.map(|g| g.rw_socket_fd) {
-            Some(fd) if is_listening_socket(fd) => {
-                // SAFETY: the old process passed this descriptor down for its
-                // listening socket (GLOBAL_DATA); it is open, a listening
-                // socket, and nothing else in this process owns it.
-                let l = unsafe { UnixListener::from_raw_fd(fd) };
+        // The old process passed this descriptor down for its listening
+        // socket (GLOBAL_DATA).
+        let passed = global.map(|g| g.rw_socket_fd);
+        let listener = match passed.and_then(|fd| os::adopt_listener(fd).map(|l| (fd, l))) {
+            Some((fd, l)) => {
                 let _ = set_cloexec(fd, true);
                 l.set_nonblocking(true).map_err(RestoreFailure::Listener)?;
                 l
             }
-            other => {
+            None => {
                 tracing::warn!(
-                    "live update: no listening socket passed down ({other:?}); binding {} again",
+                    "live update: no listening socket passed down ({passed:?}); binding {} again",
                     config.socket.display()
                 );
                 super::bind_listener(&config.socket).map_err(|source| RestoreFailure::Serve {
@@ -678,7 +671,10 @@ impl Daemon {
             };
             match &c.spec {
                 ConnSpec::Socket(s) => {
-                    if !is_socket(s.socket_fd) {
+                    // The old process passed this descriptor down for this
+                    // client (CONNECTION_DATA); only this record names it
+                    // (the parser refuses a descriptor named twice).
+                    let Some(stream) = os::adopt_socket(s.socket_fd) else {
                         tracing::warn!(
                             "live update: connection {}: descriptor {} is not an open socket; dropped",
                             c.conn_id,
@@ -686,12 +682,7 @@ impl Daemon {
                         );
                         outcomes.push((c.conn_id, Outcome::Dropped));
                         continue;
-                    }
-                    // SAFETY: the old process passed this descriptor down for
-                    // this client (CONNECTION_DATA); it is an open socket and
-                    // only this record names it (the parser refuses a
-                    // descriptor named twice).
-                    let stream = unsafe { UnixStream::from_raw_fd(s.socket_fd) };
+                    };
                     let _ = set_cloexec(s.socket_fd, true);
                     if let Err(e) = stream.set_nonblocking(true) {
                         tracing::warn!("live update: connection {}: {e}; dropped", c.conn_id);
@@ -829,25 +820,8 @@ impl Daemon {
     }
 }
 
-fn is_socket(fd: RawFd) -> bool {
-    fd >= 0
-        && fd_is_open(fd)
-        && nix::sys::stat::fstat(
-            // SAFETY: checked open just above; borrowed for this call only.
-            unsafe { BorrowedFd::borrow_raw(fd) },
-        )
-        .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK)
-}
-
-fn is_listening_socket(fd: RawFd) -> bool {
-    is_socket(fd)
-        && nix::sys::socket::getsockopt(
-            // SAFETY: checked open just above; borrowed for this call only.
-            &unsafe { BorrowedFd::borrow_raw(fd) },
-            nix::sys::socket::sockopt::AcceptConn,
-        )
-        .unwrap_or(false)
-}
-
+// The tests duplicate and borrow descriptors by number, as the new
+// process finds them.
 #[cfg(test)]
+#[allow(unsafe_code)]
 mod tests;

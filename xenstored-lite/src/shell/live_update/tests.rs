@@ -5,7 +5,8 @@
 //! process takes over the old one's across `exec()`.
 
 use std::io::Write as _;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{BorrowedFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
 use mock_xen::{Connector, DomainRecord, Guest, ServerThread, Toolstack};
@@ -15,6 +16,7 @@ use xenring::{Perm, PermKind};
 use super::*;
 use crate::engine::migrate::RestoreError;
 use crate::migration::{TransactionData, WatchData};
+use crate::shell::os::fd_is_open;
 use crate::shell::platform::PlatformChoice;
 
 /// How long anything may take (a bound, not a sleep).
