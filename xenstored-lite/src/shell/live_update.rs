@@ -36,7 +36,8 @@ use xenring::{DomId, Header, Message, MsgType, XsErrno};
 use super::core::{Core, TakeOverError};
 use super::os::{self, set_cloexec};
 use super::platform::Platform;
-use super::{Conn, Daemon, ShellConfig, Transport};
+use super::transport::{Endpoint, Transport};
+use super::{Conn, Daemon, ShellConfig};
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
@@ -499,29 +500,25 @@ impl Daemon {
             let Some(pending) = self.core.pending(id, extra) else {
                 continue; // cut off
             };
-            let (spec, ring, unique_id) = match &c.transport {
-                Transport::Socket(s) => (
-                    ConnSpec::Socket(SocketConn {
-                        socket_fd: s.as_raw_fd(),
-                    }),
-                    None,
-                    None,
-                ),
-                Transport::Ring { port, domid, .. } => (
+            let (spec, ring, unique_id) = match c.transport.describe() {
+                Endpoint::Socket(socket_fd) => {
+                    (ConnSpec::Socket(SocketConn { socket_fd }), None, None)
+                }
+                Endpoint::Ring { domid, port } => (
                     ConnSpec::Ring(RingConn {
-                        domid: *domid,
+                        domid,
                         tdomid: self
                             .core
                             .engine()
-                            .domain_target(*domid)
+                            .domain_target(domid)
                             .unwrap_or(DOMID_INVALID),
                         evtchn: port.get(),
                     }),
                     self.core
                         .engine()
-                        .domain_ring(*domid)
+                        .domain_ring(domid)
                         .map(|(mfn, remote_port)| RingLocation { mfn, remote_port }),
-                    unique.get(domid).copied(),
+                    unique.get(&domid).copied(),
                 ),
             };
             map.insert(id, id);
@@ -553,10 +550,14 @@ impl Daemon {
     /// event-channel handle and every client socket.
     fn inherited_fds(&self) -> Vec<RawFd> {
         let mut fds = vec![self.listener.as_raw_fd(), self.platform.evtchn.handle_fd()];
-        fds.extend(self.conns.values().filter_map(|c| match &c.transport {
-            Transport::Socket(s) => Some(s.as_raw_fd()),
-            Transport::Ring { .. } => None,
-        }));
+        fds.extend(
+            self.conns
+                .values()
+                .filter_map(|c| match c.transport.describe() {
+                    Endpoint::Socket(fd) => Some(fd),
+                    Endpoint::Ring { .. } => None,
+                }),
+        );
         fds
     }
 
@@ -737,19 +738,17 @@ impl Daemon {
             );
             daemon.close(id);
         }
-        let rings: Vec<(ConnId, Port)> = daemon
+        let rings: Vec<ConnId> = daemon
             .conns
             .iter()
-            .filter_map(|(&id, c)| match &c.transport {
-                Transport::Ring { port, .. } => Some((id, *port)),
-                Transport::Socket(_) => None,
-            })
+            .filter(|(_, c)| c.transport.port().is_some())
+            .map(|(&id, _)| id)
             .collect();
-        for (id, port) in rings {
+        for id in rings {
             // The guest may have written while nobody read, or wait for
             // space we made: look, and tell it.
             daemon.dirty.insert(id);
-            daemon.notify(port);
+            daemon.notify(id);
         }
         let sockets: Vec<ConnId> = daemon.conns.keys().copied().collect();
         for id in sockets {

@@ -481,10 +481,7 @@ fn test_export_carries_descriptors_connections_and_engine_state() {
     let (ring_id, port) = d
         .conns
         .iter()
-        .find_map(|(&id, c)| match &c.transport {
-            Transport::Ring { port, .. } => Some((id, *port)),
-            Transport::Socket(_) => None,
-        })
+        .find_map(|(&id, c)| c.transport.port().map(|port| (id, port)))
         .unwrap();
     let ring = conn_record(&stream, ring_id);
     assert_eq!(
