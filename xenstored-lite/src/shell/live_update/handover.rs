@@ -41,6 +41,33 @@ pub enum StateWriteError {
     },
 }
 
+/// Why the hand-over did not happen (the daemon is then as it was).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HandOverError {
+    /// The final state cannot be written.
+    #[error("cannot write the state: {0}")]
+    State(#[source] StateWriteError),
+    /// The new program's arguments cannot be given to `execv`.
+    #[error("an argument contains a NUL byte")]
+    NulInArgument,
+    /// A descriptor cannot be made to survive the exec.
+    #[error("cannot pass descriptor {fd} down: {source}")]
+    PassDown {
+        /// The descriptor.
+        fd: RawFd,
+        /// Why.
+        source: io::Error,
+    },
+    /// The exec itself failed.
+    #[error("Error activating new binary {}: {source}", binary.display())]
+    Exec {
+        /// The new binary.
+        binary: PathBuf,
+        /// Why.
+        source: nix::Error,
+    },
+}
+
 impl Daemon {
     /// The state file.
     pub(super) fn state_path(&self) -> PathBuf {
@@ -152,7 +179,7 @@ impl Daemon {
         session: &Session,
         header: Header,
         version: Version,
-    ) -> String {
+    ) -> HandOverError {
         let t0 = Instant::now();
         let ok = Message {
             header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
@@ -160,7 +187,7 @@ impl Daemon {
         };
         let size = match self.write_state(version, Some((session.conn, &ok))) {
             Ok(n) => n,
-            Err(e) => return format!("cannot write the state: {e}"),
+            Err(e) => return HandOverError::State(e),
         };
         tracing::info!(
             "live-update: wrote {size} bytes of state in {} ms; exec {}",
@@ -174,7 +201,7 @@ impl Daemon {
             .map(|a| CString::new(a.as_bytes()))
             .collect();
         let Ok(argv) = argv else {
-            return "an argument contains a NUL byte".to_string();
+            return HandOverError::NulInArgument;
         };
         // The new process binds VIRQ_DOM_EXC itself on the inherited handle
         // (and checks every domain once restored, for deaths in between).
@@ -186,20 +213,19 @@ impl Daemon {
         }
         self.core.record(&Event::HandOver);
         self.log_recording_totals();
-        let mut why = None;
-        for &fd in &fds {
-            if let Err(e) = set_cloexec(fd, false) {
-                why = Some(format!("cannot pass descriptor {fd} down: {e}"));
-                break;
-            }
-        }
-        if why.is_none() {
-            let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
-            why = Some(format!(
-                "Error activating new binary {}: {e}",
-                session.binary.display()
-            ));
-        }
+        let passed = fds.iter().try_for_each(|&fd| {
+            set_cloexec(fd, false).map_err(|source| HandOverError::PassDown { fd, source })
+        });
+        let why = match passed {
+            Err(e) => e,
+            Ok(()) => match nix::unistd::execv(&argv[0], &argv) {
+                Err(source) => HandOverError::Exec {
+                    binary: session.binary.clone(),
+                    source,
+                },
+                Ok(never) => match never {},
+            },
+        };
         // Still here: undo.
         for &fd in &fds {
             let _ = set_cloexec(fd, true);
@@ -210,6 +236,6 @@ impl Daemon {
                 Err(e) => tracing::warn!("cannot bind VIRQ_DOM_EXC again ({e})"),
             }
         }
-        why.unwrap_or_default()
+        why
     }
 }

@@ -4,14 +4,15 @@
 //! its end: the hand-over, or a refusal answered to the asking client.
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use xenring::{Header, XsErrno};
 
+use super::handover::{HandOverError, StateWriteError};
 use super::{new_args, DRY_RUN_DIR};
 use crate::engine::ConnId;
 use crate::migration::Version;
@@ -70,6 +71,56 @@ pub(super) fn parse_start(args: &[&str]) -> Result<StartOptions, XsErrno> {
         i += 1;
     }
     Ok(StartOptions { version })
+}
+
+/// Why `-s` could not start the dry run (answered as the reply's text).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The state cannot be written for the dry run.
+    #[error("live-update: cannot write the state: {0}")]
+    State(#[from] StateWriteError),
+    /// The dry run's empty run directory cannot be made.
+    #[error("live-update: cannot create {}: {source}", path.display())]
+    Scratch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The new binary cannot be started.
+    #[error("live-update refused: cannot start {}: {source}", binary.display())]
+    Spawn {
+        /// The new binary.
+        binary: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Why a started update is refused (answered as `live-update refused:
+/// ...`).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The dry run did not end within its limit.
+    #[error("the new binary did not finish its dry run within {secs} s")]
+    DryRunTimeout {
+        /// The limit.
+        secs: u64,
+    },
+    /// The dry run's process cannot be waited for.
+    #[error("cannot wait for the dry run: {0}")]
+    DryRunWait(#[source] io::Error),
+    /// The dry run failed.
+    #[error("the new binary failed its dry run ({status}): {last}")]
+    DryRunFailed {
+        /// How it ended.
+        status: ExitStatus,
+        /// The last line it printed on stderr.
+        last: String,
+    },
+    /// The dry run succeeded and the hand-over failed.
+    #[error(transparent)]
+    HandOver(#[from] HandOverError),
 }
 
 impl Daemon {
@@ -151,25 +202,37 @@ impl Daemon {
             _ => return Some("Not in live-update session.".to_string()),
         };
         tracing::info!("live-update: start; dry run of {}", binary.display());
-        if let Err(e) = self.write_state(opts.version, None) {
-            return Some(format!("live-update: cannot write the state: {e}"));
+        match self.start_dry_run(&binary, &args, header, opts) {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
         }
+    }
+
+    /// Writes the state and starts the dry run of `binary`.
+    fn start_dry_run(
+        &mut self,
+        binary: &Path,
+        args: &[OsString],
+        header: Header,
+        opts: StartOptions,
+    ) -> Result<(), StartError> {
+        self.write_state(opts.version, None)?;
         // The dry run gets the state's path in its argument and an empty
         // run directory: a binary that does not know --dry-run (C
         // xenstored ignores it and would go on as a second daemon, taking
         // the state file) finds no state and stops.
         let scratch = self.dry_run_dir();
         let _ = std::fs::remove_dir_all(&scratch);
-        if let Err(e) = std::fs::create_dir_all(&scratch) {
-            return Some(format!(
-                "live-update: cannot create {}: {e}",
-                scratch.display()
-            ));
+        if let Err(source) = std::fs::create_dir_all(&scratch) {
+            return Err(StartError::Scratch {
+                path: scratch,
+                source,
+            });
         }
         let mut dry_run_arg = OsString::from("--dry-run=");
         dry_run_arg.push(self.state_path());
-        let child = Command::new(&binary)
-            .args(&args)
+        let child = Command::new(binary)
+            .args(args)
             .arg(dry_run_arg)
             .env("XENSTORED_RUNDIR", &scratch)
             .env_remove("XENSTORED_PATH")
@@ -187,15 +250,15 @@ impl Daemon {
                         since: Instant::now(),
                     });
                 }
-                None
+                Ok(())
             }
-            Err(e) => {
+            Err(source) => {
                 let _ = std::fs::remove_file(self.state_path());
                 self.live_update = None;
-                Some(format!(
-                    "live-update refused: cannot start {}: {e}",
-                    binary.display()
-                ))
+                Err(StartError::Spawn {
+                    binary: binary.to_path_buf(),
+                    source,
+                })
             }
         }
     }
@@ -244,15 +307,14 @@ impl Daemon {
                 return self.refuse(
                     conn,
                     header,
-                    format!(
-                        "the new binary did not finish its dry run within {} s",
-                        limit.as_secs()
-                    ),
+                    &Refusal::DryRunTimeout {
+                        secs: limit.as_secs(),
+                    },
                 );
             }
             Err(e) => {
                 let header = start.header;
-                return self.refuse(conn, header, format!("cannot wait for the dry run: {e}"));
+                return self.refuse(conn, header, &Refusal::DryRunWait(e));
             }
         };
         let header = start.header;
@@ -270,11 +332,7 @@ impl Daemon {
                 .unwrap_or("(it printed nothing)")
                 .trim()
                 .to_string();
-            return self.refuse(
-                conn,
-                header,
-                format!("the new binary failed its dry run ({status}): {last}"),
-            );
+            return self.refuse(conn, header, &Refusal::DryRunFailed { status, last });
         }
         let Some(session) = self.live_update.take() else {
             return;
@@ -282,10 +340,10 @@ impl Daemon {
         let why = self.hand_over(&session, header, version);
         // Only reached when the exec did not happen.
         self.live_update = Some(session);
-        self.refuse(conn, header, why);
+        self.refuse(conn, header, &why.into());
     }
 
-    fn refuse(&mut self, conn: ConnId, header: Header, why: String) {
+    fn refuse(&mut self, conn: ConnId, header: Header, why: &Refusal) {
         tracing::warn!("live-update refused: {why}");
         // Ends the dry run and removes the state file and its scratch
         // directory (a refused update always had started).
