@@ -63,6 +63,32 @@ pub struct ShellConfig {
     pub record_dir: Option<PathBuf>,
 }
 
+/// Why the daemon could not be set up. Each says only its cause (the
+/// caller names what it was starting).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The listening socket cannot be bound.
+    #[error("{0}")]
+    Listen(#[source] io::Error),
+    /// The recording's directory cannot be made.
+    #[error("{0}")]
+    RecordDir(#[source] io::Error),
+    /// The recording cannot be opened.
+    #[error("cannot record to {}: {source}", path.display())]
+    Record {
+        /// The recording.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error("{0}")]
+    AccessLog(#[source] io::Error),
+    /// The epoll set cannot be made or filled.
+    #[error("{0}")]
+    Epoll(#[source] io::Error),
+}
+
 /// The recording's file name in its directory.
 pub const RECORDING_FILE: &str = "xenstored-lite.rec";
 
@@ -157,8 +183,12 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Binds the socket, binds `VIRQ_DOM_EXC`, serves dom0's own ring where
     /// the platform has one.
-    pub fn new(engine: Engine, platform: Platform, config: &ShellConfig) -> io::Result<Self> {
-        let listener = bind_listener(&config.socket)?;
+    pub fn new(
+        engine: Engine,
+        platform: Platform,
+        config: &ShellConfig,
+    ) -> Result<Self, SetupError> {
+        let listener = bind_listener(&config.socket).map_err(SetupError::Listen)?;
         let mut daemon = Self::with_listener(engine, platform, config, listener, false)?;
         if daemon.platform.serve_local_ring {
             daemon.serve_local_ring();
@@ -172,17 +202,15 @@ impl Daemon {
         config: &ShellConfig,
         listener: UnixListener,
         continue_recording: bool,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, SetupError> {
         let recorder = match &config.record_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(SetupError::RecordDir)?;
                 let path = dir.join(RECORDING_FILE);
-                let rec = Recorder::open(&path, continue_recording).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot record to {}: {e}", path.display()),
-                    )
-                })?;
+                let rec = match Recorder::open(&path, continue_recording) {
+                    Ok(rec) => rec,
+                    Err(source) => return Err(SetupError::Record { path, source }),
+                };
                 tracing::info!("recording everything received to {}", path.display());
                 Some(rec)
             }
@@ -204,21 +232,25 @@ impl Daemon {
             }
         };
         let access_log = match &config.access_log {
-            Some(path) => Some(AccessLog::open(path)?),
+            Some(path) => Some(AccessLog::open(path).map_err(SetupError::AccessLog)?),
             None => None,
         };
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(
-            &listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
-        )?;
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| SetupError::Epoll(e.into()))?;
+        epoll
+            .add(
+                &listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+            )
+            .map_err(|e| SetupError::Epoll(e.into()))?;
         // The event-channel handle owns this descriptor and outlives the
         // registration (both live in the daemon).
         os::epoll_add(
             &epoll,
             platform.evtchn.as_raw_fd(),
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN),
-        )?;
+        )
+        .map_err(SetupError::Epoll)?;
         let daemon = Self {
             core,
             platform,

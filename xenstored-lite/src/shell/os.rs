@@ -159,9 +159,12 @@ pub fn signalled() -> bool {
 /// Why [`fork_single_threaded`] did not fork.
 #[derive(Debug, thiserror::Error)]
 pub enum ForkError {
-    /// Another thread exists, or it cannot be told that none does.
-    #[error("other threads may exist ({0})")]
-    Threads(String),
+    /// Other threads exist (the count).
+    #[error("other threads exist ({0} threads)")]
+    Threads(usize),
+    /// Whether other threads exist cannot be told.
+    #[error("cannot count this process's threads (/proc/self/task): {0}")]
+    ThreadCount(#[source] io::Error),
     /// fork(2) failed.
     #[error("fork: {0}")]
     Fork(#[from] nix::Error),
@@ -176,8 +179,8 @@ fn thread_count() -> io::Result<usize> {
 pub fn fork_single_threaded() -> Result<ForkResult, ForkError> {
     match thread_count() {
         Ok(1) => {}
-        Ok(n) => return Err(ForkError::Threads(format!("{n} threads"))),
-        Err(e) => return Err(ForkError::Threads(format!("/proc/self/task: {e}"))),
+        Ok(n) => return Err(ForkError::Threads(n)),
+        Err(e) => return Err(ForkError::ThreadCount(e)),
     }
     // SAFETY: this is the only thread (checked just above, and this thread
     // starts none in between), so the child's copy of it is the whole

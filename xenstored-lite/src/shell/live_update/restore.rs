@@ -18,7 +18,7 @@ use crate::shell::core::{Core, TakeOverError};
 use crate::shell::os::{self, set_cloexec};
 use crate::shell::platform::Platform;
 use crate::shell::transport::Transport;
-use crate::shell::{Conn, Daemon, ShellConfig};
+use crate::shell::{Conn, Daemon, SetupError, ShellConfig};
 
 /// Why the new process could not take over the old one's state.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum RestoreFailure {
     },
     /// The daemon cannot be set up (recording, epoll).
     #[error("cannot set up the daemon: {0}")]
-    Setup(#[source] io::Error),
+    Setup(#[source] SetupError),
 }
 
 /// Why a ring of the stream cannot be served again.
