@@ -8,8 +8,12 @@
 //! states. The clock enters in one place (`Daemon::now_ms`). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 //!
-//! `unsafe` is denied in the shell but for [`os`], the one module that
-//! talks to the operating system where Rust cannot check it.
+//! Its rooms: this file is the loop; `transport.rs` what differs between a
+//! socket and a ring; `live_update/` the XS_CONTROL live update (session,
+//! hand-over, restore); `access_log.rs` and `systemd.rs` the access log and
+//! the readiness notification; [`core`] the deterministic half; [`platform`]
+//! the backends. `unsafe` is denied in the shell but for [`os`], the one
+//! module that talks to the operating system where Rust cannot check it.
 
 #![deny(unsafe_code)]
 

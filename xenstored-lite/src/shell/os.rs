@@ -187,3 +187,45 @@ pub fn fork_single_threaded() -> Result<ForkResult, ForkError> {
     // process (module doc: fork).
     Ok(unsafe { nix::unistd::fork() }?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+
+    #[test]
+    fn test_fork_is_refused_while_other_threads_exist() {
+        // The test harness runs this on a thread of its own.
+        assert!(matches!(
+            fork_single_threaded(),
+            Err(ForkError::Threads(n)) if n > 1
+        ));
+    }
+
+    #[test]
+    fn test_a_socket_is_told_from_a_listener_and_no_descriptor() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        assert!(fd_is_open(fd) && is_socket(fd) && !is_listening_socket(fd));
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(is_listening_socket(l.as_raw_fd()));
+        assert!(!fd_is_open(-1) && !is_socket(-1));
+        assert!(set_cloexec(-1, true).is_err());
+    }
+
+    #[test]
+    fn test_adoption_takes_only_the_kind_it_is_given() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        assert!(adopt_socket(fd).is_none() && adopt_listener(fd).is_none());
+        // Refused, not closed.
+        assert!(fd_is_open(fd));
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.into_raw_fd();
+        assert!(adopt_listener(fd).is_none());
+        let adopted = adopt_socket(fd).unwrap();
+        assert_eq!(adopted.as_raw_fd(), fd);
+    }
+}
