@@ -1,38 +1,108 @@
 //! `xenstored-lite`: the daemon.
+//!
+//! No `unsafe` here: signals and `fork` go through `shell::os`.
 
-use std::io::{Read, Write};
-use std::path::Path;
+#![forbid(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::Signal;
 use xenstored_lite::cli::Cli;
 use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
-use xenstored_lite::migration::Stream;
+use xenstored_lite::migration::{MigrationError, Stream};
 use xenstored_lite::replay::player::{self, Options};
-use xenstored_lite::shell::platform::Platform;
-use xenstored_lite::shell::{check_stream, notify_systemd_ready, Daemon, ShellConfig, STATE_FILE};
+use xenstored_lite::shell::core::TakeOverError;
+use xenstored_lite::shell::os::{self, ForkError};
+use xenstored_lite::shell::platform::{Platform, PlatformError};
+use xenstored_lite::shell::{
+    check_stream, notify_systemd_ready, Daemon, RestoreFailure, SetupError, ShellConfig, STATE_FILE,
+};
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
+/// Why the daemon did not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// It could not go into the background.
+    #[error(transparent)]
+    Detach(#[from] DetachError),
+    /// The run directory cannot be made.
+    #[error("cannot create the run directory {}: {source}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A live update's state file cannot be read.
+    #[error("live update: cannot read the state {}: {source}", path.display())]
+    ReadState {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A live update's state file does not parse.
+    #[error("live update: the state in {} is not usable: {source}", path.display())]
+    ParseState {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        source: MigrationError,
+    },
+    /// The dry run's state does not restore.
+    #[error("live update: the state cannot be restored: {0}")]
+    DryRun(#[source] TakeOverError),
+    /// The platform cannot be set up (its causes follow, `: `-separated).
+    #[error("{}", chain(.0))]
+    Platform(#[source] PlatformError),
+    /// A live update's state cannot be taken over.
+    #[error("live update: cannot restore the state: {0}")]
+    Restore(#[source] RestoreFailure),
+    /// The daemon cannot be set up.
+    #[error("cannot serve {}: {source}", socket.display())]
+    Serve {
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        source: SetupError,
+    },
+    /// The pid file cannot be written.
+    #[error("cannot write pid file {}: {source}", path.display())]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
-fn install_signal_handlers() -> nix::Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGTERM, Signal::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe; no other handler for these signals exists.
-        unsafe { sigaction(signal, &action) }?;
+/// Why `detach` failed.
+#[derive(Debug, thiserror::Error)]
+enum DetachError {
+    /// pipe(2) failed.
+    #[error("cannot detach: pipe: {0}")]
+    Pipe(#[source] nix::Error),
+    /// setsid(2) failed in the child.
+    #[error("cannot detach: setsid: {0}")]
+    Setsid(#[source] nix::Error),
+    /// The fork was refused or failed.
+    #[error("cannot detach (use -N to stay in the foreground): {0}")]
+    Fork(#[source] ForkError),
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
     }
-    Ok(())
+    msg
 }
 
 /// One descriptor per client socket: allow as many as the hard limit does.
@@ -55,12 +125,12 @@ fn raise_fd_limit() {
 /// stderr then). Returns, in the child, the pipe that `finish_detach` uses
 /// to release the parent. Must run before any thread exists (the embedded
 /// mock-xen has one).
-fn detach() -> Result<std::fs::File, String> {
-    use nix::unistd::{fork, pipe, setsid, ForkResult};
-    let (read, write) = pipe().map_err(|e| format!("cannot detach: pipe: {e}"))?;
-    // SAFETY: no other thread exists yet, so the child's copy of this one is
-    // the whole process; both sides only go on with ordinary code.
-    match unsafe { fork() } {
+fn detach() -> Result<std::fs::File, DetachError> {
+    use nix::unistd::{pipe, setsid, ForkResult};
+    let (read, write) = pipe().map_err(DetachError::Pipe)?;
+    // No other thread exists yet (checked), so the child's copy of this one
+    // is the whole process.
+    match os::fork_single_threaded() {
         Ok(ForkResult::Parent { .. }) => {
             drop(write);
             let mut byte = [0u8; 1];
@@ -71,12 +141,10 @@ fn detach() -> Result<std::fs::File, String> {
         }
         Ok(ForkResult::Child) => {
             drop(read);
-            setsid().map_err(|e| format!("cannot detach: setsid: {e}"))?;
+            setsid().map_err(DetachError::Setsid)?;
             Ok(std::fs::File::from(write))
         }
-        Err(e) => Err(format!(
-            "cannot detach (use -N to stay in the foreground): fork: {e}"
-        )),
+        Err(e) => Err(DetachError::Fork(e)),
     }
 }
 
@@ -138,14 +206,14 @@ fn main() -> ExitCode {
 }
 
 /// Reads and parses the state a live update left in the run directory.
-fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("live update: cannot read the state {}: {e}", path.display()))?;
-    let stream = Stream::parse(&bytes).map_err(|e| {
-        format!(
-            "live update: the state in {} is not usable: {e}",
-            path.display()
-        )
+fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), StartError> {
+    let bytes = std::fs::read(path).map_err(|source| StartError::ReadState {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stream = Stream::parse(&bytes).map_err(|source| StartError::ParseState {
+        path: path.to_path_buf(),
+        source,
     })?;
     Ok((bytes, stream))
 }
@@ -187,8 +255,7 @@ fn dry_run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let path = state.map_or_else(|| cli.rundir().join(STATE_FILE), Path::to_path_buf);
     let (bytes, stream) = read_state(&path)?;
-    let summary = check_stream(config, &bytes, &stream)
-        .map_err(|e| format!("live update: the state cannot be restored: {e}"))?;
+    let summary = check_stream(config, &bytes, &stream).map_err(StartError::DryRun)?;
     eprintln!(
         "xenstored-lite: dry run: the state restores ({} nodes, {} watches, {} socket and {} ring connections)",
         summary.nodes, summary.watches, summary.sockets, summary.rings
@@ -224,8 +291,10 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let rundir = cli.rundir();
-    std::fs::create_dir_all(&rundir)
-        .map_err(|e| format!("cannot create the run directory {}: {e}", rundir.display()))?;
+    std::fs::create_dir_all(&rundir).map_err(|source| StartError::RunDir {
+        path: rundir.clone(),
+        source,
+    })?;
     let state = if cli.live_update {
         Some(read_state(&rundir.join(STATE_FILE))?)
     } else {
@@ -238,15 +307,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => Platform::open(&choice, &rundir),
     }
-    .map_err(|e| {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        msg
-    })?;
+    .map_err(StartError::Platform)?;
     if cli.no_domain_init {
         platform.serve_local_ring = false;
     }
@@ -261,21 +322,29 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut daemon = match &state {
         Some((bytes, stream)) => {
             let (daemon, _) = Daemon::restore(Engine::new(config), platform, &shell, bytes, stream)
-                .map_err(|e| format!("live update: cannot restore the state: {e}"))?;
+                .map_err(StartError::Restore)?;
             let path = rundir.join(STATE_FILE);
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!("cannot remove {}: {e}", path.display());
             }
             daemon
         }
-        None => Daemon::new(Engine::new(config), platform, &shell)
-            .map_err(|e| format!("cannot serve {}: {e}", socket.display()))?,
+        None => Daemon::new(Engine::new(config), platform, &shell).map_err(|source| {
+            StartError::Serve {
+                socket: socket.clone(),
+                source,
+            }
+        })?,
     };
     if let Some(pid_file) = &cli.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("cannot write pid file {}: {e}", pid_file.display()))?;
+        std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
+            StartError::PidFile {
+                path: pid_file.clone(),
+                source,
+            }
+        })?;
     }
-    install_signal_handlers()?;
+    os::flag_signals(&[Signal::SIGTERM, Signal::SIGINT])?;
     raise_fd_limit();
     tracing::info!("serving {}", socket.display());
     notify_systemd_ready();
@@ -283,7 +352,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         finish_detach(ready);
     }
     let stop = daemon.stop_flag();
-    while !SIGNALLED.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+    while !os::signalled() && !stop.load(Ordering::Relaxed) {
         daemon.turn(Some(1000))?;
     }
     daemon.log_recording_totals();

@@ -7,19 +7,32 @@
 //! release it, cut a connection off), and turns `VIRQ_DOM_EXC` into domain
 //! states. The clock enters in one place (`Daemon::now_ms`). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
+//!
+//! Its rooms: this file is the loop; `transport.rs` what differs between a
+//! socket and a ring; `live_update/` the XS_CONTROL live update (session,
+//! hand-over, restore); `access_log.rs` and `systemd.rs` the access log and
+//! the readiness notification; [`core`] the deterministic half; [`platform`]
+//! the backends. `unsafe` is denied in the shell but for [`os`], the one
+//! module that talks to the operating system where Rust cannot check it.
 
+#![deny(unsafe_code)]
+
+mod access_log;
 pub mod core;
 mod live_update;
+#[allow(unsafe_code)]
+pub mod os;
 pub mod platform;
+mod systemd;
+mod transport;
 
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
+pub use systemd::notify_ready as notify_systemd_ready;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io;
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,13 +41,14 @@ use std::time::Instant;
 use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use xenring::page::RING_SIZE_U32;
-use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
+use xenring::{DomId, RingErrorCode, XsErrno};
 
 use crate::engine::{Action, ConnId, ConnKind, Engine};
 use crate::replay::format::{Event, Recorder};
+use access_log::AccessLog;
 use core::Core;
 use platform::Platform;
+use transport::{Received, Ring, Transport, TransportError};
 
 /// What the daemon needs to start.
 #[derive(Debug)]
@@ -53,17 +67,34 @@ pub struct ShellConfig {
     pub record_dir: Option<PathBuf>,
 }
 
+/// Why the daemon could not be set up. Each says only its cause (the
+/// caller names what it was starting).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The listening socket cannot be bound.
+    #[error("{0}")]
+    Listen(#[source] io::Error),
+    /// The recording's directory cannot be made.
+    #[error("{0}")]
+    RecordDir(#[source] io::Error),
+    /// The recording cannot be opened.
+    #[error("cannot record to {}: {source}", path.display())]
+    Record {
+        /// The recording.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The access log cannot be opened.
+    #[error("{0}")]
+    AccessLog(#[source] io::Error),
+    /// The epoll set cannot be made or filled.
+    #[error("{0}")]
+    Epoll(#[source] io::Error),
+}
+
 /// The recording's file name in its directory.
 pub const RECORDING_FILE: &str = "xenstored-lite.rec";
-
-enum Transport {
-    Socket(UnixStream),
-    Ring {
-        page: Box<dyn ForeignPage>,
-        port: Port,
-        domid: DomId,
-    },
-}
 
 /// A connection's transport; its framing and buffers are the core's.
 struct Conn {
@@ -76,9 +107,38 @@ impl Conn {
     }
 
     fn domid(&self) -> Option<DomId> {
-        match &self.transport {
-            Transport::Ring { domid, .. } => Some(*domid),
-            Transport::Socket(_) => None,
+        self.transport.domid()
+    }
+}
+
+/// Why a connection is cut off (rings) or closed (sockets).
+#[derive(Debug)]
+enum Failure<'a> {
+    /// Its bytes do not frame into requests.
+    Protocol(xenring::Error),
+    /// Its transport failed.
+    Transport(TransportError),
+    /// The engine cut it off, for this reason.
+    Killed(&'a str),
+}
+
+impl Failure<'_> {
+    /// The code a ring's error word gets.
+    fn code(&self) -> RingErrorCode {
+        match self {
+            Self::Protocol(_) => RingErrorCode::Proto,
+            Self::Transport(_) => RingErrorCode::RingIdx,
+            Self::Killed(_) => RingErrorCode::Comm,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Protocol(e) => e.fmt(f),
+            Self::Transport(e) => e.fmt(f),
+            Self::Killed(why) => f.write_str(why),
         }
     }
 }
@@ -95,7 +155,7 @@ pub struct Daemon {
     next_conn: ConnId,
     start: Instant,
     last_time: u64,
-    access_log: Option<File>,
+    access_log: Option<AccessLog>,
     stop: Arc<AtomicBool>,
     dirty: BTreeSet<ConnId>,
     epoll: Epoll,
@@ -124,15 +184,15 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-fn describe(ty: u32) -> &'static str {
-    MsgType::try_from(ty).map_or("XS_UNKNOWN", MsgType::name)
-}
-
 impl Daemon {
     /// Binds the socket, binds `VIRQ_DOM_EXC`, serves dom0's own ring where
     /// the platform has one.
-    pub fn new(engine: Engine, platform: Platform, config: &ShellConfig) -> io::Result<Self> {
-        let listener = bind_listener(&config.socket)?;
+    pub fn new(
+        engine: Engine,
+        platform: Platform,
+        config: &ShellConfig,
+    ) -> Result<Self, SetupError> {
+        let listener = bind_listener(&config.socket).map_err(SetupError::Listen)?;
         let mut daemon = Self::with_listener(engine, platform, config, listener, false)?;
         if daemon.platform.serve_local_ring {
             daemon.serve_local_ring();
@@ -146,17 +206,15 @@ impl Daemon {
         config: &ShellConfig,
         listener: UnixListener,
         continue_recording: bool,
-    ) -> io::Result<Self> {
+    ) -> Result<Self, SetupError> {
         let recorder = match &config.record_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(SetupError::RecordDir)?;
                 let path = dir.join(RECORDING_FILE);
-                let rec = Recorder::open(&path, continue_recording).map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("cannot record to {}: {e}", path.display()),
-                    )
-                })?;
+                let rec = match Recorder::open(&path, continue_recording) {
+                    Ok(rec) => rec,
+                    Err(source) => return Err(SetupError::Record { path, source }),
+                };
                 tracing::info!("recording everything received to {}", path.display());
                 Some(rec)
             }
@@ -178,20 +236,25 @@ impl Daemon {
             }
         };
         let access_log = match &config.access_log {
-            Some(path) => Some(File::options().create(true).append(true).open(path)?),
+            Some(path) => Some(AccessLog::open(path).map_err(SetupError::AccessLog)?),
             None => None,
         };
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(
-            &listener,
-            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
-        )?;
-        {
-            // SAFETY: the event-channel handle owns this descriptor and
-            // outlives the registration (both live in the daemon).
-            let fd = unsafe { BorrowedFd::borrow_raw(platform.evtchn.as_raw_fd()) };
-            epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN))?;
-        }
+        let epoll =
+            Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| SetupError::Epoll(e.into()))?;
+        epoll
+            .add(
+                &listener,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER),
+            )
+            .map_err(|e| SetupError::Epoll(e.into()))?;
+        // The event-channel handle owns this descriptor and outlives the
+        // registration (both live in the daemon).
+        os::epoll_add(
+            &epoll,
+            platform.evtchn.as_raw_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_EVTCHN),
+        )
+        .map_err(SetupError::Epoll)?;
         let daemon = Self {
             core,
             platform,
@@ -259,10 +322,11 @@ impl Daemon {
 
     fn add_ring(&mut self, page: Box<dyn ForeignPage>, port: Port, domid: DomId) -> ConnId {
         let conn = self.alloc_conn();
-        ServerEnd::new(page.ring()).advertise(ServerFeatures::RECONNECTION | ServerFeatures::ERROR);
         self.ports.insert(port, conn);
-        self.conns
-            .insert(conn, Conn::new(Transport::Ring { page, port, domid }));
+        self.conns.insert(
+            conn,
+            Conn::new(Transport::Ring(Ring::new(page, port, domid))),
+        );
         self.dirty.insert(conn);
         conn
     }
@@ -270,15 +334,17 @@ impl Daemon {
     /// Lets go of a ring's transport that will not be served (its domain
     /// is gone): unmapped, its port unbound.
     fn drop_transport(&mut self, conn: ConnId) {
-        if let Some(Conn {
-            transport: Transport::Ring { port, .. },
-        }) = self.conns.remove(&conn)
-        {
-            self.ports.remove(&port);
-            if let Err(e) = self.platform.evtchn.unbind(port) {
-                tracing::warn!("unbinding port {port} failed: {e}");
-            }
+        if let Some(c) = self.conns.remove(&conn) {
+            self.teardown(c.transport);
         }
+    }
+
+    /// A transport let go of: its port forgotten, then torn down.
+    fn teardown(&mut self, transport: Transport) {
+        if let Some(port) = transport.port() {
+            self.ports.remove(&port);
+        }
+        transport.teardown(&self.epoll, &mut *self.platform.evtchn);
     }
 
     fn alloc_conn(&mut self) -> ConnId {
@@ -369,10 +435,7 @@ impl Daemon {
     /// readable while the engine takes its requests, writable while output
     /// waits.
     fn update_interest(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let Transport::Socket(stream) = &c.transport else {
+        let Some(fd) = self.conns.get(&conn).and_then(|c| c.transport.poll_fd()) else {
             return;
         };
         let mut want = EpollFlags::empty();
@@ -387,9 +450,9 @@ impl Daemon {
         }
         let mut ev = EpollEvent::new(want, TOKEN_BASE + u64::from(conn));
         let result = if self.interest.contains_key(&conn) {
-            self.epoll.modify(stream, &mut ev)
+            self.epoll.modify(fd, &mut ev)
         } else {
-            self.epoll.add(stream, ev)
+            self.epoll.add(fd, ev)
         };
         match result {
             Ok(()) => {
@@ -469,108 +532,87 @@ impl Daemon {
         let log = &mut self.access_log;
         self.core
             .input(conn, bytes, &mut |engine, conn, domid, msg| {
-                log_access(log, last_time, engine, conn, domid, msg);
+                AccessLog::request(log, last_time, engine, conn, domid, msg);
             })
     }
 
-    fn service_socket(&mut self, conn: ConnId) {
-        let mut buf = [0u8; 8192];
-        loop {
-            if !self.core.accepts_requests(conn) {
-                break;
-            }
-            let Some(Conn {
-                transport: Transport::Socket(stream),
-            }) = self.conns.get_mut(&conn)
-            else {
-                return;
-            };
-            match stream.read(&mut buf) {
-                Ok(0) => return self.close(conn),
-                Ok(n) => {
-                    if let Err(e) = self.feed(conn, &buf[..n]) {
-                        tracing::warn!("socket connection {conn}: {e}; closing it");
-                        return self.close(conn);
-                    }
-                    if n < buf.len() {
-                        // Level-triggered: anything left is reported again.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.close(conn),
-            }
-        }
-        self.dirty.insert(conn);
-    }
-
-    fn service_ring(&mut self, conn: ConnId) {
+    /// Reads what `conn`'s transport has while the engine takes requests
+    /// from it, and answers a ring's reconnection request.
+    fn service(&mut self, conn: ConnId) {
         if !self.core.is_live(conn) {
             return;
         }
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let Transport::Ring { page, port, .. } = &c.transport else {
-            return;
-        };
-        let end = ServerEnd::new(page.ring());
-        let port = *port;
-        if end.reconnect_requested() {
+        if c.transport.reconnect_requested() {
             self.core.reset(conn);
-            end.complete_reconnect();
-            self.notify(port);
+            c.transport.complete_reconnect();
+            self.notify(conn);
             return;
         }
-        let mut buf = [0u8; 1024];
+        let mut buf = [0u8; 8192];
         let mut consumed_full = false;
         loop {
             if !self.core.accepts_requests(conn) {
                 break;
             }
-            let Some(Conn {
-                transport: Transport::Ring { page, .. },
-            }) = self.conns.get(&conn)
-            else {
+            let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            let end = ServerEnd::new(page.ring());
-            let was_full = matches!(end.readable(), Ok(RING_SIZE_U32));
-            match end.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
+            let (n, last) = match c.transport.read(&mut buf) {
+                Ok(Received::Data { n, was_full }) => {
                     consumed_full |= was_full;
-                    if let Err(e) = self.feed(conn, &buf[..n]) {
-                        return self.ring_violation(conn, RingErrorCode::Proto, &e.to_string());
-                    }
+                    (n, false)
                 }
-                Err(e) => return self.ring_violation(conn, RingErrorCode::RingIdx, &e.to_string()),
+                Ok(Received::Last(n)) => (n, true),
+                Ok(Received::Empty) => break,
+                Ok(Received::Closed) => return self.close(conn),
+                Err(e) => return self.fail(conn, &Failure::Transport(e)),
+            };
+            if let Err(e) = self.feed(conn, &buf[..n]) {
+                return self.fail(conn, &Failure::Protocol(e));
+            }
+            if last {
+                break;
             }
         }
         if consumed_full {
-            self.notify(port);
+            self.notify(conn);
         }
     }
 
-    fn ring_violation(&mut self, conn: ConnId, code: RingErrorCode, why: &str) {
-        tracing::warn!("ring connection {conn}: {why}; the connection is ignored from now on");
-        let port = match self.conns.get(&conn).map(|c| &c.transport) {
-            Some(Transport::Ring { page, port, .. }) => {
-                ServerEnd::new(page.ring()).set_error(code);
-                Some(*port)
-            }
-            _ => None,
+    /// A socket `epoll` reported readable: read, then left for the settle
+    /// to write to.
+    fn service_socket(&mut self, conn: ConnId) {
+        self.service(conn);
+        if self.conns.contains_key(&conn) {
+            self.dirty.insert(conn);
+        }
+    }
+
+    /// Cuts `conn` off for `why`: a ring is told through its error word
+    /// and ignored from now on; a socket is closed.
+    fn fail(&mut self, conn: ConnId, why: &Failure<'_>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
         };
-        self.core.violation(conn);
-        if let Some(port) = port {
-            self.notify(port);
+        if c.transport.flag_error(why.code()) {
+            tracing::warn!("ring connection {conn}: {why}; the connection is ignored from now on");
+            self.core.violation(conn);
+            self.notify(conn);
+        } else {
+            if let Failure::Protocol(e) = why {
+                tracing::warn!("socket connection {conn}: {e}; closing it");
+            }
+            self.close(conn);
         }
     }
 
-    fn notify(&mut self, port: Port) {
-        if let Err(e) = self.platform.evtchn.notify(port) {
-            tracing::warn!("notifying port {port} failed: {e}");
+    /// Signals `conn`'s peer that its ring changed.
+    fn notify(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.transport.notify(&mut *self.platform.evtchn);
         }
     }
 
@@ -580,15 +622,7 @@ impl Daemon {
         }
         self.interest.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
-            if let Transport::Socket(stream) = &c.transport {
-                let _ = self.epoll.delete(stream);
-            }
-            if let Transport::Ring { port, .. } = c.transport {
-                self.ports.remove(&port);
-                if let Err(e) = self.platform.evtchn.unbind(port) {
-                    tracing::warn!("unbinding port {port} failed: {e}");
-                }
-            }
+            self.teardown(c.transport);
         }
     }
 
@@ -598,11 +632,13 @@ impl Daemon {
         for _ in 0..64 {
             let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
             for &conn in &dirty {
-                if matches!(
-                    self.conns.get(&conn).map(|c| &c.transport),
-                    Some(Transport::Ring { .. })
-                ) {
-                    self.service_ring(conn);
+                // Sockets are read when epoll says so; rings when marked.
+                if self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| c.transport.port().is_some())
+                {
+                    self.service(conn);
                 }
             }
             self.do_actions();
@@ -635,23 +671,12 @@ impl Daemon {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return false;
             };
-            let n = match &mut c.transport {
-                Transport::Socket(stream) => match stream.write(pending) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        self.close(conn);
-                        return false;
-                    }
-                },
-                Transport::Ring { page, .. } => match ServerEnd::new(page.ring()).write(pending) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.ring_violation(conn, RingErrorCode::RingIdx, &e.to_string());
-                        return false;
-                    }
-                },
+            let n = match c.transport.write(pending) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(conn, &Failure::Transport(e));
+                    return false;
+                }
             };
             self.core.wrote(conn, n);
             wrote |= n > 0;
@@ -660,22 +685,17 @@ impl Daemon {
             }
         }
         if wrote {
-            if let Some(Conn {
-                transport: Transport::Ring { port, .. },
-            }) = self.conns.get(&conn)
-            {
-                let port = *port;
-                self.notify(port);
-            }
+            self.notify(conn);
         }
         let after = self.core.accepts_requests(conn);
         if !before && after {
             self.dirty.insert(conn);
-            if matches!(
-                self.conns.get(&conn).map(|c| &c.transport),
-                Some(Transport::Socket(_))
-            ) {
-                self.service_socket(conn);
+            if self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.transport.poll_fd().is_some())
+            {
+                self.service(conn);
             }
             return true;
         }
@@ -702,15 +722,7 @@ impl Daemon {
                 }
                 Action::Kill { conn, reason } => {
                     tracing::warn!("connection {conn} cut off: {reason}");
-                    match self
-                        .conns
-                        .get(&conn)
-                        .map(|c| matches!(c.transport, Transport::Ring { .. }))
-                    {
-                        Some(true) => self.ring_violation(conn, RingErrorCode::Comm, &reason),
-                        Some(false) => self.close(conn),
-                        None => {}
-                    }
+                    self.fail(conn, &Failure::Killed(&reason));
                 }
                 Action::Log(line) => tracing::info!(target: "xenstored", "{line}"),
                 Action::LiveUpdate { conn, header, args } => {
@@ -739,8 +751,8 @@ impl Daemon {
     }
 
     fn open_access_log(&mut self, path: PathBuf) {
-        match File::options().create(true).append(true).open(&path) {
-            Ok(f) => self.access_log = Some(f),
+        match AccessLog::open(&path) {
+            Ok(log) => self.access_log = Some(log),
             Err(e) => tracing::warn!("cannot open access log {}: {e}", path.display()),
         }
     }
@@ -791,66 +803,9 @@ fn bind_listener(path: &std::path::Path) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// One line of the access log.
-fn log_access(
-    file: &mut Option<File>,
-    now: u64,
-    engine: &Engine,
-    conn: ConnId,
-    domid: Option<DomId>,
-    msg: &Message,
-) {
-    let Some(f) = file.as_mut() else {
-        return;
-    };
-    let path = xenring::codec::split_args(&msg.payload)
-        .next()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    let result = match engine.last_result() {
-        Some(Ok(())) => "OK".to_string(),
-        Some(Err(e)) => e.to_string(),
-        None => "pending".to_string(),
-    };
-    let line = format!(
-        "{now} conn {conn} domid {} {} tx {} {path} -> {result}\n",
-        domid.unwrap_or(0),
-        describe(msg.header.msg_type),
-        msg.header.tx_id
-    );
-    if let Err(e) = f.write_all(line.as_bytes()) {
-        tracing::warn!("access log write failed, switching it off: {e}");
-        *file = None;
-    }
-}
-
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.core.sync_recording();
         let _ = std::fs::remove_file(&self.socket_path);
-    }
-}
-
-/// Tells systemd the daemon is ready (`sd_notify(READY=1)`), when it
-/// started us with `Type=notify`.
-pub fn notify_systemd_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let path = PathBuf::from(path);
-    // Abstract socket names start with '@'.
-    let sent = if path.as_os_str().as_encoded_bytes().first() == Some(&b'@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(
-            &path.as_os_str().as_encoded_bytes()[1..],
-        )
-        .and_then(|addr| {
-            std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr)
-        })
-    } else {
-        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(b"READY=1", &path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!("cannot notify systemd: {e}");
     }
 }

@@ -10,6 +10,8 @@ use evtchn::EventChannel;
 use gnttab::{DomainInfoSource, PageMapper};
 use mock_xen::{Connector, MockDomainInfo, MockEventChannel, MockPageMapper, ServerProcess};
 
+use super::os;
+
 /// Which backend to run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlatformChoice {
@@ -165,7 +167,7 @@ impl Platform {
         rundir: &Path,
         evtchn_fd: i32,
     ) -> Result<Self, PlatformError> {
-        if evtchn_fd < 0 || !fd_is_open(evtchn_fd) {
+        if !os::fd_is_open(evtchn_fd) {
             tracing::warn!("live update: no event-channel handle was passed down (fd {evtchn_fd}); binding the rings' ports again");
             return Self::open_with(choice, rundir, None, true);
         }
@@ -175,21 +177,14 @@ impl Platform {
             PlatformChoice::Embedded(_) | PlatformChoice::Remote(_) => true,
         };
         let adopted: Result<Box<dyn EventChannel>, PlatformError> = match mock {
-            true => {
-                // SAFETY: `evtchn_fd` is the descriptor the old process
-                // passed down for its handle (GLOBAL_DATA), checked open
-                // above; nothing else in this process uses it.
-                unsafe { MockEventChannel::adopt(evtchn_fd, 0) }
-                    .map(|h| Box::new(h) as Box<dyn EventChannel>)
-                    .map_err(PlatformError::from)
-            }
-            false => {
-                // SAFETY: as above; `from_inherited_fd` checks that it is
-                // the event-channel device and leaves it open otherwise.
-                unsafe { evtchn::LinuxEventChannel::from_inherited_fd(evtchn_fd) }
-                    .map(|h| Box::new(h) as Box<dyn EventChannel>)
-                    .map_err(PlatformError::from)
-            }
+            // The descriptor the old process passed down for its handle
+            // (GLOBAL_DATA), checked open above.
+            true => os::adopt_mock_evtchn(evtchn_fd)
+                .map(|h| Box::new(h) as Box<dyn EventChannel>)
+                .map_err(PlatformError::from),
+            false => os::adopt_linux_evtchn(evtchn_fd)
+                .map(|h| Box::new(h) as Box<dyn EventChannel>)
+                .map_err(PlatformError::from),
         };
         let handle = match adopted {
             Ok(handle) => Some(handle),
@@ -271,11 +266,4 @@ impl Platform {
             _embedded: server,
         })
     }
-}
-
-/// Whether `fd` is an open descriptor of this process.
-pub fn fd_is_open(fd: i32) -> bool {
-    // SAFETY: F_GETFD only reads the descriptor's flags; any number is a
-    // valid argument (an unused one fails with EBADF) and nothing changes.
-    unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) != -1 }
 }

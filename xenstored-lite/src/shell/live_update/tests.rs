@@ -4,18 +4,34 @@
 //! takes over duplicates of the descriptors the export names, as the new
 //! process takes over the old one's across `exec()`.
 
-use std::io::Write as _;
-use std::os::fd::IntoRawFd;
+use std::ffi::OsString;
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mock_xen::{Connector, DomainRecord, Guest, ServerThread, Toolstack};
 use xenring::codec::{build_args, build_path_value, Decoder};
-use xenring::{Perm, PermKind};
+use xenring::{DomId, Header, Message, MsgType, Perm, PermKind, XsErrno};
 
+use super::session::{parse_start, StartOptions};
 use super::*;
 use crate::engine::migrate::RestoreError;
+use crate::engine::{Config, ConnId, Engine};
+use crate::migration::{
+    ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
+    RingLocation, SocketConn, Stream, Version, DOMID_INVALID,
+};
 use crate::migration::{TransactionData, WatchData};
+use crate::shell::core::TakeOverError;
+use crate::shell::os::fd_is_open;
+use crate::shell::platform::Platform;
 use crate::shell::platform::PlatformChoice;
+use crate::shell::transport::Transport;
+use crate::shell::{Daemon, ShellConfig};
 
 /// How long anything may take (a bound, not a sleep).
 const LIMIT: Duration = Duration::from_secs(60);
@@ -479,10 +495,7 @@ fn test_export_carries_descriptors_connections_and_engine_state() {
     let (ring_id, port) = d
         .conns
         .iter()
-        .find_map(|(&id, c)| match &c.transport {
-            Transport::Ring { port, .. } => Some((id, *port)),
-            Transport::Socket(_) => None,
-        })
+        .find_map(|(&id, c)| c.transport.port().map(|port| (id, port)))
         .unwrap();
     let ring = conn_record(&stream, ring_id);
     assert_eq!(

@@ -1,0 +1,360 @@
+//! The control session: XS_CONTROL `live-update` as `xenstore-control`
+//! drives it (`-f BINARY`, `-c CMDLINE`, `-s [-t SECONDS] [-F] [-v
+//! VERSION]`, `-a`), the dry run of the new binary that `-s` starts, and
+//! its end: the hand-over, or a refusal answered to the asking client.
+
+use std::ffi::OsString;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use xenring::{Header, XsErrno};
+
+use super::handover::{HandOverError, StateWriteError};
+use super::{new_args, DRY_RUN_DIR};
+use crate::engine::ConnId;
+use crate::migration::Version;
+use crate::replay::format::Answer;
+use crate::shell::Daemon;
+
+/// How long the new binary's dry run may take before the update is refused.
+const DRY_RUN_LIMIT: Duration = Duration::from_secs(120);
+
+/// A live-update session, from `-f` to the hand-over or `-a`.
+#[derive(Debug)]
+pub(in crate::shell) struct Session {
+    pub(super) conn: ConnId,
+    pub(super) binary: PathBuf,
+    pub(super) cmdline: Option<String>,
+    pub(super) start: Option<Start>,
+    /// How long the dry run may take ([`DRY_RUN_LIMIT`]).
+    pub(super) dry_run_limit: Duration,
+}
+
+/// `-s` received: the dry run is under way.
+#[derive(Debug)]
+pub(super) struct Start {
+    header: Header,
+    version: Version,
+    child: Child,
+    since: Instant,
+}
+
+/// Options of `live-update -s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StartOptions {
+    pub(super) version: Version,
+}
+
+/// The options of `-s`, or EINVAL.
+pub(super) fn parse_start(args: &[&str]) -> Result<StartOptions, XsErrno> {
+    let mut version = Version::V2;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i] {
+            // We carry open transactions, so there is nothing to wait for
+            // or to force: -t and -F are accepted and have no effect.
+            "-F" => {}
+            "-t" if i + 1 < args.len() => {
+                args[i + 1].parse::<u32>().map_err(|_| XsErrno::EINVAL)?;
+                i += 1;
+            }
+            "-v" if i + 1 < args.len() => {
+                let n = args[i + 1].parse::<u32>().map_err(|_| XsErrno::EINVAL)?;
+                version = Version::from_number(n).ok_or(XsErrno::EINVAL)?;
+                i += 1;
+            }
+            _ => return Err(XsErrno::EINVAL),
+        }
+        i += 1;
+    }
+    Ok(StartOptions { version })
+}
+
+/// Why `-s` could not start the dry run (answered as the reply's text).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The state cannot be written for the dry run.
+    #[error("live-update: cannot write the state: {0}")]
+    State(#[from] StateWriteError),
+    /// The dry run's empty run directory cannot be made.
+    #[error("live-update: cannot create {}: {source}", path.display())]
+    Scratch {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The new binary cannot be started.
+    #[error("live-update refused: cannot start {}: {source}", binary.display())]
+    Spawn {
+        /// The new binary.
+        binary: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Why a started update is refused (answered as `live-update refused:
+/// ...`).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// The dry run did not end within its limit.
+    #[error("the new binary did not finish its dry run within {secs} s")]
+    DryRunTimeout {
+        /// The limit.
+        secs: u64,
+    },
+    /// The dry run's process cannot be waited for.
+    #[error("cannot wait for the dry run: {0}")]
+    DryRunWait(#[source] io::Error),
+    /// The dry run failed.
+    #[error("the new binary failed its dry run ({status}): {last}")]
+    DryRunFailed {
+        /// How it ended.
+        status: ExitStatus,
+        /// The last line it printed on stderr.
+        last: String,
+    },
+    /// The dry run succeeded and the hand-over failed.
+    #[error(transparent)]
+    HandOver(#[from] HandOverError),
+}
+
+impl Daemon {
+    /// Carries out `live-update <args>` from `conn`; answers now, or (for
+    /// `-s`) when the update has happened or failed.
+    pub(in crate::shell) fn live_update_request(
+        &mut self,
+        conn: ConnId,
+        header: Header,
+        args: &[String],
+    ) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let answer: Result<Option<String>, XsErrno> = match args.as_slice() {
+            ["-f", binary] => Ok(Some(self.lu_binary(conn, Path::new(binary)))),
+            ["-c", cmdline] => Ok(Some(match &mut self.live_update {
+                Some(s) if s.conn == conn => {
+                    s.cmdline = Some((*cmdline).to_string());
+                    "OK".to_string()
+                }
+                _ => "Not in live-update session.".to_string(),
+            })),
+            ["-a"] => Ok(Some(match self.live_update.take() {
+                Some(s) => {
+                    tracing::info!("live-update: aborted");
+                    self.end_session(s);
+                    "OK".to_string()
+                }
+                None => "No live-update session active.".to_string(),
+            })),
+            ["-s", rest @ ..] => parse_start(rest).map(|opts| self.lu_start(conn, header, opts)),
+            ["-b", ..] | ["-d", ..] => Ok(Some(
+                "This daemon runs in dom0, not in a stub domain: name the new binary with -f PATH."
+                    .to_string(),
+            )),
+            _ => Err(XsErrno::EINVAL),
+        };
+        match answer {
+            Ok(Some(text)) => self.core.answer(conn, &header, Answer::Text(text)),
+            Ok(None) => {}
+            Err(e) => self.core.answer(conn, &header, Answer::Error(e)),
+        }
+    }
+
+    fn lu_binary(&mut self, conn: ConnId, binary: &Path) -> String {
+        tracing::info!("live-update: binary {}", binary.display());
+        if self.live_update.is_some() {
+            return "live-update session already active.".to_string();
+        }
+        match std::fs::metadata(binary) {
+            // C 4.17's answers word for word (xenstore-control prints
+            // them); the details go to the log.
+            Err(e) => {
+                tracing::warn!("live-update: {}: {e}", binary.display());
+                return "File not accessible.".to_string();
+            }
+            Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+                tracing::warn!("live-update: {} is not executable", binary.display());
+                return "File not executable.".to_string();
+            }
+            Ok(_) => {}
+        }
+        self.live_update = Some(Session {
+            conn,
+            binary: binary.to_path_buf(),
+            cmdline: None,
+            start: None,
+            dry_run_limit: DRY_RUN_LIMIT,
+        });
+        "OK".to_string()
+    }
+
+    fn lu_start(&mut self, conn: ConnId, header: Header, opts: StartOptions) -> Option<String> {
+        let (binary, args) = match &self.live_update {
+            Some(s) if s.conn == conn && s.start.is_none() => (
+                s.binary.clone(),
+                new_args(&self.exec_args, s.cmdline.as_deref()),
+            ),
+            Some(s) if s.conn == conn => return Some("live-update already starting.".into()),
+            _ => return Some("Not in live-update session.".to_string()),
+        };
+        tracing::info!("live-update: start; dry run of {}", binary.display());
+        match self.start_dry_run(&binary, &args, header, opts) {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Writes the state and starts the dry run of `binary`.
+    fn start_dry_run(
+        &mut self,
+        binary: &Path,
+        args: &[OsString],
+        header: Header,
+        opts: StartOptions,
+    ) -> Result<(), StartError> {
+        self.write_state(opts.version, None)?;
+        // The dry run gets the state's path in its argument and an empty
+        // run directory: a binary that does not know --dry-run (C
+        // xenstored ignores it and would go on as a second daemon, taking
+        // the state file) finds no state and stops.
+        let scratch = self.dry_run_dir();
+        let _ = std::fs::remove_dir_all(&scratch);
+        if let Err(source) = std::fs::create_dir_all(&scratch) {
+            return Err(StartError::Scratch {
+                path: scratch,
+                source,
+            });
+        }
+        let mut dry_run_arg = OsString::from("--dry-run=");
+        dry_run_arg.push(self.state_path());
+        let child = Command::new(binary)
+            .args(args)
+            .arg(dry_run_arg)
+            .env("XENSTORED_RUNDIR", &scratch)
+            .env_remove("XENSTORED_PATH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        match child {
+            Ok(child) => {
+                if let Some(s) = &mut self.live_update {
+                    s.start = Some(Start {
+                        header,
+                        version: opts.version,
+                        child,
+                        since: Instant::now(),
+                    });
+                }
+                Ok(())
+            }
+            Err(source) => {
+                let _ = std::fs::remove_file(self.state_path());
+                self.live_update = None;
+                Err(StartError::Spawn {
+                    binary: binary.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn dry_run_dir(&self) -> PathBuf {
+        self.rundir.join(DRY_RUN_DIR)
+    }
+
+    fn end_session(&mut self, mut s: Session) {
+        if let Some(start) = &mut s.start {
+            let _ = start.child.kill();
+            let _ = start.child.wait();
+            let _ = std::fs::remove_file(self.state_path());
+            let _ = std::fs::remove_dir_all(self.dry_run_dir());
+        }
+    }
+
+    /// Whether a dry run is under way (the loop then polls for its end).
+    pub(in crate::shell) fn live_update_pending(&self) -> bool {
+        self.live_update.as_ref().is_some_and(|s| s.start.is_some())
+    }
+
+    /// Moves a started update on: at the end of a loop turn, between
+    /// requests. Execs the new binary when its dry run succeeded.
+    pub(in crate::shell) fn live_update_poll(&mut self) {
+        let Some(session) = &mut self.live_update else {
+            return;
+        };
+        let conn = session.conn;
+        if !self.conns.contains_key(&conn) {
+            tracing::warn!("live-update: the connection that asked for it is gone; aborted");
+            if let Some(s) = self.live_update.take() {
+                self.end_session(s);
+            }
+            return;
+        }
+        let limit = session.dry_run_limit;
+        let Some(start) = &mut session.start else {
+            return;
+        };
+        let status = match start.child.try_wait() {
+            Ok(Some(status)) => status,
+            Ok(None) if start.since.elapsed() < limit => return,
+            Ok(None) => {
+                let header = start.header;
+                return self.refuse(
+                    conn,
+                    header,
+                    &Refusal::DryRunTimeout {
+                        secs: limit.as_secs(),
+                    },
+                );
+            }
+            Err(e) => {
+                let header = start.header;
+                return self.refuse(conn, header, &Refusal::DryRunWait(e));
+            }
+        };
+        let header = start.header;
+        let version = start.version;
+        let _ = std::fs::remove_dir_all(self.rundir.join(DRY_RUN_DIR));
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut pipe) = start.child.stderr.take() {
+                let _ = pipe.read_to_string(&mut err);
+            }
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(it printed nothing)")
+                .trim()
+                .to_string();
+            return self.refuse(conn, header, &Refusal::DryRunFailed { status, last });
+        }
+        let Some(session) = self.live_update.take() else {
+            return;
+        };
+        let why = self.hand_over(&session, header, version);
+        // Only reached when the exec did not happen.
+        self.live_update = Some(session);
+        self.refuse(conn, header, &why.into());
+    }
+
+    fn refuse(&mut self, conn: ConnId, header: Header, why: &Refusal) {
+        tracing::warn!("live-update refused: {why}");
+        // Ends the dry run and removes the state file and its scratch
+        // directory (a refused update always had started).
+        if let Some(s) = self.live_update.take() {
+            self.end_session(s);
+        }
+        self.core.answer(
+            conn,
+            &header,
+            Answer::Text(format!("live-update refused: {why}")),
+        );
+        self.settle();
+    }
+}

@@ -1,0 +1,231 @@
+//! The daemon's one door to the operating system where Rust cannot check
+//! what happens: every `unsafe` block of the daemon outside the device and
+//! shared-memory crates (`evtchn`, `gnttab`, `xenring`, `mock-xen`) and the
+//! replayer's mapping is here, behind safe functions.
+//!
+//! The invariants these functions rely on, written once:
+//!
+//! * **Descriptors by number.** A descriptor named by a number (one the
+//!   daemon owns, or one a live-update stream names) is borrowed only for
+//!   the one system call that uses it, after [`fd_is_open`] said it is
+//!   open. The daemon is single-threaded (the embedded mock-xen runs in a
+//!   process of its own), so nothing closes it in between.
+//! * **Adoption.** `adopt_*` take ownership of a descriptor inherited
+//!   across a live update's `exec()`: the old process passed it down and
+//!   named it in the stream (GLOBAL_DATA, CONNECTION_DATA), nothing in this
+//!   process opened or owns it, and the stream parser refuses a descriptor
+//!   named twice, so each is adopted once. They are for the restore only
+//!   (hence `pub(crate)`), and check the descriptor's kind first: one that
+//!   is not what the stream says is left alone (not closed).
+//! * **Signals.** The only handler installed stores to an atomic, which is
+//!   async-signal-safe.
+//! * **fork.** The daemon forks only while it is the process's one thread
+//!   ([`fork_single_threaded`] checks it), so the child's copy of that
+//!   thread is the whole process.
+
+use std::io;
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::epoll::{Epoll, EpollEvent};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::ForkResult;
+
+/// Whether `fd` is an open descriptor of this process.
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is a
+    // valid argument (an unused one fails with EBADF) and nothing changes.
+    fd >= 0 && unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) != -1 }
+}
+
+/// Runs `f` on `fd` borrowed for the call, if it is open.
+fn with_fd<T>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> io::Result<T>) -> io::Result<T> {
+    if !fd_is_open(fd) {
+        return Err(io::Error::from_raw_os_error(nix::libc::EBADF));
+    }
+    // SAFETY: checked open just above; the borrow lives only for this call
+    // and the daemon is single-threaded (module doc: descriptors by number).
+    f(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Sets (`on`) or clears close-on-exec on the daemon's own descriptor `fd`
+/// (EBADF if it is not open).
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    with_fd(fd, |fd| evtchn::fd::set_cloexec(fd, on))
+}
+
+/// Registers descriptor `fd`, which something the daemon holds owns (the
+/// event-channel handle), with `epoll`.
+pub fn epoll_add(epoll: &Epoll, fd: RawFd, event: EpollEvent) -> io::Result<()> {
+    with_fd(fd, |fd| Ok(epoll.add(fd, event)?))
+}
+
+/// Whether `fd` is an open socket.
+pub fn is_socket(fd: RawFd) -> bool {
+    with_fd(fd, |fd| Ok(nix::sys::stat::fstat(fd)?))
+        .is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFSOCK)
+}
+
+/// Whether `fd` is an open socket that listens.
+pub fn is_listening_socket(fd: RawFd) -> bool {
+    is_socket(fd)
+        && with_fd(fd, |fd| {
+            Ok(nix::sys::socket::getsockopt(
+                &fd,
+                nix::sys::socket::sockopt::AcceptConn,
+            )?)
+        })
+        .unwrap_or(false)
+}
+
+/// Takes over the listening socket `fd` a live update passed down, if it
+/// is one (else `None`, and `fd` is left alone).
+pub(crate) fn adopt_listener(fd: RawFd) -> Option<UnixListener> {
+    if !is_listening_socket(fd) {
+        return None;
+    }
+    // SAFETY: an open listening socket, inherited and owned by nothing else
+    // in this process (module doc: adoption).
+    Some(unsafe { UnixListener::from_raw_fd(fd) })
+}
+
+/// Takes over the client socket `fd` a live update passed down, if it is
+/// an open socket (else `None`, and `fd` is left alone).
+pub(crate) fn adopt_socket(fd: RawFd) -> Option<UnixStream> {
+    if !is_socket(fd) {
+        return None;
+    }
+    // SAFETY: an open socket, inherited and owned by nothing else in this
+    // process (module doc: adoption).
+    Some(unsafe { UnixStream::from_raw_fd(fd) })
+}
+
+/// Takes over the mock-xen event-channel handle `fd` a live update passed
+/// down (GLOBAL_DATA), as dom0's.
+pub(crate) fn adopt_mock_evtchn(fd: RawFd) -> Result<mock_xen::MockEventChannel, mock_xen::Error> {
+    if !fd_is_open(fd) {
+        return Err(mock_xen::Error::Io(io::Error::from_raw_os_error(
+            nix::libc::EBADF,
+        )));
+    }
+    // SAFETY: open, inherited and owned by nothing else in this process
+    // (module doc: adoption).
+    unsafe { mock_xen::MockEventChannel::adopt(fd, 0) }
+}
+
+/// Takes over the `/dev/xen/evtchn` handle `fd` a live update passed down
+/// (GLOBAL_DATA); one that is not that device is left open.
+pub(crate) fn adopt_linux_evtchn(fd: RawFd) -> Result<evtchn::LinuxEventChannel, evtchn::Error> {
+    if !fd_is_open(fd) {
+        return Err(evtchn::Error::Fstat {
+            fd,
+            source: io::Error::from_raw_os_error(nix::libc::EBADF),
+        });
+    }
+    // SAFETY: open, inherited and owned by nothing else in this process
+    // (module doc: adoption); `from_inherited_fd` checks that it is the
+    // event-channel device and leaves it open otherwise.
+    unsafe { evtchn::LinuxEventChannel::from_inherited_fd(fd) }
+}
+
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+/// Makes each of `signals` set the flag [`signalled`] reads, instead of
+/// its default action.
+pub fn flag_signals(signals: &[Signal]) -> nix::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for &signal in signals {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe (module doc: signals).
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// Whether one of the signals given to [`flag_signals`] has arrived.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::Relaxed)
+}
+
+/// Why [`fork_single_threaded`] did not fork.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// Other threads exist (the count).
+    #[error("other threads exist ({0} threads)")]
+    Threads(usize),
+    /// Whether other threads exist cannot be told.
+    #[error("cannot count this process's threads (/proc/self/task): {0}")]
+    ThreadCount(#[source] io::Error),
+    /// fork(2) failed.
+    #[error("fork: {0}")]
+    Fork(#[from] nix::Error),
+}
+
+/// The number of threads of this process, from `/proc/self/task`.
+fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// `fork()`, refused unless this is the process's only thread.
+pub fn fork_single_threaded() -> Result<ForkResult, ForkError> {
+    match thread_count() {
+        Ok(1) => {}
+        Ok(n) => return Err(ForkError::Threads(n)),
+        Err(e) => return Err(ForkError::ThreadCount(e)),
+    }
+    // SAFETY: this is the only thread (checked just above, and this thread
+    // starts none in between), so the child's copy of it is the whole
+    // process (module doc: fork).
+    Ok(unsafe { nix::unistd::fork() }?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+
+    #[test]
+    fn test_fork_is_refused_while_other_threads_exist() {
+        // The test harness runs this on a thread of its own.
+        assert!(matches!(
+            fork_single_threaded(),
+            Err(ForkError::Threads(n)) if n > 1
+        ));
+    }
+
+    #[test]
+    fn test_a_socket_is_told_from_a_listener_and_no_descriptor() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        assert!(fd_is_open(fd) && is_socket(fd) && !is_listening_socket(fd));
+        let dir = tempfile::tempdir().unwrap();
+        let l = UnixListener::bind(dir.path().join("s")).unwrap();
+        assert!(is_listening_socket(l.as_raw_fd()));
+        assert!(!fd_is_open(-1) && !is_socket(-1));
+        assert!(set_cloexec(-1, true).is_err());
+    }
+
+    #[test]
+    fn test_adoption_takes_only_the_kind_it_is_given() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+        assert!(adopt_socket(fd).is_none() && adopt_listener(fd).is_none());
+        // Refused, not closed.
+        assert!(fd_is_open(fd));
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.into_raw_fd();
+        assert!(adopt_listener(fd).is_none());
+        let adopted = adopt_socket(fd).unwrap();
+        assert_eq!(adopted.as_raw_fd(), fd);
+    }
+}
