@@ -719,3 +719,25 @@ fn test_restore_a_written_node_with_nothing_written_below_it_fires_its_event() {
     assert_eq!(new.tx_end(SOCK, 1, true), ok());
     assert_eq!(new.events(SOCK), ["/p"]);
 }
+
+/// Transaction ids after a live update: new ones never reuse a restored
+/// id, and when they wrap past `u32::MAX` they skip 0 (which means "no
+/// transaction") and every id still open.
+#[test]
+fn test_restored_transaction_ids_not_reused_and_zero_skipped_on_wrap() {
+    let eng = Eng::new(Config::default());
+    let conn_id = SOCK + STREAM;
+    let mut records = eng.export();
+    for tx_id in [1, u32::MAX - 1] {
+        records.push(Record::Transaction(crate::migration::TransactionData {
+            conn_id,
+            tx_id,
+        }));
+    }
+    let mut new = eng.restore(&records).unwrap();
+    let ids: Vec<u32> = (0..2).map(|_| new.tx_start(SOCK)).collect();
+    assert_eq!(ids, [u32::MAX, 2], "0 and the restored 1 are skipped");
+    for id in [1, u32::MAX - 1, u32::MAX, 2] {
+        assert_eq!(new.tx_end(SOCK, id, false), ok(), "transaction {id}");
+    }
+}

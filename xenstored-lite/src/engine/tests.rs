@@ -449,6 +449,23 @@ mod watches {
         assert!(h.events(SOCK).is_empty());
     }
 
+    /// UNWATCH needs a path and a token: fewer arguments are EINVAL.
+    #[test]
+    fn test_unwatch_without_token_is_einval() {
+        let mut h = H::new();
+        h.req(SOCK, MsgType::Watch, 0, &["/a", "t"]).unwrap();
+        h.events(SOCK);
+        assert_eq!(
+            h.req(SOCK, MsgType::Unwatch, 0, &["/a"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.raw(SOCK, MsgType::Unwatch.raw(), 0, vec![]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(h.req(SOCK, MsgType::Unwatch, 0, &["/a", "t"]), ok());
+    }
+
     #[test]
     fn test_watch_depth_limits_levels() {
         let mut h = H::new();
