@@ -34,15 +34,15 @@ use evtchn::{Port, VIRQ_DOM_EXC};
 use gnttab::GNTTAB_RESERVED_XENSTORE;
 use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
-use super::core::{Core, TakeOverError};
 use super::platform::{fd_is_open, Platform};
+use super::state::{ShellState, TakeOverError};
 use super::{Conn, Daemon, ShellConfig, Transport};
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
     RingLocation, SocketConn, Stream, Version, WriteError, DOMID_INVALID,
 };
-use crate::replay::format::{Answer, Event, Outcome};
+use crate::replay::format::{Answer, BoundaryEvent, Outcome};
 
 /// The state file's name in the run directory (as C xenstored names it).
 pub const STATE_FILE: &str = "state_dump";
@@ -215,7 +215,7 @@ pub fn check_stream(
     bytes: &[u8],
     stream: &Stream,
 ) -> Result<RestoreSummary, TakeOverError> {
-    let mut core = Core::new(Engine::new(config), None);
+    let mut core = ShellState::new(Engine::new(config), None);
     let mut summary = RestoreSummary::default();
     let outcomes: Vec<(u32, Outcome)> = stream
         .records
@@ -600,7 +600,7 @@ impl Daemon {
                 tracing::warn!("live-update: unbinding VIRQ_DOM_EXC failed: {e}");
             }
         }
-        self.core.record(&Event::HandOver);
+        self.core.record(&BoundaryEvent::HandOver);
         self.log_recording_totals();
         let mut why = None;
         for &fd in &fds {

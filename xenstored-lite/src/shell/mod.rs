@@ -8,9 +8,9 @@
 //! states. The clock enters in one place (`Daemon::now_ms`). One slow or
 //! stuck client never delays another: nothing here blocks on a client.
 
-pub mod core;
 mod live_update;
 pub mod platform;
+pub mod state;
 
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
 
@@ -32,9 +32,9 @@ use xenring::page::RING_SIZE_U32;
 use xenring::{DomId, Message, MsgType, RingErrorCode, ServerEnd, ServerFeatures, XsErrno};
 
 use crate::engine::{Action, ConnId, ConnKind, Engine};
-use crate::replay::format::{Event, Recorder};
-use core::Core;
+use crate::replay::format::{BoundaryEvent, Recorder};
 use platform::Platform;
+use state::ShellState;
 
 /// What the daemon needs to start.
 #[derive(Debug)]
@@ -85,7 +85,7 @@ impl Conn {
 
 /// The running daemon.
 pub struct Daemon {
-    core: Core,
+    core: ShellState,
     platform: Platform,
     listener: UnixListener,
     socket_path: PathBuf,
@@ -162,8 +162,8 @@ impl Daemon {
             }
             None => None,
         };
-        let mut core = Core::new(engine, recorder);
-        core.record(&Event::Start {
+        let mut core = ShellState::new(engine, recorder);
+        core.record(&BoundaryEvent::Start {
             args: config
                 .exec_args
                 .iter()
