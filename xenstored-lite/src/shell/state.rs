@@ -652,6 +652,7 @@ mod tests {
     use super::*;
     use crate::engine::Config;
     use crate::migration::{ConnectionData, Endian, Header as StreamHeader, SocketConn, Version};
+    use crate::replay::format::{Next, Reader};
     use xenring::codec::{build_args, build_path_value};
     use xenring::MsgType;
 
@@ -727,6 +728,45 @@ mod tests {
             .unwrap();
         assert!(outcome.bad_input.is_empty());
         core
+    }
+
+    #[test]
+    fn test_recorded_events_applied_again_make_the_same_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rec");
+        let recorder = Recorder::open(&path, false).unwrap();
+        let mut live = ShellState::new(Engine::new(Config::default()), Some(recorder));
+        live.time(5);
+        live.connect(1, ConnKind::Socket);
+        live.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
+        // Partial writes, and one that takes nothing.
+        let mut sent = Vec::new();
+        live.next_output(1).unwrap();
+        live.wrote(1, 0);
+        while let Some(bytes) = live.next_output(1) {
+            let n = bytes.len().min(7);
+            sent.extend_from_slice(&bytes[..n]);
+            live.wrote(1, n);
+        }
+        live.close(1);
+        // Dropping the recorder writes everything out.
+        drop(live);
+
+        let data = std::fs::read(&path).unwrap();
+        let mut reader = Reader::new(&data).unwrap();
+        let mut replayed = ShellState::new(Engine::new(Config::default()), None);
+        let mut again = Vec::new();
+        while let Next::Event(event) = reader.next_event().unwrap() {
+            if let BoundaryEvent::Output { conn, bytes } = event {
+                let offered = replayed.next_output(conn).unwrap_or_default();
+                assert!(offered.starts_with(bytes), "{offered:?} then {bytes:?}");
+                again.extend_from_slice(bytes);
+            }
+            replayed.apply(event, &mut |_, _, _, _| {}).unwrap();
+        }
+        assert!(!sent.is_empty());
+        assert_eq!(again, sent);
+        assert!(!replayed.has(1), "the recorded Close was applied");
     }
 
     #[test]
