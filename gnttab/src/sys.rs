@@ -139,8 +139,9 @@ pub const XENVER_VERSION: u64 = 0;
 pub const XEN_SYSCTL_INTERFACE_VERSION: u32 = 0x0000_0015;
 /// `XEN_SYSCTL_getdomaininfolist`.
 pub const XEN_SYSCTL_GETDOMAININFOLIST: u32 = 6;
-/// `DOMID_FIRST_RESERVED`: ids from here up are not real domains.
-pub const DOMID_FIRST_RESERVED: domid_t = 0x7ff0;
+/// `DOMID_FIRST_RESERVED`: ids from here up are not real domains (defined
+/// once, in `xenring`).
+pub const DOMID_FIRST_RESERVED: domid_t = xenring::DOMID_FIRST_RESERVED;
 
 /// `XEN_DOMINF_dying` (`1U<<0` in domctl.h).
 pub const XEN_DOMINF_DYING: u32 = 1;

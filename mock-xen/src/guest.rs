@@ -19,7 +19,7 @@ use xenring::{GuestEnd, Header, MsgType, RingErrorCode, ServerFeatures};
 
 use crate::conn::Connector;
 use crate::error::Error;
-use crate::evtchn::MockEventChannel;
+use crate::event_channel::MockEventChannel;
 use crate::mapper::{MockMapping, MockPageMapper};
 use crate::proto::DomainRecord;
 

@@ -37,11 +37,11 @@ pub const MAX_DOMAINS: u32 = 1024;
 /// Machine memory in pages (sparse; 256 MiB of address space).
 pub const MACHINE_PAGES: u64 = 65536;
 /// `GNTTAB_RESERVED_XENSTORE`.
-pub const GREF_XENSTORE: u32 = 1;
-/// `VIRQ_DOM_EXC`.
-pub const VIRQ_DOM_EXC: u32 = 3;
+pub const GREF_XENSTORE: u32 = gnttab::GNTTAB_RESERVED_XENSTORE;
+/// `VIRQ_DOM_EXC` (as `xen-sys` defines it).
+pub const VIRQ_DOM_EXC: u32 = evtchn::VIRQ_DOM_EXC;
 /// Highest domid handed out to guests (below `DOMID_FIRST_RESERVED`).
-pub const DOMID_MAX: DomId = 0x7fef;
+pub const DOMID_MAX: DomId = xenring::DOMID_FIRST_RESERVED - 1;
 
 /// Event word: the port is pending.
 pub const EV_PENDING: u32 = 1;

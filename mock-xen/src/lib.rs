@@ -24,7 +24,7 @@
 
 pub mod conn;
 pub mod error;
-pub mod evtchn;
+pub mod event_channel;
 pub mod guest;
 pub mod hv;
 pub mod mapper;
@@ -35,7 +35,7 @@ pub mod toolstack;
 
 pub use conn::{Conn, Connector};
 pub use error::Error;
-pub use evtchn::MockEventChannel;
+pub use event_channel::MockEventChannel;
 pub use guest::Guest;
 pub use hv::Hypervisor;
 pub use mapper::{MockDomainInfo, MockMapping, MockPageMapper};

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use mock_xen::{DomainRecord, Guest, Toolstack};
 use tests::{bin, create_guest, guest_client, have, wait_until, Daemon, MockXen};
 use xenring::{Client, Error as XsError, XsErrno};
-use xenstored_lite::replay::format::{Event, Next, Reader};
+use xenstored_lite::replay::format::{BoundaryEvent, Next, Reader};
 
 /// A daemon on the embedded mock-xen recording into `rec`.
 fn recording_daemon(dir: &Path, rec: &Path) -> Daemon {
@@ -250,7 +250,7 @@ fn test_changed_reply_is_reported_at_its_event_with_context() {
         }
     }
     match found {
-        Some(Event::Output { bytes, .. }) => {
+        Some(BoundaryEvent::Output { bytes, .. }) => {
             assert_eq!(&bytes[16..], b"OK\0");
             assert_eq!(u32::from_le_bytes(bytes[4..8].try_into().unwrap()), 4);
         }

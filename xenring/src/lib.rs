@@ -44,7 +44,7 @@ pub mod client;
 pub use codec::{Decoder, Message};
 pub use error::{Error, Queue};
 pub use page::{ConnectionState, OwnedPage, RingErrorCode, RingPage, ServerFeatures};
-pub use perms::{DomId, Perm, PermKind};
+pub use perms::{DomId, Perm, PermKind, DOMID_FIRST_RESERVED};
 pub use ring::{GuestEnd, ServerEnd};
 pub use wire::{Header, MsgType, XsErrno};
 

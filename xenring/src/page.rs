@@ -101,9 +101,9 @@ bitflags! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct ServerFeatures: u32 {
         /// `XENSTORE_SERVER_FEATURE_RECONNECTION`: the ring can be reset.
-        const RECONNECTION = 1;
+        const RECONNECTION = crate::wire::XENSTORE_SERVER_FEATURE_RECONNECTION;
         /// `XENSTORE_SERVER_FEATURE_ERROR`: the `error` word is meaningful.
-        const ERROR = 2;
+        const ERROR = crate::wire::XENSTORE_SERVER_FEATURE_ERROR;
     }
 }
 

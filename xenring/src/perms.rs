@@ -12,6 +12,11 @@ use crate::error::Error;
 /// A domain id (`domid_t`).
 pub type DomId = xen_sys::domid_t;
 
+/// `DOMID_FIRST_RESERVED` (Xen's `xen.h`): ids from here up are not real
+/// domains (`DOMID_SELF`, `DOMID_IO`, ...). The one definition in the
+/// workspace; `xen-sys` does not export it.
+pub const DOMID_FIRST_RESERVED: DomId = 0x7ff0;
+
 /// The access a permission entry grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PermKind {

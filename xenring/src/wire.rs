@@ -15,6 +15,11 @@ pub const REL_PATH_MAX: usize = 2048;
 pub const HEADER_SIZE: usize = 16;
 /// `XS_INVALID`: "guaranteed to remain an invalid type".
 pub const XS_INVALID: u32 = 0xffff;
+/// `XENSTORE_SERVER_FEATURE_RECONNECTION`: the ring can be reset (the
+/// `connection` word).
+pub const XENSTORE_SERVER_FEATURE_RECONNECTION: u32 = 1;
+/// `XENSTORE_SERVER_FEATURE_ERROR`: the `error` word is meaningful.
+pub const XENSTORE_SERVER_FEATURE_ERROR: u32 = 2;
 
 /// `enum xsd_sockmsg_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,13 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sched::{sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 use xenring::{Client, Error as XsError, Perm, PermKind, XsErrno};
 
-fn quick() -> bool {
-    !std::env::args().any(|a| a == "--bench")
-}
+mod common;
+use common::{quick, raise_fd_limit, set_cpus};
 
 struct Proc(Child);
 
@@ -57,23 +54,6 @@ fn start_daemon(dir: &Path) -> (Proc, PathBuf) {
     let socket = rundir.join("socket");
     wait_for(&socket);
     (Proc(child), socket)
-}
-
-fn set_cpus(cpus: &[usize]) {
-    let mut set = CpuSet::new();
-    for &c in cpus {
-        let _ = set.set(c);
-    }
-    let _ = sched_setaffinity(Pid::from_raw(0), &set);
-}
-
-fn raise_fd_limit() {
-    if let Ok((_, hard)) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    {
-        let _ =
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }
 
 /// How long a reply may take before the bench fails instead of hanging.

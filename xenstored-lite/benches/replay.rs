@@ -44,20 +44,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sched::{sched_setaffinity, CpuSet};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use xenring::codec::{build_args, build_path_value, encode, Decoder};
 use xenring::{Client, Error as XsError, MsgType, Perm, PermKind, XsErrno};
 
+mod common;
+#[path = "common/population.rs"]
+mod population;
+use common::{quick, set_cpus};
+
 /// The recording's file header (the daemon's totals count events only).
 const HEADER: u64 = 16;
 const BIN: &str = env!("CARGO_BIN_EXE_xenstored-lite");
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn quick() -> bool {
-    !std::env::args().any(|a| a == "--bench")
-}
 
 fn scale() -> f64 {
     std::env::var("REPLAY_BENCH_SCALE")
@@ -71,14 +71,6 @@ fn scale() -> f64 {
 #[allow(clippy::cast_possible_truncation)]
 fn scaled(n: usize) -> usize {
     ((n as f64 * scale()) as usize).max(1)
-}
-
-fn set_cpus(cpus: &[usize]) {
-    let mut set = CpuSet::new();
-    for &c in cpus {
-        let _ = set.set(c);
-    }
-    let _ = sched_setaffinity(Pid::from_raw(0), &set);
 }
 
 fn all_cpus() -> Vec<usize> {
@@ -563,78 +555,13 @@ fn throughput(dir: &Path) {
 // ---------------------------------------------------------------------
 // Part 3: a one-million-request recording, replayed.
 
-/// Domain ids of the populated (not running) domains start here, clear of
-/// the guests the embedded mock-xen creates.
-const FIRST_DOMID: usize = 100;
+/// [`population::FIRST_DOMID`] as an index.
+const FIRST_DOMID: usize = population::FIRST_DOMID as usize;
 
-/// The nodes a toolstack writes for domain `d` (parents first), with
-/// values; a small version of the live-update benchmark's.
+/// The nodes the toolstack writes for domain `d` (parents first), with
+/// values: the population the live-update benchmark loads.
 fn domain_nodes(d: usize) -> Vec<(String, String)> {
-    let home = format!("/local/domain/{d}");
-    let fe_vbd = format!("{home}/device/vbd/51712");
-    let fe_vif = format!("{home}/device/vif/0");
-    let be_vbd = format!("/local/domain/0/backend/vbd/{d}/51712");
-    let be_vif = format!("/local/domain/0/backend/vif/{d}/0");
-    let mac = format!("00:16:3e:00:{:02x}:{:02x}", (d >> 8) & 0xff, d & 0xff);
-    let mut out = vec![
-        (home.clone(), String::new()),
-        (format!("{home}/name"), format!("guest-{d:05}")),
-        (format!("{home}/domid"), d.to_string()),
-        (format!("{home}/memory/target"), "1048576".into()),
-        (format!("{home}/memory/static-max"), "1048576".into()),
-        (format!("{home}/control/shutdown"), String::new()),
-        (format!("{home}/control/feature-poweroff"), "1".into()),
-        (format!("{home}/control/feature-reboot"), "1".into()),
-        (format!("{home}/console/ring-ref"), "2062354".into()),
-        (format!("{home}/console/port"), "2".into()),
-        (
-            format!("{home}/data/updated"),
-            "Sat Nov 21 18:52:46 UTC 2026".into(),
-        ),
-    ];
-    for (k, v) in [
-        ("backend", be_vbd.as_str()),
-        ("backend-id", "0"),
-        ("state", "4"),
-        ("virtual-device", "51712"),
-        ("device-type", "disk"),
-        ("ring-ref", "8"),
-        ("event-channel", "3"),
-    ] {
-        out.push((format!("{fe_vbd}/{k}"), v.to_string()));
-    }
-    for (k, v) in [
-        ("backend", be_vif.as_str()),
-        ("backend-id", "0"),
-        ("state", "4"),
-        ("mac", mac.as_str()),
-        ("tx-ring-ref", "1280"),
-        ("rx-ring-ref", "1281"),
-        ("event-channel", "4"),
-    ] {
-        out.push((format!("{fe_vif}/{k}"), v.to_string()));
-    }
-    for (k, v) in [
-        ("frontend", fe_vbd.as_str()),
-        ("frontend-id", &d.to_string()),
-        ("params", &format!("/var/lib/xen/images/guest-{d:05}.img")),
-        ("type", "phy"),
-        ("mode", "w"),
-        ("state", "4"),
-    ] {
-        out.push((format!("{be_vbd}/{k}"), v.to_string()));
-    }
-    for (k, v) in [
-        ("frontend", fe_vif.as_str()),
-        ("frontend-id", &d.to_string()),
-        ("mac", mac.as_str()),
-        ("bridge", "xenbr0"),
-        ("state", "4"),
-        ("script", "/etc/xen/scripts/vif-bridge"),
-    ] {
-        out.push((format!("{be_vif}/{k}"), v.to_string()));
-    }
-    out
+    population::domain_nodes(u32::try_from(d).expect("a domid"))
 }
 
 /// The paths a tool works on, drawn from the populated domains.
@@ -870,18 +797,10 @@ fn million(dir: &Path) {
 
     // The store, written pipelined over one dom0 connection.
     let mut dom0 = d.client();
-    for p in [
-        "/local",
-        "/local/domain",
-        "/local/domain/0",
-        "/local/domain/0/backend",
-        "/local/domain/0/backend/vbd",
-        "/local/domain/0/backend/vif",
-        "/tool",
-    ] {
+    for p in population::COMMON.into_iter().chain(["/tool"]) {
         dom0.write(0, p, b"").expect("write");
     }
-    let mut loaded = 7usize;
+    let mut loaded = population::COMMON.len() + 1;
     {
         let reqs: Vec<Vec<u8>> = (FIRST_DOMID..FIRST_DOMID + domains)
             .flat_map(domain_nodes)
@@ -1078,11 +997,7 @@ fn load_average() -> String {
 }
 
 fn main() {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(_, hard)| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
-        });
+    common::raise_fd_limit();
     let dir = std::env::temp_dir().join(format!("xsl-replay-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench directory");

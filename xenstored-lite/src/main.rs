@@ -16,9 +16,9 @@ use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
 use xenstored_lite::migration::{MigrationError, Stream};
 use xenstored_lite::replay::player::{self, Options};
-use xenstored_lite::shell::core::TakeOverError;
 use xenstored_lite::shell::os::{self, ForkError};
 use xenstored_lite::shell::platform::{Platform, PlatformError};
+use xenstored_lite::shell::state::TakeOverError;
 use xenstored_lite::shell::{
     check_stream, notify_systemd_ready, Daemon, RestoreFailure, SetupError, ShellConfig, STATE_FILE,
 };

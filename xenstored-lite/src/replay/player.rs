@@ -10,11 +10,10 @@ use clap::Parser;
 use xenring::codec::split_args;
 use xenring::{DomId, Message, MsgType};
 
-use super::format::{Event, FormatError, Next, Reader};
+use super::format::{BoundaryEvent, FormatError, Next, Reader};
 use crate::cli::Cli;
-use crate::engine::{ConnId, ConnKind, Engine};
-use crate::migration::Stream;
-use crate::shell::core::Core;
+use crate::engine::{ConnId, Engine};
+use crate::shell::state::{ApplyError, ShellState};
 
 /// How to replay.
 #[derive(Debug, Clone, Default)]
@@ -183,21 +182,15 @@ fn config_from_args(args: &[String], index: u64) -> Result<crate::engine::Config
     })
 }
 
-/// Replays the recording in `dir`.
+/// Replays the recording in `dir`. The file is read whole into memory,
+/// with ordinary reads (the events then borrow their bytes from it).
 pub fn replay(dir: &Path, opts: &Options) -> Result<Summary, ReplayError> {
     let path = dir.join(crate::shell::RECORDING_FILE);
-    let file = std::fs::File::open(&path).map_err(|source| ReplayError::Io {
+    let data = std::fs::read(&path).map_err(|source| ReplayError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    // SAFETY: the recording is only read; if another process truncates it
-    // while we replay, reads past the new end may fault — replay is run on
-    // finished recordings, as the documentation says.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ReplayError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
-    replay_bytes(&map, opts)
+    replay_bytes(&data, opts)
 }
 
 /// Replays a recording held in memory.
@@ -205,7 +198,7 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
     let mut reader = Reader::new(data)?;
     let started = Instant::now();
     let mut summary = Summary::default();
-    let mut core: Option<Core> = None;
+    let mut state: Option<ShellState> = None;
     let mut requests_before = 0u64;
     let (mut first_time, mut last_time) = (None::<u64>, 0u64);
     let bar = (opts.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
@@ -235,51 +228,65 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
                 bar.set_message(format!("{} events", summary.events));
             }
         }
-        match event {
-            Event::Start { args } => {
-                if let Some(old) = core.take() {
-                    requests_before += old.engine().requests();
-                }
-                if let Some(first) = first_time.take() {
-                    summary.recorded_ms += last_time.saturating_sub(first);
-                }
-                let mut config = config_from_args(&args, index)?;
-                if opts.alter_reply.is_some() {
-                    config.test_alter_reply = opts.alter_reply;
-                }
-                let mut c = Core::new(Engine::new(config), None);
-                if opts.verify {
-                    c.keep_last_requests();
-                }
-                core = Some(c);
-                summary.processes += 1;
+        if let BoundaryEvent::Start { args } = &event {
+            // A new process: a new state, with the settings it ran with.
+            if let Some(old) = state.take() {
+                requests_before += old.engine().requests();
             }
-            Event::HandOver => {}
-            other => {
-                let Some(c) = core.as_mut() else {
-                    return Err(ReplayError::Inconsistent {
-                        index,
-                        why: "an event before the recording's Start".into(),
-                    });
-                };
-                apply(
-                    c,
-                    other,
+            if let Some(first) = first_time.take() {
+                summary.recorded_ms += last_time.saturating_sub(first);
+            }
+            let mut config = config_from_args(args, index)?;
+            if opts.alter_reply.is_some() {
+                config.test_alter_reply = opts.alter_reply;
+            }
+            let mut s = ShellState::new(Engine::new(config), None);
+            if opts.verify {
+                s.keep_last_requests();
+            }
+            state = Some(s);
+            summary.processes += 1;
+        }
+        let Some(s) = state.as_mut() else {
+            if event == BoundaryEvent::HandOver {
+                // Marks the recording only; nothing to apply it to yet.
+                continue;
+            }
+            return Err(ReplayError::Inconsistent {
+                index,
+                why: "an event before the recording's Start".into(),
+            });
+        };
+        observe(s, &event, index, opts, &mut summary)?;
+        if let BoundaryEvent::Time(t) = event {
+            first_time.get_or_insert(t);
+            last_time = t;
+        }
+        match s.apply(event, &mut |_, _, _, _| {}) {
+            Ok(_) => {}
+            // A decode error ended the connection live; the recording has
+            // the Close or Violation that followed.
+            Err(ApplyError::Decode { .. }) => {}
+            Err(ApplyError::Stream(e)) => {
+                return Err(ReplayError::Inconsistent {
                     index,
-                    opts,
-                    &mut summary,
-                    &mut first_time,
-                    &mut last_time,
-                )?;
-                // Their outcomes are recorded as inputs of their own.
-                drop(c.take_actions());
+                    why: format!("the recorded migration stream: {e}"),
+                })
+            }
+            Err(ApplyError::TakeOver(e)) => {
+                return Err(ReplayError::Inconsistent {
+                    index,
+                    why: e.to_string(),
+                })
             }
         }
+        // Their outcomes are recorded as inputs of their own.
+        drop(s.take_actions());
     }
     if let Some(first) = first_time {
         summary.recorded_ms += last_time.saturating_sub(first);
     }
-    summary.requests = requests_before + core.as_ref().map_or(0, |c| c.engine().requests());
+    summary.requests = requests_before + state.as_ref().map_or(0, |s| s.engine().requests());
     summary.wall = started.elapsed();
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -287,79 +294,34 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
     Ok(summary)
 }
 
-fn apply(
-    c: &mut Core,
-    event: Event,
+/// What replay checks before applying an event: an `Output` must be what
+/// the replayed state offers to write (verify mode), and is counted.
+fn observe(
+    s: &mut ShellState,
+    event: &BoundaryEvent<'_>,
     index: u64,
     opts: &Options,
     summary: &mut Summary,
-    first_time: &mut Option<u64>,
-    last_time: &mut u64,
 ) -> Result<(), ReplayError> {
-    match event {
-        // Handled by the caller (they change which core there is).
-        Event::Start { .. } | Event::HandOver => {}
-        Event::Restore { stream, outcomes } => {
-            let parsed = Stream::parse(&stream).map_err(|e| ReplayError::Inconsistent {
-                index,
-                why: format!("the recorded migration stream: {e}"),
-            })?;
-            c.restore(&stream, &parsed, &outcomes)
-                .map_err(|e| ReplayError::Inconsistent {
-                    index,
-                    why: e.to_string(),
-                })?;
-        }
-        Event::Time(t) => {
-            first_time.get_or_insert(t);
-            *last_time = t;
-            c.time(t);
-        }
-        Event::Connect { conn, kind } => c.connect(
+    let BoundaryEvent::Output { conn, bytes } = *event else {
+        return Ok(());
+    };
+    let actual = s
+        .next_output(conn)
+        .map(|b| &b[..bytes.len().min(b.len())])
+        .unwrap_or_default();
+    if opts.verify && actual != bytes {
+        let actual = actual.to_vec();
+        return Err(ReplayError::Divergence(Box::new(Divergence {
+            event: index,
             conn,
-            match kind {
-                super::format::ConnectKind::Socket => ConnKind::Socket,
-                super::format::ConnectKind::Ring(d) => ConnKind::Domain(d),
-            },
-        ),
-        Event::Input { conn, bytes } => {
-            // A decode error ended the connection live; the recording has
-            // the Close or Violation that followed.
-            let _ = c.input(conn, &bytes, &mut |_, _, _, _| {});
-        }
-        Event::Output { conn, bytes } => {
-            let actual: Vec<u8> = c
-                .next_output(conn)
-                .map(|b| b[..bytes.len().min(b.len())].to_vec())
-                .unwrap_or_default();
-            if opts.verify && actual != bytes {
-                return Err(ReplayError::Divergence(Box::new(Divergence {
-                    event: index,
-                    conn,
-                    domid: c.domid(conn),
-                    request: c.last_request(conn).map(describe_message),
-                    expected: bytes,
-                    actual,
-                })));
-            }
-            summary.outputs += 1;
-            summary.output_bytes += bytes.len() as u64;
-            c.wrote(conn, bytes.len());
-        }
-        Event::Close { conn } => c.close(conn),
-        Event::Violation { conn } => c.violation(conn),
-        Event::Reset { conn } => c.reset(conn),
-        Event::Introduced { token, result } => c.introduced(token, result),
-        Event::DomainState {
-            domid,
-            shutdown,
-            dying,
-        } => c.domain_state(domid, shutdown, dying),
-        Event::Answer {
-            conn,
-            header,
-            answer,
-        } => c.answer(conn, &header, answer),
+            domid: s.domid(conn),
+            request: s.last_request(conn).map(describe_message),
+            expected: bytes.to_vec(),
+            actual,
+        })));
     }
+    summary.outputs += 1;
+    summary.output_bytes += bytes.len() as u64;
     Ok(())
 }

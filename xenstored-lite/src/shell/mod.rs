@@ -11,18 +11,18 @@
 //! Its rooms: this file is the loop; `transport.rs` what differs between a
 //! socket and a ring; `live_update/` the XS_CONTROL live update (session,
 //! hand-over, restore); `access_log.rs` and `systemd.rs` the access log and
-//! the readiness notification; [`core`] the deterministic half; [`platform`]
+//! the readiness notification; [`state`] the deterministic half; [`platform`]
 //! the backends. `unsafe` is denied in the shell but for [`os`], the one
 //! module that talks to the operating system where Rust cannot check it.
 
 #![deny(unsafe_code)]
 
 mod access_log;
-pub mod core;
 mod live_update;
 #[allow(unsafe_code)]
 pub mod os;
 pub mod platform;
+pub mod state;
 mod systemd;
 mod transport;
 
@@ -44,10 +44,10 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use xenring::{DomId, RingErrorCode, XsErrno};
 
 use crate::engine::{Action, ConnId, ConnKind, Engine};
-use crate::replay::format::{Event, Recorder};
+use crate::replay::format::{BoundaryEvent, Recorder};
 use access_log::AccessLog;
-use core::Core;
 use platform::Platform;
+use state::ShellState;
 use transport::{Received, Ring, Transport, TransportError};
 
 /// What the daemon needs to start.
@@ -145,7 +145,7 @@ impl std::fmt::Display for Failure<'_> {
 
 /// The running daemon.
 pub struct Daemon {
-    core: Core,
+    core: ShellState,
     platform: Platform,
     listener: UnixListener,
     socket_path: PathBuf,
@@ -220,8 +220,8 @@ impl Daemon {
             }
             None => None,
         };
-        let mut core = Core::new(engine, recorder);
-        core.record(&Event::Start {
+        let mut core = ShellState::new(engine, recorder);
+        core.record(&BoundaryEvent::Start {
             args: config
                 .exec_args
                 .iter()

@@ -20,7 +20,7 @@ use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
     RingLocation, SocketConn, Stream, Version, WriteError, DOMID_INVALID,
 };
-use crate::replay::format::Event;
+use crate::replay::format::BoundaryEvent;
 use crate::shell::os::set_cloexec;
 use crate::shell::transport::Endpoint;
 use crate::shell::Daemon;
@@ -211,7 +211,7 @@ impl Daemon {
                 tracing::warn!("live-update: unbinding VIRQ_DOM_EXC failed: {e}");
             }
         }
-        self.core.record(&Event::HandOver);
+        self.core.record(&BoundaryEvent::HandOver);
         self.log_recording_totals();
         let passed = fds.iter().try_for_each(|&fd| {
             set_cloexec(fd, false).map_err(|source| HandOverError::PassDown { fd, source })

@@ -14,9 +14,9 @@ use xenring::DomId;
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{ConnSpec, Record, RingConn, RingLocation, Stream};
 use crate::replay::format::Outcome;
-use crate::shell::core::{Core, TakeOverError};
 use crate::shell::os::{self, set_cloexec};
 use crate::shell::platform::Platform;
+use crate::shell::state::{ShellState, TakeOverError};
 use crate::shell::transport::Transport;
 use crate::shell::{Conn, Daemon, SetupError, ShellConfig};
 
@@ -97,7 +97,7 @@ pub fn check_stream(
     bytes: &[u8],
     stream: &Stream,
 ) -> Result<RestoreSummary, TakeOverError> {
-    let mut core = Core::new(Engine::new(config), None);
+    let mut core = ShellState::new(Engine::new(config), None);
     let mut summary = RestoreSummary::default();
     let outcomes: Vec<(u32, Outcome)> = stream
         .records

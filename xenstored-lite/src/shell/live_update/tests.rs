@@ -26,10 +26,10 @@ use crate::migration::{
     RingLocation, SocketConn, Stream, Version, DOMID_INVALID,
 };
 use crate::migration::{TransactionData, WatchData};
-use crate::shell::core::TakeOverError;
 use crate::shell::os::fd_is_open;
 use crate::shell::platform::Platform;
 use crate::shell::platform::PlatformChoice;
+use crate::shell::state::TakeOverError;
 use crate::shell::transport::Transport;
 use crate::shell::{Daemon, ShellConfig};
 
