@@ -405,6 +405,23 @@ mod permissions {
         );
     }
 
+    /// The target may be the privileged domain, which is never introduced;
+    /// any other target must be a known domain.
+    #[test]
+    fn test_set_target_to_privileged_domain_allowed_unknown_refused() {
+        let mut h = H::new();
+        h.dom(7);
+        assert_eq!(h.req(SOCK, MsgType::SetTarget, 0, &["7", "0"]), ok());
+        assert_eq!(
+            h.req(SOCK, MsgType::SetTarget, 0, &["7", "9"]),
+            Err(XsErrno::ENOENT)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::SetTarget, 0, &["9", "0"]),
+            Err(XsErrno::ENOENT)
+        );
+    }
+
     #[test]
     fn test_privileged_only_requests_refused_to_guests() {
         let mut h = H::new();
@@ -447,6 +464,37 @@ mod watches {
         );
         h.write(SOCK, 0, "/w/a", "2").unwrap();
         assert!(h.events(SOCK).is_empty());
+    }
+
+    /// WATCH takes a path, a token and an optional depth: other argument
+    /// counts are EINVAL; an empty depth means no depth limit.
+    #[test]
+    fn test_watch_argument_count_and_empty_depth() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Watch, 0, &["/a"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Watch, 0, &["/a", "t", "1", "x"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(h.req(SOCK, MsgType::Watch, 0, &["/a", "t", ""]), ok());
+        assert_eq!(h.events(SOCK), [H::ev("/a", "t")]);
+        h.write(SOCK, 0, "/a/b/c/d", "v").unwrap();
+        assert_eq!(h.events(SOCK), [H::ev("/a/b/c/d", "t")], "no depth limit");
+        assert_eq!(h.e.watch_count(), 1);
+    }
+
+    /// A watch whose event (path, token, two NULs) fills exactly
+    /// `PAYLOAD_MAX` is accepted and its first event sent.
+    #[test]
+    fn test_watch_whose_event_fills_payload_max_accepted() {
+        let mut h = H::new();
+        let path = format!("/{}", "p".repeat(99));
+        let token = "t".repeat(xenring::wire::PAYLOAD_MAX - path.len() - 2);
+        assert_eq!(h.req(SOCK, MsgType::Watch, 0, &[&path, &token]), ok());
+        assert_eq!(h.events(SOCK), [H::ev(&path, &token)]);
     }
 
     /// UNWATCH needs a path and a token: fewer arguments are EINVAL.
