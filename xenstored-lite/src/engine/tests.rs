@@ -655,6 +655,39 @@ mod watches {
         );
     }
 
+    /// Expiry says how many events it dropped, says nothing when none
+    /// were, and the queue's byte count follows what is left.
+    #[test]
+    fn test_watch_expiry_logs_the_number_dropped() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        h.write(SOCK, 0, "/e", "").unwrap();
+        h.perms(SOCK, "/e", &["r0"]).unwrap();
+        h.req(d5, MsgType::Watch, 0, &["/e", "guest"]).unwrap();
+        h.events(d5);
+        h.logs();
+        h.e.handle(Input::Time(1_000));
+        h.write(SOCK, 0, "/e", "1").unwrap();
+        h.write(SOCK, 0, "/e/f", "2").unwrap();
+        h.e.handle(Input::Time(15_000));
+        h.write(SOCK, 0, "/e/g", "3").unwrap();
+        assert_eq!(h.logs(), Vec::<String>::new(), "nothing expired yet");
+        h.e.handle(Input::Time(1_000 + 20_000));
+        assert_eq!(
+            h.logs(),
+            ["connection 105: 2 watch event(s) not read within 20000 ms dropped"]
+        );
+        assert_eq!(h.e.queued_messages(d5).count(), 1, "the younger one stays");
+        h.e.handle(Input::Time(15_000 + 20_000));
+        assert_eq!(
+            h.logs(),
+            ["connection 105: 1 watch event(s) not read within 20000 ms dropped"]
+        );
+        // The byte count is back to zero: a reply still fits a tiny quota.
+        assert_eq!(h.e.queued_messages(d5).count(), 0);
+        assert_eq!(h.read(d5, 0, "/e"), Ok(b"1".to_vec()));
+    }
+
     #[test]
     fn test_watch_special_domain_events_with_depth() {
         let mut h = H::new();
@@ -1017,6 +1050,17 @@ mod domains {
         );
     }
 
+    /// INTRODUCE needs a domid, a frame and a port.
+    #[test]
+    fn test_domain_introduce_with_too_few_arguments_is_einval() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Introduce, 0, &["5", "1"]),
+            Err(XsErrno::EINVAL)
+        );
+        assert_eq!(h.e.take_actions().len(), 0, "nothing to map");
+    }
+
     #[test]
     fn test_domain_introduce_failure_reported_to_caller() {
         let mut h = H::new();
@@ -1280,6 +1324,116 @@ mod domains {
 
 mod control {
     use super::*;
+
+    /// `quota set` takes any value of at least 1.
+    #[test]
+    fn test_control_quota_set_one_is_the_least_accepted() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["quota", "set", "watches", "1"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetQuota, 0, &["watches"]),
+            Ok(b"1\0".to_vec())
+        );
+    }
+
+    /// `quota <domid>` counts the watches, transactions and unread replies
+    /// of that domain's connections only.
+    #[test]
+    fn test_control_quota_of_a_domain_counts_only_its_connections() {
+        let mut h = H::new();
+        let d5 = h.dom(5);
+        let d6 = h.dom(6);
+        for d in [5, 6] {
+            h.req(SOCK, MsgType::Mkdir, 0, &[&format!("/local/domain/{d}")])
+                .unwrap();
+            h.perms(SOCK, &format!("/local/domain/{d}"), &[&format!("n{d}")])
+                .unwrap();
+        }
+        h.req(SOCK, MsgType::Watch, 0, &["/s", "0"]).unwrap();
+        h.events(SOCK);
+        h.req(d5, MsgType::Watch, 0, &["a", "1"]).unwrap();
+        h.req(d5, MsgType::Watch, 0, &["b", "2"]).unwrap();
+        h.tx_start(d5);
+        h.req(d6, MsgType::Watch, 0, &["c", "3"]).unwrap();
+        h.tx_start(d6);
+        h.tx_start(d6);
+        h.tx_start(d6);
+        h.events(d5);
+        h.events(d6);
+        // Two replies to domain 5 left unread.
+        let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"a"])).unwrap();
+        for _ in 0..2 {
+            h.e.handle(Input::Request {
+                conn: d5,
+                msg: &msg,
+            });
+        }
+        let usage = |h: &mut H, d: &str| {
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota", d]).unwrap()).unwrap()
+        };
+        let five = usage(&mut h, "5");
+        assert!(
+            five.contains(
+                "\nwatches         :        2\ntransactions    :        1\noutstanding     :        2\n"
+            ),
+            "{five}"
+        );
+        let six = usage(&mut h, "6");
+        assert!(
+            six.contains("\nwatches         :        1\ntransactions    :        3\noutstanding     :        0\n"),
+            "{six}"
+        );
+        let zero = usage(&mut h, "0");
+        assert!(
+            zero.contains("\nwatches         :        1\ntransactions    :        0\n"),
+            "{zero}"
+        );
+    }
+
+    /// `memreport` without a file answers with what the store holds.
+    #[test]
+    fn test_control_memreport_reports_nodes_watches_connections_domains() {
+        let mut h = H::new();
+        h.dom(5);
+        h.write(SOCK, 0, "/a", "v").unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/a", "t"]).unwrap();
+        let nodes = h.e.store.len();
+        let report =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["memreport"]).unwrap()).unwrap();
+        assert!(
+            report.starts_with(&format!(
+                "nodes {nodes}\nwatches 1\nconnections 2\ndomains 1\n"
+            )),
+            "{report}"
+        );
+        assert!(report.contains("\ndomain 0: "), "{report}");
+    }
+
+    /// `check` reports what is inconsistent, here a watch whose connection
+    /// the engine does not know.
+    #[test]
+    fn test_control_check_reports_a_watch_of_an_unknown_connection() {
+        let mut h = H::new();
+        h.e.watches.add(Watch {
+            conn: 77,
+            path: "/x".to_string(),
+            abs: "/x".to_string(),
+            token: "t".to_string(),
+            depth: None,
+            relative_prefix: None,
+        });
+        let problems = h.e.check();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("unknown connection 77"),
+            "{problems:?}"
+        );
+        let answer = h.req(SOCK, MsgType::Control, 0, &["check"]).unwrap();
+        assert_ne!(answer, b"OK\0".to_vec());
+    }
 
     /// `xenstore-control` prints a reply as a C string plus a newline, and
     /// the help text after any EINVAL: these are C xenstored 4.17's bytes.
