@@ -1325,6 +1325,39 @@ mod domains {
 mod control {
     use super::*;
 
+    /// `logfile <file>` and `memreport <file>` take their one argument
+    /// and answer OK (what is written where is the shell's business).
+    #[test]
+    fn test_control_logfile_and_memreport_to_a_file_answer_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("report").to_string_lossy().into_owned();
+        let mut h = H::new();
+        for args in [["logfile", file.as_str()], ["memreport", file.as_str()]] {
+            assert_eq!(
+                h.req(SOCK, MsgType::Control, 0, &args),
+                Ok(b"OK\0".to_vec()),
+                "{args:?}"
+            );
+        }
+    }
+
+    /// Quota values are read as C's `atoi()` reads them.
+    #[test]
+    fn test_control_values_read_as_c_atoi() {
+        for (text, v) in [
+            ("12", 12),
+            ("-5", -5),
+            ("+7", 7),
+            (" \t42x", 42),
+            ("", 0),
+            ("x1", 0),
+            ("-", 0),
+            ("99999999999999999999999", i64::MAX),
+        ] {
+            assert_eq!(c_atoi(text), v, "{text:?}");
+        }
+    }
+
     /// `quota set` takes any value of at least 1.
     #[test]
     fn test_control_quota_set_one_is_the_least_accepted() {
