@@ -12,12 +12,18 @@
 //! [`ops`] (the requests on it), [`perms`], [`watch`], [`quota`], and here
 //! the connections, transactions, domains and the dispatch table.
 
-pub mod migrate;
+pub mod lu_state;
 pub mod ops;
 pub mod perms;
 pub mod quota;
 pub mod store;
 pub mod watch;
+
+/// The old path of [`lu_state`]'s error, kept while the shell still names
+/// it so (`shell::core`); new code names [`lu_state::RestoreError`].
+pub mod migrate {
+    pub use super::lu_state::RestoreError;
+}
 
 #[cfg(test)]
 mod tests;
@@ -217,7 +223,7 @@ struct Transaction {
     writes: u64,
     /// What a transaction restored from a live update brought with it (its
     /// writes and the committed state they depend on); empty otherwise.
-    carried: migrate::Carried,
+    carried: lu_state::Carried,
 }
 
 #[derive(Debug)]
@@ -777,7 +783,7 @@ impl Engine {
                         ops: Vec::new(),
                         events: Vec::new(),
                         writes: 0,
-                        carried: migrate::Carried::default(),
+                        carried: lu_state::Carried::default(),
                     },
                 );
                 let mut out = id.to_string().into_bytes();
@@ -1121,7 +1127,7 @@ impl Engine {
     /// does; C xenstored fails whenever anything it touched changed, even a
     /// shared parent's child list). A transaction carried over a live
     /// update first needs the committed state its carried nodes depend on
-    /// (see [`migrate::Carried`]), then has its carried writes applied; only
+    /// (see [`lu_state::Carried`]), then has its carried writes applied; only
     /// the requests since the restore are re-run.
     fn replay(
         &self,

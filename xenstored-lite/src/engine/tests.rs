@@ -1403,7 +1403,7 @@ mod determinism {
 mod live_update_transactions {
     use super::*;
 
-    use crate::engine::migrate::RestoreError;
+    use crate::engine::lu_state::RestoreError;
     use crate::migration::{
         Access, Endian, Header as StreamHeader, NodeData, NodePerm, Record, Stream,
         TransactionData, Version,
@@ -1583,7 +1583,7 @@ mod live_update_transactions {
     #[test]
     fn test_live_update_without_transactions_keeps_committed_state_only() {
         let (old, tx) = busy_transaction();
-        let records = crate::engine::migrate::without_transactions(export(&old));
+        let records = crate::engine::lu_state::without_transactions(export(&old));
         assert!(tx_nodes(&records).is_empty());
         assert!(!records.iter().any(|r| matches!(r, Record::Transaction(_))));
         let mut new = connected(&old);

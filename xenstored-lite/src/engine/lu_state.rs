@@ -1,6 +1,6 @@
-//! The engine's part of a migration stream (live update): committed nodes,
-//! open transactions, watches, global and per-domain quotas, to records and
-//! back.
+//! The engine's live-update state: its committed nodes, open
+//! transactions, watches, global and per-domain quotas, exported to a
+//! migration stream's records ([`crate::migration`]) and imported back.
 //!
 //! Connections themselves (their transports, pending input and output) are
 //! the I/O shell's; it registers them first (`Input::Connect`, or
@@ -939,5 +939,5 @@ impl Engine {
 }
 
 #[cfg(test)]
-#[path = "migrate_tests.rs"]
+#[path = "lu_state_tests.rs"]
 pub(super) mod tests;
