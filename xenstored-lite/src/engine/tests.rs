@@ -1268,6 +1268,65 @@ watches          :        7 Watches per domain\n"
             Err(XsErrno::EINVAL)
         );
     }
+
+    /// What only the shell can do reaches it as a typed action: the access
+    /// log's switches (answered `OK` by the engine), and `memreport <file>`,
+    /// whose file the shell writes before it answers.
+    #[test]
+    fn test_control_shell_commands_become_actions() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["log", "off"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["logfile", "/tmp/x"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.e.take_actions(),
+            [
+                Action::Control {
+                    conn: SOCK,
+                    command: ShellControl::Log(false),
+                },
+                Action::Control {
+                    conn: SOCK,
+                    command: ShellControl::LogFile("/tmp/x".into()),
+                },
+            ]
+        );
+        let msg = Message::new(
+            MsgType::Control,
+            7,
+            0,
+            build_args(&[b"memreport", b"/tmp/m"]),
+        )
+        .unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        assert!(!h.e.has_output(SOCK), "the shell answers");
+        let actions = h.e.take_actions();
+        let [Action::MemReport {
+            conn,
+            header,
+            file,
+            report,
+        }] = actions.as_slice()
+        else {
+            panic!("no memreport action: {actions:?}");
+        };
+        assert_eq!((*conn, header.req_id, file.as_str()), (SOCK, 7, "/tmp/m"));
+        assert!(report.starts_with("nodes "), "{report}");
+        h.e.answer_control(SOCK, header, "OK");
+        let reply = h.drain_reply(SOCK);
+        assert_eq!(
+            (reply.header.req_id, reply.payload.as_slice()),
+            (7, &b"OK\0"[..])
+        );
+    }
 }
 
 // ---- C xenstored 4.17's answers to malformed requests -----------------------

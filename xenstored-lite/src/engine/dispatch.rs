@@ -1,0 +1,212 @@
+//! The dispatch table (C's `wire_funcs[]` in core.c): for each request
+//! type, its handler and its flags, in a static array indexed by the
+//! header's type, so that a request costs one bounds-checked index before
+//! its handler runs.
+
+use alloc::vec::Vec;
+
+use bitflags::bitflags;
+use xenring::codec::Message;
+use xenring::{Header, MsgType, XsErrno};
+
+use super::ops::{self, Ctx};
+use super::perms::Who;
+use super::{reply, ConnId, Engine};
+
+bitflags! {
+    /// A request type's flags, as C xenstored's `XS_FLAG_*`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) struct Flags: u8 {
+        /// Privileged callers only (EACCES for others).
+        const PRIV = 1;
+        /// The header's transaction id is ignored (the request never runs
+        /// in a transaction).
+        const NO_TX = 1 << 1;
+        /// Changes the tree: counts against the transaction-nodes quota in
+        /// a transaction.
+        const WRITES = 1 << 2;
+    }
+}
+
+/// What a handler is given.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Request<'a> {
+    /// The connection that sent it.
+    pub(super) conn: ConnId,
+    /// Who that connection is.
+    pub(super) who: Who,
+    /// Its header.
+    pub(super) hdr: Header,
+    /// Its type.
+    pub(super) ty: MsgType,
+    /// Its type's flags.
+    pub(super) flags: Flags,
+    /// The transaction it runs in (0: none, or [`Flags::NO_TX`]); known to
+    /// exist on the connection.
+    pub(super) tx_id: u32,
+    /// Its payload.
+    pub(super) payload: &'a [u8],
+}
+
+/// A handler's outcome: the reply's payload, `None` if it is answered
+/// later (the shell carries the request out), or the error to send.
+pub(super) type Reply = Result<Option<Vec<u8>>, XsErrno>;
+
+/// Runs a request of one type.
+type Handler = fn(&mut Engine, &Request<'_>) -> Reply;
+
+/// Runs after a request's reply is queued.
+type After = fn(&mut Engine, &Request<'_>);
+
+/// One request type's entry.
+struct Entry {
+    /// The type (for the reply's header).
+    ty: MsgType,
+    /// Its flags.
+    flags: Flags,
+    /// Its handler.
+    handler: Handler,
+    /// Runs after a successful reply is queued (WATCH's first event).
+    after: Option<After>,
+}
+
+const fn entry(ty: MsgType, flags: Flags, handler: Handler) -> Option<Entry> {
+    Some(Entry {
+        ty,
+        flags,
+        handler,
+        after: None,
+    })
+}
+
+const NONE: Flags = Flags::empty();
+const PRIV_NO_TX: Flags = Flags::PRIV.union(Flags::NO_TX);
+
+/// The dispatch table, indexed by the header's type: `None` for the types
+/// a client may not send (`WATCH_EVENT`, `ERROR`, the removed
+/// `XS_RESTRICT`), which get ENOSYS as unknown types do.
+static WIRE: [Option<Entry>; 27] = [
+    entry(MsgType::Control, PRIV_NO_TX, Engine::control),
+    entry(MsgType::Directory, NONE, Engine::store_request),
+    entry(MsgType::Read, NONE, Engine::store_request),
+    entry(MsgType::GetPerms, NONE, Engine::store_request),
+    Some(Entry {
+        ty: MsgType::Watch,
+        flags: Flags::NO_TX,
+        handler: Engine::watch,
+        after: Some(Engine::initial_watch_event),
+    }),
+    entry(MsgType::Unwatch, Flags::NO_TX, Engine::unwatch),
+    entry(
+        MsgType::TransactionStart,
+        Flags::NO_TX,
+        Engine::transaction_start,
+    ),
+    entry(MsgType::TransactionEnd, NONE, Engine::transaction_end),
+    entry(MsgType::Introduce, PRIV_NO_TX, Engine::introduce),
+    entry(MsgType::Release, PRIV_NO_TX, Engine::release_request),
+    entry(
+        MsgType::GetDomainPath,
+        Flags::NO_TX,
+        Engine::get_domain_path,
+    ),
+    entry(MsgType::Write, Flags::WRITES, Engine::store_request),
+    entry(MsgType::Mkdir, Flags::WRITES, Engine::store_request),
+    entry(MsgType::Rm, Flags::WRITES, Engine::store_request),
+    entry(MsgType::SetPerms, Flags::WRITES, Engine::store_request),
+    None, // WATCH_EVENT
+    None, // ERROR
+    entry(
+        MsgType::IsDomainIntroduced,
+        Flags::NO_TX,
+        Engine::is_domain_introduced,
+    ),
+    entry(MsgType::Resume, PRIV_NO_TX, Engine::resume),
+    entry(MsgType::SetTarget, PRIV_NO_TX, Engine::set_target),
+    None, // 20, XS_RESTRICT, removed from Xen
+    entry(MsgType::ResetWatches, Flags::NO_TX, Engine::reset_watches),
+    entry(MsgType::DirectoryPart, NONE, Engine::store_request),
+    entry(MsgType::GetFeature, PRIV_NO_TX, Engine::get_feature),
+    entry(MsgType::SetFeature, PRIV_NO_TX, Engine::set_feature),
+    entry(MsgType::GetQuota, PRIV_NO_TX, Engine::get_quota_request),
+    entry(MsgType::SetQuota, PRIV_NO_TX, Engine::set_quota_request),
+];
+
+/// The entry for a header's type, if a client may send it.
+fn lookup(msg_type: u32) -> Option<&'static Entry> {
+    WIRE.get(usize::try_from(msg_type).ok()?)?.as_ref()
+}
+
+impl Engine {
+    /// One request: checked against its type's flags, run by its handler,
+    /// answered.
+    pub(super) fn request(&mut self, conn: ConnId, msg: &Message) {
+        self.last_result = None;
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        self.requests += 1;
+        let hdr = msg.header;
+        let who = self.who(c);
+        let Some(entry) = lookup(hdr.msg_type) else {
+            return self.reply_err(conn, &hdr, XsErrno::ENOSYS);
+        };
+        if entry.flags.contains(Flags::PRIV) && !who.privileged {
+            return self.reply_err(conn, &hdr, XsErrno::EACCES);
+        }
+        let tx_id = if entry.flags.contains(Flags::NO_TX) {
+            0
+        } else {
+            hdr.tx_id
+        };
+        if tx_id != 0 && !c.transactions.contains_key(&tx_id) {
+            return self.reply_err(conn, &hdr, XsErrno::ENOENT);
+        }
+        let req = Request {
+            conn,
+            who,
+            hdr,
+            ty: entry.ty,
+            flags: entry.flags,
+            tx_id,
+            payload: &msg.payload,
+        };
+        match (entry.handler)(self, &req) {
+            Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
+                self.reply_err(conn, &hdr, XsErrno::E2BIG)
+            }
+            Ok(Some(payload)) => {
+                self.last_result = Some(Ok(()));
+                self.queue(conn, reply(&hdr, entry.ty, payload), false);
+                if let Some(after) = entry.after {
+                    after(self, &req);
+                }
+            }
+            Ok(None) => {} // answered later (INTRODUCE, the shell's controls)
+            Err(e) => self.reply_err(conn, &hdr, e),
+        }
+    }
+
+    /// A request on the tree (READ, WRITE, ...: [`ops`]), on the committed
+    /// store, or in a transaction.
+    pub(super) fn store_request(&mut self, req: &Request<'_>) -> Reply {
+        let who = req.who;
+        let limits = self.limits(&who);
+        let home = self.home(req.conn);
+        let ctx = Ctx {
+            who,
+            limits,
+            home: home.as_deref(),
+        };
+        if req.tx_id != 0 {
+            return self.in_transaction(req, &ctx);
+        }
+        let mut events = Vec::new();
+        let result = ops::exec(&mut self.store, &ctx, req.ty, req.payload, &mut events);
+        for e in &events {
+            self.fire(e);
+        }
+        self.check_soft_memory(&events);
+        result.map(Some)
+    }
+}
