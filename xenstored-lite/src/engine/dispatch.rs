@@ -55,6 +55,16 @@ pub(super) type Reply = Result<Option<Vec<u8>>, XsErrno>;
 /// Runs a request of one type.
 type Handler = fn(&mut Engine, &Request<'_>) -> Reply;
 
+/// How a request type is run.
+#[derive(Clone, Copy)]
+enum Run {
+    /// A request on the tree ([`ops`]): on the committed store, or in the
+    /// request's transaction.
+    Store(ops::Op),
+    /// Any other: by its handler.
+    Engine(Handler),
+}
+
 /// Runs after a request's reply is queued.
 type After = fn(&mut Engine, &Request<'_>);
 
@@ -64,8 +74,8 @@ struct Entry {
     ty: MsgType,
     /// Its flags.
     flags: Flags,
-    /// Its handler.
-    handler: Handler,
+    /// How it is run.
+    run: Run,
     /// Runs after a successful reply is queued (WATCH's first event).
     after: Option<After>,
 }
@@ -74,7 +84,16 @@ const fn entry(ty: MsgType, flags: Flags, handler: Handler) -> Option<Entry> {
     Some(Entry {
         ty,
         flags,
-        handler,
+        run: Run::Engine(handler),
+        after: None,
+    })
+}
+
+const fn store(ty: MsgType, flags: Flags, op: ops::Op) -> Option<Entry> {
+    Some(Entry {
+        ty,
+        flags,
+        run: Run::Store(op),
         after: None,
     })
 }
@@ -87,13 +106,13 @@ const PRIV_NO_TX: Flags = Flags::PRIV.union(Flags::NO_TX);
 /// `XS_RESTRICT`), which get ENOSYS as unknown types do.
 static WIRE: [Option<Entry>; 27] = [
     entry(MsgType::Control, PRIV_NO_TX, Engine::control),
-    entry(MsgType::Directory, NONE, Engine::store_request),
-    entry(MsgType::Read, NONE, Engine::store_request),
-    entry(MsgType::GetPerms, NONE, Engine::store_request),
+    store(MsgType::Directory, NONE, ops::directory),
+    store(MsgType::Read, NONE, ops::read),
+    store(MsgType::GetPerms, NONE, ops::get_perms),
     Some(Entry {
         ty: MsgType::Watch,
         flags: Flags::NO_TX,
-        handler: Engine::watch,
+        run: Run::Engine(Engine::watch),
         after: Some(Engine::initial_watch_event),
     }),
     entry(MsgType::Unwatch, Flags::NO_TX, Engine::unwatch),
@@ -110,10 +129,10 @@ static WIRE: [Option<Entry>; 27] = [
         Flags::NO_TX,
         Engine::get_domain_path,
     ),
-    entry(MsgType::Write, Flags::WRITES, Engine::store_request),
-    entry(MsgType::Mkdir, Flags::WRITES, Engine::store_request),
-    entry(MsgType::Rm, Flags::WRITES, Engine::store_request),
-    entry(MsgType::SetPerms, Flags::WRITES, Engine::store_request),
+    store(MsgType::Write, Flags::WRITES, ops::write_request),
+    store(MsgType::Mkdir, Flags::WRITES, ops::mkdir),
+    store(MsgType::Rm, Flags::WRITES, ops::rm),
+    store(MsgType::SetPerms, Flags::WRITES, ops::set_perms),
     None, // WATCH_EVENT
     None, // ERROR
     entry(
@@ -125,7 +144,7 @@ static WIRE: [Option<Entry>; 27] = [
     entry(MsgType::SetTarget, PRIV_NO_TX, Engine::set_target),
     None, // 20, XS_RESTRICT, removed from Xen
     entry(MsgType::ResetWatches, Flags::NO_TX, Engine::reset_watches),
-    entry(MsgType::DirectoryPart, NONE, Engine::store_request),
+    store(MsgType::DirectoryPart, NONE, ops::directory_part),
     entry(MsgType::GetFeature, PRIV_NO_TX, Engine::get_feature),
     entry(MsgType::SetFeature, PRIV_NO_TX, Engine::set_feature),
     entry(MsgType::GetQuota, PRIV_NO_TX, Engine::get_quota_request),
@@ -171,7 +190,11 @@ impl Engine {
             tx_id,
             payload: &msg.payload,
         };
-        match (entry.handler)(self, &req) {
+        let result = match entry.run {
+            Run::Store(op) => self.store_request(&req, op),
+            Run::Engine(handler) => handler(self, &req),
+        };
+        match result {
             Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
                 self.reply_err(conn, &hdr, XsErrno::E2BIG)
             }
@@ -189,7 +212,7 @@ impl Engine {
 
     /// A request on the tree (READ, WRITE, ...: [`ops`]), on the committed
     /// store, or in a transaction.
-    pub(super) fn store_request(&mut self, req: &Request<'_>) -> Reply {
+    fn store_request(&mut self, req: &Request<'_>, op: ops::Op) -> Reply {
         let who = req.who;
         let limits = self.limits(&who);
         let home = self.home(req.conn);
@@ -199,10 +222,10 @@ impl Engine {
             home: home.as_deref(),
         };
         if req.tx_id != 0 {
-            return self.in_transaction(req, &ctx);
+            return self.in_transaction(req, &ctx, op);
         }
         let mut events = Vec::new();
-        let result = ops::exec(&mut self.store, &ctx, req.ty, req.payload, &mut events);
+        let result = op(&mut self.store, &ctx, req.payload, &mut events);
         for e in &events {
             self.fire(e);
         }

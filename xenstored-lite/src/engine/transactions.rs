@@ -132,7 +132,12 @@ impl Engine {
 
     /// A request on the tree in transaction `req.tx_id`: run on its view,
     /// logged for the re-run at commit, its events kept until then.
-    pub(super) fn in_transaction(&mut self, req: &Request<'_>, ctx: &Ctx<'_>) -> Reply {
+    pub(super) fn in_transaction(
+        &mut self,
+        req: &Request<'_>,
+        ctx: &Ctx<'_>,
+        op: ops::Op,
+    ) -> Reply {
         let who = req.who;
         let tx_limit = if who.privileged {
             0
@@ -146,7 +151,7 @@ impl Engine {
             return Err(XsErrno::ENOSPC);
         }
         let mut events = Vec::new();
-        let result = ops::exec(&mut tx.store, ctx, req.ty, req.payload, &mut events);
+        let result = op(&mut tx.store, ctx, req.payload, &mut events);
         if writes {
             tx.writes += 1;
         }
