@@ -173,13 +173,13 @@ impl Engine {
     }
 
     fn control_memreport(&mut self, req: &ControlRequest<'_>) -> Result<Option<String>, XsErrno> {
-        let report = self.memreport();
         match req.args {
             // C dumps talloc's tree to its log and answers OK; ours answers
             // with the report itself (documented).
-            [] => Ok(Some(report)),
+            [] => Ok(Some(self.memreport())),
             // The shell appends it to the file and answers.
             [file] => {
+                let report = self.memreport();
                 self.actions.push(Action::MemReport {
                     conn: req.conn,
                     header: req.header,

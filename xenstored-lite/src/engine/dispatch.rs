@@ -233,3 +233,31 @@ impl Engine {
         result.map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each entry sits at its own type's index, and only the types a
+    /// client may not send (and the removed 20) have none.
+    #[test]
+    fn test_wire_table_is_indexed_by_type() {
+        for (i, e) in WIRE.iter().enumerate() {
+            let raw = u32::try_from(i).unwrap();
+            match e {
+                Some(e) => assert_eq!(e.ty.raw(), raw),
+                None => assert!(matches!(raw, 15 | 16 | 20), "{raw} has no entry"),
+            }
+            assert_eq!(
+                lookup(raw).map(|e| e.ty),
+                MsgType::try_from(raw).ok().filter(|_| e.is_some())
+            );
+        }
+        assert!(lookup(27).is_none());
+        assert!(lookup(u32::MAX).is_none());
+        for ty in MsgType::ALL {
+            let known = !matches!(ty, MsgType::WatchEvent | MsgType::Error);
+            assert_eq!(lookup(ty.raw()).is_some(), known, "{ty:?}");
+        }
+    }
+}
