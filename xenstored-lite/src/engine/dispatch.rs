@@ -6,10 +6,10 @@
 use alloc::vec::Vec;
 
 use bitflags::bitflags;
-use xenring::codec::Message;
+use xenring::codec::{split_args, split_first_arg, Message};
 use xenring::{Header, MsgType, XsErrno};
 
-use super::ops::{self, Ctx};
+use super::ops::{self, one_arg, Ctx};
 use super::perms::Who;
 use super::{reply, ConnId, Engine};
 
@@ -55,12 +55,40 @@ pub(super) type Reply = Result<Option<Vec<u8>>, XsErrno>;
 /// Runs a request of one type.
 type Handler = fn(&mut Engine, &Request<'_>) -> Reply;
 
+/// Where a tree request's path is in its payload, and what it may do
+/// there: what a live update needs to know of the requests a transaction
+/// ran.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target {
+    /// Picks the path argument out of the payload (`None`: malformed).
+    pub(super) path: fn(&[u8]) -> Option<&[u8]>,
+    /// `@` paths are allowed.
+    pub(super) special: bool,
+    /// It may create missing parents (WRITE, MKDIR).
+    pub(super) creates: bool,
+}
+
+/// The one argument (READ, MKDIR, ...).
+fn only_arg(payload: &[u8]) -> Option<&[u8]> {
+    one_arg(payload).ok()
+}
+
+/// The first of several arguments (DIRECTORY_PART).
+fn first_arg(payload: &[u8]) -> Option<&[u8]> {
+    split_args(payload).next()
+}
+
+/// The argument before the value or list (WRITE, SET_PERMS).
+fn path_before_rest(payload: &[u8]) -> Option<&[u8]> {
+    split_first_arg(payload).map(|(path, _)| path)
+}
+
 /// How a request type is run.
 #[derive(Clone, Copy)]
 enum Run {
     /// A request on the tree ([`ops`]): on the committed store, or in the
     /// request's transaction.
-    Store(ops::Op),
+    Store(ops::Op, Target),
     /// Any other: by its handler.
     Engine(Handler),
 }
@@ -89,11 +117,25 @@ const fn entry(ty: MsgType, flags: Flags, handler: Handler) -> Option<Entry> {
     })
 }
 
-const fn store(ty: MsgType, flags: Flags, op: ops::Op) -> Option<Entry> {
+const fn store(
+    ty: MsgType,
+    flags: Flags,
+    op: ops::Op,
+    path: fn(&[u8]) -> Option<&[u8]>,
+    special: bool,
+) -> Option<Entry> {
+    let creates = matches!(ty, MsgType::Write | MsgType::Mkdir);
     Some(Entry {
         ty,
         flags,
-        run: Run::Store(op),
+        run: Run::Store(
+            op,
+            Target {
+                path,
+                special,
+                creates,
+            },
+        ),
         after: None,
     })
 }
@@ -106,9 +148,9 @@ const PRIV_NO_TX: Flags = Flags::PRIV.union(Flags::NO_TX);
 /// `XS_RESTRICT`), which get ENOSYS as unknown types do.
 static WIRE: [Option<Entry>; 27] = [
     entry(MsgType::Control, PRIV_NO_TX, Engine::control),
-    store(MsgType::Directory, NONE, ops::directory),
-    store(MsgType::Read, NONE, ops::read),
-    store(MsgType::GetPerms, NONE, ops::get_perms),
+    store(MsgType::Directory, NONE, ops::directory, only_arg, false),
+    store(MsgType::Read, NONE, ops::read, only_arg, false),
+    store(MsgType::GetPerms, NONE, ops::get_perms, only_arg, true),
     Some(Entry {
         ty: MsgType::Watch,
         flags: Flags::NO_TX,
@@ -129,10 +171,22 @@ static WIRE: [Option<Entry>; 27] = [
         Flags::NO_TX,
         Engine::get_domain_path,
     ),
-    store(MsgType::Write, Flags::WRITES, ops::write_request),
-    store(MsgType::Mkdir, Flags::WRITES, ops::mkdir),
-    store(MsgType::Rm, Flags::WRITES, ops::rm),
-    store(MsgType::SetPerms, Flags::WRITES, ops::set_perms),
+    store(
+        MsgType::Write,
+        Flags::WRITES,
+        ops::write_request,
+        path_before_rest,
+        false,
+    ),
+    store(MsgType::Mkdir, Flags::WRITES, ops::mkdir, only_arg, false),
+    store(MsgType::Rm, Flags::WRITES, ops::rm, only_arg, false),
+    store(
+        MsgType::SetPerms,
+        Flags::WRITES,
+        ops::set_perms,
+        path_before_rest,
+        true,
+    ),
     None, // WATCH_EVENT
     None, // ERROR
     entry(
@@ -144,12 +198,27 @@ static WIRE: [Option<Entry>; 27] = [
     entry(MsgType::SetTarget, PRIV_NO_TX, Engine::set_target),
     None, // 20, XS_RESTRICT, removed from Xen
     entry(MsgType::ResetWatches, Flags::NO_TX, Engine::reset_watches),
-    store(MsgType::DirectoryPart, NONE, ops::directory_part),
+    store(
+        MsgType::DirectoryPart,
+        NONE,
+        ops::directory_part,
+        first_arg,
+        false,
+    ),
     entry(MsgType::GetFeature, PRIV_NO_TX, Engine::get_feature),
     entry(MsgType::SetFeature, PRIV_NO_TX, Engine::set_feature),
     entry(MsgType::GetQuota, PRIV_NO_TX, Engine::get_quota_request),
     entry(MsgType::SetQuota, PRIV_NO_TX, Engine::set_quota_request),
 ];
+
+/// A tree request type's function and path argument (`None` for other
+/// types): for what is logged by type, as a transaction's requests are.
+pub(super) fn store_op(ty: MsgType) -> Option<(ops::Op, Target)> {
+    match lookup(ty.raw())?.run {
+        Run::Store(op, target) => Some((op, target)),
+        Run::Engine(_) => None,
+    }
+}
 
 /// The entry for a header's type, if a client may send it.
 fn lookup(msg_type: u32) -> Option<&'static Entry> {
@@ -191,7 +260,7 @@ impl Engine {
             payload: &msg.payload,
         };
         let result = match entry.run {
-            Run::Store(op) => self.store_request(&req, op),
+            Run::Store(op, _) => self.store_request(&req, op),
             Run::Engine(handler) => handler(self, &req),
         };
         match result {

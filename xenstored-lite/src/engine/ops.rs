@@ -14,6 +14,7 @@ use xenring::path::{validate_path, PathKind};
 use xenring::perms::{format_perm_list, parse_perm_list};
 use xenring::{MsgType, Perm, XsErrno};
 
+use super::dispatch::store_op;
 use super::perms::{access, Who};
 use super::quota::within;
 use super::store::{parent, Node, Store};
@@ -139,8 +140,9 @@ fn missing(store: &Store, who: &Who, path: &str) -> XsErrno {
 /// A store request's handler (the dispatch table holds one per type).
 pub type Op = fn(&mut Store, &Ctx<'_>, &[u8], &mut Vec<Event>) -> OpResult;
 
-/// Runs one store request of type `ty` (EINVAL for a type that is not
-/// one): for a request logged by its type, as a transaction's re-run is.
+/// Runs one store request of type `ty`, by the dispatch table's function
+/// for it (EINVAL for a type that is not one): for a request logged by its
+/// type, as a transaction's re-run is.
 pub fn exec(
     store: &mut Store,
     ctx: &Ctx<'_>,
@@ -148,17 +150,7 @@ pub fn exec(
     payload: &[u8],
     events: &mut Vec<Event>,
 ) -> OpResult {
-    let op: Op = match ty {
-        MsgType::Read => read,
-        MsgType::Directory => directory,
-        MsgType::DirectoryPart => directory_part,
-        MsgType::GetPerms => get_perms,
-        MsgType::Write => write_request,
-        MsgType::Mkdir => mkdir,
-        MsgType::Rm => rm,
-        MsgType::SetPerms => set_perms,
-        _ => return Err(XsErrno::EINVAL),
-    };
+    let (op, _) = store_op(ty).ok_or(XsErrno::EINVAL)?;
     op(store, ctx, payload, events)
 }
 

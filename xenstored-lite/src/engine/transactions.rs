@@ -24,11 +24,10 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use xenring::codec::{split_args, split_first_arg};
 use xenring::path::{validate_path, PathKind};
 use xenring::{MsgType, Perm, XsErrno};
 
-use super::dispatch::{Flags, Reply, Request};
+use super::dispatch::{store_op, Flags, Reply, Request};
 use super::lu_state::RestoreError;
 use super::ops::{self, canonical, one_arg, Ctx, Event};
 use super::perms::Who;
@@ -627,19 +626,11 @@ pub(super) struct PendingTx<'r> {
 /// it may create parents (WRITE, MKDIR). `None` for requests that failed
 /// before looking at the tree (malformed).
 fn op_target(ctx: &Ctx<'_>, ty: MsgType, payload: &[u8]) -> Option<(String, bool)> {
-    let (raw, special, creates) = match ty {
-        MsgType::Read | MsgType::Directory => (one_arg(payload).ok()?, false, false),
-        MsgType::GetPerms => (one_arg(payload).ok()?, true, false),
-        MsgType::DirectoryPart => (split_args(payload).next()?, false, false),
-        MsgType::Write => (split_first_arg(payload)?.0, false, true),
-        MsgType::Mkdir => (one_arg(payload).ok()?, false, true),
-        MsgType::Rm => (one_arg(payload).ok()?, false, false),
-        MsgType::SetPerms => (split_first_arg(payload)?.0, true, false),
-        _ => return None,
-    };
-    canonical(ctx, raw, special)
+    let (_, target) = store_op(ty)?;
+    let raw = (target.path)(payload)?;
+    canonical(ctx, raw, target.special)
         .ok()
-        .map(|path| (path, creates))
+        .map(|path| (path, target.creates))
 }
 
 /// Stream order of a transaction's nodes: special nodes, then the tree,
