@@ -187,7 +187,10 @@ impl Harness {
                             "output for a connection that is gone"
                         );
                     }
-                    Action::Log(_) | Action::Control { .. } | Action::LiveUpdate { .. } => {}
+                    Action::Log(_)
+                    | Action::Control { .. }
+                    | Action::LiveUpdate { .. }
+                    | Action::MemReport { .. } => {}
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use xenring::codec::{build_args, build_path_value, Decoder, Message};
 use xenring::{MsgType, XsErrno};
-use xenstored_lite::engine::migrate::RestoreError;
+use xenstored_lite::engine::lu_state::RestoreError;
 use xenstored_lite::engine::{Config, ConnId, ConnKind, Engine, Input};
 use xenstored_lite::migration::{ConnSpec, Record, Stream};
 

@@ -3,13 +3,18 @@
 //! store, a caller and a payload, so that a transaction can run them on its
 //! snapshot and re-run them on the current store at commit.
 
-use std::sync::Arc;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
 
 use xenring::codec::{split_args, split_first_arg};
 use xenring::path::{validate_path, PathKind};
 use xenring::perms::{format_perm_list, parse_perm_list};
 use xenring::{MsgType, Perm, XsErrno};
 
+use super::dispatch::store_op;
 use super::perms::{access, Who};
 use super::quota::within;
 use super::store::{parent, Node, Store};
@@ -61,7 +66,7 @@ pub type OpResult = Result<Vec<u8>, XsErrno>;
 pub fn canonical(ctx: &Ctx<'_>, raw: &[u8], special: bool) -> Result<String, XsErrno> {
     let kind = validate_path(raw).map_err(|_| XsErrno::EINVAL)?;
     // Validated paths are ASCII.
-    let text = std::str::from_utf8(raw).map_err(|_| XsErrno::EINVAL)?;
+    let text = core::str::from_utf8(raw).map_err(|_| XsErrno::EINVAL)?;
     let path = match kind {
         PathKind::Absolute => text.to_string(),
         PathKind::Special if special => text.to_string(),
@@ -132,8 +137,12 @@ fn missing(store: &Store, who: &Who, path: &str) -> XsErrno {
     XsErrno::ENOENT
 }
 
-/// Runs one store request. `Err(None)` is never returned: every failure
-/// is an xs_wire error.
+/// A store request's handler (the dispatch table holds one per type).
+pub type Op = fn(&mut Store, &Ctx<'_>, &[u8], &mut Vec<Event>) -> OpResult;
+
+/// Runs one store request of type `ty`, by the dispatch table's function
+/// for it (EINVAL for a type that is not one): for a request logged by its
+/// type, as a transaction's re-run is.
 pub fn exec(
     store: &mut Store,
     ctx: &Ctx<'_>,
@@ -141,33 +150,49 @@ pub fn exec(
     payload: &[u8],
     events: &mut Vec<Event>,
 ) -> OpResult {
-    match ty {
-        MsgType::Read => {
-            let path = canonical(ctx, one_arg(payload)?, false)?;
-            Ok(readable(store, &ctx.who, &path)?.value.to_vec())
-        }
-        MsgType::Directory => {
-            let path = canonical(ctx, one_arg(payload)?, false)?;
-            Ok(readable(store, &ctx.who, &path)?.children_payload())
-        }
-        MsgType::DirectoryPart => directory_part(store, ctx, payload),
-        MsgType::GetPerms => {
-            let path = canonical(ctx, one_arg(payload)?, true)?;
-            Ok(format_perm_list(&readable(store, &ctx.who, &path)?.perms))
-        }
-        MsgType::Write => {
-            let (raw, value) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
-            let path = canonical(ctx, raw, false)?;
-            write(store, ctx, &path, value, true, events)
-        }
-        MsgType::Mkdir => {
-            let path = canonical(ctx, one_arg(payload)?, false)?;
-            write(store, ctx, &path, b"", false, events)
-        }
-        MsgType::Rm => rm(store, ctx, payload, events),
-        MsgType::SetPerms => set_perms(store, ctx, payload, events),
-        _ => Err(XsErrno::EINVAL),
-    }
+    let (op, _) = store_op(ty).ok_or(XsErrno::EINVAL)?;
+    op(store, ctx, payload, events)
+}
+
+/// `READ <path>`: the value.
+pub fn read(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+    let path = canonical(ctx, one_arg(payload)?, false)?;
+    Ok(readable(store, &ctx.who, &path)?.value.to_vec())
+}
+
+/// `DIRECTORY <path>`: the children's names.
+pub fn directory(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+    let path = canonical(ctx, one_arg(payload)?, false)?;
+    Ok(readable(store, &ctx.who, &path)?.children_payload())
+}
+
+/// `GET_PERMS <path>` (special paths too).
+pub fn get_perms(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+    let path = canonical(ctx, one_arg(payload)?, true)?;
+    Ok(format_perm_list(&readable(store, &ctx.who, &path)?.perms))
+}
+
+/// `WRITE <path> <value>`.
+pub fn write_request(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    events: &mut Vec<Event>,
+) -> OpResult {
+    let (raw, value) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
+    let path = canonical(ctx, raw, false)?;
+    write(store, ctx, &path, value, true, events)
+}
+
+/// `MKDIR <path>`.
+pub fn mkdir(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    events: &mut Vec<Event>,
+) -> OpResult {
+    let path = canonical(ctx, one_arg(payload)?, false)?;
+    write(store, ctx, &path, b"", false, events)
 }
 
 fn ok() -> Vec<u8> {
@@ -278,7 +303,8 @@ fn write(
     Ok(ok())
 }
 
-fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Event>) -> OpResult {
+/// `RM <path>`: the node and its subtree.
+pub fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Event>) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
     if path == "/" {
         return Err(XsErrno::EINVAL);
@@ -308,7 +334,8 @@ fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Event>)
     Ok(ok())
 }
 
-fn set_perms(
+/// `SET_PERMS <path> <perms>...`.
+pub fn set_perms(
     store: &mut Store,
     ctx: &Ctx<'_>,
     payload: &[u8],
@@ -345,13 +372,20 @@ fn set_perms(
     Ok(ok())
 }
 
-fn directory_part(store: &Store, ctx: &Ctx<'_>, payload: &[u8]) -> OpResult {
+/// `DIRECTORY_PART <path> <offset>`: the children's names from `offset`
+/// bytes on, after the node's generation.
+pub fn directory_part(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    _: &mut Vec<Event>,
+) -> OpResult {
     let args: Vec<&[u8]> = split_args(payload).collect();
     if args.len() != 2 || payload.last() != Some(&0) {
         return Err(XsErrno::EINVAL);
     }
     let path = canonical(ctx, args[0], false)?;
-    let offset: usize = std::str::from_utf8(args[1])
+    let offset: usize = core::str::from_utf8(args[1])
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(XsErrno::EINVAL)?;

@@ -1,7 +1,7 @@
 //! Quotas, with C xenstored's names and defaults. A value of 0 means
 //! unlimited; the privileged domain is exempt from all of them.
 
-use std::collections::BTreeMap;
+use alloc::collections::BTreeMap;
 
 /// One quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

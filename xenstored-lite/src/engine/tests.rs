@@ -1325,20 +1325,37 @@ mod domains {
 mod control {
     use super::*;
 
-    /// `logfile <file>` and `memreport <file>` take their one argument
-    /// and answer OK (what is written where is the shell's business).
+    /// `logfile <file>` answers OK; `memreport <file>` hands the report and
+    /// the file to the shell, which writes it and answers.
     #[test]
-    fn test_control_logfile_and_memreport_to_a_file_answer_ok() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("report").to_string_lossy().into_owned();
+    fn test_control_logfile_and_memreport_to_a_file() {
         let mut h = H::new();
-        for args in [["logfile", file.as_str()], ["memreport", file.as_str()]] {
-            assert_eq!(
-                h.req(SOCK, MsgType::Control, 0, &args),
-                Ok(b"OK\0".to_vec()),
-                "{args:?}"
-            );
-        }
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["logfile", "/var/log/x"]),
+            Ok(b"OK\0".to_vec())
+        );
+        h.e.take_actions();
+        let msg = Message::new(
+            MsgType::Control,
+            7,
+            0,
+            build_args(&[b"memreport", b"/tmp/report"]),
+        )
+        .unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        assert!(h.e.pop_output(SOCK).is_none(), "answered by the shell");
+        let actions = h.e.take_actions();
+        let [Action::MemReport {
+            conn, file, report, ..
+        }] = actions.as_slice()
+        else {
+            panic!("{actions:?}");
+        };
+        assert_eq!((*conn, file.as_str()), (SOCK, "/tmp/report"));
+        assert!(report.starts_with("nodes "), "{report}");
     }
 
     /// Quota values are read as C's `atoi()` reads them.
@@ -1354,7 +1371,7 @@ mod control {
             ("-", 0),
             ("99999999999999999999999", i64::MAX),
         ] {
-            assert_eq!(c_atoi(text), v, "{text:?}");
+            assert_eq!(crate::engine::control::c_atoi(text), v, "{text:?}");
         }
     }
 
@@ -1450,7 +1467,7 @@ mod control {
     #[test]
     fn test_control_check_reports_a_watch_of_an_unknown_connection() {
         let mut h = H::new();
-        h.e.watches.add(Watch {
+        h.e.watches.add(watch::Watch {
             conn: 77,
             path: "/x".to_string(),
             abs: "/x".to_string(),
@@ -1564,6 +1581,65 @@ watches          :        7 Watches per domain\n"
         assert_eq!(
             h.raw(SOCK, MsgType::Control.raw(), 0, b"check".to_vec()),
             Err(XsErrno::EINVAL)
+        );
+    }
+
+    /// What only the shell can do reaches it as a typed action: the access
+    /// log's switches (answered `OK` by the engine), and `memreport <file>`,
+    /// whose file the shell writes before it answers.
+    #[test]
+    fn test_control_shell_commands_become_actions() {
+        let mut h = H::new();
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["log", "off"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::Control, 0, &["logfile", "/tmp/x"]),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.e.take_actions(),
+            [
+                Action::Control {
+                    conn: SOCK,
+                    command: ShellControl::Log(false),
+                },
+                Action::Control {
+                    conn: SOCK,
+                    command: ShellControl::LogFile("/tmp/x".into()),
+                },
+            ]
+        );
+        let msg = Message::new(
+            MsgType::Control,
+            7,
+            0,
+            build_args(&[b"memreport", b"/tmp/m"]),
+        )
+        .unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        assert!(!h.e.has_output(SOCK), "the shell answers");
+        let actions = h.e.take_actions();
+        let [Action::MemReport {
+            conn,
+            header,
+            file,
+            report,
+        }] = actions.as_slice()
+        else {
+            panic!("no memreport action: {actions:?}");
+        };
+        assert_eq!((*conn, header.req_id, file.as_str()), (SOCK, 7, "/tmp/m"));
+        assert!(report.starts_with("nodes "), "{report}");
+        h.e.answer_control(SOCK, header, "OK");
+        let reply = h.drain_reply(SOCK);
+        assert_eq!(
+            (reply.header.req_id, reply.payload.as_slice()),
+            (7, &b"OK\0"[..])
         );
     }
 }
@@ -1701,7 +1777,7 @@ mod determinism {
 mod live_update_transactions {
     use super::*;
 
-    use crate::engine::migrate::RestoreError;
+    use crate::engine::lu_state::RestoreError;
     use crate::migration::{
         Access, Endian, Header as StreamHeader, NodeData, NodePerm, Record, Stream,
         TransactionData, Version,
@@ -1881,7 +1957,7 @@ mod live_update_transactions {
     #[test]
     fn test_live_update_without_transactions_keeps_committed_state_only() {
         let (old, tx) = busy_transaction();
-        let records = crate::engine::migrate::without_transactions(export(&old));
+        let records = crate::engine::lu_state::without_transactions(export(&old));
         assert!(tx_nodes(&records).is_empty());
         assert!(!records.iter().any(|r| matches!(r, Record::Transaction(_))));
         let mut new = connected(&old);

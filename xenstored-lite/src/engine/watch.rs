@@ -1,11 +1,31 @@
-//! Watches, indexed by the path they watch, so that an event costs a lookup
-//! per ancestor of the changed path (and a range scan for a removed
-//! subtree), whatever the number of watches registered.
+//! Watches (C's watch.c): WATCH, UNWATCH and RESET_WATCHES, firing them
+//! for a change (`Engine::fire`) or a domain's coming and going
+//! (`Engine::fire_special`), and their registry, indexed by the path they
+//! watch, so that an event costs a lookup per ancestor of the changed path
+//! (and a range scan for a removed subtree), whatever the number of watches
+//! registered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+// The one item of std in the engine: a hashed map has no home in `alloc`
+// (see `by_path` below for why it is hashed).
+use std::collections::HashMap;
 
+use xenring::codec::{build_args, split_args, Message};
+use xenring::path::{validate_path, PathKind};
+use xenring::{DomId, Header, MsgType, Perm, XsErrno};
+
+use super::dispatch::{Reply, Request};
+use super::lu_state::RestoreError;
+use super::ops::{self, canonical, Ctx, Event};
+use super::perms::access;
+use super::quota::{within, QuotaKind};
 use super::store::{depth_below, is_child_of, parent};
-use super::ConnId;
+use super::{parse_num, text, Action, ConnId, Engine};
 
 /// One registered watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,5 +210,230 @@ impl Watches {
     /// Every watch, by registration.
     pub fn all(&self) -> impl Iterator<Item = &Watch> {
         self.by_id.values()
+    }
+}
+
+impl Engine {
+    /// `WATCH <path> <token> [<depth>]`.
+    pub(super) fn watch(&mut self, req: &Request<'_>) -> Reply {
+        let (conn, who, payload) = (req.conn, req.who, req.payload);
+        let args: Vec<&[u8]> = split_args(payload).collect();
+        if args.len() < 2 || args.len() > 3 {
+            return Err(XsErrno::EINVAL);
+        }
+        let depth = match args.get(2) {
+            Some(d) if !d.is_empty() => Some(parse_num::<u32>(d)?),
+            _ => None,
+        };
+        let home = self.home(conn);
+        let ctx = Ctx {
+            who,
+            limits: self.limits(&who),
+            home: home.as_deref(),
+        };
+        let abs = canonical(&ctx, args[0], true)?;
+        let path = text(args[0])?;
+        let token = text(args[1])?;
+        if path.len() + token.len() + 2 > xenring::wire::PAYLOAD_MAX {
+            // Not even the first event would fit in a message.
+            return Err(XsErrno::EINVAL);
+        }
+        if !who.privileged {
+            let limit = self.limit(who.domid, QuotaKind::Watches);
+            if !within(limit, self.watches.count(conn) as u64 + 1) {
+                return Err(XsErrno::ENOSPC);
+            }
+        }
+        let relative_prefix = if path.starts_with('/') || path.starts_with('@') {
+            None
+        } else {
+            home.as_deref().map(|h| format!("{h}/"))
+        };
+        let added = self.watches.add(Watch {
+            conn,
+            path,
+            abs,
+            token,
+            depth,
+            relative_prefix,
+        });
+        if added {
+            Ok(Some(b"OK\0".to_vec()))
+        } else {
+            Err(XsErrno::EEXIST)
+        }
+    }
+
+    /// `UNWATCH <path> <token>`.
+    pub(super) fn unwatch(&mut self, req: &Request<'_>) -> Reply {
+        let args: Vec<&[u8]> = split_args(req.payload).collect();
+        if args.len() < 2 {
+            return Err(XsErrno::EINVAL);
+        }
+        let path = text(args[0])?;
+        if self.watches.remove(req.conn, &path, &text(args[1])?) {
+            Ok(Some(b"OK\0".to_vec()))
+        } else {
+            Err(XsErrno::ENOENT)
+        }
+    }
+
+    /// `RESET_WATCHES`: the connection's watches go, and (as in C) its
+    /// transactions.
+    pub(super) fn reset_watches(&mut self, req: &Request<'_>) -> Reply {
+        self.watches.remove_conn(req.conn);
+        if let Some(c) = self.conns.get_mut(&req.conn) {
+            c.transactions.clear();
+        }
+        Ok(Some(b"OK\0".to_vec()))
+    }
+
+    /// "When a watch is first set up it is triggered once straight away,
+    /// with <path> equal to <wpath>" (after the reply).
+    pub(super) fn initial_watch_event(&mut self, req: &Request<'_>) {
+        let mut args = split_args(req.payload);
+        let (Some(path), Some(token)) = (args.next(), args.next()) else {
+            return;
+        };
+        let msg = build_args(&[path, token]);
+        let event = Message {
+            header: Header::new(
+                MsgType::WatchEvent,
+                0,
+                0,
+                u32::try_from(msg.len()).unwrap_or(0),
+            ),
+            payload: msg,
+        };
+        self.queue(req.conn, event, true);
+    }
+
+    pub(super) fn send_event(&mut self, conn: ConnId, path: &str, token: &str) {
+        let payload = build_args(&[path.as_bytes(), token.as_bytes()]);
+        if payload.len() > xenring::wire::PAYLOAD_MAX {
+            self.actions.push(Action::Log(format!(
+                "watch event for {path} to connection {conn} is too long ({} bytes) and was dropped",
+                payload.len()
+            )));
+            return;
+        }
+        let msg = Message {
+            header: Header::new(
+                MsgType::WatchEvent,
+                0,
+                0,
+                u32::try_from(payload.len()).unwrap_or(0),
+            ),
+            payload,
+        };
+        self.queue(conn, msg, true);
+    }
+
+    pub(super) fn may_see(&self, conn: ConnId, perms: &[Arc<[Perm]>]) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let who = self.who(c);
+        perms.iter().any(|p| access(&who, p).read)
+    }
+
+    /// Fires the watches an event concerns.
+    pub(super) fn fire(&mut self, event: &Event) {
+        let mut deliveries: Vec<(ConnId, String, String)> = Vec::new();
+        for w in self.watches.matching(&event.path) {
+            if self.may_see(w.conn, &event.perms) {
+                deliveries.push((w.conn, w.event_path(&event.path), w.token.clone()));
+            }
+        }
+        if !event.removed.is_empty() {
+            let removed: BTreeMap<&str, &Arc<[Perm]>> = event
+                .removed
+                .iter()
+                .map(|(p, perms)| (p.as_str(), perms))
+                .collect();
+            for w in self.watches.below(&event.path) {
+                let perms = removed
+                    .get(w.abs.as_str())
+                    .map_or_else(|| event.perms.clone(), |p| vec![Arc::clone(p)]);
+                if self.may_see(w.conn, &perms) {
+                    deliveries.push((w.conn, w.path.clone(), w.token.clone()));
+                }
+            }
+        }
+        for (conn, path, token) in deliveries {
+            self.send_event(conn, &path, &token);
+        }
+    }
+
+    /// `@introduceDomain` / `@releaseDomain` for `domid`. As C xenstored
+    /// 4.17 (XSA-115), only connections that may read the special node
+    /// hear of it (the privileged ones, and those its ACL lets read); and,
+    /// beyond C, `domid` itself and a domain acting for it (`SET_TARGET`).
+    /// An unprivileged guest never learns of an unrelated domain.
+    pub(super) fn fire_special(&mut self, base: &str, domid: DomId) {
+        let specific = format!("{base}/{domid}");
+        let mut deliveries = Vec::new();
+        for w in self.watches.matching(base) {
+            let path = if w.depth.is_some_and(|d| d >= 1) {
+                specific.clone()
+            } else {
+                base.to_string()
+            };
+            deliveries.push((w.conn, path, w.token.clone()));
+        }
+        for w in self.watches.matching(&specific) {
+            deliveries.push((w.conn, specific.clone(), w.token.clone()));
+        }
+        for (conn, path, token) in deliveries {
+            let allowed = match self.conns.get(&conn) {
+                Some(c) => {
+                    let who = self.who(c);
+                    who.privileged
+                        || who.domid == domid
+                        || who.target == Some(domid)
+                        || ops::special_readable(&self.store, &who, base)
+                }
+                None => false,
+            };
+            if allowed {
+                self.send_event(conn, &path, &token);
+            }
+        }
+    }
+
+    pub(super) fn restore_watch(
+        &self,
+        index: usize,
+        conns: &BTreeMap<u32, ConnId>,
+        conn_id: u32,
+        wpath: &str,
+        token: &[u8],
+        depth: Option<u32>,
+    ) -> Result<Watch, RestoreError> {
+        let conn = *conns
+            .get(&conn_id)
+            .ok_or(RestoreError::UnknownConnection { index, conn_id })?;
+        let bad = |reason| RestoreError::BadWatch {
+            index,
+            path: wpath.to_string(),
+            reason,
+        };
+        let token = String::from_utf8(token.to_vec()).map_err(|_| bad("token is not UTF-8"))?;
+        let home = self
+            .home(conn)
+            .ok_or(RestoreError::UnknownConnection { index, conn_id })?;
+        let (abs, relative_prefix) =
+            match validate_path(wpath.as_bytes()).map_err(|_| bad("invalid path"))? {
+                PathKind::Absolute | PathKind::Special => (wpath.to_string(), None),
+                PathKind::Relative => (format!("{home}/{wpath}"), Some(format!("{home}/"))),
+            };
+        Ok(Watch {
+            conn,
+            path: wpath.to_string(),
+            abs,
+            token,
+            depth,
+            relative_prefix,
+        })
     }
 }

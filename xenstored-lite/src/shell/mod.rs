@@ -728,25 +728,42 @@ impl Daemon {
                 Action::LiveUpdate { conn, header, args } => {
                     self.live_update_request(conn, header, &args);
                 }
-                Action::Control { args, .. } => self.control(&args),
+                Action::Control { command, .. } => self.control(command),
+                Action::MemReport {
+                    conn,
+                    header,
+                    file,
+                    report,
+                } => {
+                    let written = std::fs::File::options()
+                        .append(true)
+                        .create(true)
+                        .open(&file)
+                        .and_then(|mut f| io::Write::write_all(&mut f, report.as_bytes()));
+                    let answer = match written {
+                        Ok(()) => crate::replay::format::Answer::Text("OK".into()),
+                        // C's EBADF, sent as EINVAL.
+                        Err(e) => {
+                            tracing::warn!("memreport: cannot write {file}: {e}");
+                            crate::replay::format::Answer::Error(XsErrno::EINVAL)
+                        }
+                    };
+                    self.core.answer(conn, &header, answer);
+                }
             }
         }
     }
 
-    fn control(&mut self, args: &[String]) {
-        match args
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
-            ["log", "off"] => self.access_log = None,
-            ["log", "on"] if self.access_log.is_none() => {
+    fn control(&mut self, command: crate::engine::ShellControl) {
+        use crate::engine::ShellControl;
+        match command {
+            ShellControl::Log(false) => self.access_log = None,
+            ShellControl::Log(true) if self.access_log.is_none() => {
                 let path = self.socket_path.with_file_name("xenstored-access.log");
                 self.open_access_log(path);
             }
-            ["logfile", path] => self.open_access_log(PathBuf::from(path)),
-            other => tracing::info!("control {other:?}"),
+            ShellControl::Log(true) => tracing::info!("control log on: already on"),
+            ShellControl::LogFile(path) => self.open_access_log(PathBuf::from(path)),
         }
     }
 
