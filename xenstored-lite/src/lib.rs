@@ -8,6 +8,8 @@
 //!   `--replay`).
 //! * [`cli`]: the command line.
 
+extern crate alloc;
+
 pub mod cli;
 pub mod engine;
 pub mod migration;
