@@ -65,15 +65,15 @@ impl Node {
 
 /// A node's children: leaf names in the order they were created (C lists
 /// them so; re-creating a child puts it last). Persistent, so a snapshot
-/// shares them: the order is kept in chunks of [`CHUNK`] names behind
+/// shares them: the order is kept in chunks of 32 names behind
 /// reference counts (fast to walk for `DIRECTORY`; a change to a shared
 /// list copies the chunk list and one chunk), and a list longer than
-/// [`SMALL`] also keeps a persistent set of the names for lookups.
+/// 8 also keeps a persistent set of the names for lookups.
 #[derive(Clone, Default)]
 pub struct Children {
     chunks: Arc<Vec<Arc<Vec<Arc<str>>>>>,
     len: usize,
-    /// The names, once there are more than [`SMALL`]; each is the `Arc`
+    /// The names, once there are more than `SMALL`; each is the `Arc`
     /// the order holds, which `remove` looks for.
     names: Option<PMap<Arc<str>, ()>>,
 }
