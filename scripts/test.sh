@@ -9,6 +9,8 @@
 #             C xenstored
 #   package   the Debian package: its contents, man page, unit, and the
 #             daemon started exactly as Debian's /etc/init.d/xen does
+#   stubdom   the freestanding no_std binary (stubdom/) built, run, and
+#             its reply to a READ checked byte for byte
 #   real-xen  Debian's Xen 4.17 booted in QEMU: the Linux-backend tests in
 #             dom0, then xenstored-lite serving dom0 and a PV guest
 #
@@ -106,6 +108,7 @@ tier crate bash -c 'cargo test --workspace --exclude tests --test "*" --bench "*
 # building them first only shows that build's progress here.
 tier process bash -c 'cargo build --workspace --bins && cargo test -p tests --all-targets'
 tier package bash scripts/test-deb.sh
+tier stubdom bash scripts/stubdom.sh
 tier real-xen bash -c 'bash scripts/xen-qemu-devtests.sh && bash scripts/xen-qemu-daemon.sh'
 
 # Totals over every `cargo test` summary line, inside the VM included.

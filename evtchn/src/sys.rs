@@ -5,6 +5,10 @@
 //! "none" even though the kernel reads the struct, which is how the header
 //! defines them (and what a test below pins, so a wrong macro cannot slip in).
 
+// The fields mirror the C headers one for one and keep their C names; the
+// header each struct comes from is its documentation.
+#![allow(missing_docs)]
+
 use core::mem::size_of;
 
 use xen_sys::domid_t;

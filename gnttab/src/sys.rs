@@ -10,6 +10,10 @@
 //! Explicit padding fields replace the compiler's implicit padding so that
 //! every byte of every mirror is initialised.
 
+// The fields mirror the C headers one for one and keep their C names; the
+// header each struct comes from is its documentation.
+#![allow(missing_docs)]
+
 use core::mem::{offset_of, size_of};
 
 use xen_sys::{domid_t, xen_domain_handle_t, xen_pfn_t};

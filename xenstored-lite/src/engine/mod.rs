@@ -27,12 +27,6 @@ pub mod store;
 mod transactions;
 pub mod watch;
 
-/// The old path of [`lu_state`]'s error, kept while the shell still names
-/// it so (`shell::core`); new code names [`lu_state::RestoreError`].
-pub mod migrate {
-    pub use super::lu_state::RestoreError;
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -61,11 +55,14 @@ pub type ConnId = u32;
 /// Milliseconds on the shell's monotonic clock.
 pub type Time = u64;
 
+/// The features this server offers (GET_FEATURE without a domain):
 /// `XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR`.
-pub const SERVER_FEATURES: u32 = 3;
+pub const SERVER_FEATURES: u32 = xenring::wire::XENSTORE_SERVER_FEATURE_RECONNECTION
+    | xenring::wire::XENSTORE_SERVER_FEATURE_ERROR;
 
-/// Lowest reserved domid (`DOMID_FIRST_RESERVED`).
-pub const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+/// Lowest reserved domid ([`xenring::DOMID_FIRST_RESERVED`]), widened for
+/// the parser.
+pub const DOMID_FIRST_RESERVED: u32 = xenring::DOMID_FIRST_RESERVED as u32;
 
 /// What is at the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

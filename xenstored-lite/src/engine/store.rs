@@ -7,10 +7,19 @@
 //! no hash order ever reaches an output), in persistent maps. Per-domain accounting (nodes owned, bytes
 //! used) lives in the store too, so that it moves with snapshots and commits.
 
-use std::sync::Arc;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
 
-use imbl::{HashMap, OrdSet, Vector};
 use xenring::{DomId, Perm};
+
+use self::pmap::PMap;
+
+mod pmap;
 
 /// A canonical path (absolute, or a special `@` path).
 pub type Path = Arc<str>;
@@ -56,61 +65,188 @@ impl Node {
 
 /// A node's children: leaf names in the order they were created (C lists
 /// them so; re-creating a child puts it last). Persistent, so a snapshot
-/// shares them: a vector for the order (fast to walk for `DIRECTORY`) and
-/// a set for lookups.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// shares them: the order is kept in chunks of 32 names behind
+/// reference counts (fast to walk for `DIRECTORY`; a change to a shared
+/// list copies the chunk list and one chunk), and a list longer than
+/// 8 also keeps a persistent set of the names for lookups.
+#[derive(Clone, Default)]
 pub struct Children {
-    order: Vector<Arc<str>>,
-    names: OrdSet<Arc<str>>,
+    chunks: Arc<Vec<Arc<Vec<Arc<str>>>>>,
+    len: usize,
+    /// The names, once there are more than `SMALL`; each is the `Arc`
+    /// the order holds, which `remove` looks for.
+    names: Option<PMap<Arc<str>, ()>>,
 }
 
+/// Names per chunk of a [`Children`] list.
+const CHUNK: usize = 32;
+
+/// Up to this many children are looked up by a scan, without a set.
+const SMALL: usize = 8;
+
 impl Children {
-    /// Adds `name` after the others (no-op if present: the set keeps the
-    /// name the order holds, which `remove` looks for).
+    /// Adds `name` after the others (no-op if present).
     pub fn insert(&mut self, name: Arc<str>) {
-        if !self.names.contains(&name) {
-            self.names.insert(Arc::clone(&name));
-            self.order.push_back(name);
+        if self.contains(&name) {
+            return;
+        }
+        let chunks = Arc::make_mut(&mut self.chunks);
+        match chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => Arc::make_mut(last).push(Arc::clone(&name)),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK.min(self.len + 1));
+                chunk.push(Arc::clone(&name));
+                chunks.push(Arc::new(chunk));
+            }
+        }
+        self.len += 1;
+        if let Some(names) = &mut self.names {
+            names.insert(name, ());
+        } else if self.len > SMALL {
+            let mut names = PMap::new();
+            for n in self.iter() {
+                names.insert(Arc::clone(n), ());
+            }
+            self.names = Some(names);
         }
     }
 
     /// Removes `name` if present (a scan of the order, as C's memmove of
     /// its children buffer).
     pub fn remove(&mut self, name: &str) {
-        if let Some(stored) = self.names.remove(name) {
-            if let Some(at) = self.order.iter().position(|n| Arc::ptr_eq(n, &stored)) {
-                self.order.remove(at);
-            }
+        let stored = match &self.names {
+            Some(names) => names.get_key_value(name).map(|(k, _)| Arc::clone(k)),
+            None => self.iter().find(|n| &***n == name).cloned(),
+        };
+        let Some(stored) = stored else {
+            return;
+        };
+        let Some((c, at)) = self.chunks.iter().enumerate().find_map(|(c, chunk)| {
+            chunk
+                .iter()
+                .position(|n| Arc::ptr_eq(n, &stored))
+                .map(|at| (c, at))
+        }) else {
+            return;
+        };
+        let chunks = Arc::make_mut(&mut self.chunks);
+        let chunk = Arc::make_mut(&mut chunks[c]);
+        chunk.remove(at);
+        if chunk.is_empty() {
+            chunks.remove(c);
+        }
+        self.len -= 1;
+        if let Some(names) = &mut self.names {
+            names.remove(name);
         }
     }
 
     /// Whether `name` is a child.
     pub fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+        match &self.names {
+            Some(names) => names.contains_key(name),
+            None => self.iter().any(|n| &**n == name),
+        }
     }
 
     /// The names, oldest first.
-    pub fn iter(&self) -> imbl::vector::Iter<'_, Arc<str>, imbl::shared_ptr::DefaultSharedPtr> {
-        self.order.iter()
+    pub fn iter(&self) -> ChildIter<'_> {
+        ChildIter {
+            chunks: self.chunks.iter(),
+            front: [].iter(),
+            back: [].iter(),
+            left: self.len,
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len == 0
     }
 
     /// How many there are.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.len
     }
 }
 
+impl PartialEq for Children {
+    /// The same names in the same order.
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len
+            && (Arc::ptr_eq(&self.chunks, &other.chunks) || self.iter().eq(other.iter()))
+    }
+}
+
+impl Eq for Children {}
+
+impl fmt::Debug for Children {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The names of a [`Children`] list, oldest first.
+#[derive(Clone)]
+pub struct ChildIter<'a> {
+    chunks: core::slice::Iter<'a, Arc<Vec<Arc<str>>>>,
+    front: core::slice::Iter<'a, Arc<str>>,
+    back: core::slice::Iter<'a, Arc<str>>,
+    left: usize,
+}
+
+impl<'a> Iterator for ChildIter<'a> {
+    type Item = &'a Arc<str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(n) = self.front.next() {
+                self.left -= 1;
+                return Some(n);
+            }
+            match self.chunks.next() {
+                Some(chunk) => self.front = chunk.iter(),
+                None => {
+                    let n = self.back.next()?;
+                    self.left -= 1;
+                    return Some(n);
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl DoubleEndedIterator for ChildIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(n) = self.back.next_back() {
+                self.left -= 1;
+                return Some(n);
+            }
+            match self.chunks.next_back() {
+                Some(chunk) => self.back = chunk.iter(),
+                None => {
+                    let n = self.front.next_back()?;
+                    self.left -= 1;
+                    return Some(n);
+                }
+            }
+        }
+    }
+}
+
+impl ExactSizeIterator for ChildIter<'_> {}
+
 impl<'a> IntoIterator for &'a Children {
     type Item = &'a Arc<str>;
-    type IntoIter = imbl::vector::Iter<'a, Arc<str>, imbl::shared_ptr::DefaultSharedPtr>;
+    type IntoIter = ChildIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.order.iter()
+        self.iter()
     }
 }
 
@@ -126,8 +262,8 @@ pub struct Account {
 /// The whole tree.
 #[derive(Debug, Clone)]
 pub struct Store {
-    nodes: HashMap<Path, Arc<Node>>,
-    accounts: HashMap<DomId, Account>,
+    nodes: PMap<Path, Arc<Node>>,
+    accounts: PMap<DomId, Account>,
     next_generation: u64,
     /// Bumped by every modification: a transaction whose base version is
     /// still current commits by swapping its copy in.
@@ -196,8 +332,8 @@ impl Store {
     /// and the special nodes.
     pub fn new(owner: DomId) -> Self {
         let mut store = Self {
-            nodes: HashMap::new(),
-            accounts: HashMap::new(),
+            nodes: PMap::new(),
+            accounts: PMap::new(),
             next_generation: 1,
             version: 0,
         };
@@ -379,6 +515,8 @@ impl Store {
         out
     }
 
+    /// Every node with its path: the tree depth first from `/`, each node's
+    /// children in creation order, then the special (`@`) nodes by name.
     pub fn walk(&self) -> Vec<(Path, Arc<Node>)> {
         let mut out = Vec::with_capacity(self.nodes.len());
         let mut stack: Vec<Path> = vec![Arc::from("/")];
@@ -406,12 +544,15 @@ impl Store {
     /// goes to `new_owner`, other entries are dropped (a dead domain's
     /// entries stop applying). Returns how many nodes changed.
     pub fn forget_domain(&mut self, domid: DomId, new_owner: DomId) -> usize {
-        let affected: Vec<(Path, Arc<Node>)> = self
+        let mut affected: Vec<(Path, Arc<Node>)> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.perms.iter().any(|p| p.domid == domid))
             .map(|(p, n)| (Arc::clone(p), Arc::clone(n)))
             .collect();
+        // By path, so that the generations handed out below do not follow
+        // the map's hash order.
+        affected.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (path, node) in &affected {
             let mut perms: Vec<Perm> = node.perms.to_vec();
             if let Some(owner) = perms.first_mut() {
@@ -435,8 +576,7 @@ impl Store {
     /// listed exists, accounting matches the nodes. Returns problems found.
     pub fn check(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let mut expected: std::collections::BTreeMap<DomId, Account> =
-            std::collections::BTreeMap::new();
+        let mut expected: BTreeMap<DomId, Account> = BTreeMap::new();
         for (path, node) in self.nodes.iter() {
             if accounted(path) {
                 let acct = expected.entry(node.owner()).or_default();
@@ -483,6 +623,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use alloc::string::ToString;
+
     use super::*;
 
     #[test]

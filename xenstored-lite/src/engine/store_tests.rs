@@ -1,7 +1,8 @@
 //! Unit tests of the store: accounting, generations, the orders it lists
 //! nodes in, `forget_domain`, and what `check` reports on a broken store.
 
-use std::sync::Arc;
+use alloc::string::ToString;
+use alloc::sync::Arc;
 
 use xenring::{DomId, Perm, PermKind};
 
@@ -348,4 +349,52 @@ fn test_check_names_each_kind_of_damage() {
     let mut broken = s.clone();
     broken.accounts.insert(9, Account::default());
     assert!(broken.check().is_empty());
+}
+
+#[test]
+fn test_long_children_lists_keep_order_across_chunks_and_snapshots() {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    let names = |c: &Children| -> Vec<String> { c.iter().map(|n| n.to_string()).collect() };
+    let mut c = Children::default();
+    // Past the scan-only size and over several chunks.
+    let mut model: Vec<String> = (0..100).map(|i| format!("n{i}")).collect();
+    for n in &model {
+        c.insert(Arc::from(n.as_str()));
+    }
+    c.insert(Arc::from("n5"));
+    assert_eq!(names(&c), model);
+    assert_eq!(c.iter().len(), 100);
+    let back: Vec<String> = c.iter().rev().map(|n| n.to_string()).collect();
+    assert_eq!(back, model.iter().rev().cloned().collect::<Vec<_>>());
+    let snap = c.clone();
+    // A whole chunk's worth and some from others, then re-added last.
+    for i in (0..40).chain([57, 99]) {
+        let n = format!("n{i}");
+        c.remove(&n);
+        model.retain(|m| *m != n);
+        assert!(!c.contains(&n));
+    }
+    c.insert(Arc::from("n3"));
+    model.push("n3".into());
+    assert_eq!(names(&c), model);
+    assert_eq!(c.len(), model.len());
+    assert!(c.contains("n3") && c.contains("n98") && !c.contains("n57"));
+    // Both ends at once meet in the middle.
+    let mut it = c.iter();
+    assert_eq!(it.next().map(|n| &**n), Some("n40"));
+    assert_eq!(it.next_back().map(|n| &**n), Some("n3"));
+    assert_eq!(it.count(), model.len() - 2);
+    // The snapshot saw none of it; equality is names and order.
+    assert_eq!(snap.len(), 100);
+    assert!(snap.contains("n0") && snap.contains("n57"));
+    assert_ne!(snap, c);
+    let mut same = Children::default();
+    for n in &model {
+        same.insert(Arc::from(n.as_str()));
+    }
+    assert_eq!(same, c);
+    assert_eq!(format!("{:?}", Children::default()), "[]");
 }

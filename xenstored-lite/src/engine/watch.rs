@@ -11,9 +11,17 @@ use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-// The one item of std in the engine: a hashed map has no home in `alloc`
-// (see `by_path` below for why it is hashed).
-use std::collections::HashMap;
+
+/// The watch index's hashed map (`alloc` has none; see `by_path` below for
+/// why it is hashed). In the daemon its hasher is std's `RandomState`, seeded
+/// per process, so a guest cannot choose watch paths that collide; without
+/// std (a stub domain, which has no randomness to draw yet) it is
+/// foldhash's fixed-seed hasher. The map is only looked up, never
+/// iterated, so neither choice reaches an output.
+#[cfg(feature = "std")]
+type HashMap<K, V> = hashbrown::HashMap<K, V, std::hash::RandomState>;
+#[cfg(not(feature = "std"))]
+type HashMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::FixedState>;
 
 use xenring::codec::{build_args, split_args, Message};
 use xenring::path::{validate_path, PathKind};

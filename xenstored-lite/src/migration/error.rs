@@ -1,5 +1,7 @@
 //! What can go wrong reading or writing a stream.
 
+use alloc::string::String;
+
 use super::RecordType;
 
 /// Why a byte string is not a valid migration stream.

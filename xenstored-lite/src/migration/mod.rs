@@ -81,6 +81,9 @@ pub use error::{MigrationError, WriteError};
 pub use read::parse;
 pub use write::write;
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use xenring::{DomId, Perm};
 
 /// The header's ident: `xenstore` in ASCII.

@@ -3,6 +3,12 @@
 //! Every length is checked against the bytes actually present before
 //! anything is copied, so allocation is bounded by the input's size.
 
+use alloc::borrow::ToOwned;
+use alloc::collections::BTreeSet;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use xenring::{Perm, PermKind};
 
 use super::{
@@ -471,8 +477,8 @@ impl<'a> Body<'a> {
 /// connection id once, and no descriptor named twice (a restore takes each
 /// descriptor over once; two owners would close it twice).
 pub(crate) fn check_structure(records: &[Record]) -> Result<(), MigrationError> {
-    let mut ids = std::collections::BTreeSet::new();
-    let mut fds = std::collections::BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut fds = BTreeSet::new();
     let mut globals = 0;
     let bad = |index: usize, record_type, field, reason: String| MigrationError::BadField {
         index,

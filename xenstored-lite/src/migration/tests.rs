@@ -1,6 +1,9 @@
 //! Unit tests: hand-built streams in C's byte layout, corrupted fields,
 //! truncations and a property round trip.
 
+use alloc::boxed::Box;
+use alloc::string::ToString;
+
 use proptest::prelude::*;
 use xenring::{Perm, PermKind};
 
@@ -959,6 +962,8 @@ fn hand_built_v2_big_endian_remaining_types() {
 }
 
 mod structure {
+    use alloc::string::ToString;
+
     use super::super::*;
 
     fn socket(conn_id: u32, fd: i32) -> Record {

@@ -1,5 +1,7 @@
 //! The writer: bytes exactly as C xenstored writes them.
 
+use alloc::vec::Vec;
+
 use super::{
     ConnSpec, ConnectionData, Endian, NodeData, Quota, Record, RecordType, Stream, Version,
     WriteError, MAGIC,

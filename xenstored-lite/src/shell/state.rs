@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use xenring::codec::Decoder;
 use xenring::{DomId, Header, Message, XsErrno};
 
-use crate::engine::migrate::RestoreError;
+use crate::engine::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
 use crate::migration::{ConnSpec, MigrationError, Record, Stream};
 use crate::replay::format::{Answer, BoundaryEvent, ConnectKind, Outcome, Recorder};

@@ -19,7 +19,7 @@ use xenring::{DomId, Header, Message, MsgType, Perm, PermKind, XsErrno};
 
 use super::session::{parse_start, StartOptions};
 use super::*;
-use crate::engine::migrate::RestoreError;
+use crate::engine::RestoreError;
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,

@@ -1,0 +1,10 @@
+//! Link flags for the freestanding binary: no C runtime, no libc, a
+//! static non-PIE executable entered at `_start` (src/main.rs provides the
+//! memory functions the compiler calls and the entry point).
+
+fn main() {
+    for arg in ["-nostartfiles", "-nostdlib", "-static", "-no-pie"] {
+        println!("cargo:rustc-link-arg-bins={arg}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}

@@ -1,0 +1,454 @@
+//! A persistent hash map (a hash array mapped trie) for the store: a clone
+//! is one reference count, so a transaction's snapshot costs nothing; an
+//! update copies only the trie nodes on its path that a snapshot still
+//! shares, and changes the rest in place.
+//!
+//! Built on `core` and `alloc` alone. Keys are hashed with a fixed seed
+//! (`foldhash`'s [`FixedState`]): no per-process randomness, the same
+//! layout on every run. Iteration follows the hash, so callers whose
+//! output depends on the order sort what they collect.
+//!
+//! Each trie node is one `Arc<[Slot]>` holding its entries inline (the
+//! node's bitmap lives in the slot that points to it), so that a lookup
+//! touches one allocation per level.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::borrow::Borrow;
+use core::fmt;
+use core::hash::{BuildHasher, Hash};
+
+use foldhash::fast::FixedState;
+
+/// Bits of the hash used per level.
+const BITS: u32 = 5;
+const MASK: u64 = (1 << BITS) - 1;
+
+/// One entry of a trie node.
+#[derive(Clone)]
+enum Slot<K, V> {
+    /// One key.
+    Leaf { hash: u64, key: K, value: V },
+    /// Keys whose whole hashes are equal.
+    Collision { hash: u64, entries: Arc<[(K, V)]> },
+    /// A node one level down.
+    Branch(Node<K, V>),
+}
+
+/// A trie node: which of the 32 positions are occupied, and their slots in
+/// position order.
+#[derive(Clone)]
+struct Node<K, V> {
+    bitmap: u32,
+    slots: Arc<[Slot<K, V>]>,
+}
+
+/// A persistent map from `K` to `V`.
+#[derive(Clone)]
+pub struct PMap<K, V> {
+    root: Option<Node<K, V>>,
+    len: usize,
+}
+
+impl<K, V> Default for PMap<K, V> {
+    fn default() -> Self {
+        Self { root: None, len: 0 }
+    }
+}
+
+fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    FixedState::default().hash_one(key)
+}
+
+/// The position's bit and the slot index it maps to in `bitmap`.
+fn locate(bitmap: u32, hash: u64, shift: u32) -> (u32, usize) {
+    // The mask keeps 5 bits: the shift stays below 32.
+    let bit = 1u32 << ((hash >> shift) & MASK) as u32;
+    (bit, (bitmap & (bit - 1)).count_ones() as usize)
+}
+
+impl<K, V> Node<K, V> {
+    fn new(bitmap: u32, slots: Vec<Slot<K, V>>) -> Self {
+        Self {
+            bitmap,
+            slots: Arc::from(slots),
+        }
+    }
+}
+
+impl<K: Clone, V: Clone> Node<K, V> {
+    /// A copy of the slots with `slot` inserted at `at`.
+    fn with_inserted(&self, bit: u32, at: usize, slot: Slot<K, V>) -> Self {
+        let mut slots = Vec::with_capacity(self.slots.len() + 1);
+        slots.extend_from_slice(&self.slots[..at]);
+        slots.push(slot);
+        slots.extend_from_slice(&self.slots[at..]);
+        Self::new(self.bitmap | bit, slots)
+    }
+
+    /// A copy of the slots without the one at `at`.
+    fn without(&self, bit: u32, at: usize) -> Self {
+        let mut slots = Vec::with_capacity(self.slots.len().saturating_sub(1));
+        slots.extend_from_slice(&self.slots[..at]);
+        slots.extend_from_slice(&self.slots[at + 1..]);
+        Self::new(self.bitmap & !bit, slots)
+    }
+}
+
+/// A node holding two slots whose hashes differ, at `shift` or below.
+fn pair<K, V>(shift: u32, a: (u64, Slot<K, V>), b: (u64, Slot<K, V>)) -> Node<K, V> {
+    let (ia, ib) = ((a.0 >> shift) & MASK, (b.0 >> shift) & MASK);
+    if ia == ib {
+        let sub = pair(shift + BITS, a, b);
+        Node::new(1 << ia, alloc::vec![Slot::Branch(sub)])
+    } else {
+        let bitmap = (1u32 << ia) | (1u32 << ib);
+        let slots = if ia < ib {
+            alloc::vec![a.1, b.1]
+        } else {
+            alloc::vec![b.1, a.1]
+        };
+        Node::new(bitmap, slots)
+    }
+}
+
+impl<K, V> PMap<K, V> {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many entries there are.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entries, in hash order.
+    pub fn iter(&self) -> Iter<'_, K, V> {
+        let mut stack = Vec::new();
+        if let Some(root) = &self.root {
+            stack.push(root.slots.iter());
+        }
+        Iter {
+            stack,
+            collision: [].iter(),
+            left: self.len,
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> PMap<K, V> {
+    /// The stored key and value for `key`.
+    pub fn get_key_value<Q>(&self, key: &Q) -> Option<(&K, &V)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        let mut node = self.root.as_ref()?;
+        let mut shift = 0;
+        loop {
+            let (bit, at) = locate(node.bitmap, hash, shift);
+            if node.bitmap & bit == 0 {
+                return None;
+            }
+            match &node.slots[at] {
+                Slot::Leaf {
+                    hash: h,
+                    key: k,
+                    value,
+                } => {
+                    return (*h == hash && k.borrow() == key).then_some((k, value));
+                }
+                Slot::Collision { hash: h, entries } => {
+                    if *h != hash {
+                        return None;
+                    }
+                    return entries
+                        .iter()
+                        .find(|(k, _)| k.borrow() == key)
+                        .map(|(k, v)| (k, v));
+                }
+                Slot::Branch(sub) => {
+                    node = sub;
+                    shift += BITS;
+                }
+            }
+        }
+    }
+
+    /// The value for `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_key_value(key).map(|(_, v)| v)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_key_value(key).is_some()
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
+    /// The value for `key`, to change in place (the nodes on its path that
+    /// a snapshot shares are copied first).
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        // Look first, so that a miss copies nothing.
+        self.get_key_value(key)?;
+        let hash = hash_of(key);
+        let mut node = self.root.as_mut()?;
+        let mut shift = 0;
+        loop {
+            let (bit, at) = locate(node.bitmap, hash, shift);
+            if node.bitmap & bit == 0 {
+                return None;
+            }
+            match &mut Arc::make_mut(&mut node.slots)[at] {
+                Slot::Leaf { key: k, value, .. } => {
+                    return ((*k).borrow() == key).then_some(value);
+                }
+                Slot::Collision { entries, .. } => {
+                    return Arc::make_mut(entries)
+                        .iter_mut()
+                        .find(|(k, _)| (*k).borrow() == key)
+                        .map(|(_, v)| v);
+                }
+                Slot::Branch(sub) => {
+                    node = sub;
+                    shift += BITS;
+                }
+            }
+        }
+    }
+
+    /// Sets `key` to `value`; returns the value it replaces.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let hash = hash_of(&key);
+        let Some(root) = self.root.as_mut() else {
+            let (bit, _) = locate(0, hash, 0);
+            self.root = Some(Node::new(bit, alloc::vec![Slot::Leaf { hash, key, value }]));
+            self.len = 1;
+            return None;
+        };
+        let old = insert_at(root, 0, hash, key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes `key`; returns whether it was present.
+    pub fn remove<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        // Look first, so that a miss copies nothing.
+        if self.get_key_value(key).is_none() {
+            return false;
+        }
+        let hash = hash_of(key);
+        let Some(root) = self.root.as_mut() else {
+            return false;
+        };
+        let removed = remove_at(root, 0, hash, key);
+        if removed {
+            self.len -= 1;
+            if self.len == 0 {
+                self.root = None;
+            }
+        }
+        removed
+    }
+}
+
+fn insert_at<K: Eq + Clone, V: Clone>(
+    node: &mut Node<K, V>,
+    shift: u32,
+    hash: u64,
+    key: K,
+    value: V,
+) -> Option<V> {
+    let (bit, at) = locate(node.bitmap, hash, shift);
+    if node.bitmap & bit == 0 {
+        *node = node.with_inserted(bit, at, Slot::Leaf { hash, key, value });
+        return None;
+    }
+    let slot = &mut Arc::make_mut(&mut node.slots)[at];
+    match slot {
+        Slot::Leaf {
+            hash: h,
+            key: k,
+            value: v,
+        } => {
+            if *h == hash && *k == key {
+                return Some(core::mem::replace(v, value));
+            }
+            let other = (*h, k.clone(), v.clone());
+            *slot = if other.0 == hash {
+                Slot::Collision {
+                    hash,
+                    entries: Arc::from(alloc::vec![(other.1, other.2), (key, value)]),
+                }
+            } else {
+                let old = Slot::Leaf {
+                    hash: other.0,
+                    key: other.1,
+                    value: other.2,
+                };
+                let new = Slot::Leaf { hash, key, value };
+                Slot::Branch(pair(shift + BITS, (other.0, old), (hash, new)))
+            };
+            None
+        }
+        Slot::Collision { hash: h, entries } => {
+            if *h == hash {
+                let entries = Arc::make_mut(entries);
+                if let Some((_, v)) = entries.iter_mut().find(|(k, _)| *k == key) {
+                    return Some(core::mem::replace(v, value));
+                }
+                let mut grown = entries.to_vec();
+                grown.push((key, value));
+                *slot = Slot::Collision {
+                    hash,
+                    entries: Arc::from(grown),
+                };
+                return None;
+            }
+            let old = (*h, slot.clone());
+            let new = (hash, Slot::Leaf { hash, key, value });
+            *slot = Slot::Branch(pair(shift + BITS, old, new));
+            None
+        }
+        Slot::Branch(sub) => insert_at(sub, shift + BITS, hash, key, value),
+    }
+}
+
+/// Removes `key` below `node`, which holds it.
+fn remove_at<K: Borrow<Q> + Clone, V: Clone, Q: Eq + ?Sized>(
+    node: &mut Node<K, V>,
+    shift: u32,
+    hash: u64,
+    key: &Q,
+) -> bool {
+    let (bit, at) = locate(node.bitmap, hash, shift);
+    if node.bitmap & bit == 0 {
+        return false;
+    }
+    let slot = &mut Arc::make_mut(&mut node.slots)[at];
+    let emptied = match slot {
+        Slot::Leaf { key: k, .. } => {
+            if (*k).borrow() != key {
+                return false;
+            }
+            true
+        }
+        Slot::Collision { hash: h, entries } => {
+            let Some(i) = entries.iter().position(|(k, _)| k.borrow() == key) else {
+                return false;
+            };
+            let mut rest = entries.to_vec();
+            rest.remove(i);
+            *slot = match rest.pop() {
+                Some((k, v)) if rest.is_empty() => Slot::Leaf {
+                    hash: *h,
+                    key: k,
+                    value: v,
+                },
+                Some(last) => {
+                    rest.push(last);
+                    Slot::Collision {
+                        hash: *h,
+                        entries: Arc::from(rest),
+                    }
+                }
+                None => return false,
+            };
+            false
+        }
+        Slot::Branch(sub) => {
+            if !remove_at(sub, shift + BITS, hash, key) {
+                return false;
+            }
+            // A node left with one leaf (or collision) moves up into its
+            // parent's slot, so that the trie stays as shallow as its keys
+            // need, whatever the order of inserts and removes.
+            match &sub.slots[..] {
+                [] => true,
+                [only @ (Slot::Leaf { .. } | Slot::Collision { .. })] => {
+                    *slot = only.clone();
+                    false
+                }
+                _ => false,
+            }
+        }
+    };
+    if emptied {
+        *node = node.without(bit, at);
+    }
+    true
+}
+
+/// An iterator over a [`PMap`]'s entries.
+pub struct Iter<'a, K, V> {
+    stack: Vec<core::slice::Iter<'a, Slot<K, V>>>,
+    collision: core::slice::Iter<'a, (K, V)>,
+    left: usize,
+}
+
+impl<'a, K, V> Iterator for Iter<'a, K, V> {
+    type Item = (&'a K, &'a V);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((k, v)) = self.collision.next() {
+                self.left -= 1;
+                return Some((k, v));
+            }
+            let top = self.stack.last_mut()?;
+            match top.next() {
+                None => {
+                    self.stack.pop();
+                }
+                Some(Slot::Leaf { key, value, .. }) => {
+                    self.left -= 1;
+                    return Some((key, value));
+                }
+                Some(Slot::Collision { entries, .. }) => self.collision = entries.iter(),
+                Some(Slot::Branch(sub)) => self.stack.push(sub.slots.iter()),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<K, V> ExactSizeIterator for Iter<'_, K, V> {}
+
+impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for PMap<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+#[path = "pmap_tests.rs"]
+mod tests;

@@ -1,0 +1,125 @@
+//! The persistent map against `BTreeMap`, with keys that spread and keys
+//! whose hashes collide, and snapshots that must not see later changes.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::hash::{Hash, Hasher};
+
+use super::PMap;
+
+/// A key whose hash keeps only a few bits of it: many whole-hash
+/// collisions, and tries that split deep.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Clash(u32);
+
+impl Hash for Clash {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.0 % 7);
+    }
+}
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn same<
+    K: Ord + Clone + core::hash::Hash + Eq + core::fmt::Debug,
+    V: Clone + PartialEq + core::fmt::Debug,
+>(
+    map: &PMap<K, V>,
+    model: &BTreeMap<K, V>,
+) {
+    assert_eq!(map.len(), model.len());
+    assert_eq!(map.is_empty(), model.is_empty());
+    let mut all: Vec<(K, V)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(map.iter().len(), model.len());
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let want: Vec<(K, V)> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(all, want);
+    for (k, v) in model {
+        assert_eq!(map.get(k), Some(v));
+        assert!(map.contains_key(k));
+    }
+}
+
+fn run<K: Ord + Clone + core::hash::Hash + Eq + core::fmt::Debug>(
+    key: impl Fn(u64) -> K,
+    span: u64,
+) {
+    let mut rng = Lcg(7);
+    let mut map: PMap<K, u64> = PMap::new();
+    let mut model = BTreeMap::new();
+    let mut snaps = Vec::new();
+    for step in 0..6000u64 {
+        let k = key(rng.below(span));
+        match rng.below(10) {
+            0..=4 => assert_eq!(map.insert(k.clone(), step), model.insert(k, step)),
+            5..=7 => assert_eq!(map.remove(&k), model.remove(&k).is_some()),
+            8 => {
+                if let (Some(v), Some(m)) = (map.get_mut(&k), model.get_mut(&k)) {
+                    *v += 1;
+                    *m += 1;
+                }
+                assert_eq!(map.get(&k), model.get(&k));
+            }
+            _ => {
+                if snaps.len() < 8 {
+                    snaps.push((map.clone(), model.clone()));
+                }
+            }
+        }
+    }
+    same(&map, &model);
+    for (snap, at) in &snaps {
+        same(snap, at);
+    }
+    // Everything out again leaves an empty map.
+    let keys: Vec<K> = model.keys().cloned().collect();
+    for k in &keys {
+        assert!(map.remove(k));
+        assert!(!map.remove(k));
+    }
+    assert!(map.is_empty() && map.iter().next().is_none());
+}
+
+#[test]
+fn test_pmap_matches_btreemap_with_spread_keys() {
+    run(|n| n.to_string(), 3000);
+}
+
+#[test]
+fn test_pmap_matches_btreemap_with_colliding_hashes() {
+    run(|n| Clash(u32::try_from(n).unwrap_or(0)), 60);
+}
+
+#[test]
+fn test_pmap_small_integer_keys_and_debug() {
+    let mut m: PMap<u16, u32> = PMap::new();
+    assert!(m.get(&3).is_none() && !m.remove(&3) && m.get_mut(&3).is_none());
+    for d in 0..2000u16 {
+        assert_eq!(m.insert(d, u32::from(d)), None);
+    }
+    let snap = m.clone();
+    for d in (0..2000u16).step_by(2) {
+        assert!(m.remove(&d));
+    }
+    assert_eq!(m.len(), 1000);
+    assert_eq!(snap.len(), 2000);
+    assert_eq!(snap.get(&4), Some(&4));
+    assert_eq!(m.get(&4), None);
+    let mut one: PMap<String, u8> = PMap::new();
+    one.insert("a".to_string(), 1);
+    assert_eq!(alloc::format!("{one:?}"), r#"{"a": 1}"#);
+    // Strings are looked up by `&str`.
+    assert_eq!(one.get("a"), Some(&1));
+    assert_eq!(one.get_key_value("a").map(|(k, _)| k.as_str()), Some("a"));
+}
