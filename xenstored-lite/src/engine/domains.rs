@@ -13,7 +13,7 @@ use xenring::codec::split_args;
 use xenring::{DomId, Header, MsgType, XsErrno};
 
 use super::dispatch::{Reply, Request};
-use super::ops::{one_arg, Event};
+use super::ops::{one_arg, Change};
 use super::quota::QuotaKind;
 use super::{
     parse_domid, parse_num, reply, text, Action, ConnId, ConnKind, Engine, Input, SERVER_FEATURES,
@@ -274,7 +274,7 @@ impl Engine {
             if let Some(node) = self.store.get(&home) {
                 let perms = Arc::clone(&node.perms);
                 let removed = self.store.remove_tree(&home);
-                let event = Event {
+                let event = Change {
                     path: home,
                     perms: vec![perms],
                     removed: removed

@@ -40,7 +40,7 @@ use xenring::{DomId, Header, MsgType, XsErrno};
 
 use connections::Conn;
 use domains::{Domain, PendingIntroduce};
-use ops::{Event, Limits};
+use ops::{Change, Limits};
 use perms::Who;
 use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
 use store::Store;
@@ -366,7 +366,7 @@ impl Engine {
     /// nodes are charged) goes above it, one line is logged, and nothing is
     /// refused; another when it is back within it. Only the owners of the
     /// nodes `events` changed can have moved, so only they are looked at.
-    fn check_soft_memory(&mut self, events: &[Event]) {
+    fn check_soft_memory(&mut self, events: &[Change]) {
         let soft = self.config.quotas.soft(QuotaKind::Memory);
         let owners: BTreeSet<DomId> = events
             .iter()

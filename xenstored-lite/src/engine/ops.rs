@@ -19,9 +19,9 @@ use super::perms::{access, Who};
 use super::quota::within;
 use super::store::{parent, Node, Store};
 
-/// A change that fires watches.
+/// A change to the tree, which fires the watches on its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
+pub struct Change {
     /// The canonical path that changed.
     pub path: String,
     /// Permission sets under which a watcher may learn of it (any one
@@ -138,7 +138,7 @@ fn missing(store: &Store, who: &Who, path: &str) -> XsErrno {
 }
 
 /// A store request's handler (the dispatch table holds one per type).
-pub type Op = fn(&mut Store, &Ctx<'_>, &[u8], &mut Vec<Event>) -> OpResult;
+pub type Op = fn(&mut Store, &Ctx<'_>, &[u8], &mut Vec<Change>) -> OpResult;
 
 /// Runs one store request of type `ty`, by the dispatch table's function
 /// for it (EINVAL for a type that is not one): for a request logged by its
@@ -148,26 +148,36 @@ pub fn exec(
     ctx: &Ctx<'_>,
     ty: MsgType,
     payload: &[u8],
-    events: &mut Vec<Event>,
+    events: &mut Vec<Change>,
 ) -> OpResult {
     let (op, _) = store_op(ty).ok_or(XsErrno::EINVAL)?;
     op(store, ctx, payload, events)
 }
 
 /// `READ <path>`: the value.
-pub fn read(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+pub fn read(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Change>) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
     Ok(readable(store, &ctx.who, &path)?.value.to_vec())
 }
 
 /// `DIRECTORY <path>`: the children's names.
-pub fn directory(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+pub fn directory(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    _: &mut Vec<Change>,
+) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
     Ok(readable(store, &ctx.who, &path)?.children_payload())
 }
 
 /// `GET_PERMS <path>` (special paths too).
-pub fn get_perms(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], _: &mut Vec<Event>) -> OpResult {
+pub fn get_perms(
+    store: &mut Store,
+    ctx: &Ctx<'_>,
+    payload: &[u8],
+    _: &mut Vec<Change>,
+) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, true)?;
     Ok(format_perm_list(&readable(store, &ctx.who, &path)?.perms))
 }
@@ -177,7 +187,7 @@ pub fn write_request(
     store: &mut Store,
     ctx: &Ctx<'_>,
     payload: &[u8],
-    events: &mut Vec<Event>,
+    events: &mut Vec<Change>,
 ) -> OpResult {
     let (raw, value) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
     let path = canonical(ctx, raw, false)?;
@@ -189,7 +199,7 @@ pub fn mkdir(
     store: &mut Store,
     ctx: &Ctx<'_>,
     payload: &[u8],
-    events: &mut Vec<Event>,
+    events: &mut Vec<Change>,
 ) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
     write(store, ctx, &path, b"", false, events)
@@ -218,7 +228,7 @@ fn write(
     path: &str,
     value: &[u8],
     overwrite: bool,
-    events: &mut Vec<Event>,
+    events: &mut Vec<Change>,
 ) -> OpResult {
     if let Some(node) = store.get(path) {
         if !access(&ctx.who, &node.perms).write {
@@ -238,7 +248,7 @@ fn write(
             }
         }
         store.put_node(Arc::from(path), Arc::from(value), Arc::clone(&perms));
-        events.push(Event {
+        events.push(Change {
             path: path.to_string(),
             perms: vec![perms],
             removed: Vec::new(),
@@ -295,7 +305,7 @@ fn write(
         let v: &[u8] = if *p == path { value } else { b"" };
         store.put_node(Arc::from(*p), Arc::from(v), Arc::clone(&perms));
     }
-    events.push(Event {
+    events.push(Change {
         path: path.to_string(),
         perms: vec![perms],
         removed: Vec::new(),
@@ -304,7 +314,7 @@ fn write(
 }
 
 /// `RM <path>`: the node and its subtree.
-pub fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Event>) -> OpResult {
+pub fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Change>) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
     if path == "/" {
         return Err(XsErrno::EINVAL);
@@ -323,7 +333,7 @@ pub fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Eve
     }
     let perms = Arc::clone(&node.perms);
     let removed = store.remove_tree(&path);
-    events.push(Event {
+    events.push(Change {
         path: path.clone(),
         perms: vec![perms],
         removed: removed
@@ -339,7 +349,7 @@ pub fn set_perms(
     store: &mut Store,
     ctx: &Ctx<'_>,
     payload: &[u8],
-    events: &mut Vec<Event>,
+    events: &mut Vec<Change>,
 ) -> OpResult {
     let (raw, list) = split_first_arg(payload).ok_or(XsErrno::EINVAL)?;
     let path = canonical(ctx, raw, true)?;
@@ -364,7 +374,7 @@ pub fn set_perms(
     let value = Arc::clone(&node.value);
     let new: Arc<[Perm]> = Arc::from(perms);
     store.put_node(Arc::from(path.as_str()), value, Arc::clone(&new));
-    events.push(Event {
+    events.push(Change {
         path,
         perms: vec![old, new],
         removed: Vec::new(),
@@ -378,7 +388,7 @@ pub fn directory_part(
     store: &mut Store,
     ctx: &Ctx<'_>,
     payload: &[u8],
-    _: &mut Vec<Event>,
+    _: &mut Vec<Change>,
 ) -> OpResult {
     let args: Vec<&[u8]> = split_args(payload).collect();
     if args.len() != 2 || payload.last() != Some(&0) {

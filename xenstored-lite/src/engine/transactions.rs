@@ -29,7 +29,7 @@ use xenring::{MsgType, Perm, XsErrno};
 
 use super::dispatch::{store_op, Flags, Reply, Request};
 use super::lu_state::RestoreError;
-use super::ops::{self, canonical, one_arg, Ctx, Event};
+use super::ops::{self, canonical, one_arg, Change, Ctx};
 use super::perms::Who;
 use super::quota::{within, QuotaKind};
 use super::store::{join, parent, Children, Node, Path, Store};
@@ -54,7 +54,7 @@ pub(super) struct Transaction {
     /// Requests run in it since it started (or was restored).
     pub(super) ops: Vec<TxOp>,
     /// The watch events its requests would fire, fired at commit.
-    pub(super) events: Vec<Event>,
+    pub(super) events: Vec<Change>,
     /// Its writes so far (the transaction-nodes quota).
     pub(super) writes: u64,
     /// What a transaction restored from a live update brought with it (its
@@ -199,7 +199,7 @@ impl Engine {
         conn: ConnId,
         who: Who,
         tx: &Transaction,
-    ) -> Result<(Store, Vec<Event>), XsErrno> {
+    ) -> Result<(Store, Vec<Change>), XsErrno> {
         let mut scratch = self.store.clone();
         let mut events = Vec::new();
         if !tx.carried.holds(&self.store) || !tx.carried.apply(&mut scratch, &mut events) {
@@ -564,12 +564,12 @@ impl Carried {
     /// Applies the carried writes and deletions to `store`, in stream
     /// order, with their watch events; `false` if a written node's parent
     /// is missing (which [`holds`](Self::holds) rules out).
-    pub(super) fn apply(&self, store: &mut Store, events: &mut Vec<Event>) -> bool {
+    pub(super) fn apply(&self, store: &mut Store, events: &mut Vec<Change>) -> bool {
         self.writes.iter().all(|w| apply_write(store, w, events))
     }
 }
 
-fn apply_write(store: &mut Store, w: &CarriedWrite, events: &mut Vec<Event>) -> bool {
+fn apply_write(store: &mut Store, w: &CarriedWrite, events: &mut Vec<Change>) -> bool {
     match &w.node {
         Some((value, perms)) => {
             if parent(&w.path).is_some_and(|p| store.get(p).is_none()) {
@@ -582,7 +582,7 @@ fn apply_write(store: &mut Store, w: &CarriedWrite, events: &mut Vec<Event>) -> 
                 if let Some(old) = old.filter(|o| o != perms) {
                     seen_by.insert(0, old);
                 }
-                events.push(Event {
+                events.push(Change {
                     path: w.path.to_string(),
                     perms: seen_by,
                     removed: Vec::new(),
@@ -595,7 +595,7 @@ fn apply_write(store: &mut Store, w: &CarriedWrite, events: &mut Vec<Event>) -> 
             };
             let perms = Arc::clone(&node.perms);
             let removed = store.remove_tree(&w.path);
-            events.push(Event {
+            events.push(Change {
                 path: w.path.to_string(),
                 perms: vec![perms],
                 removed: removed

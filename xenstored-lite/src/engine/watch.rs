@@ -29,7 +29,7 @@ use xenring::{DomId, Header, MsgType, Perm, XsErrno};
 
 use super::dispatch::{Reply, Request};
 use super::lu_state::RestoreError;
-use super::ops::{self, canonical, Ctx, Event};
+use super::ops::{self, canonical, Change, Ctx};
 use super::perms::access;
 use super::quota::{within, QuotaKind};
 use super::store::{depth_below, is_child_of, parent};
@@ -346,7 +346,7 @@ impl Engine {
     }
 
     /// Fires the watches an event concerns.
-    pub(super) fn fire(&mut self, event: &Event) {
+    pub(super) fn fire(&mut self, event: &Change) {
         let mut deliveries: Vec<(ConnId, String, String)> = Vec::new();
         for w in self.watches.matching(&event.path) {
             if self.may_see(w.conn, &event.perms) {
