@@ -1358,6 +1358,21 @@ mod control {
         assert!(report.starts_with("nodes "), "{report}");
     }
 
+    /// Every NUL ends an argument, as in C's `get_strings()`: a payload
+    /// ending in two NULs carries an empty last argument.
+    #[test]
+    fn test_control_empty_last_argument_counts() {
+        let mut h = H::new();
+        assert_eq!(
+            h.raw(SOCK, MsgType::Control.raw(), 0, b"print\0\0".to_vec()),
+            Ok(b"OK\0".to_vec())
+        );
+        assert_eq!(
+            h.raw(SOCK, MsgType::Control.raw(), 0, b"print\0".to_vec()),
+            Err(XsErrno::EINVAL)
+        );
+    }
+
     /// Quota values are read as C's `atoi()` reads them.
     #[test]
     fn test_control_values_read_as_c_atoi() {
