@@ -398,3 +398,64 @@ fn test_long_children_lists_keep_order_across_chunks_and_snapshots() {
     assert_eq!(same, c);
     assert_eq!(format!("{:?}", Children::default()), "[]");
 }
+
+#[test]
+fn test_children_eq_same_len_other_names_or_order_differs() {
+    let list = |names: &[&str]| {
+        let mut c = Children::default();
+        for n in names {
+            c.insert(Arc::from(*n));
+        }
+        c
+    };
+    let ab = list(&["a", "b"]);
+    assert_eq!(ab, list(&["a", "b"]));
+    assert_eq!(ab, ab.clone());
+    assert_ne!(ab, list(&["b", "a"]));
+    assert_ne!(ab, list(&["a", "c"]));
+    assert_ne!(ab, list(&["a"]));
+}
+
+#[test]
+fn test_children_chunks_hold_32_and_set_starts_past_8() {
+    use alloc::format;
+    use alloc::vec::Vec;
+
+    let mut c = Children::default();
+    for i in 0..100 {
+        c.insert(Arc::from(format!("n{i}").as_str()));
+        // Up to 8 names are scanned; the set comes with the ninth.
+        assert_eq!(c.names.is_some(), i >= 8, "{i}");
+    }
+    let sizes: Vec<usize> = c.chunks.iter().map(|ch| ch.len()).collect();
+    assert_eq!(sizes, [32, 32, 32, 4]);
+    assert_eq!(c.names.as_ref().map(|n| n.len()), Some(100));
+}
+
+#[test]
+fn test_child_iter_len_counts_down_from_both_ends() {
+    use alloc::format;
+
+    let mut c = Children::default();
+    for i in 0..70 {
+        c.insert(Arc::from(format!("n{i}").as_str()));
+    }
+    // From the front into the last chunk, from the back into the first.
+    let mut it = c.iter();
+    assert_eq!(it.next().map(|n| &**n), Some("n0"));
+    for left in (0..69usize).rev() {
+        assert_eq!(
+            it.next_back().map(|n| &**n),
+            Some(&*format!("n{}", left + 1))
+        );
+        assert_eq!(it.len(), left);
+    }
+    assert!(it.next_back().is_none() && it.next().is_none());
+    let mut it = c.iter();
+    assert!(it.next_back().is_some());
+    for left in (0..69usize).rev() {
+        assert_eq!(it.next().map(|n| &**n), Some(&*format!("n{}", 68 - left)));
+        assert_eq!(it.len(), left);
+    }
+    assert!(it.next().is_none() && it.next_back().is_none());
+}

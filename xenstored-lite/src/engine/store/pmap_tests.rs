@@ -123,3 +123,73 @@ fn test_pmap_small_integer_keys_and_debug() {
     assert_eq!(one.get("a"), Some(&1));
     assert_eq!(one.get_key_value("a").map(|(k, _)| k.as_str()), Some("a"));
 }
+
+/// The trie's shape: each node's bitmap and its slots (`L` leaf, `C<n>`
+/// collision of n, a branch as its own shape), to compare layouts.
+fn shape<K, V>(map: &PMap<K, V>) -> String {
+    fn node<K, V>(n: &super::Node<K, V>, out: &mut String) {
+        out.push_str(&alloc::format!("{:x}[", n.bitmap));
+        for s in n.slots.iter() {
+            match s {
+                super::Slot::Leaf { .. } => out.push('L'),
+                super::Slot::Collision { entries, .. } => {
+                    out.push_str(&alloc::format!("C{}", entries.len()));
+                }
+                super::Slot::Branch(sub) => node(sub, out),
+            }
+        }
+        out.push(']');
+    }
+    let mut out = String::new();
+    if let Some(root) = &map.root {
+        node(root, &mut out);
+    }
+    out
+}
+
+#[test]
+fn test_pmap_spread_keys_fill_the_root_without_collisions() {
+    // Distinct keys get distinct hashes: 1000 of them use every position
+    // of the root and never share a collision list (a constant hash would
+    // keep them all in one list, correct but a linear scan).
+    let mut m: PMap<String, ()> = PMap::new();
+    for i in 0..1000 {
+        m.insert(alloc::format!("/local/domain/{i}"), ());
+    }
+    let s = shape(&m);
+    assert!(s.starts_with("ffffffff["), "{s}");
+    assert!(!s.contains('C'), "{s}");
+}
+
+#[test]
+fn test_pmap_shape_after_removes_matches_a_fresh_build() {
+    // Removing keys folds the nodes they leave near-empty back up: the
+    // trie is the one the remaining keys alone would build.
+    let mut m: PMap<u16, u16> = PMap::new();
+    for d in 0..3000u16 {
+        m.insert(d, d);
+    }
+    for d in (0..3000u16).filter(|d| d % 5 != 0) {
+        assert!(m.remove(&d));
+    }
+    let mut fresh: PMap<u16, u16> = PMap::new();
+    for d in (0..3000u16).step_by(5) {
+        fresh.insert(d, d);
+    }
+    assert_eq!(shape(&m), shape(&fresh));
+}
+
+#[test]
+fn test_pmap_iter_size_hint_counts_down_through_collisions() {
+    // Six keys alone under their hash, four sharing one.
+    let mut m: PMap<Clash, u8> = PMap::new();
+    for i in (0..7).chain([7, 14, 21]) {
+        m.insert(Clash(i), 0);
+    }
+    let mut it = m.iter();
+    for left in (0..=10usize).rev() {
+        assert_eq!(it.size_hint(), (left, Some(left)));
+        assert_eq!(it.len(), left);
+        assert_eq!(it.next().is_some(), left > 0);
+    }
+}
