@@ -43,8 +43,8 @@ use gnttab::{ForeignPage, GNTTAB_RESERVED_XENSTORE};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use xenring::{DomId, RingErrorCode, XsErrno};
 
-use crate::engine::{Action, ConnId, ConnKind, Engine};
-use crate::replay::format::{BoundaryEvent, Recorder};
+use crate::engine::{Action, ConnId, Engine};
+use crate::replay::format::{BoundaryEvent, ConnectKind, Recorder};
 use access_log::AccessLog;
 use platform::Platform;
 use state::ShellState;
@@ -284,7 +284,10 @@ impl Daemon {
             Ok(local) => match self.platform.evtchn.bind_interdomain(0, local.port) {
                 Ok(port) => {
                     let conn = self.add_ring(local.page, port, 0);
-                    self.core.connect(conn, ConnKind::Domain(0));
+                    self.core.apply_infallible(BoundaryEvent::Connect {
+                        conn,
+                        kind: ConnectKind::Ring(0),
+                    });
                     tracing::info!("serving dom0's own ring (xsd_kva) on port {port}");
                 }
                 Err(e) => tracing::warn!("cannot bind dom0's xenstore port: {e}"),
@@ -370,7 +373,7 @@ impl Daemon {
         let now = self.now_ms();
         if now != self.last_time {
             self.last_time = now;
-            self.core.time(now);
+            self.core.apply_infallible(BoundaryEvent::Time(now));
         }
         if self.dirty.is_empty()
             && self.core.recording_pending()
@@ -470,7 +473,10 @@ impl Daemon {
                     let conn = self.alloc_conn();
                     self.conns
                         .insert(conn, Conn::new(Transport::Socket(stream)));
-                    self.core.connect(conn, ConnKind::Socket);
+                    self.core.apply_infallible(BoundaryEvent::Connect {
+                        conn,
+                        kind: ConnectKind::Socket,
+                    });
                     self.update_interest(conn);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -522,7 +528,11 @@ impl Daemon {
                 Some(d) => (d.shutdown.is_some(), d.dying),
             };
             if shutdown || dying {
-                self.core.domain_state(domid, shutdown, dying);
+                self.core.apply_infallible(BoundaryEvent::DomainState {
+                    domid,
+                    shutdown,
+                    dying,
+                });
             }
         }
     }
@@ -546,7 +556,7 @@ impl Daemon {
             return;
         };
         if c.transport.reconnect_requested() {
-            self.core.reset(conn);
+            self.core.apply_infallible(BoundaryEvent::Reset { conn });
             c.transport.complete_reconnect();
             self.notify(conn);
             return;
@@ -599,7 +609,8 @@ impl Daemon {
         };
         if c.transport.flag_error(why.code()) {
             tracing::warn!("ring connection {conn}: {why}; the connection is ignored from now on");
-            self.core.violation(conn);
+            self.core
+                .apply_infallible(BoundaryEvent::Violation { conn });
             self.notify(conn);
         } else {
             if let Failure::Protocol(e) = why {
@@ -618,7 +629,7 @@ impl Daemon {
 
     fn close(&mut self, conn: ConnId) {
         if self.core.has(conn) {
-            self.core.close(conn);
+            self.core.apply_infallible(BoundaryEvent::Close { conn });
         }
         self.interest.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
@@ -712,7 +723,8 @@ impl Daemon {
                     port,
                 } => {
                     let result = self.introduce(domid, mfn, port);
-                    self.core.introduced(token, result);
+                    self.core
+                        .apply_infallible(BoundaryEvent::Introduced { token, result });
                 }
                 Action::Release { conn, domid } => {
                     tracing::info!("domain {domid} released");
@@ -748,7 +760,11 @@ impl Daemon {
                             crate::replay::format::Answer::Error(XsErrno::EINVAL)
                         }
                     };
-                    self.core.answer(conn, &header, answer);
+                    self.core.apply_infallible(BoundaryEvent::Answer {
+                        conn,
+                        header,
+                        answer,
+                    });
                 }
             }
         }

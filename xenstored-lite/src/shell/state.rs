@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use xenring::codec::Decoder;
-use xenring::{DomId, Header, Message, XsErrno};
+use xenring::{DomId, Message};
 
 use crate::engine::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
@@ -263,21 +263,13 @@ impl ShellState {
         Ok(Applied::Done)
     }
 
-    /// Applies an event that cannot fail (any but `Input` and `Restore`).
-    fn apply_infallible(&mut self, event: BoundaryEvent<'_>) {
+    /// [`ShellState::apply`] for an event that cannot fail (any but `Input`
+    /// and `Restore`): how the shell hands over the clock, connections
+    /// coming and going, resets, violations, introductions, domain states
+    /// and its own answers.
+    pub fn apply_infallible(&mut self, event: BoundaryEvent<'_>) {
         let result = self.apply(event, &mut |_, _, _, _| {});
         debug_assert!(result.is_ok(), "an infallible event failed: {result:?}");
-    }
-
-    /// The clock.
-    pub fn time(&mut self, now: u64) {
-        self.apply_infallible(BoundaryEvent::Time(now));
-    }
-
-    /// A socket client or dom0's own ring connected.
-    pub fn connect(&mut self, conn: ConnId, kind: ConnKind) {
-        let kind = connect_kind(kind);
-        self.apply_infallible(BoundaryEvent::Connect { conn, kind });
     }
 
     /// Bytes read from `conn`: complete requests go to the engine.
@@ -364,44 +356,6 @@ impl ShellState {
         };
         self.popped = false;
         c.out_off += n.min(c.out.len() - c.out_off);
-    }
-
-    /// A socket went away (or was cut off).
-    pub fn close(&mut self, conn: ConnId) {
-        self.apply_infallible(BoundaryEvent::Close { conn });
-    }
-
-    /// A ring is no longer served (protocol violation, cut off).
-    pub fn violation(&mut self, conn: ConnId) {
-        self.apply_infallible(BoundaryEvent::Violation { conn });
-    }
-
-    /// A ring was reset by its guest.
-    pub fn reset(&mut self, conn: ConnId) {
-        self.apply_infallible(BoundaryEvent::Reset { conn });
-    }
-
-    /// The outcome of an [`Action::Introduce`].
-    pub fn introduced(&mut self, token: u64, result: Result<ConnId, XsErrno>) {
-        self.apply_infallible(BoundaryEvent::Introduced { token, result });
-    }
-
-    /// What the hypervisor says about a domain.
-    pub fn domain_state(&mut self, domid: DomId, shutdown: bool, dying: bool) {
-        self.apply_infallible(BoundaryEvent::DomainState {
-            domid,
-            shutdown,
-            dying,
-        });
-    }
-
-    /// The shell answers a control request it carried out.
-    pub fn answer(&mut self, conn: ConnId, header: &Header, answer: Answer) {
-        self.apply_infallible(BoundaryEvent::Answer {
-            conn,
-            header: *header,
-            answer,
-        });
     }
 
     /// A connection's pending bytes (left in place), with `extra` appended
@@ -638,15 +592,6 @@ pub fn engine_input(event: &BoundaryEvent<'_>) -> Option<Input<'static>> {
     })
 }
 
-/// The recorded kind of an engine connection kind (the inverse of
-/// [`engine_input`]'s for `Connect`).
-fn connect_kind(kind: ConnKind) -> ConnectKind {
-    match kind {
-        ConnKind::Socket => ConnectKind::Socket,
-        ConnKind::Domain(d) => ConnectKind::Ring(d),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,7 +623,10 @@ mod tests {
 
     fn socket_core() -> ShellState {
         let mut core = ShellState::new(Engine::new(Config::default()), None);
-        core.connect(1, ConnKind::Socket);
+        core.apply_infallible(BoundaryEvent::Connect {
+            conn: 1,
+            kind: ConnectKind::Socket,
+        });
         core
     }
 
@@ -736,8 +684,11 @@ mod tests {
         let path = dir.path().join("rec");
         let recorder = Recorder::open(&path, false).unwrap();
         let mut live = ShellState::new(Engine::new(Config::default()), Some(recorder));
-        live.time(5);
-        live.connect(1, ConnKind::Socket);
+        live.apply_infallible(BoundaryEvent::Time(5));
+        live.apply_infallible(BoundaryEvent::Connect {
+            conn: 1,
+            kind: ConnectKind::Socket,
+        });
         live.input(1, &requests(), &mut |_, _, _, _| {}).unwrap();
         // Partial writes, and one that takes nothing.
         let mut sent = Vec::new();
@@ -748,7 +699,7 @@ mod tests {
             sent.extend_from_slice(&bytes[..n]);
             live.wrote(1, n);
         }
-        live.close(1);
+        live.apply_infallible(BoundaryEvent::Close { conn: 1 });
         // Dropping the recorder writes everything out.
         drop(live);
 

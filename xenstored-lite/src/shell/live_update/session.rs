@@ -16,7 +16,7 @@ use super::handover::{HandOverError, StateWriteError};
 use super::{new_args, DRY_RUN_DIR};
 use crate::engine::ConnId;
 use crate::migration::Version;
-use crate::replay::format::Answer;
+use crate::replay::format::{Answer, BoundaryEvent};
 use crate::shell::Daemon;
 
 /// How long the new binary's dry run may take before the update is refused.
@@ -158,9 +158,17 @@ impl Daemon {
             _ => Err(XsErrno::EINVAL),
         };
         match answer {
-            Ok(Some(text)) => self.core.answer(conn, &header, Answer::Text(text)),
+            Ok(Some(text)) => self.core.apply_infallible(BoundaryEvent::Answer {
+                conn,
+                header,
+                answer: Answer::Text(text),
+            }),
             Ok(None) => {}
-            Err(e) => self.core.answer(conn, &header, Answer::Error(e)),
+            Err(e) => self.core.apply_infallible(BoundaryEvent::Answer {
+                conn,
+                header,
+                answer: Answer::Error(e),
+            }),
         }
     }
 
@@ -350,11 +358,11 @@ impl Daemon {
         if let Some(s) = self.live_update.take() {
             self.end_session(s);
         }
-        self.core.answer(
+        self.core.apply_infallible(BoundaryEvent::Answer {
             conn,
-            &header,
-            Answer::Text(format!("live-update refused: {why}")),
-        );
+            header,
+            answer: Answer::Text(format!("live-update refused: {why}")),
+        });
         self.settle();
     }
 }
