@@ -433,6 +433,9 @@ mod permissions {
             (MsgType::SetTarget, &["5", "6"][..]),
             (MsgType::Control, &["help"][..]),
             (MsgType::SetQuota, &["nodes", "5"][..]),
+            // C and oxenstored: guests may not enumerate domids.
+            (MsgType::IsDomainIntroduced, &["5"][..]),
+            (MsgType::IsDomainIntroduced, &["0"][..]),
         ] {
             assert_eq!(h.req(d5, ty, 0, args), Err(XsErrno::EACCES), "{ty}");
         }
