@@ -201,6 +201,11 @@ fn test_release_before_death_then_domid_reuse_inherits_nothing() {
     // Released first, then destroyed; the domid comes back.
     m.dom0.release(d).unwrap();
     m.released();
+    assert_eq!(
+        errno(m.dom0.read(0, "/shared/old")),
+        XsErrno::ENOENT,
+        "RELEASE cleans up at once, as C does"
+    );
     m.ts.destroy(d).unwrap();
     m.wait_gone(d);
     let new = m.create_with_id(d);
@@ -224,6 +229,53 @@ fn test_release_before_death_then_domid_reuse_inherits_nothing() {
         m.dom0.directory(0, "/shared").unwrap(),
         Vec::<String>::new()
     );
+}
+
+/// libxl's soft reset: RELEASE, the home removed and made again, then
+/// INTRODUCE of the same domain (same domid, same unique id) with its
+/// new kernel. C frees everything at RELEASE, so the domain starts from
+/// nothing: no node of its old life, no entry, no quota of its own.
+#[test]
+fn test_soft_reset_release_then_introduce_again_starts_clean() {
+    let mut m = Machine::start(&["-E", "20"]);
+    m.dom0.write(0, "/shared", b"").unwrap();
+    m.dom0
+        .set_perms(0, "/shared", &[Perm::new(PermKind::Both, 0)])
+        .unwrap();
+    let rec = m.create();
+    let d = rec.info.domid;
+    m.dom0.write(0, "/granted", b"for its old life").unwrap();
+    m.dom0
+        .set_perms(
+            0,
+            "/granted",
+            &[Perm::new(PermKind::None, 0), Perm::new(PermKind::Read, d)],
+        )
+        .unwrap();
+    let mut guest = m.introduce(&rec);
+    guest.write(0, "/shared/old", b"left behind").unwrap();
+    let written = fill(&mut guest, "/shared/k");
+    assert_eq!(written, NODES - 2, "its home and /shared/old count");
+    m.dom0.set_quota(Some(d), "nodes", 3).unwrap();
+
+    m.dom0.release(d).unwrap();
+    m.released();
+    m.dom0.rm(0, &format!("/local/domain/{d}")).unwrap();
+    // The same domain (its store port kept) is introduced again.
+    let home = format!("/local/domain/{d}");
+    m.dom0.mkdir(0, &home).unwrap();
+    m.dom0
+        .set_perms(0, &home, &[Perm::new(PermKind::None, d)])
+        .unwrap();
+    m.ts.introduce(&mut m.dom0, &rec).unwrap();
+    let mut reset = guest;
+    assert_eq!(errno(reset.read(0, "/shared/old")), XsErrno::ENOENT);
+    assert_eq!(errno(reset.read(0, "/granted")), XsErrno::EACCES);
+    assert_eq!(
+        m.dom0.directory(0, "/shared").unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(fill(&mut reset, "k"), NODES - 1, "its whole quota again");
 }
 
 /// The unique id: a released domain that owns nodes again (what a
