@@ -153,7 +153,8 @@ impl Engine {
     /// alike (C's `destroy_domain`, which XS_RELEASE reaches by freeing the
     /// connection): its ring, its home, the nodes it owns elsewhere
     /// (deleted, as C does; with `keep_orphans` given to the privileged
-    /// domain), every permission entry naming it, its per-domain quotas;
+    /// domain), every permission entry naming it, its per-domain quotas,
+    /// the target of a domain that acted for it (SET_TARGET);
     /// the watches of each removed node fire as for RM, then
     /// `@releaseDomain` if it was introduced. A domain with this domid
     /// later starts from nothing.
@@ -183,6 +184,13 @@ impl Engine {
         // domain, so that a new domain with this domid inherits nothing.
         self.store.forget_domain(domid, self.config.priv_domid);
         self.domain_quotas.remove(&domid);
+        // A device model that acted for it acts for nobody now, not for
+        // the next domain with this domid.
+        for dom in self.domains.values_mut() {
+            if dom.target == Some(domid) {
+                dom.target = None;
+            }
+        }
         self.check_soft_memory(&events);
         if introduced.is_some() {
             self.fire_special("@releaseDomain", domid);

@@ -1297,6 +1297,27 @@ mod domains {
         assert!(h.e.known_domains().is_empty());
     }
 
+    /// A device model acting for a domain (SET_TARGET) does not act for
+    /// the next domain with that domid.
+    #[test]
+    fn test_domain_death_ends_the_target_of_its_device_model() {
+        let mut h = H::new();
+        h.dom(5);
+        let d7 = h.dom(7);
+        assert_eq!(h.req(SOCK, MsgType::SetTarget, 0, &["7", "5"]), ok());
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        h.e.take_actions();
+        h.dom(5);
+        h.write(SOCK, 0, "/vm5", "new").unwrap();
+        h.perms(SOCK, "/vm5", &["n5"]).unwrap();
+        assert_eq!(h.read(d7, 0, "/vm5"), Err(XsErrno::EACCES));
+        assert_eq!(h.e.domain_target(7), None);
+    }
+
     /// The shell asks the hypervisor about these; entries in ACLs alone do
     /// not make a domain known, and the privileged domain never is.
     #[test]
