@@ -56,6 +56,7 @@ fn test_daemon_help_explains_every_c_xenstored_flag() {
         "--quota",
         "--quota-soft",
         "--timeout",
+        "--keep-orphans",
         "--priv-domid",
         "--verbose",
         "--socket",

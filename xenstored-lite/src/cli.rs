@@ -88,6 +88,14 @@ pub struct Cli {
     #[arg(short = 'w', long = "timeout", value_name = "WHAT=SECONDS")]
     pub timeout: Vec<String>,
 
+    /// When a domain dies or is released, give the nodes it created
+    /// outside its home to the privileged domain instead of deleting them,
+    /// as C xenstored's -K. Off by default: kept nodes are a security risk
+    /// (a guest allowed to write outside its home leaks its whole node and
+    /// memory quota on every reboot, XSA-419).
+    #[arg(short = 'K', long = "keep-orphans")]
+    pub keep_orphans: bool,
+
     /// The privileged domain (the control domain). Default 0.
     #[arg(long = "priv-domid", value_name = "DOMID", default_value_t = 0)]
     pub priv_domid: u16,
@@ -210,6 +218,7 @@ impl Cli {
         let mut config = Config {
             priv_domid: self.priv_domid,
             test_alter_reply: self.test_alter_reply,
+            keep_orphans: self.keep_orphans,
             ..Config::default()
         };
         let q = &mut config.quotas;
@@ -293,6 +302,14 @@ mod tests {
         assert_eq!(c.quotas.soft(QuotaKind::Memory), 500);
         assert_eq!(c.watch_event_timeout_ms, 5000);
         assert_eq!(c.priv_domid, 3);
+    }
+
+    #[test]
+    fn test_cli_keep_orphans_off_unless_asked() {
+        let config = |args: &[&str]| Cli::parse_from(args).engine_config().unwrap();
+        assert!(!config(&["x"]).keep_orphans);
+        assert!(config(&["x", "-K"]).keep_orphans);
+        assert!(config(&["x", "--keep-orphans"]).keep_orphans);
     }
 
     #[test]

@@ -191,7 +191,7 @@ static WIRE: [Option<Entry>; 27] = [
     None, // ERROR
     entry(
         MsgType::IsDomainIntroduced,
-        Flags::NO_TX,
+        PRIV_NO_TX,
         Engine::is_domain_introduced,
     ),
     entry(MsgType::Resume, PRIV_NO_TX, Engine::resume),

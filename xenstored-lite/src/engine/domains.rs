@@ -3,6 +3,7 @@
 //! and quota requests, GET_DOMAIN_PATH and IS_DOMAIN_INTRODUCED, and what
 //! the hypervisor says of a domain's state.
 
+use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
@@ -148,23 +149,83 @@ impl Engine {
         }
     }
 
-    pub(super) fn release(&mut self, domid: DomId, ring: ConnId) {
-        self.domains.remove(&domid);
-        self.forget_conn(ring);
-        self.actions.push(Action::Release { conn: ring, domid });
-        self.fire_special("@releaseDomain", domid);
+    /// Everything kept of a domain goes, on its death and on RELEASE
+    /// alike (C's `destroy_domain`, which XS_RELEASE reaches by freeing the
+    /// connection): its ring, its home, the nodes it owns elsewhere
+    /// (deleted, as C does; with `keep_orphans` given to the privileged
+    /// domain), every permission entry naming it, its per-domain quotas,
+    /// the target of a domain that acted for it (SET_TARGET);
+    /// the watches of each removed node fire as for RM, then
+    /// `@releaseDomain` if it was introduced. A domain with this domid
+    /// later starts from nothing.
+    pub(super) fn destroy_domain(&mut self, domid: DomId) {
+        // Its nodes go: that is no news for the log.
+        self.over_soft.remove(&domid);
+        let introduced = self.domains.remove(&domid);
+        if let Some(dom) = &introduced {
+            self.forget_conn(dom.conn);
+            self.actions.push(Action::Release {
+                conn: dom.conn,
+                domid,
+            });
+        }
+        let mut events = Vec::new();
+        // The home goes whoever owns it (libxl makes it dom0's).
+        events.extend(self.remove_subtree(&format!("/local/domain/{domid}")));
+        if !self.config.keep_orphans {
+            // C's domain_tree_remove: every node it owns, with what is
+            // below it (whoever owns that).
+            for path in self.store.owned_by(domid) {
+                events.extend(self.remove_subtree(&path));
+            }
+        }
+        // What is left naming it: entries dropped, nodes it owned (with
+        // `keep_orphans`) and the special nodes given to the privileged
+        // domain, so that a new domain with this domid inherits nothing.
+        self.store.forget_domain(domid, self.config.priv_domid);
+        self.domain_quotas.remove(&domid);
+        // A device model that acted for it acts for nobody now, not for
+        // the next domain with this domid.
+        for dom in self.domains.values_mut() {
+            if dom.target == Some(domid) {
+                dom.target = None;
+            }
+        }
+        self.check_soft_memory(&events);
+        if introduced.is_some() {
+            self.fire_special("@releaseDomain", domid);
+        }
     }
 
-    /// `RELEASE <domid>`: the ring goes, `@releaseDomain` fires.
+    /// Removes `path` and what is below it, if it is there, firing the
+    /// watches an RM of it fires; returns the change for the soft quota.
+    fn remove_subtree(&mut self, path: &str) -> Option<Change> {
+        let perms = Arc::clone(&self.store.get(path)?.perms);
+        let removed = self.store.remove_tree(path);
+        let event = Change {
+            path: path.to_string(),
+            perms: vec![perms],
+            removed: removed
+                .into_iter()
+                .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
+                .collect(),
+        };
+        self.fire(&event);
+        Some(event)
+    }
+
+    /// `RELEASE <domid>`: the domain is forgotten as if it had died
+    /// ([`Engine::destroy_domain`]), as C does.
     pub(super) fn release_request(&mut self, req: &Request<'_>) -> Reply {
         let domid = parse_domid(one_arg(req.payload)?)?;
         // C refuses to release or resume the privileged domain.
         if domid == self.config.priv_domid {
             return Err(XsErrno::EINVAL);
         }
-        let dom = self.domains.get(&domid).ok_or(XsErrno::ENOENT)?;
-        let ring = dom.conn;
-        self.release(domid, ring);
+        if !self.domains.contains_key(&domid) {
+            return Err(XsErrno::ENOENT);
+        }
+        self.destroy_domain(domid);
         ok()
     }
 
@@ -263,30 +324,7 @@ impl Engine {
 
     pub(super) fn domain_state(&mut self, domid: DomId, shutdown: bool, dying: bool) {
         if dying {
-            // Its nodes go: that is no news for the log.
-            self.over_soft.remove(&domid);
-            if let Some(dom) = self.domains.get(&domid) {
-                let ring = dom.conn;
-                self.release(domid, ring);
-            }
-            // The domain's home goes, and entries naming it stop applying.
-            let home = format!("/local/domain/{domid}");
-            if let Some(node) = self.store.get(&home) {
-                let perms = Arc::clone(&node.perms);
-                let removed = self.store.remove_tree(&home);
-                let event = Change {
-                    path: home,
-                    perms: vec![perms],
-                    removed: removed
-                        .into_iter()
-                        .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
-                        .collect(),
-                };
-                self.fire(&event);
-                self.check_soft_memory(core::slice::from_ref(&event));
-            }
-            self.store.forget_domain(domid, self.config.priv_domid);
-            self.domain_quotas.remove(&domid);
+            self.destroy_domain(domid);
         } else if shutdown {
             let fire = match self.domains.get_mut(&domid) {
                 Some(dom) if !dom.shutdown_seen => {
@@ -299,6 +337,17 @@ impl Engine {
                 self.fire_special("@releaseDomain", domid);
             }
         }
+    }
+
+    /// The domains whose death the shell should report
+    /// ([`Input::DomainState`]): those introduced, those owning nodes and
+    /// those with quotas of their own, but the privileged domain; by domid.
+    pub fn known_domains(&self) -> BTreeSet<DomId> {
+        let mut known: BTreeSet<DomId> = self.domains.keys().copied().collect();
+        known.extend(self.store.accounts().into_iter().map(|(d, _)| d));
+        known.extend(self.domain_quotas.keys().copied());
+        known.remove(&self.config.priv_domid);
+        known
     }
 
     pub(super) fn quota_args(

@@ -89,6 +89,12 @@ pub struct Config {
     /// octet of its payload changed, so that replay's verify mode can be
     /// shown to catch a change in behaviour. Never set in production.
     pub test_alter_reply: Option<u64>,
+    /// When a domain dies or is released, give the nodes it created
+    /// outside its home to the privileged domain instead of deleting them
+    /// (`--keep-orphans`, C's `-K`; off by default: kept nodes let a guest
+    /// that may write outside its home leak its whole quota on every
+    /// reboot, XSA-419).
+    pub keep_orphans: bool,
 }
 
 impl Default for Config {
@@ -99,6 +105,7 @@ impl Default for Config {
             watch_event_timeout_ms: 20_000,
             max_queued_bytes: 1 << 20,
             test_alter_reply: None,
+            keep_orphans: false,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! no hash order ever reaches an output), in persistent maps. Per-domain accounting (nodes owned, bytes
 //! used) lives in the store too, so that it moves with snapshots and commits.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -538,6 +538,35 @@ impl Store {
         specials.sort_by(|a, b| a.0.cmp(&b.0));
         out.extend(specials);
         out
+    }
+
+    /// The nodes `domid` owns that no other node it owns is above, by
+    /// path: removing each of these (with what is below it) removes every
+    /// node it owns. The special `@` nodes are not counted.
+    pub fn owned_by(&self, domid: DomId) -> Vec<Path> {
+        if self.account(domid).nodes == 0 {
+            return Vec::new();
+        }
+        let owned: BTreeSet<Path> = self
+            .nodes
+            .iter()
+            .filter(|(p, n)| accounted(p) && n.owner() == domid)
+            .map(|(p, _)| Arc::clone(p))
+            .collect();
+        owned
+            .iter()
+            .filter(|p| {
+                let mut up = parent(p);
+                while let Some(a) = up {
+                    if owned.contains(a) {
+                        return false;
+                    }
+                    up = parent(a);
+                }
+                true
+            })
+            .cloned()
+            .collect()
     }
 
     /// Replaces the permissions of every node naming `domid`: an owner entry

@@ -1,5 +1,5 @@
 //! Unit tests of the store: accounting, generations, the orders it lists
-//! nodes in, `forget_domain`, and what `check` reports on a broken store.
+//! nodes in, `owned_by` and `forget_domain`, and what `check` reports on a broken store.
 
 use alloc::string::ToString;
 use alloc::sync::Arc;
@@ -265,6 +265,36 @@ fn test_forget_domain_gives_owned_nodes_away_and_drops_entries() {
     );
     assert_eq!(s.forget_domain(9, 9), 1);
     assert_eq!(got(&s, "/self"), [Perm::new(PermKind::None, 9)]);
+}
+
+#[test]
+fn test_owned_by_lists_only_the_topmost_owned_nodes() {
+    let mut s = Store::new(0);
+    let five = perms(&[(PermKind::None, 5)]);
+    let zero = perms(&[(PermKind::None, 0), (PermKind::Read, 5)]);
+    for (path, p) in [
+        ("/a", &five),
+        // "/a-b" sorts between "/a" and "/a/b": not below "/a".
+        ("/a-b", &five),
+        ("/a/b", &five),
+        ("/a/c", &zero),
+        ("/a/c/d", &five),
+        ("/z", &zero),
+        ("/z/y", &five),
+        ("/z/y/x", &five),
+    ] {
+        put(&mut s, path, b"", p);
+    }
+    s.put_node(
+        Arc::from("@releaseDomain"),
+        Arc::from(&b""[..]),
+        Arc::clone(&five),
+    );
+    let owned = s.owned_by(5);
+    let got: Vec<&str> = owned.iter().map(|p| &**p).collect();
+    assert_eq!(got, ["/a", "/a-b", "/z/y"], "none below another of them");
+    assert!(s.owned_by(6).is_empty());
+    assert!(s.owned_by(0).iter().all(|p| !p.starts_with('@')));
 }
 
 #[test]

@@ -433,6 +433,9 @@ mod permissions {
             (MsgType::SetTarget, &["5", "6"][..]),
             (MsgType::Control, &["help"][..]),
             (MsgType::SetQuota, &["nodes", "5"][..]),
+            // C and oxenstored: guests may not enumerate domids.
+            (MsgType::IsDomainIntroduced, &["5"][..]),
+            (MsgType::IsDomainIntroduced, &["0"][..]),
         ] {
             assert_eq!(h.req(d5, ty, 0, args), Err(XsErrno::EACCES), "{ty}");
         }
@@ -1118,6 +1121,216 @@ mod domains {
         let d5 = h.dom(5);
         assert_eq!(h.read(d5, 0, "/shared"), Err(XsErrno::EACCES));
         h.check();
+    }
+
+    /// Guest 5 with traces everywhere: a home with data, nodes of its own
+    /// in `/shared` (which dom0 lets it write), an entry on dom0's `/acl`,
+    /// a node quota of its own. Dom0 watches `/shared` and `@releaseDomain`.
+    fn guest_with_traces(h: &mut H) -> ConnId {
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        h.write(d5, 0, "data", "secret").unwrap();
+        h.write(SOCK, 0, "/shared", "").unwrap();
+        h.perms(SOCK, "/shared", &["n0", "w5"]).unwrap();
+        h.write(d5, 0, "/shared/five", "x").unwrap();
+        h.write(d5, 0, "/shared/five/sub", "y").unwrap();
+        h.write(SOCK, 0, "/acl", "").unwrap();
+        h.perms(SOCK, "/acl", &["n0", "r5"]).unwrap();
+        h.req(SOCK, MsgType::SetQuota, 0, &["5", "nodes", "4"])
+            .unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["/shared", "sh"]).unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["@releaseDomain", "rel"])
+            .unwrap();
+        h.events(SOCK);
+        d5
+    }
+
+    /// Nothing of guest 5 is left: home, nodes, entries, quota, account.
+    fn assert_nothing_of_5_left(h: &mut H) {
+        assert_eq!(h.read(SOCK, 0, "/local/domain/5"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, "/shared/five"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, "/shared"), Ok(Vec::new()));
+        assert_eq!(
+            h.req(SOCK, MsgType::GetPerms, 0, &["/acl"]),
+            Ok(b"n0\0".to_vec())
+        );
+        assert_eq!(
+            h.req(SOCK, MsgType::GetQuota, 0, &["5", "nodes"]),
+            h.req(SOCK, MsgType::GetQuota, 0, &["nodes"]),
+            "its own quota is gone"
+        );
+        assert_eq!(h.e.store().account(5), store::Account::default());
+        assert!(!h.e.known_domains().contains(&5));
+        h.check();
+    }
+
+    /// XS_RELEASE forgets a domain as its death does (C frees the domain
+    /// with its connection): a toolstack that releases first, a soft reset,
+    /// a race, all leave nothing behind for the next domain with the domid.
+    #[test]
+    fn test_domain_release_removes_all_that_death_removes() {
+        let mut h = H::new();
+        guest_with_traces(&mut h);
+        assert_eq!(h.req(SOCK, MsgType::Release, 0, &["5"]), ok());
+        assert_eq!(
+            h.e.take_actions(),
+            vec![Action::Release {
+                conn: 105,
+                domid: 5
+            }]
+        );
+        assert_eq!(
+            h.events(SOCK),
+            vec![H::ev("/shared/five", "sh"), H::ev("@releaseDomain", "rel")],
+            "the removal's watches, then @releaseDomain, as C fires them"
+        );
+        assert_nothing_of_5_left(&mut h);
+        // libxl's soft reset: the same domain gets a home again and is
+        // introduced again; it starts from nothing, as in C.
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        let d5 = h.dom(5);
+        assert_eq!(h.read(d5, 0, "data"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(d5, 0, "/acl"), Err(XsErrno::EACCES));
+        for i in 0..10 {
+            h.write(d5, 0, &format!("k{i}"), "v").unwrap();
+        }
+        assert_eq!(h.e.store().account(5).nodes, 11, "the home and k0..k9");
+    }
+
+    #[test]
+    fn test_domain_death_deletes_its_nodes_outside_its_home() {
+        let mut h = H::new();
+        guest_with_traces(&mut h);
+        let dom0_nodes = h.e.store().account(0).nodes;
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(
+            h.events(SOCK),
+            vec![H::ev("/shared/five", "sh"), H::ev("@releaseDomain", "rel")]
+        );
+        assert_nothing_of_5_left(&mut h);
+        assert_eq!(
+            h.e.store().account(0).nodes,
+            dom0_nodes,
+            "none given to dom0"
+        );
+    }
+
+    /// A node it owns takes what is below it along, whoever owns that (C's
+    /// rm_node); a dom0 node above one of its nodes stays.
+    #[test]
+    fn test_domain_death_takes_other_owners_nodes_below_its_own() {
+        let mut h = H::new();
+        let d5 = guest_with_traces(&mut h);
+        h.perms(d5, "/shared/five/sub", &["n5", "w6"]).unwrap();
+        h.dom(6);
+        h.write(106, 0, "/shared/five/sub/six", "").unwrap();
+        assert_eq!(h.e.store().account(6).nodes, 1);
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(h.e.store().account(6).nodes, 0);
+        assert_eq!(h.read(SOCK, 0, "/shared"), Ok(Vec::new()));
+        h.check();
+    }
+
+    /// `--keep-orphans` (C's `-K`): its nodes outside its home stay, given
+    /// to the privileged domain, with no entry naming it.
+    #[test]
+    fn test_domain_death_with_keep_orphans_gives_its_nodes_to_dom0() {
+        let mut h = H::with(Config {
+            keep_orphans: true,
+            ..Config::default()
+        });
+        guest_with_traces(&mut h);
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(h.events(SOCK), vec![H::ev("@releaseDomain", "rel")]);
+        assert_eq!(h.read(SOCK, 0, "/local/domain/5"), Err(XsErrno::ENOENT));
+        assert_eq!(h.read(SOCK, 0, "/shared/five/sub"), Ok(b"y".to_vec()));
+        for path in ["/shared/five", "/shared/five/sub"] {
+            assert_eq!(
+                h.req(SOCK, MsgType::GetPerms, 0, &[path]),
+                Ok(b"n0\0".to_vec()),
+                "{path}"
+            );
+        }
+        assert_eq!(h.e.store().account(5), store::Account::default());
+        h.check();
+    }
+
+    /// A released domain is still alive; what dom0 gives it afterwards
+    /// goes when it dies, without a second `@releaseDomain` (C fires none
+    /// for a domain that is not introduced).
+    #[test]
+    fn test_domain_released_then_dead_loses_what_it_was_given_since() {
+        let mut h = H::new();
+        h.dom(5);
+        assert_eq!(h.req(SOCK, MsgType::Release, 0, &["5"]), ok());
+        h.e.take_actions();
+        h.write(SOCK, 0, "/vm5", "").unwrap();
+        h.perms(SOCK, "/vm5", &["n5"]).unwrap();
+        h.req(SOCK, MsgType::Watch, 0, &["@releaseDomain", "rel"])
+            .unwrap();
+        h.events(SOCK);
+        assert_eq!(h.e.known_domains(), BTreeSet::from([5]));
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        assert_eq!(h.read(SOCK, 0, "/vm5"), Err(XsErrno::ENOENT));
+        assert_eq!(h.events(SOCK), vec![]);
+        assert_eq!(h.e.take_actions(), vec![]);
+        assert!(h.e.known_domains().is_empty());
+    }
+
+    /// A device model acting for a domain (SET_TARGET) does not act for
+    /// the next domain with that domid.
+    #[test]
+    fn test_domain_death_ends_the_target_of_its_device_model() {
+        let mut h = H::new();
+        h.dom(5);
+        let d7 = h.dom(7);
+        assert_eq!(h.req(SOCK, MsgType::SetTarget, 0, &["7", "5"]), ok());
+        h.e.handle(Input::DomainState {
+            domid: 5,
+            shutdown: true,
+            dying: true,
+        });
+        h.e.take_actions();
+        h.dom(5);
+        h.write(SOCK, 0, "/vm5", "new").unwrap();
+        h.perms(SOCK, "/vm5", &["n5"]).unwrap();
+        assert_eq!(h.read(d7, 0, "/vm5"), Err(XsErrno::EACCES));
+        assert_eq!(h.e.domain_target(7), None);
+    }
+
+    /// The shell asks the hypervisor about these; entries in ACLs alone do
+    /// not make a domain known, and the privileged domain never is.
+    #[test]
+    fn test_known_domains_are_introduced_owners_and_quota_holders() {
+        let mut h = H::new();
+        h.dom(5);
+        h.write(SOCK, 0, "/x", "").unwrap();
+        h.perms(SOCK, "/x", &["n7"]).unwrap();
+        h.write(SOCK, 0, "/y", "").unwrap();
+        h.perms(SOCK, "/y", &["n0", "r8"]).unwrap();
+        h.req(SOCK, MsgType::SetQuota, 0, &["9", "nodes", "5"])
+            .unwrap();
+        assert_eq!(h.e.known_domains(), BTreeSet::from([5, 7, 9]));
     }
 
     #[test]

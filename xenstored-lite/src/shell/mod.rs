@@ -166,6 +166,11 @@ pub struct Daemon {
     live_update: Option<live_update::Session>,
     /// When the recording was last written out.
     last_flush: Instant,
+    /// The hypervisor's unique id of the domains the engine knows (or
+    /// knew, while they live), as it was at INTRODUCE, else when a listing
+    /// first showed them: alive under another one, a domain is dead and
+    /// its domid reused.
+    unique_ids: BTreeMap<DomId, u64>,
 }
 
 /// How long recorded events may wait in memory once the daemon is idle.
@@ -275,6 +280,7 @@ impl Daemon {
             exec_args: config.exec_args.clone(),
             live_update: None,
             last_flush: Instant::now(),
+            unique_ids: BTreeMap::new(),
         };
         Ok(daemon)
     }
@@ -510,22 +516,33 @@ impl Daemon {
         }
     }
 
+    /// Tells the engine what the hypervisor says of every domain it knows
+    /// ([`Engine::known_domains`], and every ring): one that is gone or
+    /// dying is dead, and so is one alive under another unique id than
+    /// the one we knew (its domid was reused); one shut down is reported
+    /// so. A domain released before it died is asked about too while it
+    /// owns nodes, so what it was given since goes when it dies.
     fn domains_changed(&mut self) {
         let Some(list) = self.platform.dominfo_list() else {
             return;
         };
         let info: BTreeMap<DomId, gnttab::DomainInfo> =
             list.into_iter().map(|d| (d.domid, d)).collect();
-        let ours: BTreeSet<DomId> = self
-            .conns
-            .values()
-            .filter_map(Conn::domid)
-            .filter(|&d| d != 0)
-            .collect();
-        for domid in ours {
+        let mut known = self.core.engine().known_domains();
+        known.extend(self.conns.values().filter_map(Conn::domid));
+        known.remove(&0);
+        for &domid in &known {
             let (shutdown, dying) = match info.get(&domid) {
                 None => (true, true),
-                Some(d) => (d.shutdown.is_some(), d.dying),
+                Some(d) => match (self.unique_ids.get(&domid), d.unique_id) {
+                    (Some(&then), Some(now)) if then != now => {
+                        tracing::info!(
+                            "domain {domid} is a new domain (unique id {now}, was {then}): the old one is dead"
+                        );
+                        (true, true)
+                    }
+                    _ => (d.shutdown.is_some(), d.dying),
+                },
             };
             if shutdown || dying {
                 self.core.apply_infallible(BoundaryEvent::DomainState {
@@ -533,6 +550,17 @@ impl Daemon {
                     shutdown,
                     dying,
                 });
+            }
+        }
+        // An id is kept while that domain lives, even when the engine
+        // forgets it (released), so that a later reuse of its domid is seen.
+        self.unique_ids.retain(|domid, &mut id| {
+            info.get(domid)
+                .is_some_and(|d| !d.dying && d.unique_id == Some(id))
+        });
+        for domid in known {
+            if let Some(id) = info.get(&domid).and_then(|d| d.unique_id) {
+                self.unique_ids.entry(domid).or_insert(id);
             }
         }
     }
@@ -817,6 +845,14 @@ impl Daemon {
             }
         };
         tracing::info!("domain {domid} introduced (mfn {mfn:#x}, remote port {remote_port}, local port {port})");
+        // The domain as it is now is the one introduced.
+        match self.platform.dominfo.get(domid) {
+            Ok(Some(gnttab::DomainInfo {
+                unique_id: Some(id),
+                ..
+            })) => self.unique_ids.insert(domid, id),
+            _ => self.unique_ids.remove(&domid),
+        };
         Ok(self.add_ring(page, port, domid))
     }
 }

@@ -129,7 +129,11 @@ impl Daemon {
                         .engine()
                         .domain_ring(domid)
                         .map(|(mfn, remote_port)| RingLocation { mfn, remote_port }),
-                    unique.get(&domid).copied(),
+                    // The domain introduced, if we know its id then.
+                    self.unique_ids
+                        .get(&domid)
+                        .or_else(|| unique.get(&domid))
+                        .copied(),
                 ),
             };
             map.insert(id, id);

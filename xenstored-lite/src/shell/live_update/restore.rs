@@ -208,7 +208,12 @@ impl Daemon {
                         _ => false,
                     };
                     let outcome = match (replaced, daemon.restore_ring(r, c.ring)) {
-                        (false, Ok(id)) => Outcome::Ring(id),
+                        (false, Ok(id)) => {
+                            if let Some(uid) = c.unique_id {
+                                daemon.unique_ids.insert(r.domid, uid);
+                            }
+                            Outcome::Ring(id)
+                        }
                         (_, result) => {
                             if let Err(e) = &result {
                                 tracing::warn!("live update: domain {}: {e}; released", r.domid);
