@@ -24,6 +24,7 @@ pub mod ops;
 pub mod perms;
 pub mod quota;
 pub mod store;
+pub mod throttle;
 mod transactions;
 pub mod watch;
 
@@ -44,6 +45,7 @@ use ops::{Change, Limits};
 use perms::Who;
 use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
 use store::Store;
+use throttle::{Throttle, ThrottleConfig, WriteLog};
 use watch::Watches;
 
 pub use control::ShellControl;
@@ -89,6 +91,9 @@ pub struct Config {
     /// octet of its payload changed, so that replay's verify mode can be
     /// shown to catch a change in behaviour. Never set in production.
     pub test_alter_reply: Option<u64>,
+    /// Per-domain throttling (`--rate-limit`): C's write rate limit and
+    /// oxenstored's conflict credit ([`throttle`]).
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for Config {
@@ -99,6 +104,7 @@ impl Default for Config {
             watch_event_timeout_ms: 20_000,
             max_queued_bytes: 1 << 20,
             test_alter_reply: None,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -243,6 +249,10 @@ pub struct Engine {
     /// Domains whose memory use was last seen above the soft memory quota
     /// (logged once when they crossed it).
     over_soft: BTreeSet<DomId>,
+    /// Per-domain write rate and conflict credits.
+    throttle: Throttle,
+    /// Recent writes by unprivileged domains (whom to blame for EAGAIN).
+    write_log: WriteLog,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -278,6 +288,7 @@ impl Engine {
     /// An engine with an empty store (`/` and the special nodes).
     pub fn new(config: Config) -> Self {
         let store = Store::new(config.priv_domid);
+        let throttle = Throttle::new(config.throttle);
         Self {
             config,
             store,
@@ -294,6 +305,8 @@ impl Engine {
             with_output: BTreeSet::new(),
             replies: 0,
             over_soft: BTreeSet::new(),
+            throttle,
+            write_log: WriteLog::default(),
         }
     }
 
@@ -330,7 +343,10 @@ impl Engine {
                 shutdown,
                 dying,
             } => self.domain_state(domid, shutdown, dying),
-            Input::Time(now) => self.tick(now),
+            Input::Time(now) => {
+                self.tick(now);
+                self.throttle_tick(now);
+            }
         }
     }
 

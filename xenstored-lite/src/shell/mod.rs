@@ -374,6 +374,13 @@ impl Daemon {
         if now != self.last_time {
             self.last_time = now;
             self.core.apply_infallible(BoundaryEvent::Time(now));
+            // Domains whose throttle lifted take requests again: read
+            // their rings (only these; the others' state did not change).
+            for conn in self.core.engine().readable_again() {
+                if self.conns.contains_key(&conn) {
+                    self.dirty.insert(conn);
+                }
+            }
         }
         if self.dirty.is_empty()
             && self.core.recording_pending()
@@ -411,7 +418,18 @@ impl Daemon {
             // written out: look again soon.
             EpollTimeout::from(10u16)
         } else {
-            timeout_ms.map_or(EpollTimeout::NONE, EpollTimeout::from)
+            // A throttled domain resumes at its wake-up: no later than
+            // that (and no busy loop before it).
+            let wakeup = self
+                .core
+                .engine()
+                .next_wakeup()
+                .map(|at| u16::try_from(at.saturating_sub(self.now_ms())).unwrap_or(u16::MAX));
+            match (timeout_ms, wakeup) {
+                (Some(t), Some(w)) => EpollTimeout::from(t.min(w)),
+                (None, Some(w)) => EpollTimeout::from(w),
+                (t, None) => t.map_or(EpollTimeout::NONE, EpollTimeout::from),
+            }
         };
         let mut events = [EpollEvent::empty(); 256];
         let n = match self.epoll.wait(&mut events, timeout) {
