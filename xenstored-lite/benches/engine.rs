@@ -501,9 +501,60 @@ fn storm(s: &Sizes) {
     assert!(problems.is_empty(), "{problems:?}");
 }
 
+/// DIRECTORY and DIRECTORY_PART of a directory of 1,000 children whose
+/// names make a 2 MB listing (too big for one DIRECTORY: E2BIG), next to
+/// the same on a small directory: what a guest can make the daemon do per
+/// request.
+fn big_directory(s: &Sizes) {
+    let mut b = Bench::new();
+    let children = if s.ops >= 100_000 { 1000 } else { 100 };
+    for i in 0..children {
+        let name = format!("{i:04}{}", "n".repeat(1996));
+        let reply = b.write(LOADER, 0, &format!("/big/{name}"), b"");
+        assert_eq!(reply.payload, b"OK\0");
+    }
+    for i in 0..10 {
+        b.write(LOADER, 0, &format!("/small/k{i}"), b"");
+    }
+    let n = s.ops / 10;
+    let dirs: Vec<Message> = (0..n)
+        .map(|_| b.msg(MsgType::Directory, 0, build_args(&[b"/big"])))
+        .collect();
+    rate(
+        &format!("DIRECTORY ({children} children, E2BIG)"),
+        n,
+        run(&mut b, &dirs),
+    );
+    let listing = children * 2001;
+    let mut rng = Lcg(5);
+    let parts: Vec<Message> = (0..n)
+        .map(|_| {
+            let off = (rng.below(children) * 2001).min(listing).to_string();
+            b.msg(
+                MsgType::DirectoryPart,
+                0,
+                build_args(&[b"/big", off.as_bytes()]),
+            )
+        })
+        .collect();
+    rate(
+        &format!("DIRECTORY_PART ({children} children, 2 KB names)"),
+        n,
+        run(&mut b, &parts),
+    );
+    let small: Vec<Message> = (0..n)
+        .map(|_| b.msg(MsgType::DirectoryPart, 0, build_args(&[b"/small", b"0"])))
+        .collect();
+    rate("DIRECTORY_PART (10 children)", n, run(&mut b, &small));
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let s = if full { &FULL } else { &TINY };
+    if std::env::args().any(|a| a == "directory") {
+        // `cargo bench --bench engine -- directory`: that part alone.
+        return big_directory(s);
+    }
     println!(
         "engine benchmark ({}): {} nodes ({} domains x {} keys), one thread",
         if full {
@@ -527,4 +578,5 @@ fn main() {
     basic(&mut b, s);
     watches(s);
     storm(s);
+    big_directory(s);
 }
