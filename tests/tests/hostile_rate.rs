@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mock_xen::Toolstack;
-use tests::{create_guest, guest_client, wait_until, Daemon, MockXen};
+use std::path::Path;
+use std::process::Command;
+
+use tests::{bin, create_guest, guest_client, wait_until, Daemon, MockXen};
 use xenring::{Error as XsError, Perm, PermKind, XsErrno};
 
 /// CPU time (user + system) the process has used, in clock ticks.
@@ -23,6 +26,34 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
+/// Stops the daemon with SIGTERM (it flushes its recording), then replays
+/// the recording in `rec`: the throttled session gives the same bytes
+/// again (the throttle runs on the engine's clock only).
+fn stop_and_replay(daemon: &mut Daemon, rec: &Path) {
+    let pid = daemon.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the daemon to exit", || {
+        daemon.proc.child.try_wait().unwrap().is_some()
+    });
+    let out = tests::output_within_limit(
+        Command::new(bin("xenstored-lite"))
+            .arg(format!("--replay={}", rec.display()))
+            .env_remove("XENSTORED_PATH")
+            .env_remove("XENSTORED_RUNDIR"),
+        "xenstored-lite --replay",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all identical"),
+        "replay: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Item 9: while a dom0 transaction is open, a guest writing as fast as
 /// it can is held to its share of the write rate (C's semantics: delayed,
 /// never failed), a bystander guest's requests complete meanwhile, and the
@@ -33,7 +64,8 @@ fn test_write_flood_is_held_to_the_rate_while_a_transaction_is_open() {
     let hv = MockXen::start(dir.path());
     // 50 writes/s shared by the two guests (25 each), bursts of 10, no
     // reserve: small numbers, so that the test is short.
-    let daemon = Daemon::start(
+    let rec = dir.path().join("rec");
+    let mut daemon = Daemon::start(
         dir.path(),
         &[
             "--mock-xen",
@@ -42,6 +74,8 @@ fn test_write_flood_is_held_to_the_rate_while_a_transaction_is_open() {
             "writes=50",
             "--rate-limit",
             "reserve=0",
+            "--replay-record",
+            rec.to_str().unwrap(),
         ],
     );
     let connector = hv.connector();
@@ -114,6 +148,7 @@ fn test_write_flood_is_held_to_the_rate_while_a_transaction_is_open() {
         (written.load(SeqCst) - 1).to_string().as_bytes()
     );
     assert_eq!(b.read(0, "data/mine").unwrap(), b"kept");
+    stop_and_replay(&mut daemon, &rec);
 }
 
 /// Item 9: a guest that writes below its rate, with a transaction open,
@@ -228,13 +263,16 @@ fn test_dom0_transaction_commits_while_a_guest_rewrites_what_it_reads() {
     let dir = tempfile::tempdir().unwrap();
     let hv = MockXen::start(dir.path());
     // The write rate limit off: the conflict credit alone is tested.
-    let daemon = Daemon::start(
+    let rec = dir.path().join("rec");
+    let mut daemon = Daemon::start(
         dir.path(),
         &[
             "--mock-xen",
             hv.socket.to_str().unwrap(),
             "--rate-limit",
             "writes=0",
+            "--replay-record",
+            rec.to_str().unwrap(),
         ],
     );
     let connector = hv.connector();
@@ -295,4 +333,5 @@ fn test_dom0_transaction_commits_while_a_guest_rewrites_what_it_reads() {
         log.contains(&format!("conflict rate limit: domain {d} paused")),
         "{log}"
     );
+    stop_and_replay(&mut daemon, &rec);
 }

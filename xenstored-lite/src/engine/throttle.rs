@@ -485,3 +485,7 @@ impl WriteLog {
 #[cfg(test)]
 #[path = "throttle_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "throttle_engine_tests.rs"]
+mod engine_tests;
