@@ -250,6 +250,7 @@ impl Engine {
         if tx_id != 0 && !c.transactions.contains_key(&tx_id) {
             return self.reply_err(conn, &hdr, XsErrno::ENOENT);
         }
+        let open_before = c.transactions.len();
         let req = Request {
             conn,
             who,
@@ -263,6 +264,7 @@ impl Engine {
             Run::Store(op, _) => self.store_request(&req, op),
             Run::Engine(handler) => handler(self, &req),
         };
+        self.count_transactions(conn, open_before);
         match result {
             Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
                 self.reply_err(conn, &hdr, XsErrno::E2BIG)
@@ -320,7 +322,7 @@ impl Engine {
         } else {
             req.ty == MsgType::TransactionEnd && req.payload.first() == Some(&b'T')
         };
-        if !charged || !self.conns.values().any(|c| !c.transactions.is_empty()) {
+        if !charged || self.open_transactions == 0 {
             return;
         }
         let (now, n) = (self.now, self.domains.len());
@@ -364,8 +366,21 @@ impl Engine {
         self.throttle_log();
     }
 
-    /// `Input::Time`'s part for the throttle.
+    /// Keeps [`Engine::open_transactions`] up to date after a request of
+    /// `conn`'s, which had `before` open transactions (TRANSACTION_START
+    /// and _END change it; O(1)).
+    fn count_transactions(&mut self, conn: ConnId, before: usize) {
+        let after = self.conns.get(&conn).map_or(0, |c| c.transactions.len());
+        self.open_transactions = (self.open_transactions + after).saturating_sub(before);
+    }
+
+    /// `Input::Time`'s part for the throttle. The count of open
+    /// transactions is made exact again here (at most once per
+    /// millisecond of the clock): between ticks, transactions that went
+    /// without a request (a connection closed or reset, a live update's
+    /// restore) are not counted.
     pub(super) fn throttle_tick(&mut self, now: Time) {
+        self.open_transactions = self.conns.values().map(|c| c.transactions.len()).sum();
         self.throttle.tick(now, self.domains.len());
         self.throttle_log();
     }

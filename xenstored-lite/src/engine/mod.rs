@@ -253,6 +253,9 @@ pub struct Engine {
     throttle: Throttle,
     /// Recent writes by unprivileged domains (whom to blame for EAGAIN).
     write_log: WriteLog,
+    /// Open transactions on all connections (C's `wrl_ntransactions`):
+    /// guest writes are charged while there are some.
+    open_transactions: usize,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -307,6 +310,7 @@ impl Engine {
             over_soft: BTreeSet::new(),
             throttle,
             write_log: WriteLog::default(),
+            open_transactions: 0,
         }
     }
 

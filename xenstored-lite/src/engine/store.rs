@@ -306,10 +306,13 @@ const LISTING_CACHE_ENTRIES: usize = 4;
 /// store (a transaction's snapshot) stays cheap, and it needs no `std`.
 #[derive(Clone, Default)]
 struct ListingCache {
-    entries: [Option<(Path, u64, Arc<[u8]>)>; LISTING_CACHE_ENTRIES],
+    entries: [Option<CachedListing>; LISTING_CACHE_ENTRIES],
     /// The entry replaced next (round robin).
     next: usize,
 }
+
+/// A cached listing: the node's path, its generation, the listing.
+type CachedListing = (Path, u64, Arc<[u8]>);
 
 impl fmt::Debug for ListingCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
