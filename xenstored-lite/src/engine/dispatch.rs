@@ -333,9 +333,14 @@ impl Engine {
     }
 
     /// Notes the changes an unprivileged domain's request made to the
-    /// committed store, for [`Engine::blame_conflict`].
+    /// committed store, for [`Engine::blame_conflict`]; only while some
+    /// transaction is open (one started later cannot conflict with it).
     pub(super) fn record_writes(&mut self, who: &Who, events: &[Change]) {
-        if who.privileged || self.config.throttle.conflict_burst == 0 {
+        if who.privileged
+            || self.config.throttle.conflict_burst == 0
+            || self.open_transactions == 0
+            || events.is_empty()
+        {
             return;
         }
         let version = self.store.version();
