@@ -342,3 +342,52 @@ fn test_dom0_transaction_commits_while_a_guest_rewrites_what_it_reads() {
     );
     stop_and_replay(&mut daemon, &rec);
 }
+
+/// Item 9: while a guest is throttled the daemon sleeps until its wake-up
+/// (no busy loop: it uses next to no CPU while the guest waits), then
+/// serves it: every write completes.
+#[test]
+fn test_throttled_guest_waits_without_the_daemon_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = MockXen::start(dir.path());
+    // One write a second, bursts of one: each write after the first
+    // waits about a second.
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--mock-xen",
+            hv.socket.to_str().unwrap(),
+            "--rate-limit",
+            "writes=1",
+            "--rate-limit",
+            "burst=1",
+            "--rate-limit",
+            "reserve=0",
+        ],
+    );
+    let connector = hv.connector();
+    let ts = Toolstack::open(&connector).unwrap();
+    let mut dom0 = daemon.client();
+    let guest = create_guest(&ts, &mut dom0);
+    let tx = dom0.transaction_start().unwrap();
+    let mut c = guest_client(&connector, &guest);
+    c.write(0, "data/k", b"0").unwrap();
+    c.write(0, "data/k", b"1").unwrap();
+    let before = cpu_ticks(daemon.pid());
+    let started = Instant::now();
+    for i in 2..5 {
+        c.write(0, "data/k", i.to_string().as_bytes()).unwrap();
+    }
+    let waited = started.elapsed();
+    let used = cpu_ticks(daemon.pid()) - before;
+    println!("3 throttled writes: waited {waited:?}, the daemon used {used} ticks");
+    // A busy loop would use all of the wait (100 ticks a second); allow a
+    // tenth of it, and a few ticks of granularity.
+    let ticks = (waited.as_secs_f64() * 100.0) as u64;
+    assert!(
+        used <= ticks / 10 + 5,
+        "{used} ticks of CPU in {waited:?} of waiting"
+    );
+    assert_eq!(c.read(0, "data/k").unwrap(), b"4");
+    dom0.transaction_end(tx, false).unwrap();
+}

@@ -411,20 +411,20 @@ impl Daemon {
     }
 
     fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
+        // A throttled domain resumes at its wake-up: wait no longer than
+        // that (and do not spin before it).
+        let wakeup = self
+            .core
+            .engine()
+            .next_wakeup()
+            .map(|at| u16::try_from(at.saturating_sub(self.now_ms())).unwrap_or(u16::MAX));
         let timeout = if !self.dirty.is_empty() {
             EpollTimeout::ZERO
         } else if self.live_update_pending() || self.core.recording_pending() {
             // A dry run is under way, or recorded events wait to be
             // written out: look again soon.
-            EpollTimeout::from(10u16)
+            EpollTimeout::from(wakeup.map_or(10u16, |w| w.min(10)))
         } else {
-            // A throttled domain resumes at its wake-up: no later than
-            // that (and no busy loop before it).
-            let wakeup = self
-                .core
-                .engine()
-                .next_wakeup()
-                .map(|at| u16::try_from(at.saturating_sub(self.now_ms())).unwrap_or(u16::MAX));
             match (timeout_ms, wakeup) {
                 (Some(t), Some(w)) => EpollTimeout::from(t.min(w)),
                 (None, Some(w)) => EpollTimeout::from(w),
