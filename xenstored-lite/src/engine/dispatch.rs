@@ -297,7 +297,9 @@ impl Engine {
             return self.in_transaction(req, &ctx, op);
         }
         let mut events = Vec::new();
+        let built = self.store.listing_bytes_built();
         let result = op(&mut self.store, &ctx, req.payload, &mut events);
+        self.charge_listing(&who, self.store.listing_bytes_built().wrapping_sub(built));
         self.record_writes(&who, &events);
         for e in &events {
             self.fire(e);
@@ -306,6 +308,9 @@ impl Engine {
         result.map(Some)
     }
 }
+
+/// Bytes of a large child listing built that cost as much as one write.
+const LISTING_BYTES_PER_WRITE: u64 = 64 * 1024;
 
 /// Throttling ([`super::throttle`]): what a request is charged, the
 /// writes kept to blame a conflict on, and the clock's part.
@@ -329,6 +334,23 @@ impl Engine {
         let domains = &self.domains;
         self.throttle
             .charge_writes(req.who.domid, 1, now, n, &|d| domains.contains_key(&d));
+        self.throttle_log();
+    }
+
+    /// Charges an unprivileged domain for the large child listing its
+    /// request had built (`bytes`; 0 when served from the cache): one
+    /// write per [`LISTING_BYTES_PER_WRITE`], transaction or not, so that
+    /// a guest changing a huge directory and listing it again and again
+    /// is held to the write rate.
+    fn charge_listing(&mut self, who: &Who, bytes: u64) {
+        if bytes == 0 || who.privileged || self.config.throttle.write_rate == 0 {
+            return;
+        }
+        let writes = u32::try_from(bytes.div_ceil(LISTING_BYTES_PER_WRITE)).unwrap_or(u32::MAX);
+        let (now, n) = (self.now, self.domains.len());
+        let domains = &self.domains;
+        self.throttle
+            .charge_writes(who.domid, writes, now, n, &|d| domains.contains_key(&d));
         self.throttle_log();
     }
 

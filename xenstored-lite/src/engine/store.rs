@@ -270,6 +270,9 @@ pub struct Store {
     version: u64,
     /// The last large child listings built ([`Store::listing`]).
     listings: ListingCache,
+    /// Bytes of large listings built so far (what a guest asking for a
+    /// listing it keeps changing costs; charged as writes).
+    listing_bytes_built: u64,
 }
 
 /// A `DIRECTORY` listing: built for this request, or shared from the
@@ -413,6 +416,7 @@ impl Store {
             next_generation: 1,
             version: 0,
             listings: ListingCache::default(),
+            listing_bytes_built: 0,
         };
         let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, owner)]);
         // C xenstored 4.17 starts with /tool/xenstored too (what
@@ -454,9 +458,16 @@ impl Store {
         if list.len() <= LISTING_CACHE_MIN {
             return Some(Listing::Built(list));
         }
+        self.listing_bytes_built = self.listing_bytes_built.wrapping_add(list.len() as u64);
         let list: Arc<[u8]> = Arc::from(list);
         self.listings.put(path, generation, Arc::clone(&list));
         Some(Listing::Cached(list))
+    }
+
+    /// Bytes of large listings [`Store::listing`] has built (not served
+    /// from its cache) so far, wrapping.
+    pub fn listing_bytes_built(&self) -> u64 {
+        self.listing_bytes_built
     }
 
     /// Number of nodes.
@@ -827,10 +838,13 @@ mod listing_tests {
     fn test_large_listing_built_once_per_generation() {
         let mut s = Store::new(0);
         big(&mut s, 50);
+        assert_eq!(s.listing_bytes_built(), 0);
         let first = cached(s.listing("/d").unwrap());
+        assert_eq!(s.listing_bytes_built(), first.len() as u64);
         assert_eq!(&*first, &s.get("/d").unwrap().children_payload()[..]);
         let again = cached(s.listing("/d").unwrap());
         assert!(Arc::ptr_eq(&first, &again), "served from the cache");
+        assert_eq!(s.listing_bytes_built(), first.len() as u64);
         // A new child, a removed one, a changed value: a new generation,
         // a new listing that shows it.
         add(&mut s, "/d/new");

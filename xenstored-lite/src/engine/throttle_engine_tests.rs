@@ -302,3 +302,41 @@ fn test_conflict_blamed_only_on_the_writer_of_what_the_request_saw() {
     assert!(h.e.throttled(5));
     assert!(!h.e.throttled(6));
 }
+
+#[test]
+fn test_rebuilding_a_large_listing_is_charged_a_cached_one_is_not() {
+    let mut h = H::new(Config::default());
+    let g = h.guest(5);
+    // 40 children of 2 KB: an 80 KB listing, two writes' worth to build.
+    let name = |i: usize| alloc::format!("d/{i:02}{}", "n".repeat(1990));
+    for i in 0..40 {
+        h.write(g, 0, &name(i), "").unwrap();
+    }
+    let part = |h: &mut H| {
+        h.call(g, MsgType::DirectoryPart, 0, build_args(&[b"d", b"0"]))
+            .unwrap()
+    };
+    // The same generation listed again and again: built once.
+    for _ in 0..1000 {
+        part(&mut h);
+    }
+    assert!(h.e.accepts_requests(g));
+    // Changed and listed each time: each rebuild is charged, no
+    // transaction needed, until the guest is throttled.
+    let mut rebuilt = 0;
+    while h.e.accepts_requests(g) {
+        let i = 40 + rebuilt % 2;
+        if rebuilt % 4 < 2 {
+            h.write(g, 0, &name(i), "").unwrap();
+        } else {
+            h.call(g, MsgType::Rm, 0, build_args(&[name(i).as_bytes()]))
+                .unwrap();
+        }
+        part(&mut h);
+        rebuilt += 1;
+        assert!(rebuilt < 100, "never throttled");
+    }
+    // Its burst of 10 writes at two per rebuild.
+    assert!((5..=6).contains(&rebuilt), "{rebuilt}");
+    assert!(h.e.next_wakeup().is_some());
+}
