@@ -383,7 +383,7 @@ fn test_throttled_guest_waits_without_the_daemon_spinning() {
     println!("3 throttled writes: waited {waited:?}, the daemon used {used} ticks");
     // A busy loop would use all of the wait (100 ticks a second); allow a
     // tenth of it, and a few ticks of granularity.
-    let ticks = (waited.as_secs_f64() * 100.0) as u64;
+    let ticks = u64::try_from(waited.as_millis() / 10).unwrap_or(u64::MAX);
     assert!(
         used <= ticks / 10 + 5,
         "{used} ticks of CPU in {waited:?} of waiting"
