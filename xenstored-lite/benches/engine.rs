@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use xenring::codec::{build_args, build_path_value, Message};
 use xenring::MsgType;
-use xenstored_lite::engine::{Config, ConnId, ConnKind, Engine, Input};
+use xenstored_lite::engine::{Action, Config, ConnId, ConnKind, Engine, Input};
 
 struct Sizes {
     domains: usize,
@@ -501,9 +501,136 @@ fn storm(s: &Sizes) {
     assert!(problems.is_empty(), "{problems:?}");
 }
 
+/// DIRECTORY and DIRECTORY_PART of a directory of 1,000 children whose
+/// names make a 2 MB listing (too big for one DIRECTORY: E2BIG), next to
+/// the same on a small directory: what a guest can make the daemon do per
+/// request.
+fn big_directory(s: &Sizes) {
+    let mut b = Bench::new();
+    let children = if s.ops >= 100_000 { 1000 } else { 100 };
+    for i in 0..children {
+        let name = format!("{i:04}{}", "n".repeat(1996));
+        let reply = b.write(LOADER, 0, &format!("/big/{name}"), b"");
+        assert_eq!(reply.payload, b"OK\0");
+    }
+    for i in 0..10 {
+        b.write(LOADER, 0, &format!("/small/k{i}"), b"");
+    }
+    let n = s.ops / 10;
+    let dirs: Vec<Message> = (0..n)
+        .map(|_| b.msg(MsgType::Directory, 0, build_args(&[b"/big"])))
+        .collect();
+    rate(
+        &format!("DIRECTORY ({children} children, E2BIG)"),
+        n,
+        run(&mut b, &dirs),
+    );
+    let listing = children * 2001;
+    let mut rng = Lcg(5);
+    let parts: Vec<Message> = (0..n)
+        .map(|_| {
+            let off = (rng.below(children) * 2001).min(listing).to_string();
+            b.msg(
+                MsgType::DirectoryPart,
+                0,
+                build_args(&[b"/big", off.as_bytes()]),
+            )
+        })
+        .collect();
+    rate(
+        &format!("DIRECTORY_PART ({children} children, 2 KB names)"),
+        n,
+        run(&mut b, &parts),
+    );
+    let small: Vec<Message> = (0..n)
+        .map(|_| b.msg(MsgType::DirectoryPart, 0, build_args(&[b"/small", b"0"])))
+        .collect();
+    rate("DIRECTORY_PART (10 children)", n, run(&mut b, &small));
+}
+
+/// A guest's WRITE while a dom0 transaction is open, with the write rate
+/// limit charging it (at a rate it never reaches) and with it off: what
+/// the throttle costs a well-behaved guest.
+fn guest_writes(s: &Sizes) {
+    for limit in [0u32, 1_000_000_000] {
+        let mut config = Config::default();
+        config.throttle.write_rate = limit;
+        let mut b = Bench {
+            engine: Engine::new(config),
+            req: 0,
+        };
+        b.engine.handle(Input::Connect {
+            conn: LOADER,
+            kind: ConnKind::Socket,
+        });
+        let m = b.msg(MsgType::Mkdir, 0, build_args(&[b"/local/domain/5"]));
+        b.call(LOADER, &m);
+        let m = b.msg(
+            MsgType::SetPerms,
+            0,
+            build_args(&[b"/local/domain/5", b"n5"]),
+        );
+        b.call(LOADER, &m);
+        let m = b.msg(MsgType::Introduce, 0, build_args(&[b"5", b"4660", b"1"]));
+        b.engine.handle(Input::Request {
+            conn: LOADER,
+            msg: &m,
+        });
+        let guest: ConnId = 105;
+        for a in b.engine.take_actions() {
+            if let Action::Introduce { token, .. } = a {
+                b.engine.handle(Input::Introduced {
+                    token,
+                    result: Ok(guest),
+                });
+            }
+        }
+        b.drain(LOADER);
+        let m = b.msg(MsgType::TransactionStart, 0, build_args(&[b""]));
+        b.call(LOADER, &m);
+        let writes: Vec<Message> = (0..s.ops)
+            .map(|i| {
+                b.msg(
+                    MsgType::Write,
+                    0,
+                    build_path_value(format!("k{}", i % 100).as_bytes(), b"v"),
+                )
+            })
+            .collect();
+        let start = Instant::now();
+        for (i, m) in writes.iter().enumerate() {
+            if i % 64 == 0 {
+                b.engine.handle(Input::Time(i as u64));
+            }
+            b.engine.handle(Input::Request {
+                conn: guest,
+                msg: m,
+            });
+            while let Some(out) = b.engine.pop_output(guest) {
+                black_box(&out);
+            }
+        }
+        let took = start.elapsed();
+        assert!(b.engine.accepts_requests(guest), "never throttled");
+        rate(
+            &format!(
+                "guest WRITE, dom0 tx open, rate limit {}",
+                if limit == 0 { "off" } else { "charged" }
+            ),
+            s.ops,
+            took,
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let s = if full { &FULL } else { &TINY };
+    if std::env::args().any(|a| a == "directory") {
+        // `cargo bench --bench engine -- directory`: that part alone.
+        big_directory(s);
+        return guest_writes(s);
+    }
     println!(
         "engine benchmark ({}): {} nodes ({} domains x {} keys), one thread",
         if full {
@@ -527,4 +654,6 @@ fn main() {
     basic(&mut b, s);
     watches(s);
     storm(s);
+    big_directory(s);
+    guest_writes(s);
 }

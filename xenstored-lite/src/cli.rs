@@ -95,6 +95,20 @@ pub struct Cli {
     /// memory quota on every reboot, XSA-419).
     #[arg(short = 'K', long = "keep-orphans")]
     pub keep_orphans: bool,
+    /// Throttling of guest domains, NAME=VALUE (repeatable). A throttled
+    /// guest's ring is not read until its credit is back: its requests are
+    /// delayed, never failed. `writes` (default 200): writes per second
+    /// shared by all guests, as C xenstored's write rate limit (0: off);
+    /// charged, as in C, only while some transaction is open. `burst`
+    /// (10): writes one guest may make at once. `reserve` (1000): credit
+    /// the guests that write less lend to those that write more.
+    /// `conflicts` (5): transaction commits a guest's writes may make fail
+    /// (EAGAIN) before it is paused, as oxenstored (0: off). `conflict-ms`
+    /// (50): one conflict point back per this many milliseconds.
+    /// `conflict-aggregate` (1): points go to one paused guest at a time
+    /// (0: to each).
+    #[arg(long = "rate-limit", value_name = "NAME=VALUE")]
+    pub rate_limit: Vec<String>,
 
     /// The privileged domain (the control domain). Default 0.
     #[arg(long = "priv-domid", value_name = "DOMID", default_value_t = 0)]
@@ -257,6 +271,28 @@ impl Cli {
                 }
             }
         }
+        let t = &mut config.throttle;
+        for arg in &self.rate_limit {
+            let (name, value) = name_value(arg, "--rate-limit")?;
+            let small = |v: u64| {
+                u32::try_from(v)
+                    .map_err(|_| UsageError(format!("--rate-limit {arg:?}: {v} is too large")))
+            };
+            match name.as_str() {
+                "writes" => t.write_rate = small(value)?,
+                "burst" => t.write_burst = small(value)?,
+                "reserve" => t.write_reserve = small(value)?,
+                "conflicts" => t.conflict_burst = small(value)?,
+                "conflict-ms" => t.conflict_period_ms = value,
+                "conflict-aggregate" => t.conflict_aggregate = value != 0,
+                other => {
+                    return Err(UsageError(format!(
+                        "--rate-limit: unknown setting {other:?} (known: writes, burst, \
+                         reserve, conflicts, conflict-ms, conflict-aggregate)"
+                    )))
+                }
+            }
+        }
         Ok(config)
     }
 }
@@ -310,6 +346,48 @@ mod tests {
         assert!(!config(&["x"]).keep_orphans);
         assert!(config(&["x", "-K"]).keep_orphans);
         assert!(config(&["x", "--keep-orphans"]).keep_orphans);
+    }
+
+    #[test]
+    fn test_cli_rate_limit_settings() {
+        let c = Cli::parse_from(["x"]).engine_config().unwrap();
+        assert_eq!(
+            c.throttle,
+            crate::engine::throttle::ThrottleConfig::default()
+        );
+        let c = Cli::parse_from([
+            "x",
+            "--rate-limit",
+            "writes=0",
+            "--rate-limit",
+            "burst=3",
+            "--rate-limit",
+            "reserve=7",
+            "--rate-limit",
+            "conflicts=2",
+            "--rate-limit",
+            "conflict-ms=9",
+            "--rate-limit",
+            "conflict-aggregate=0",
+        ])
+        .engine_config()
+        .unwrap();
+        let t = c.throttle;
+        assert_eq!((t.write_rate, t.write_burst, t.write_reserve), (0, 3, 7));
+        assert_eq!(
+            (t.conflict_burst, t.conflict_period_ms, t.conflict_aggregate),
+            (2, 9, false)
+        );
+        for (arg, needle) in [
+            ("often=1", "unknown setting \"often\""),
+            ("writes=99999999999", "too large"),
+            ("writes", "expected NAME=VALUE"),
+        ] {
+            let err = Cli::parse_from(["x", "--rate-limit", arg])
+                .engine_config()
+                .unwrap_err();
+            assert!(err.0.contains(needle), "{}", err.0);
+        }
     }
 
     #[test]

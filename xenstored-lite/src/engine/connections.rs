@@ -90,6 +90,9 @@ impl Engine {
         if who.privileged {
             return true;
         }
+        if self.throttle.is_paused(who.domid) {
+            return false; // throttled (engine/throttle.rs) until it resumes
+        }
         let limit = self.limit(who.domid, QuotaKind::Outstanding);
         limit == 0 || (c.replies_queued as u64) < limit
     }

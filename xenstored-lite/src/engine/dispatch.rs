@@ -9,9 +9,9 @@ use bitflags::bitflags;
 use xenring::codec::{split_args, split_first_arg, Message};
 use xenring::{Header, MsgType, XsErrno};
 
-use super::ops::{self, one_arg, Ctx};
+use super::ops::{self, one_arg, Change, Ctx};
 use super::perms::Who;
-use super::{reply, ConnId, Engine};
+use super::{reply, Action, ConnId, Engine, Time};
 
 bitflags! {
     /// A request type's flags, as C xenstored's `XS_FLAG_*`.
@@ -250,6 +250,7 @@ impl Engine {
         if tx_id != 0 && !c.transactions.contains_key(&tx_id) {
             return self.reply_err(conn, &hdr, XsErrno::ENOENT);
         }
+        let open_before = c.transactions.len();
         let req = Request {
             conn,
             who,
@@ -263,12 +264,14 @@ impl Engine {
             Run::Store(op, _) => self.store_request(&req, op),
             Run::Engine(handler) => handler(self, &req),
         };
+        self.count_transactions(conn, open_before);
         match result {
             Ok(Some(payload)) if payload.len() > xenring::wire::PAYLOAD_MAX => {
                 self.reply_err(conn, &hdr, XsErrno::E2BIG)
             }
             Ok(Some(payload)) => {
                 self.last_result = Some(Ok(()));
+                self.charge(&req);
                 self.queue(conn, reply(&hdr, entry.ty, payload), false);
                 if let Some(after) = entry.after {
                     after(self, &req);
@@ -294,12 +297,147 @@ impl Engine {
             return self.in_transaction(req, &ctx, op);
         }
         let mut events = Vec::new();
+        let built = self.store.listing_bytes_built();
         let result = op(&mut self.store, &ctx, req.payload, &mut events);
+        self.charge_listing(&who, self.store.listing_bytes_built().wrapping_sub(built));
+        self.record_writes(&who, &events);
         for e in &events {
             self.fire(e);
         }
         self.check_soft_memory(&events);
         result.map(Some)
+    }
+}
+
+/// Bytes of a large child listing built that cost as much as one write.
+const LISTING_BYTES_PER_WRITE: u64 = 64 * 1024;
+
+/// Throttling ([`super::throttle`]): what a request is charged, the
+/// writes kept to blame a conflict on, and the clock's part.
+impl Engine {
+    /// Charges a successful request of an unprivileged domain to its write
+    /// credit, as C does: a write outside a transaction while some
+    /// transaction is open, a commit while another is.
+    fn charge(&mut self, req: &Request<'_>) {
+        if req.who.privileged || self.config.throttle.write_rate == 0 {
+            return;
+        }
+        let charged = if req.flags.contains(Flags::WRITES) {
+            req.tx_id == 0
+        } else {
+            req.ty == MsgType::TransactionEnd && req.payload.first() == Some(&b'T')
+        };
+        if !charged || self.open_transactions == 0 {
+            return;
+        }
+        let (now, n) = (self.now, self.domains.len());
+        let domains = &self.domains;
+        self.throttle
+            .charge_writes(req.who.domid, 1, now, n, &|d| domains.contains_key(&d));
+        self.throttle_log();
+    }
+
+    /// Charges an unprivileged domain for the large child listing its
+    /// request had built (`bytes`; 0 when served from the cache): one
+    /// write per [`LISTING_BYTES_PER_WRITE`], transaction or not, so that
+    /// a guest changing a huge directory and listing it again and again
+    /// is held to the write rate.
+    fn charge_listing(&mut self, who: &Who, bytes: u64) {
+        if bytes == 0 || who.privileged || self.config.throttle.write_rate == 0 {
+            return;
+        }
+        let writes = u32::try_from(bytes.div_ceil(LISTING_BYTES_PER_WRITE)).unwrap_or(u32::MAX);
+        let (now, n) = (self.now, self.domains.len());
+        let domains = &self.domains;
+        self.throttle
+            .charge_writes(who.domid, writes, now, n, &|d| domains.contains_key(&d));
+        self.throttle_log();
+    }
+
+    /// Notes the changes an unprivileged domain's request made to the
+    /// committed store, for [`Engine::blame_conflict`]; only while some
+    /// transaction is open (one started later cannot conflict with it).
+    pub(super) fn record_writes(&mut self, who: &Who, events: &[Change]) {
+        if who.privileged
+            || self.config.throttle.conflict_burst == 0
+            || self.open_transactions == 0
+            || events.is_empty()
+        {
+            return;
+        }
+        let version = self.store.version();
+        for e in events {
+            self.write_log
+                .record(version, who.domid, alloc::sync::Arc::from(e.path.as_str()));
+        }
+    }
+
+    /// A transaction of `victim`'s, started at store version `since`, failed
+    /// with EAGAIN because what a request on `path` saw changed: each other
+    /// unprivileged domain that changed it since is charged a conflict
+    /// (oxenstored's blame; the privileged domain is free to conflict).
+    pub(super) fn blame_conflict(&mut self, victim: &Who, since: u64, path: &str) {
+        if self.config.throttle.conflict_burst == 0 {
+            return;
+        }
+        let guilty = self.write_log.writers_since(since, path);
+        let (now, n) = (self.now, self.domains.len());
+        for d in guilty {
+            if d == victim.domid || d == self.config.priv_domid {
+                continue;
+            }
+            let domains = &self.domains;
+            self.throttle
+                .charge_conflict(d, now, n, &|d| domains.contains_key(&d));
+        }
+        self.throttle_log();
+    }
+
+    /// Keeps [`Engine::open_transactions`] up to date after a request of
+    /// `conn`'s, which had `before` open transactions (TRANSACTION_START
+    /// and _END change it; O(1)).
+    fn count_transactions(&mut self, conn: ConnId, before: usize) {
+        let after = self.conns.get(&conn).map_or(0, |c| c.transactions.len());
+        self.open_transactions = (self.open_transactions + after).saturating_sub(before);
+    }
+
+    /// `Input::Time`'s part for the throttle. The count of open
+    /// transactions is made exact again here (at most once per
+    /// millisecond of the clock): between ticks, transactions that went
+    /// without a request (a connection closed or reset, a live update's
+    /// restore) are not counted.
+    pub(super) fn throttle_tick(&mut self, now: Time) {
+        self.open_transactions = self.conns.values().map(|c| c.transactions.len()).sum();
+        self.throttle.tick(now, self.domains.len());
+        self.throttle_log();
+    }
+
+    fn throttle_log(&mut self) {
+        for line in self.throttle.take_log() {
+            self.actions.push(Action::Log(line));
+        }
+    }
+
+    /// When the shell must look again even if nothing happens (hand the
+    /// engine the time, on its clock): the earliest time a throttled
+    /// domain may resume; `None` if none is throttled.
+    pub fn next_wakeup(&self) -> Option<Time> {
+        self.throttle.next_wakeup()
+    }
+
+    /// The connections whose domains the last `Input::Time` resumed: they
+    /// take requests again (the shell reads them).
+    pub fn readable_again(&self) -> Vec<ConnId> {
+        self.throttle
+            .resumed()
+            .iter()
+            .filter_map(|d| self.domains.get(d).map(|dom| dom.conn))
+            .collect()
+    }
+
+    /// Whether `domid` is throttled now.
+    pub fn throttled(&self, domid: xenring::DomId) -> bool {
+        self.throttle.is_paused(domid)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod perms;
 pub mod quota;
 pub mod store;
+pub mod throttle;
 mod transactions;
 pub mod watch;
 
@@ -44,6 +45,7 @@ use ops::{Change, Limits};
 use perms::Who;
 use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
 use store::Store;
+use throttle::{Throttle, ThrottleConfig, WriteLog};
 use watch::Watches;
 
 pub use control::ShellControl;
@@ -95,6 +97,9 @@ pub struct Config {
     /// that may write outside its home leak its whole quota on every
     /// reboot, XSA-419).
     pub keep_orphans: bool,
+    /// Per-domain throttling (`--rate-limit`): C's write rate limit and
+    /// oxenstored's conflict credit ([`throttle`]).
+    pub throttle: ThrottleConfig,
 }
 
 impl Default for Config {
@@ -106,6 +111,7 @@ impl Default for Config {
             max_queued_bytes: 1 << 20,
             test_alter_reply: None,
             keep_orphans: false,
+            throttle: ThrottleConfig::default(),
         }
     }
 }
@@ -250,6 +256,13 @@ pub struct Engine {
     /// Domains whose memory use was last seen above the soft memory quota
     /// (logged once when they crossed it).
     over_soft: BTreeSet<DomId>,
+    /// Per-domain write rate and conflict credits.
+    throttle: Throttle,
+    /// Recent writes by unprivileged domains (whom to blame for EAGAIN).
+    write_log: WriteLog,
+    /// Open transactions on all connections (C's `wrl_ntransactions`):
+    /// guest writes are charged while there are some.
+    open_transactions: usize,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -285,6 +298,7 @@ impl Engine {
     /// An engine with an empty store (`/` and the special nodes).
     pub fn new(config: Config) -> Self {
         let store = Store::new(config.priv_domid);
+        let throttle = Throttle::new(config.throttle);
         Self {
             config,
             store,
@@ -301,6 +315,9 @@ impl Engine {
             with_output: BTreeSet::new(),
             replies: 0,
             over_soft: BTreeSet::new(),
+            throttle,
+            write_log: WriteLog::default(),
+            open_transactions: 0,
         }
     }
 
@@ -337,7 +354,10 @@ impl Engine {
                 shutdown,
                 dying,
             } => self.domain_state(domid, shutdown, dying),
-            Input::Time(now) => self.tick(now),
+            Input::Time(now) => {
+                self.tick(now);
+                self.throttle_tick(now);
+            }
         }
     }
 

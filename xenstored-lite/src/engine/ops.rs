@@ -168,7 +168,14 @@ pub fn directory(
     _: &mut Vec<Change>,
 ) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
-    Ok(readable(store, &ctx.who, &path)?.children_payload())
+    readable(store, &ctx.who, &path)?;
+    let list = store.listing(&path).ok_or(XsErrno::ENOENT)?;
+    // Too long for one reply: said before copying it (what the dispatch
+    // would answer after).
+    if list.as_slice().len() > xenring::wire::PAYLOAD_MAX {
+        return Err(XsErrno::E2BIG);
+    }
+    Ok(list.as_slice().to_vec())
 }
 
 /// `GET_PERMS <path>` (special paths too).
@@ -399,9 +406,10 @@ pub fn directory_part(
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(XsErrno::EINVAL)?;
-    let node = readable(store, &ctx.who, &path)?;
-    let list = node.children_payload();
-    let mut out = node.generation.to_string().into_bytes();
+    let generation = readable(store, &ctx.who, &path)?.generation;
+    let listing = store.listing(&path).ok_or(XsErrno::ENOENT)?;
+    let list = listing.as_slice();
+    let mut out = generation.to_string().into_bytes();
     out.push(0);
     if offset >= list.len() {
         out.push(0);

@@ -268,6 +268,85 @@ pub struct Store {
     /// Bumped by every modification: a transaction whose base version is
     /// still current commits by swapping its copy in.
     version: u64,
+    /// The last large child listings built ([`Store::listing`]).
+    listings: ListingCache,
+    /// Bytes of large listings built so far (what a guest asking for a
+    /// listing it keeps changing costs; charged as writes).
+    listing_bytes_built: u64,
+}
+
+/// A `DIRECTORY` listing: built for this request, or shared from the
+/// cache.
+#[derive(Debug, Clone)]
+pub enum Listing {
+    /// Small: built (cheaper than caching it).
+    Built(Vec<u8>),
+    /// Large: cached for the node's generation.
+    Cached(Arc<[u8]>),
+}
+
+impl Listing {
+    /// The children's names, each NUL-terminated.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Listing::Built(v) => v,
+            Listing::Cached(a) => a,
+        }
+    }
+}
+
+/// Listings longer than this are cached (shorter ones cost less to build
+/// than a reply's copy).
+const LISTING_CACHE_MIN: usize = 4096;
+
+/// Listings a store's cache holds.
+const LISTING_CACHE_ENTRIES: usize = 4;
+
+/// A few large child listings, each valid for one generation of its node
+/// (the generation changes with the child list, so a stale entry is never
+/// used; generations only grow along a store's history, and a snapshot
+/// that diverges hands out new ones). Fixed-size and inline: cloning a
+/// store (a transaction's snapshot) stays cheap, and it needs no `std`.
+#[derive(Clone, Default)]
+struct ListingCache {
+    entries: [Option<CachedListing>; LISTING_CACHE_ENTRIES],
+    /// The entry replaced next (round robin).
+    next: usize,
+}
+
+/// A cached listing: the node's path, its generation, the listing.
+type CachedListing = (Path, u64, Arc<[u8]>);
+
+impl fmt::Debug for ListingCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let used = self.entries.iter().flatten().count();
+        write!(f, "ListingCache({used} entries)")
+    }
+}
+
+impl ListingCache {
+    fn get(&self, path: &str, generation: u64) -> Option<Arc<[u8]>> {
+        self.entries
+            .iter()
+            .flatten()
+            .find_map(|(p, g, list)| (*g == generation && &**p == path).then(|| Arc::clone(list)))
+    }
+
+    fn put(&mut self, path: &str, generation: u64, list: Arc<[u8]>) {
+        // The same node's older listing is replaced first.
+        let slot = self
+            .entries
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|(p, _, _)| &**p == path))
+            .unwrap_or_else(|| {
+                let s = self.next;
+                self.next = (self.next + 1) % LISTING_CACHE_ENTRIES;
+                s
+            });
+        if let Some(e) = self.entries.get_mut(slot) {
+            *e = Some((Arc::from(path), generation, list));
+        }
+    }
 }
 
 /// The parent of a canonical absolute path (`None` for `/` and `@` paths).
@@ -336,6 +415,8 @@ impl Store {
             accounts: PMap::new(),
             next_generation: 1,
             version: 0,
+            listings: ListingCache::default(),
+            listing_bytes_built: 0,
         };
         let perms: Arc<[Perm]> = Arc::from(vec![Perm::new(xenring::PermKind::None, owner)]);
         // C xenstored 4.17 starts with /tool/xenstored too (what
@@ -360,6 +441,33 @@ impl Store {
     /// A node.
     pub fn get(&self, path: &str) -> Option<&Arc<Node>> {
         self.nodes.get(path)
+    }
+
+    /// A node's `DIRECTORY` listing (its children's names, each
+    /// NUL-terminated), `None` if there is no such node. A large one is
+    /// built once per generation of the node and then shared, so that a
+    /// guest asking again and again for a 2 MB directory costs a lookup,
+    /// not a rebuild.
+    pub fn listing(&mut self, path: &str) -> Option<Listing> {
+        let node = self.nodes.get(path)?;
+        let generation = node.generation;
+        if let Some(list) = self.listings.get(path, generation) {
+            return Some(Listing::Cached(list));
+        }
+        let list = node.children_payload();
+        if list.len() <= LISTING_CACHE_MIN {
+            return Some(Listing::Built(list));
+        }
+        self.listing_bytes_built = self.listing_bytes_built.wrapping_add(list.len() as u64);
+        let list: Arc<[u8]> = Arc::from(list);
+        self.listings.put(path, generation, Arc::clone(&list));
+        Some(Listing::Cached(list))
+    }
+
+    /// Bytes of large listings [`Store::listing`] has built (not served
+    /// from its cache) so far, wrapping.
+    pub fn listing_bytes_built(&self) -> u64 {
+        self.listing_bytes_built
     }
 
     /// Number of nodes.
@@ -723,6 +831,136 @@ mod tests {
         assert_eq!(removed.len(), 2);
         assert!(s.check().is_empty(), "{:?}", s.check());
         assert_eq!(s.account(0).nodes, 3, "/, /tool and /tool/xenstored, as C");
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn perms() -> Arc<[Perm]> {
+        Arc::from(vec![Perm::new(xenring::PermKind::None, 0)])
+    }
+
+    fn add(s: &mut Store, path: &str) {
+        s.put_node(Arc::from(path), Arc::from(&b""[..]), perms());
+    }
+
+    fn cached(l: Listing) -> Arc<[u8]> {
+        match l {
+            Listing::Cached(a) => a,
+            Listing::Built(_) => panic!("not cached"),
+        }
+    }
+
+    /// Children with 100-byte names: 50 make a 5 KB listing.
+    fn big(s: &mut Store, n: usize) {
+        add(s, "/d");
+        for i in 0..n {
+            add(s, &format!("/d/{i:03}{}", "x".repeat(97)));
+        }
+    }
+
+    #[test]
+    fn test_large_listing_built_once_per_generation() {
+        let mut s = Store::new(0);
+        big(&mut s, 50);
+        assert_eq!(s.listing_bytes_built(), 0);
+        let first = cached(s.listing("/d").unwrap());
+        assert_eq!(s.listing_bytes_built(), first.len() as u64);
+        assert_eq!(&*first, &s.get("/d").unwrap().children_payload()[..]);
+        let again = cached(s.listing("/d").unwrap());
+        assert!(Arc::ptr_eq(&first, &again), "served from the cache");
+        assert_eq!(s.listing_bytes_built(), first.len() as u64);
+        // A new child, a removed one, a changed value: a new generation,
+        // a new listing that shows it.
+        add(&mut s, "/d/new");
+        let grown = cached(s.listing("/d").unwrap());
+        assert!(grown.ends_with(b"new\0"));
+        s.remove_tree("/d/new");
+        let back = cached(s.listing("/d").unwrap());
+        assert_eq!(&*back, &*first);
+        assert!(!Arc::ptr_eq(&back, &first));
+        // Small listings are not cached; a missing node has none.
+        add(&mut s, "/e");
+        add(&mut s, "/e/a");
+        assert!(matches!(s.listing("/e"), Some(Listing::Built(v)) if v == b"a\0"));
+        assert!(s.listing("/nope").is_none());
+    }
+
+    #[test]
+    fn test_snapshot_and_its_origin_keep_their_own_listings() {
+        let mut s = Store::new(0);
+        big(&mut s, 50);
+        let before = cached(s.listing("/d").unwrap());
+        let mut snap = s.clone();
+        add(&mut snap, "/d/in-snapshot");
+        add(&mut s, "/d/in-origin");
+        let l_snap = cached(snap.listing("/d").unwrap());
+        let l_orig = cached(s.listing("/d").unwrap());
+        assert!(l_snap.ends_with(b"in-snapshot\0"));
+        assert!(l_orig.ends_with(b"in-origin\0"));
+        assert_eq!(l_snap.len(), before.len() + "in-snapshot".len() + 1);
+    }
+
+    #[test]
+    fn test_cache_holds_a_few_listings_round_robin() {
+        let mut s = Store::new(0);
+        for d in 0..6 {
+            add(&mut s, &format!("/d{d}"));
+            for i in 0..50 {
+                add(&mut s, &format!("/d{d}/{i:03}{}", "x".repeat(97)));
+            }
+        }
+        for d in 0..6 {
+            s.listing(&format!("/d{d}")).unwrap();
+        }
+        let kept = s.listings.entries.iter().flatten().count();
+        assert_eq!(kept, LISTING_CACHE_ENTRIES);
+        // The newest are kept; the same node's entry is replaced in place.
+        assert!(s
+            .listings
+            .get("/d5", s.get("/d5").unwrap().generation)
+            .is_some());
+        add(&mut s, "/d5/more");
+        s.listing("/d5").unwrap();
+        let d5 = s
+            .listings
+            .entries
+            .iter()
+            .flatten()
+            .filter(|(p, _, _)| &**p == "/d5")
+            .count();
+        assert_eq!(d5, 1);
+    }
+
+    proptest! {
+        /// Whatever is added and removed, in a store and its snapshots, a
+        /// listing is what the node's children say.
+        #[test]
+        fn prop_listing_matches_children(
+            ops in proptest::collection::vec((0u8..4, 0usize..60), 1..200),
+        ) {
+            let mut stores = vec![Store::new(0)];
+            add(&mut stores[0], "/d");
+            for (what, i) in ops {
+                let at = i % stores.len();
+                let name = format!("/d/{i:02}{}", "y".repeat(98));
+                match what {
+                    0 => add(&mut stores[at], &name),
+                    1 => { stores[at].remove_tree(&name); }
+                    2 => { let c = stores[at].clone(); stores.push(c); }
+                    _ => {}
+                }
+                for s in &mut stores {
+                    let want = s.get("/d").unwrap().children_payload();
+                    let got = s.listing("/d").unwrap();
+                    prop_assert_eq!(got.as_slice(), &want[..]);
+                }
+            }
+        }
     }
 }
 

@@ -168,9 +168,18 @@ impl Engine {
         let (store, events) = if self.unmoved(&tx) {
             (tx.store, tx.events)
         } else {
-            self.replay(conn, who, &tx)?
+            match self.replay_or_conflict(conn, who, &tx) {
+                Ok(done) => done,
+                Err(Conflict { path }) => {
+                    if let Some(path) = path {
+                        self.blame_conflict(&who, tx.base_version, &path);
+                    }
+                    return Err(XsErrno::EAGAIN);
+                }
+            }
         };
         self.store = store;
+        self.record_writes(&who, &events);
         for e in &events {
             self.fire(e);
         }
@@ -200,10 +209,22 @@ impl Engine {
         who: Who,
         tx: &Transaction,
     ) -> Result<(Store, Vec<Change>), XsErrno> {
+        self.replay_or_conflict(conn, who, tx)
+            .map_err(|_| XsErrno::EAGAIN)
+    }
+
+    /// [`Engine::replay`], telling on a conflict the path of the first
+    /// request whose reply changed (whom to blame).
+    fn replay_or_conflict(
+        &self,
+        conn: ConnId,
+        who: Who,
+        tx: &Transaction,
+    ) -> Result<(Store, Vec<Change>), Conflict> {
         let mut scratch = self.store.clone();
         let mut events = Vec::new();
         if !tx.carried.holds(&self.store) || !tx.carried.apply(&mut scratch, &mut events) {
-            return Err(XsErrno::EAGAIN);
+            return Err(Conflict { path: None });
         }
         let home = self.home(conn);
         let ctx = Ctx {
@@ -214,7 +235,8 @@ impl Engine {
         for (ty, payload, answered) in &tx.ops {
             let again = ops::exec(&mut scratch, &ctx, *ty, payload, &mut events);
             if &again != answered {
-                return Err(XsErrno::EAGAIN);
+                let path = op_target(&ctx, *ty, payload).map(|(path, _)| path);
+                return Err(Conflict { path });
             }
         }
         Ok((scratch, events))
@@ -465,6 +487,14 @@ impl Engine {
         }
         out
     }
+}
+
+/// Why a commit fails with EAGAIN.
+#[derive(Debug)]
+struct Conflict {
+    /// The path of the first re-run request whose reply changed (`None`:
+    /// the committed state a live update's transaction depends on did).
+    path: Option<String>,
 }
 
 /// A node's state that a restored transaction depends on.

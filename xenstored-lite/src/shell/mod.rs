@@ -380,6 +380,13 @@ impl Daemon {
         if now != self.last_time {
             self.last_time = now;
             self.core.apply_infallible(BoundaryEvent::Time(now));
+            // Domains whose throttle lifted take requests again: read
+            // their rings (only these; the others' state did not change).
+            for conn in self.core.engine().readable_again() {
+                if self.conns.contains_key(&conn) {
+                    self.dirty.insert(conn);
+                }
+            }
         }
         if self.dirty.is_empty()
             && self.core.recording_pending()
@@ -410,14 +417,25 @@ impl Daemon {
     }
 
     fn wait(&self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
+        // A throttled domain resumes at its wake-up: wait no longer than
+        // that (and do not spin before it).
+        let wakeup = self
+            .core
+            .engine()
+            .next_wakeup()
+            .map(|at| u16::try_from(at.saturating_sub(self.now_ms())).unwrap_or(u16::MAX));
         let timeout = if !self.dirty.is_empty() {
             EpollTimeout::ZERO
         } else if self.live_update_pending() || self.core.recording_pending() {
             // A dry run is under way, or recorded events wait to be
             // written out: look again soon.
-            EpollTimeout::from(10u16)
+            EpollTimeout::from(wakeup.map_or(10u16, |w| w.min(10)))
         } else {
-            timeout_ms.map_or(EpollTimeout::NONE, EpollTimeout::from)
+            match (timeout_ms, wakeup) {
+                (Some(t), Some(w)) => EpollTimeout::from(t.min(w)),
+                (None, Some(w)) => EpollTimeout::from(w),
+                (t, None) => t.map_or(EpollTimeout::NONE, EpollTimeout::from),
+            }
         };
         let mut events = [EpollEvent::empty(); 256];
         let n = match self.epoll.wait(&mut events, timeout) {
