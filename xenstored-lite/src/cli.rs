@@ -88,6 +88,19 @@ pub struct Cli {
     #[arg(short = 'w', long = "timeout", value_name = "WHAT=SECONDS")]
     pub timeout: Vec<String>,
 
+    /// Bytes of watch events that may wait for a privileged client (a
+    /// toolstack or xenstore-watch that stopped reading); past it the
+    /// oldest events are dropped, never replies, logged once until it
+    /// reads its queue empty (0: unbounded). Default 16777216 (16 MiB).
+    #[arg(long = "priv-event-queue", value_name = "BYTES")]
+    pub priv_event_queue: Option<usize>,
+
+    /// At most one log line per guest connection per SECONDS about its
+    /// watch events (expired unread, too long to send), counting what it
+    /// stands for (0: every line). Default 10.
+    #[arg(long = "guest-log-interval", value_name = "SECONDS")]
+    pub guest_log_interval: Option<u64>,
+
     /// The privileged domain (the control domain). Default 0.
     #[arg(long = "priv-domid", value_name = "DOMID", default_value_t = 0)]
     pub priv_domid: u16,
@@ -212,6 +225,12 @@ impl Cli {
             test_alter_reply: self.test_alter_reply,
             ..Config::default()
         };
+        if let Some(bytes) = self.priv_event_queue {
+            config.max_priv_event_bytes = bytes;
+        }
+        if let Some(secs) = self.guest_log_interval {
+            config.guest_log_interval_ms = secs.saturating_mul(1000);
+        }
         let q = &mut config.quotas;
         for (kind, value) in [
             (QuotaKind::Nodes, self.entry_nb),

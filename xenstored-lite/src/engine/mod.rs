@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 use xenring::codec::Message;
 use xenring::{DomId, Header, MsgType, XsErrno};
 
-use connections::Conn;
+use connections::{Conn, EventHolds};
 use domains::{Domain, PendingIntroduce};
 use ops::{Change, Limits};
 use perms::Who;
@@ -85,6 +85,18 @@ pub struct Config {
     /// Bytes that may wait in an unprivileged connection's output queue
     /// before it is cut off.
     pub max_queued_bytes: usize,
+    // Watch-event back-pressure and guest-driven logging (issue 16, items
+    // 3 and 4).
+    /// Bytes of watch events that may wait for a privileged connection
+    /// (`--priv-event-queue`): past it the oldest events are dropped
+    /// (replies never), which is logged once until the queue is read
+    /// empty. 0: unbounded.
+    pub max_priv_event_bytes: usize,
+    /// A log line a guest can cause (its watch events expired unread, or
+    /// too long to send) is written at most once per connection per this
+    /// many ms (`--guest-log-interval`), counting what it stands for.
+    /// 0: no limit.
+    pub guest_log_interval_ms: u64,
     /// Test-only (`--test-alter-reply N`): the Nth reply queued gets one
     /// octet of its payload changed, so that replay's verify mode can be
     /// shown to catch a change in behaviour. Never set in production.
@@ -98,6 +110,8 @@ impl Default for Config {
             quotas: Quotas::default(),
             watch_event_timeout_ms: 20_000,
             max_queued_bytes: 1 << 20,
+            max_priv_event_bytes: 16 << 20,
+            guest_log_interval_ms: 10_000,
             test_alter_reply: None,
         }
     }
@@ -243,6 +257,8 @@ pub struct Engine {
     /// Domains whose memory use was last seen above the soft memory quota
     /// (logged once when they crossed it).
     over_soft: BTreeSet<DomId>,
+    /// Which unprivileged request caused which queued watch events.
+    events: EventHolds,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -294,6 +310,7 @@ impl Engine {
             with_output: BTreeSet::new(),
             replies: 0,
             over_soft: BTreeSet::new(),
+            events: EventHolds::default(),
         }
     }
 
@@ -402,6 +419,7 @@ impl Engine {
                 ));
             }
         }
+        self.check_conns(&mut problems);
         problems
     }
 }
