@@ -158,15 +158,12 @@ fn test_frontend_flood_is_held_backend_keeps_serving() {
             }
         })
     };
-    wait_until("the frontend held by its outstanding quota", || {
-        usage(&mut dom0, f, "outstanding") >= 20
-    });
+    wait_until(
+        "the frontend held by its outstanding quota, or done",
+        || usage(&mut dom0, f, "outstanding") >= 20 || done.load(Ordering::SeqCst) == N,
+    );
     let held_at = done.load(Ordering::SeqCst);
     eprintln!("frontend held after {held_at} of {N} writes");
-    assert!(
-        held_at < N,
-        "{held_at} writes done while its backend read nothing"
-    );
 
     // The other frontend's change, and the backend reads again.
     let mut oc = guest_client(&connector, &other);
@@ -196,6 +193,10 @@ fn test_frontend_flood_is_held_backend_keeps_serving() {
         lines_with(&daemon, "cut off")
     );
     assert_eq!(usage(&mut dom0, f, "outstanding"), 0);
+    assert!(
+        held_at < N,
+        "{held_at} writes done while its backend read nothing"
+    );
 }
 
 /// Item 3 (b): a privileged watcher that stops reading (a stalled
@@ -305,8 +306,8 @@ fn test_stalled_privileged_watcher_holds_guest_at_most_the_timeout() {
 /// length of the receiver's queue. A guest rewrites one node watched by a
 /// toolstack that stopped reading, first with that watcher's queue almost
 /// empty, then with 50,000 events in it: the daemon's CPU for the second
-/// 20,000 writes is not a multiple of that for the first (it was ~10x when
-/// each event scanned the queue).
+/// 20,000 writes is within 5x of that for the first (about the same; it
+/// was 51x when each event scanned the queue).
 #[test]
 fn test_dedup_cost_independent_of_queue_length() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,18 +324,18 @@ fn test_dedup_cost_independent_of_queue_length() {
     watcher.watch("/q", "t").unwrap();
     let mut c = guest_client(&connector, &g);
     let pid = daemon.pid();
-    // Same length as dom0's nodes below, so every comparison of a scan
-    // would look at the bytes.
-    let node = "/q/gggggg";
+    // Nodes of the same length as dom0's below, so that every comparison
+    // of a scan would look at the bytes; the second is new when the queue
+    // is full, so its event waits at the back and a scan went all the way.
     const K: usize = 20_000;
-    let run = |c: &mut Client<mock_xen::Guest>| {
+    let run = |c: &mut Client<mock_xen::Guest>, node: &str| {
         let before = cpu_ticks(pid);
         for _ in 0..K {
             c.write(0, node, b"v").unwrap();
         }
         cpu_ticks(pid) - before
     };
-    let empty = run(&mut c);
+    let empty = run(&mut c, "/q/gggggg");
     // dom0 fills the stalled watcher's queue with 50,000 distinct events.
     const Q: usize = 50_000;
     let mut flooder = daemon.client();
@@ -350,17 +351,17 @@ fn test_dedup_cost_independent_of_queue_length() {
             flooder.wait_reply(id).unwrap();
         }
     }
-    let full = run(&mut c);
+    let full = run(&mut c, "/q/hhhhhh");
     eprintln!("{K} merged events: {empty} ticks with an empty queue, {full} with {Q} queued");
     assert!(
-        full <= 3 * empty.max(10),
+        full <= 5 * empty.max(10),
         "{K} writes cost the daemon {empty} ticks with an empty queue, {full} with {Q} events queued"
     );
     // The watcher still gets every distinct event.
     let mut distinct = BTreeSet::new();
     while distinct.len() < Q {
         let ev = watcher.next_watch_event().unwrap();
-        if ev.path.len() == node.len() && ev.path != node {
+        if ev.path.len() == 9 && !ev.path.ends_with("gggggg") && !ev.path.ends_with("hhhhhh") {
             distinct.insert(ev.path);
         }
     }
@@ -411,9 +412,9 @@ fn test_guest_cannot_flood_the_log() {
     let too_long = lines_with(&daemon, "too long");
     assert!(
         too_long.len() <= 2,
-        "{} lines: {:?}",
+        "{} lines, the first: {:.200}",
         too_long.len(),
-        &too_long[..3]
+        too_long[0]
     );
     let grown = daemon.log_text().len() - before;
     eprintln!(
