@@ -314,6 +314,25 @@ mod tests {
         assert_eq!(c.priv_domid, 3);
     }
 
+    /// The watch-event limits of our own: their defaults, and the flags.
+    #[test]
+    fn test_cli_watch_event_limits() {
+        let c = Cli::parse_from(["x"]).engine_config().unwrap();
+        assert_eq!(c.max_priv_event_bytes, 16 << 20);
+        assert_eq!(c.guest_log_interval_ms, 10_000);
+        let c = Cli::parse_from([
+            "x",
+            "--priv-event-queue",
+            "4096",
+            "--guest-log-interval",
+            "3",
+        ])
+        .engine_config()
+        .unwrap();
+        assert_eq!(c.max_priv_event_bytes, 4096);
+        assert_eq!(c.guest_log_interval_ms, 3000);
+    }
+
     #[test]
     fn test_cli_bad_values_named_in_errors() {
         for (args, needle) in [

@@ -2,7 +2,9 @@
 //! the privileged queue's bound, O(1) de-duplication and the guest-driven
 //! log lines' rate limit.
 
-use std::string::ToString;
+use std::format;
+use std::string::{String, ToString};
+use std::vec::Vec;
 
 use xenring::codec::{build_args, build_path_value, Message};
 use xenring::{DomId, MsgType, XsErrno};
