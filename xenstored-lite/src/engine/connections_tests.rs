@@ -458,5 +458,15 @@ fn test_watch_without_room_for_events_refused() {
     assert!(h
         .req(SOCK, MsgType::Watch, &["/", &"t".repeat(4000)])
         .is_ok());
+    // A domain given a longer path-max: its own nodes can be longer (20 +
+    // 3000 here; never over the longest absolute path, 3072).
+    h.req(SOCK, MsgType::SetQuota, &["5", "path-max", "3000"])
+        .unwrap();
+    let room = 4096 - 2 - 3020;
+    assert_eq!(
+        h.req(d5, MsgType::Watch, &["/", &"u".repeat(room + 1)]),
+        Err(XsErrno::EINVAL)
+    );
+    assert!(h.req(d5, MsgType::Watch, &["/", &"u".repeat(room)]).is_ok());
     h.check();
 }

@@ -90,7 +90,9 @@ pub struct Config {
     /// Bytes of watch events that may wait for a privileged connection
     /// (`--priv-event-queue`): past it the oldest events are dropped
     /// (replies never), which is logged once until the queue is read
-    /// empty. 0: unbounded.
+    /// empty. 0: unbounded. (A guest's request is held for its events at
+    /// most `watch_event_timeout_ms`; with that 0 too, until they are
+    /// delivered or dropped.)
     pub max_priv_event_bytes: usize,
     /// A log line a guest can cause (its watch events expired unread, or
     /// too long to send) is written at most once per connection per this

@@ -264,7 +264,8 @@ impl Engine {
         if !who.privileged {
             // Beyond C: a guest's watch must have room for every event it
             // can be sent, or each would be dropped (and logged).
-            let longest = self.longest_event_path(&path, depth, relative_prefix.as_deref());
+            let longest =
+                self.longest_event_path(who.domid, &path, depth, relative_prefix.as_deref());
             if longest + token.len() + 2 > xenring::wire::PAYLOAD_MAX {
                 return Err(XsErrno::EINVAL);
             }
@@ -288,18 +289,26 @@ impl Engine {
         }
     }
 
-    /// The longest event path a watch on `path` (as registered) can be
-    /// sent. A node's path is at most [`xenring::wire::ABS_PATH_MAX`], and
-    /// (C 4.17's `is_valid_nodename`) at most the path-max quota below a
-    /// domain's home `/local/domain/<N>/`, whose longest form (`N` of five
-    /// digits) is 20 bytes: with the default quota of 2048, 2068 bytes,
-    /// which leaves an absolute watch room for a token of 2026 bytes. The
-    /// global quota is what dom0 and every domain without its own is held
-    /// to; an event for a longer path (a domain given a larger quota by
-    /// SET_QUOTA) is dropped and counted in the log. A relative watch
+    /// The longest event path a watch of `domid` on `path` (as
+    /// registered) can be sent. A node's path is at most
+    /// [`xenring::wire::ABS_PATH_MAX`], and (C 4.17's `is_valid_nodename`)
+    /// at most the path-max quota below a domain's home
+    /// `/local/domain/<N>/`, whose longest form (`N` of five digits) is 20
+    /// bytes: with the default quota of 2048, 2068 bytes, which leaves an
+    /// absolute watch room for a token of 2026 bytes. The quota taken is
+    /// the larger of the global one (dom0's, and every domain's without
+    /// its own) and the watcher's domain's; an event for a longer path
+    /// (another domain given a larger quota by SET_QUOTA) is dropped and
+    /// counted in the log. A relative watch
     /// reports paths below its home without it: at most the quota; one of depth 0 only its own
     /// path; `@introduceDomain` / `@releaseDomain` with depth add `/<domid>`.
-    fn longest_event_path(&self, path: &str, depth: Option<u32>, relative: Option<&str>) -> usize {
+    fn longest_event_path(
+        &self,
+        domid: DomId,
+        path: &str,
+        depth: Option<u32>,
+        relative: Option<&str>,
+    ) -> usize {
         /// `/local/domain/<N>/` with `N` of the five digits C reads.
         const LONGEST_HOME: usize = "/local/domain/99999/".len();
         if path.starts_with('@') {
@@ -309,7 +318,15 @@ impl Engine {
             return path.len();
         }
         let abs_max = xenring::wire::ABS_PATH_MAX;
-        let path_max = self.config.quotas.hard(QuotaKind::PathMax);
+        // Its own domain's quota too: the nodes it writes itself (0, no
+        // limit, wins).
+        let global = self.config.quotas.hard(QuotaKind::PathMax);
+        let own = self.limit(domid, QuotaKind::PathMax);
+        let path_max = if global == 0 || own == 0 {
+            0
+        } else {
+            global.max(own)
+        };
         let node = match usize::try_from(path_max) {
             Ok(m) if m > 0 => abs_max.min(LONGEST_HOME.saturating_add(m)),
             _ => abs_max,
