@@ -470,3 +470,46 @@ fn test_watch_without_room_for_events_refused() {
     assert!(h.req(d5, MsgType::Watch, &["/", &"u".repeat(room)]).is_ok());
     h.check();
 }
+
+/// The events of a transaction's commit are held against its
+/// TRANSACTION_END, and a request that causes several events (a removal
+/// with watches below) is one outstanding request until all have gone.
+#[test]
+fn test_events_commit_and_many_events_per_request() {
+    let (mut h, fe, be) = H::frontend_backend(Config::default());
+    h.write(SOCK, "/fe/sub/a", "").unwrap();
+    h.req(be, MsgType::Watch, &["/fe/sub/a", "a"]).unwrap();
+    h.drain(be);
+    let tx = h.req(fe, MsgType::TransactionStart, &[""]).unwrap();
+    let tx: u32 = std::str::from_utf8(&tx[..tx.len() - 1])
+        .unwrap()
+        .parse()
+        .unwrap();
+    h.id += 1;
+    let msg = Message::new(MsgType::Write, h.id, tx, build_path_value(b"/fe/t", b"v")).unwrap();
+    h.e.handle(Input::Request {
+        conn: fe,
+        msg: &msg,
+    });
+    h.reply(fe).unwrap();
+    assert!(!h.e.has_output(be), "nothing fires inside a transaction");
+    h.id += 1;
+    let end = Message::new(MsgType::TransactionEnd, h.id, tx, build_args(&[b"T"])).unwrap();
+    h.e.handle(Input::Request {
+        conn: fe,
+        msg: &end,
+    });
+    h.reply(fe).unwrap();
+    assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 1, "the commit");
+    h.drain(be);
+    assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 0);
+    // RM of /fe/sub: the backend's /fe watch and its /fe/sub/a watch.
+    h.req(fe, MsgType::Rm, &["/fe/sub"]).unwrap();
+    assert_eq!(h.e.queued_messages(be).count(), 2);
+    assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 1);
+    h.e.pop_output(be);
+    assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 1, "one left");
+    h.e.pop_output(be);
+    assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 0);
+    h.check();
+}
