@@ -124,9 +124,13 @@ pub(super) struct Conn {
     pub(super) replies_queued: usize,
     /// The size on the wire of the events among them.
     pub(super) event_bytes: usize,
+    /// How many of them are watch events.
+    pub(super) events_queued: usize,
     /// The payloads of the events among them (at most one copy of each is
-    /// queued), for de-duplication in O(1).
-    pub(super) queued_events: HashSet<Vec<u8>>,
+    /// queued), for de-duplication in O(1); kept only while the queue is
+    /// longer than [`SCAN_MAX`] (a short one is scanned, which costs less
+    /// than the set's copy and hashing of every event).
+    pub(super) queued_events: Option<HashSet<Vec<u8>>>,
     /// Its requests whose reply was taken but whose events are still
     /// queued: outstanding, as replies not yet taken are.
     pub(super) held: usize,
@@ -139,11 +143,58 @@ pub(super) struct Conn {
     pub(super) log: LogLimit,
 }
 
+/// A queue up to this long is scanned for a duplicate event; a longer one
+/// keeps the set of its events' payloads.
+pub(super) const SCAN_MAX: usize = 32;
+
 impl Conn {
     /// Its outstanding requests: replies not taken, and requests whose
     /// events are not all delivered.
     pub(super) fn outstanding(&self) -> usize {
         self.replies_queued + self.held
+    }
+
+    /// Whether an event with this payload is queued.
+    fn has_event(&self, payload: &[u8]) -> bool {
+        match &self.queued_events {
+            Some(set) => set.contains(payload),
+            None => self.out.iter().any(|q| q.event && q.msg.payload == payload),
+        }
+    }
+
+    /// The event at the back of `out` was just queued.
+    fn event_added(&mut self) {
+        self.events_queued += 1;
+        match &mut self.queued_events {
+            Some(set) => {
+                if let Some(q) = self.out.back() {
+                    set.insert(q.msg.payload.clone());
+                }
+            }
+            None if self.out.len() > SCAN_MAX => {
+                self.queued_events = Some(
+                    self.out
+                        .iter()
+                        .filter(|q| q.event)
+                        .map(|q| q.msg.payload.clone())
+                        .collect(),
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// A message left `out`: the event counts and the set follow.
+    fn message_removed(&mut self, q: &Queued) {
+        if q.event {
+            self.events_queued = self.events_queued.saturating_sub(1);
+            if let Some(set) = &mut self.queued_events {
+                set.remove(&q.msg.payload);
+            }
+        }
+        if self.out.len() <= SCAN_MAX {
+            self.queued_events = None;
+        }
     }
 }
 
@@ -205,9 +256,9 @@ impl Engine {
             return;
         };
         c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
+        c.message_removed(q);
         if q.event {
             c.event_bytes = c.event_bytes.saturating_sub(q.msg.wire_len());
-            c.queued_events.remove(&q.msg.payload);
         } else {
             c.replies_queued = c.replies_queued.saturating_sub(1);
         }
@@ -290,7 +341,8 @@ impl Engine {
                 out_bytes: 0,
                 replies_queued: 0,
                 event_bytes: 0,
-                queued_events: HashSet::default(),
+                events_queued: 0,
+                queued_events: None,
                 held: 0,
                 sources: BTreeSet::new(),
                 overflow_dropped: 0,
@@ -393,14 +445,13 @@ impl Engine {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if event && c.queued_events.contains(&msg.payload) {
+        if event && c.has_event(&msg.payload) {
             return; // an identical event is still waiting: one is enough
         }
         let len = msg.wire_len();
         c.out_bytes += len;
         let req = if event {
             c.event_bytes += len;
-            c.queued_events.insert(msg.payload.clone());
             current.map(|(_, seq)| seq)
         } else {
             c.replies_queued += 1;
@@ -412,6 +463,9 @@ impl Engine {
             event,
             req,
         });
+        if event {
+            c.event_added();
+        }
         self.with_output.insert(conn);
         if event {
             if let Some((src, seq)) = current {
@@ -680,10 +734,11 @@ impl Engine {
                     "connection {id}: queue counts differ from its queue"
                 ));
             }
-            if payloads.len() != events
-                || c.queued_events.len() != events
-                || payloads.iter().any(|p| !c.queued_events.contains(*p))
-            {
+            let set_wrong = match &c.queued_events {
+                Some(set) => set.len() != events || payloads.iter().any(|p| !set.contains(*p)),
+                None => c.out.len() > SCAN_MAX,
+            };
+            if payloads.len() != events || c.events_queued != events || set_wrong {
                 problems.push(format!(
                     "connection {id}: de-duplication set differs from its queue"
                 ));

@@ -513,3 +513,33 @@ fn test_events_commit_and_many_events_per_request() {
     assert_eq!(h.e.conns.get(&fe).unwrap().outstanding(), 0);
     h.check();
 }
+
+/// Past [`super::SCAN_MAX`] queued messages the de-duplication goes
+/// through the set of payloads, which follows the queue exactly as it
+/// grows, shrinks back to a scanned queue and grows again.
+#[test]
+fn test_events_deduplication_set_for_long_queues() {
+    let (mut h, _fe, be) = H::frontend_backend(Config::default());
+    for round in 0..2 {
+        for i in 0..100 {
+            h.write(SOCK, &format!("/fe/k{i}"), "v").unwrap();
+        }
+        assert!(h.e.conns.get(&be).unwrap().queued_events.is_some());
+        for i in 0..100 {
+            h.write(SOCK, &format!("/fe/k{i}"), "w").unwrap();
+        }
+        assert_eq!(h.e.queued_messages(be).count(), 100, "round {round}");
+        h.check();
+        for _ in 0..90 {
+            h.e.pop_output(be);
+        }
+        h.check();
+        assert!(h.e.conns.get(&be).unwrap().queued_events.is_none());
+        // k95 is still queued, k5 was taken.
+        h.write(SOCK, "/fe/k95", "x").unwrap();
+        h.write(SOCK, "/fe/k5", "x").unwrap();
+        assert_eq!(h.e.queued_messages(be).count(), 11);
+        h.check();
+        h.drain(be);
+    }
+}
