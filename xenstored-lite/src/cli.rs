@@ -109,6 +109,18 @@ pub struct Cli {
     /// (0: to each).
     #[arg(long = "rate-limit", value_name = "NAME=VALUE")]
     pub rate_limit: Vec<String>,
+    /// Bytes of watch events that may wait for a privileged client (a
+    /// toolstack or xenstore-watch that stopped reading); past it the
+    /// oldest events are dropped, never replies, logged once until it
+    /// reads its queue empty (0: unbounded). Default 16777216 (16 MiB).
+    #[arg(long = "priv-event-queue", value_name = "BYTES")]
+    pub priv_event_queue: Option<usize>,
+
+    /// At most one log line per guest connection per SECONDS about its
+    /// watch events (expired unread, too long to send), counting what it
+    /// stands for (0: every line). Default 10.
+    #[arg(long = "guest-log-interval", value_name = "SECONDS")]
+    pub guest_log_interval: Option<u64>,
 
     /// The privileged domain (the control domain). Default 0.
     #[arg(long = "priv-domid", value_name = "DOMID", default_value_t = 0)]
@@ -235,6 +247,12 @@ impl Cli {
             keep_orphans: self.keep_orphans,
             ..Config::default()
         };
+        if let Some(bytes) = self.priv_event_queue {
+            config.max_priv_event_bytes = bytes;
+        }
+        if let Some(secs) = self.guest_log_interval {
+            config.guest_log_interval_ms = secs.saturating_mul(1000);
+        }
         let q = &mut config.quotas;
         for (kind, value) in [
             (QuotaKind::Nodes, self.entry_nb),
@@ -338,6 +356,25 @@ mod tests {
         assert_eq!(c.quotas.soft(QuotaKind::Memory), 500);
         assert_eq!(c.watch_event_timeout_ms, 5000);
         assert_eq!(c.priv_domid, 3);
+    }
+
+    /// The watch-event limits of our own: their defaults, and the flags.
+    #[test]
+    fn test_cli_watch_event_limits() {
+        let c = Cli::parse_from(["x"]).engine_config().unwrap();
+        assert_eq!(c.max_priv_event_bytes, 16 << 20);
+        assert_eq!(c.guest_log_interval_ms, 10_000);
+        let c = Cli::parse_from([
+            "x",
+            "--priv-event-queue",
+            "4096",
+            "--guest-log-interval",
+            "3",
+        ])
+        .engine_config()
+        .unwrap();
+        assert_eq!(c.max_priv_event_bytes, 4096);
+        assert_eq!(c.guest_log_interval_ms, 3000);
     }
 
     #[test]

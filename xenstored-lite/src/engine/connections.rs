@@ -2,8 +2,28 @@
 //! what is known of each client, its output queue of replies and watch
 //! events, flow control (whether the shell should read another request)
 //! and the expiry of watch events a client does not read.
+//!
+//! Back-pressure on watch events (as C xenstored 4.17 does it): an
+//! unprivileged connection's request stays outstanding until its reply is
+//! taken *and* every watch event it caused has left the receivers' queues
+//! (taken by the shell, expired, dropped, or its receiver gone), so a guest
+//! that floods events at a watcher that does not read is slowed down by its
+//! own outstanding quota, instead of the watcher being cut off. A request
+//! is held so at most `watch_event_timeout_ms` (a stalled privileged
+//! watcher, whose events never expire, cannot block a guest forever).
+//! Privileged connections' requests are never held.
+//!
+//! A privileged connection's queue is not cut off, but the watch events in
+//! it are bounded (`max_priv_event_bytes`): past it the oldest are dropped
+//! (replies never), logged once when it starts and once when the queue has
+//! been read empty again. Identical queued events are merged through a
+//! set of the queued events' payloads, so that is O(1) per event.
+//!
+//! Every log line a guest can make happen here (events too long to send,
+//! events expired unread) is written at most once per connection per
+//! `guest_log_interval_ms`, with the number of what it stands for.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -15,7 +35,12 @@ use xenring::{Header, MsgType, XsErrno};
 use super::perms::Who;
 use super::quota::QuotaKind;
 use super::transactions::Transaction;
+use super::watch::HashSet;
 use super::{reply, Action, ConnId, ConnKind, Engine, Time};
+
+#[cfg(test)]
+#[path = "connections_tests.rs"]
+mod tests;
 
 /// A message waiting in a connection's output queue.
 #[derive(Debug, Clone)]
@@ -26,6 +51,57 @@ pub(super) struct Queued {
     pub(super) at: Time,
     /// A watch event (which expires), not a reply.
     pub(super) event: bool,
+    /// The unprivileged request it belongs to (a key of
+    /// [`EventHolds::held`]): for a reply, the request it answers; for an
+    /// event, the request that caused it. `None` for everything else.
+    pub(super) req: Option<u64>,
+}
+
+/// A request whose watch events are not all delivered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Held {
+    /// The connection that sent it.
+    pub(super) source: ConnId,
+    /// Its events still queued somewhere.
+    pub(super) events: usize,
+    /// Its reply is still in the source's queue (it counts there as a
+    /// queued reply; once taken, the source's `held` counts it).
+    pub(super) reply_queued: bool,
+    /// When its first event was queued (it is let go at most
+    /// `watch_event_timeout_ms` later).
+    pub(super) at: Time,
+}
+
+/// The engine's side of watch-event back-pressure: which request caused
+/// which events.
+#[derive(Debug, Default)]
+pub(super) struct EventHolds {
+    /// The next request number.
+    next: u64,
+    /// The unprivileged request being handled (its connection and number).
+    current: Option<(ConnId, u64)>,
+    /// Requests with events still queued, by number (which is also the
+    /// order of their `at`).
+    pub(super) held: BTreeMap<u64, Held>,
+    /// Connections whose outstanding count went down through another
+    /// connection's queue (or a timeout): the shell reads them again.
+    unblocked: BTreeSet<ConnId>,
+    /// Connections with a log line held back by the rate limit.
+    log_pending: BTreeSet<ConnId>,
+}
+
+/// What a connection's log lines stand for that has not been written yet,
+/// and when the last was.
+#[derive(Debug, Default)]
+pub(super) struct LogLimit {
+    /// When the last line for this connection was written.
+    pub(super) last: Option<Time>,
+    /// Events too long to send, dropped since.
+    pub(super) too_long: u64,
+    /// The last of them: its path and size.
+    pub(super) too_long_last: Option<(String, usize)>,
+    /// Events expired unread since.
+    pub(super) expired: u64,
 }
 
 /// What the engine knows of one connection.
@@ -46,6 +122,118 @@ pub(super) struct Conn {
     pub(super) out_bytes: usize,
     /// How many of them are replies.
     pub(super) replies_queued: usize,
+    /// The size on the wire of the events among them.
+    pub(super) event_bytes: usize,
+    /// How many of them are watch events.
+    pub(super) events_queued: usize,
+    /// The payloads of the events among them (at most one copy of each is
+    /// queued), for de-duplication in O(1); kept only while the queue is
+    /// longer than [`SCAN_MAX`] (a short one is scanned, which costs less
+    /// than the set's copy and hashing of every event).
+    pub(super) queued_events: Option<HashSet<Vec<u8>>>,
+    /// Its requests whose reply was taken but whose events are still
+    /// queued: outstanding, as replies not yet taken are.
+    pub(super) held: usize,
+    /// The keys of [`EventHolds::held`] it is the source of.
+    pub(super) sources: BTreeSet<u64>,
+    /// Events dropped from its full queue (privileged connections) since
+    /// it was last read empty; 0: none.
+    pub(super) overflow_dropped: u64,
+    /// Its rate-limited log lines.
+    pub(super) log: LogLimit,
+}
+
+/// A queue up to this long is scanned for a duplicate event; a longer one
+/// keeps the set of its events' payloads.
+pub(super) const SCAN_MAX: usize = 32;
+
+impl Conn {
+    /// Its outstanding requests: replies not taken, and requests whose
+    /// events are not all delivered.
+    pub(super) fn outstanding(&self) -> usize {
+        self.replies_queued + self.held
+    }
+
+    /// Whether an event with this payload is queued.
+    fn has_event(&self, payload: &[u8]) -> bool {
+        match &self.queued_events {
+            Some(set) => set.contains(payload),
+            None => self.out.iter().any(|q| q.event && q.msg.payload == payload),
+        }
+    }
+
+    /// The event at the back of `out` was just queued.
+    fn event_added(&mut self) {
+        self.events_queued += 1;
+        match &mut self.queued_events {
+            Some(set) => {
+                if let Some(q) = self.out.back() {
+                    set.insert(q.msg.payload.clone());
+                }
+            }
+            None if self.out.len() > SCAN_MAX => {
+                self.queued_events = Some(
+                    self.out
+                        .iter()
+                        .filter(|q| q.event)
+                        .map(|q| q.msg.payload.clone())
+                        .collect(),
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// A message left `out`: the event counts and the set follow.
+    fn message_removed(&mut self, q: &Queued) {
+        if q.event {
+            self.events_queued = self.events_queued.saturating_sub(1);
+            if let Some(set) = &mut self.queued_events {
+                set.remove(&q.msg.payload);
+            }
+        }
+        if self.out.len() <= SCAN_MAX {
+            self.queued_events = None;
+        }
+    }
+}
+
+/// A message left a queue (taken, expired, dropped, or its connection
+/// gone): the counts of the request it belongs to follow.
+fn settle_hold(holds: &mut EventHolds, conns: &mut BTreeMap<ConnId, Conn>, q: &Queued) {
+    let Some(seq) = q.req else {
+        return;
+    };
+    let Some(h) = holds.held.get_mut(&seq) else {
+        return; // let go already
+    };
+    if !q.event {
+        // Its reply is taken; it stays outstanding for its events.
+        h.reply_queued = false;
+        let source = h.source;
+        if let Some(c) = conns.get_mut(&source) {
+            c.held += 1;
+        }
+        return;
+    }
+    h.events = h.events.saturating_sub(1);
+    if h.events == 0 {
+        release_hold(holds, conns, seq);
+    }
+}
+
+/// Lets request `seq` go: its source no longer waits for its events.
+fn release_hold(holds: &mut EventHolds, conns: &mut BTreeMap<ConnId, Conn>, seq: u64) {
+    let Some(h) = holds.held.remove(&seq) else {
+        return;
+    };
+    if let Some(c) = conns.get_mut(&h.source) {
+        c.sources.remove(&seq);
+        if !h.reply_queued {
+            c.held = c.held.saturating_sub(1);
+            holds.unblocked.insert(h.source);
+        }
+    }
 }
 
 impl Engine {
@@ -58,14 +246,59 @@ impl Engine {
     pub fn pop_output(&mut self, conn: ConnId) -> Option<Message> {
         let c = self.conns.get_mut(&conn)?;
         let q = c.out.pop_front()?;
-        if c.out.is_empty() {
-            self.with_output.remove(&conn);
-        }
+        self.dequeued(conn, &q);
+        Some(q.msg)
+    }
+
+    /// `q` left `conn`'s queue: the counts follow.
+    fn dequeued(&mut self, conn: ConnId, q: &Queued) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
-        if !q.event {
+        c.message_removed(q);
+        if q.event {
+            c.event_bytes = c.event_bytes.saturating_sub(q.msg.wire_len());
+        } else {
             c.replies_queued = c.replies_queued.saturating_sub(1);
         }
-        Some(q.msg)
+        if c.out.is_empty() {
+            self.with_output.remove(&conn);
+            if c.overflow_dropped > 0 {
+                let n = core::mem::take(&mut c.overflow_dropped);
+                self.actions.push(Action::Log(format!(
+                    "connection {conn}: its queue is empty again; {n} watch event(s) had been dropped from it"
+                )));
+            }
+        }
+        settle_hold(&mut self.events, &mut self.conns, q);
+    }
+
+    /// Connections whose outstanding requests went down since the last
+    /// call through what happened to other connections (their events to
+    /// another connection were taken or dropped, or were held too long):
+    /// the shell should read them again.
+    pub fn take_unblocked(&mut self) -> Vec<ConnId> {
+        core::mem::take(&mut self.events.unblocked)
+            .into_iter()
+            .collect()
+    }
+
+    /// Starts the handling of a request from `conn`: the watch events it
+    /// causes are counted against it if it is unprivileged.
+    pub(super) fn begin_request(&mut self, conn: ConnId, privileged: bool) {
+        self.events.current = if privileged {
+            None
+        } else {
+            let seq = self.events.next;
+            self.events.next += 1;
+            Some((conn, seq))
+        };
+    }
+
+    /// Ends it: later events (WATCH's first one, as C) are nobody's.
+    pub(super) fn end_request(&mut self) {
+        self.events.current = None;
     }
 
     /// Whether anything is queued for `conn`.
@@ -80,8 +313,9 @@ impl Engine {
     }
 
     /// Whether the shell should read another request from `conn` now: an
-    /// unprivileged connection with `outstanding` replies not yet taken
-    /// waits until it takes them.
+    /// unprivileged connection with `outstanding` requests (replies not
+    /// yet taken, or requests whose watch events are not all delivered)
+    /// waits until they are.
     pub fn accepts_requests(&self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get(&conn) else {
             return false;
@@ -94,7 +328,7 @@ impl Engine {
             return false; // throttled (engine/throttle.rs) until it resumes
         }
         let limit = self.limit(who.domid, QuotaKind::Outstanding);
-        limit == 0 || (c.replies_queued as u64) < limit
+        limit == 0 || (c.outstanding() as u64) < limit
     }
 
     /// `Input::Connect`: a new connection, with nothing queued.
@@ -109,26 +343,56 @@ impl Engine {
                 out: VecDeque::new(),
                 out_bytes: 0,
                 replies_queued: 0,
+                event_bytes: 0,
+                events_queued: 0,
+                queued_events: None,
+                held: 0,
+                sources: BTreeSet::new(),
+                overflow_dropped: 0,
+                log: LogLimit::default(),
             },
         );
     }
 
     /// `Input::Reset`: the connection's watches, transactions and queued
-    /// output go; the connection stays.
+    /// output go; the connection stays (and so does its log's rate limit).
     pub(super) fn reset(&mut self, conn: ConnId) {
         self.watches.remove_conn(conn);
-        self.with_output.remove(&conn);
+        self.drop_output(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.transactions.clear();
-            c.out.clear();
-            c.out_bytes = 0;
-            c.replies_queued = 0;
+        }
+    }
+
+    /// Everything queued for `conn` goes, and its requests no longer wait
+    /// for their events.
+    fn drop_output(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let out = core::mem::take(&mut c.out);
+        for q in &out {
+            self.dequeued(conn, q);
+        }
+        self.with_output.remove(&conn);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        for seq in core::mem::take(&mut c.sources) {
+            self.events.held.remove(&seq);
+        }
+        c.held = 0;
+        if self.events.current.is_some_and(|(src, _)| src == conn) {
+            self.events.current = None;
         }
     }
 
     pub(super) fn forget_conn(&mut self, conn: ConnId) {
         self.watches.remove_conn(conn);
-        self.with_output.remove(&conn);
+        self.drop_output(conn);
+        self.flush_log(conn);
+        self.events.log_pending.remove(&conn);
+        self.events.unblocked.remove(&conn);
         self.conns.remove(&conn);
         self.pending_introduce.retain(|_, p| p.conn != conn);
     }
@@ -180,32 +444,99 @@ impl Engine {
             None => return,
         };
         let max = self.config.max_queued_bytes;
+        let current = self.events.current;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if event
-            && c.out
-                .iter()
-                .any(|q| q.event && q.msg.payload == msg.payload)
-        {
+        if event && c.has_event(&msg.payload) {
             return; // an identical event is still waiting: one is enough
         }
-        c.out_bytes += msg.wire_len();
-        if !event {
+        let len = msg.wire_len();
+        c.out_bytes += len;
+        let req = if event {
+            c.event_bytes += len;
+            current.map(|(_, seq)| seq)
+        } else {
             c.replies_queued += 1;
-        }
+            current.filter(|&(src, _)| src == conn).map(|(_, seq)| seq)
+        };
         c.out.push_back(Queued {
             msg,
             at: now,
             event,
+            req,
         });
+        if event {
+            c.event_added();
+        }
         self.with_output.insert(conn);
+        if event {
+            if let Some((src, seq)) = current {
+                self.hold(src, seq);
+            }
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         if !privileged && max > 0 && c.out_bytes > max {
             let reason = format!(
                 "{} bytes of output queued (limit {max}) and not read",
                 c.out_bytes
             );
             self.kill(conn, reason);
+        } else if privileged && event {
+            self.bound_priv_events(conn);
+        }
+    }
+
+    /// An event of request `seq` from `source` was queued: it waits for it.
+    fn hold(&mut self, source: ConnId, seq: u64) {
+        let now = self.now;
+        let Some(src) = self.conns.get_mut(&source) else {
+            return;
+        };
+        src.sources.insert(seq);
+        self.events
+            .held
+            .entry(seq)
+            .or_insert(Held {
+                source,
+                events: 0,
+                reply_queued: true,
+                at: now,
+            })
+            .events += 1;
+    }
+
+    /// A privileged connection's queue keeps at most
+    /// `max_priv_event_bytes` of watch events: the oldest go first
+    /// (replies never), logged once until the queue is read empty.
+    fn bound_priv_events(&mut self, conn: ConnId) {
+        let max = self.config.max_priv_event_bytes;
+        if max == 0 {
+            return;
+        }
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.event_bytes <= max {
+                return;
+            }
+            let Some(at) = c.out.iter().position(|q| q.event) else {
+                return;
+            };
+            let Some(q) = c.out.remove(at) else {
+                return;
+            };
+            if c.overflow_dropped == 0 {
+                self.actions.push(Action::Log(format!(
+                    "connection {conn}: over {max} bytes of watch events queued and not read; \
+                     dropping the oldest (logged again when it has read its queue)"
+                )));
+            }
+            c.overflow_dropped += 1;
+            self.dequeued(conn, &q);
         }
     }
 
@@ -246,9 +577,31 @@ impl Engine {
     pub(super) fn tick(&mut self, now: Time) {
         self.now = now;
         let timeout = self.config.watch_event_timeout_ms;
-        if timeout == 0 {
-            return;
+        if timeout != 0 {
+            self.expire_events(now, timeout);
+            self.release_old_holds(now, timeout);
         }
+        let interval = self.config.guest_log_interval_ms;
+        let due: Vec<ConnId> = self
+            .events
+            .log_pending
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.conns
+                    .get(id)
+                    .and_then(|c| c.log.last)
+                    .is_none_or(|last| now.saturating_sub(last) >= interval)
+            })
+            .collect();
+        for id in due {
+            self.flush_log(id);
+        }
+    }
+
+    /// Undelivered watch events to unprivileged connections older than
+    /// `timeout` go.
+    fn expire_events(&mut self, now: Time, timeout: u64) {
         // Only connections with something queued can hold stale events.
         let candidates: Vec<ConnId> = self
             .with_output
@@ -260,18 +613,170 @@ impl Engine {
             let Some(c) = self.conns.get_mut(&id) else {
                 continue;
             };
-            let before = c.out.len();
-            c.out
-                .retain(|q| !q.event || now.saturating_sub(q.at) < timeout);
-            if c.out.len() != before {
-                let dropped = before - c.out.len();
-                c.out_bytes = c.out.iter().map(|q| q.msg.wire_len()).sum();
-                if c.out.is_empty() {
-                    self.with_output.remove(&id);
+            // The queue is in the order of `at`: only a prefix is stale.
+            let stale = c
+                .out
+                .iter()
+                .take_while(|q| now.saturating_sub(q.at) >= timeout)
+                .count();
+            if !c.out.iter().take(stale).any(|q| q.event) {
+                continue;
+            }
+            let mut expired = Vec::new();
+            let mut kept = VecDeque::new();
+            for q in c.out.drain(..stale) {
+                if q.event {
+                    expired.push(q);
+                } else {
+                    kept.push_back(q);
                 }
-                self.actions.push(Action::Log(format!(
-                    "connection {id}: {dropped} watch event(s) not read within {timeout} ms dropped"
-                )));
+            }
+            while let Some(q) = kept.pop_back() {
+                c.out.push_front(q);
+            }
+            let dropped = expired.len() as u64;
+            for q in &expired {
+                self.dequeued(id, q);
+            }
+            self.note_log(id, |l| l.expired += dropped);
+        }
+    }
+
+    /// Requests held longer than `timeout` for their events are let go (a
+    /// privileged watcher's events do not expire).
+    fn release_old_holds(&mut self, now: Time, timeout: u64) {
+        while let Some((&seq, h)) = self.events.held.first_key_value() {
+            if now.saturating_sub(h.at) < timeout {
+                break;
+            }
+            release_hold(&mut self.events, &mut self.conns, seq);
+        }
+    }
+
+    /// Counts something worth a log line for `conn`, and writes the line
+    /// now if none was written within `guest_log_interval_ms`; otherwise
+    /// [`Engine::tick`] writes it when that is over.
+    pub(super) fn note_log(&mut self, conn: ConnId, note: impl FnOnce(&mut LogLimit)) {
+        let now = self.now;
+        let interval = self.config.guest_log_interval_ms;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        note(&mut c.log);
+        if c.log
+            .last
+            .is_none_or(|last| now.saturating_sub(last) >= interval)
+        {
+            self.flush_log(conn);
+        } else {
+            self.events.log_pending.insert(conn);
+        }
+    }
+
+    /// Writes `conn`'s held-back log line, if it has one.
+    fn flush_log(&mut self, conn: ConnId) {
+        self.events.log_pending.remove(&conn);
+        let timeout = self.config.watch_event_timeout_ms;
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let l = &mut c.log;
+        let mut parts = Vec::new();
+        if l.expired > 0 {
+            parts.push(format!(
+                "{} watch event(s) not read within {timeout} ms dropped",
+                l.expired
+            ));
+        }
+        if l.too_long > 0 {
+            let last = match &l.too_long_last {
+                Some((path, len)) => format!(" (the last for {path}, {len} bytes)"),
+                None => String::new(),
+            };
+            parts.push(format!(
+                "{} watch event(s) too long to send dropped{last}",
+                l.too_long
+            ));
+        }
+        if parts.is_empty() {
+            return;
+        }
+        l.expired = 0;
+        l.too_long = 0;
+        l.too_long_last = None;
+        l.last = Some(now);
+        self.actions.push(Action::Log(format!(
+            "connection {conn}: {}",
+            parts.join("; ")
+        )));
+    }
+
+    /// Consistency of the connections' queues and counts (for
+    /// [`Engine::check`]).
+    pub(super) fn check_conns(&self, problems: &mut Vec<String>) {
+        let mut events_of: BTreeMap<u64, usize> = BTreeMap::new();
+        for (id, c) in &self.conns {
+            let replies = c.out.iter().filter(|q| !q.event).count();
+            let bytes: usize = c.out.iter().map(|q| q.msg.wire_len()).sum();
+            let ev_bytes: usize = c
+                .out
+                .iter()
+                .filter(|q| q.event)
+                .map(|q| q.msg.wire_len())
+                .sum();
+            let payloads: BTreeSet<&[u8]> = c
+                .out
+                .iter()
+                .filter(|q| q.event)
+                .map(|q| q.msg.payload.as_slice())
+                .collect();
+            let events = c.out.iter().filter(|q| q.event).count();
+            if replies != c.replies_queued || bytes != c.out_bytes || ev_bytes != c.event_bytes {
+                problems.push(format!(
+                    "connection {id}: queue counts differ from its queue"
+                ));
+            }
+            let set_wrong = match &c.queued_events {
+                Some(set) => set.len() != events || payloads.iter().any(|p| !set.contains(*p)),
+                None => c.out.len() > SCAN_MAX,
+            };
+            if payloads.len() != events || c.events_queued != events || set_wrong {
+                problems.push(format!(
+                    "connection {id}: de-duplication set differs from its queue"
+                ));
+            }
+            if c.out.is_empty() == self.with_output.contains(id) {
+                problems.push(format!("connection {id}: with_output is wrong"));
+            }
+            for q in c.out.iter().filter(|q| q.event) {
+                if let Some(seq) = q.req.filter(|s| self.events.held.contains_key(s)) {
+                    *events_of.entry(seq).or_default() += 1;
+                }
+            }
+            let held = self
+                .events
+                .held
+                .values()
+                .filter(|h| h.source == *id && !h.reply_queued)
+                .count();
+            let sources: BTreeSet<u64> = self
+                .events
+                .held
+                .iter()
+                .filter(|(_, h)| h.source == *id)
+                .map(|(&s, _)| s)
+                .collect();
+            if held != c.held || sources != c.sources {
+                problems.push(format!("connection {id}: held requests differ"));
+            }
+        }
+        for (seq, h) in &self.events.held {
+            if events_of.get(seq).copied().unwrap_or(0) != h.events || h.events == 0 {
+                problems.push(format!("request {seq}: {} events counted", h.events));
+            }
+            if !self.conns.contains_key(&h.source) {
+                problems.push(format!("request {seq}: of unknown connection {}", h.source));
             }
         }
     }

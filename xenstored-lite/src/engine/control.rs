@@ -306,7 +306,7 @@ impl Engine {
             if of_domain(&c.kind) {
                 watches += self.watches.count(*id);
                 transactions += c.transactions.len();
-                outstanding += c.replies_queued;
+                outstanding += c.outstanding();
             }
         }
         let acct = self.store.account(d);

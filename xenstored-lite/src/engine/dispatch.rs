@@ -260,6 +260,8 @@ impl Engine {
             tx_id,
             payload: &msg.payload,
         };
+        // The watch events it causes, and its reply, are counted against it.
+        self.begin_request(conn, who.privileged);
         let result = match entry.run {
             Run::Store(op, _) => self.store_request(&req, op),
             Run::Engine(handler) => handler(self, &req),
@@ -273,6 +275,7 @@ impl Engine {
                 self.last_result = Some(Ok(()));
                 self.charge(&req);
                 self.queue(conn, reply(&hdr, entry.ty, payload), false);
+                self.end_request();
                 if let Some(after) = entry.after {
                     after(self, &req);
                 }
@@ -280,6 +283,7 @@ impl Engine {
             Ok(None) => {} // answered later (INTRODUCE, the shell's controls)
             Err(e) => self.reply_err(conn, &hdr, e),
         }
+        self.end_request();
     }
 
     /// A request on the tree (READ, WRITE, ...: [`ops`]), on the committed

@@ -39,7 +39,7 @@ use alloc::vec::Vec;
 use xenring::codec::Message;
 use xenring::{DomId, Header, MsgType, XsErrno};
 
-use connections::Conn;
+use connections::{Conn, EventHolds};
 use domains::{Domain, PendingIntroduce};
 use ops::{Change, Limits};
 use perms::Who;
@@ -87,6 +87,20 @@ pub struct Config {
     /// Bytes that may wait in an unprivileged connection's output queue
     /// before it is cut off.
     pub max_queued_bytes: usize,
+    // Watch-event back-pressure and guest-driven logging (issue 16, items
+    // 3 and 4).
+    /// Bytes of watch events that may wait for a privileged connection
+    /// (`--priv-event-queue`): past it the oldest events are dropped
+    /// (replies never), which is logged once until the queue is read
+    /// empty. 0: unbounded. (A guest's request is held for its events at
+    /// most `watch_event_timeout_ms`; with that 0 too, until they are
+    /// delivered or dropped.)
+    pub max_priv_event_bytes: usize,
+    /// A log line a guest can cause (its watch events expired unread, or
+    /// too long to send) is written at most once per connection per this
+    /// many ms (`--guest-log-interval`), counting what it stands for.
+    /// 0: no limit.
+    pub guest_log_interval_ms: u64,
     /// Test-only (`--test-alter-reply N`): the Nth reply queued gets one
     /// octet of its payload changed, so that replay's verify mode can be
     /// shown to catch a change in behaviour. Never set in production.
@@ -109,6 +123,8 @@ impl Default for Config {
             quotas: Quotas::default(),
             watch_event_timeout_ms: 20_000,
             max_queued_bytes: 1 << 20,
+            max_priv_event_bytes: 16 << 20,
+            guest_log_interval_ms: 10_000,
             test_alter_reply: None,
             keep_orphans: false,
             throttle: ThrottleConfig::default(),
@@ -263,6 +279,8 @@ pub struct Engine {
     /// Open transactions on all connections (C's `wrl_ntransactions`):
     /// guest writes are charged while there are some.
     open_transactions: usize,
+    /// Which unprivileged request caused which queued watch events.
+    events: EventHolds,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -318,6 +336,7 @@ impl Engine {
             throttle,
             write_log: WriteLog::default(),
             open_transactions: 0,
+            events: EventHolds::default(),
         }
     }
 
@@ -429,6 +448,7 @@ impl Engine {
                 ));
             }
         }
+        self.check_conns(&mut problems);
         problems
     }
 }

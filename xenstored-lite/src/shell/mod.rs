@@ -712,6 +712,13 @@ impl Daemon {
             for conn in touched {
                 self.update_interest(conn);
             }
+            // A guest whose watch events another connection took (or
+            // dropped) may send again: read its ring.
+            for conn in self.core.take_unblocked() {
+                if self.conns.contains_key(&conn) {
+                    self.dirty.insert(conn);
+                }
+            }
             self.do_actions();
             if !again && self.dirty.is_empty() {
                 return;

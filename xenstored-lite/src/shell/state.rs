@@ -148,6 +148,12 @@ impl ShellState {
         self.engine.accepts_requests(conn)
     }
 
+    /// Connections the engine takes requests from again because of what
+    /// happened to other connections' queues ([`Engine::take_unblocked`]).
+    pub fn take_unblocked(&mut self) -> Vec<ConnId> {
+        self.engine.take_unblocked()
+    }
+
     /// Connections with output queued in the engine.
     pub fn conns_with_output(&self) -> Vec<ConnId> {
         self.engine.conns_with_output()
