@@ -184,6 +184,9 @@ impl Engine {
         // domain, so that a new domain with this domid inherits nothing.
         self.store.forget_domain(domid, self.config.priv_domid);
         self.domain_quotas.remove(&domid);
+        // Its write credit goes back to the reserve (C's
+        // wrl_domain_destroy), so a domain reusing the domid starts fresh.
+        self.throttle.forget(domid);
         // A device model that acted for it acts for nobody now, not for
         // the next domain with this domid.
         for dom in self.domains.values_mut() {

@@ -177,6 +177,24 @@ fn test_guest_writes_with_a_transaction_open_pause_it_until_its_wakeup() {
 }
 
 #[test]
+fn test_released_domain_leaves_no_pause_to_the_next_with_its_domid() {
+    let mut h = H::new(Config::default());
+    let g = h.guest(5);
+    let tx = h.tx(SOCK);
+    for i in 0..11 {
+        h.write(g, 0, "k", &i.to_string()).unwrap();
+    }
+    assert!(h.e.throttled(5));
+    h.call(SOCK, MsgType::Release, 0, build_args(&[b"5"])).unwrap();
+    assert!(!h.e.throttled(5), "its credit went with it");
+    // The domid is reused before any time passes: the new domain's ring
+    // is read at once.
+    let g = h.guest(5);
+    assert!(h.e.accepts_requests(g));
+    h.end(SOCK, tx).unwrap();
+}
+
+#[test]
 fn test_writes_with_no_transaction_open_are_not_charged() {
     let mut h = H::new(Config::default());
     let g = h.guest(5);
