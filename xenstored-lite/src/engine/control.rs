@@ -225,7 +225,9 @@ impl Engine {
         Ok(None)
     }
 
-    /// What `memreport` answers: what the store holds.
+    /// What `memreport` answers: what the store holds, and per domain the
+    /// nodes it owns and the bytes it is charged (the memory quota's
+    /// figure, `account`), with what they are made of.
     fn memreport(&self) -> String {
         let mut s = format!(
             "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
@@ -234,10 +236,15 @@ impl Engine {
             self.conns.len(),
             self.domains.len()
         );
-        for (d, a) in self.store.accounts() {
+        for (d, u) in self.usages() {
             s.push_str(&format!(
-                "domain {d}: {} nodes, {} bytes\n",
-                a.nodes, a.memory
+                "domain {d}: {} nodes, {} bytes ({} nodes, {} transactions, {} watches, {} output)\n",
+                self.store.account(d).nodes,
+                u.total(),
+                u.nodes,
+                u.transactions,
+                u.watches,
+                u.output
             ));
         }
         s
@@ -291,7 +298,8 @@ impl Engine {
 
     /// `quota <domid>`: what a known domain (the privileged one or an
     /// introduced one) uses, in C's layout. Memory is our own accounting
-    /// (documented difference).
+    /// (documented difference): everything the domain is charged, the
+    /// figure its memory quota is checked against (`account`).
     fn domain_usage(&self, d: DomId) -> Option<String> {
         if d != self.config.priv_domid && !self.domains.contains_key(&d) {
             return None;
@@ -316,7 +324,7 @@ impl Engine {
             ("watches", watches as u64),
             ("transactions", transactions as u64),
             ("outstanding", outstanding as u64),
-            ("memory", acct.memory),
+            ("memory", self.usage(d).total()),
         ] {
             s.push_str(&format!("{name:<16}: {v:>8}\n"));
         }
