@@ -252,7 +252,7 @@ fn test_watches_charged_to_the_same_account_as_nodes() {
     assert!(used <= QUOTA, "charged {used}");
     let report = reply_text(&s.dom0.control(&["memreport"]).unwrap());
     assert!(
-        report.contains(&format!("domain {d}: {} nodes, {used} bytes (", nodes + 2)),
+        report.contains(&format!("domain {d}: {} nodes, {used} bytes\n", nodes + 2)),
         "{report}"
     );
     // Removing nodes makes room for a watch.

@@ -176,10 +176,11 @@ impl Engine {
         match req.args {
             // C dumps talloc's tree to its log and answers OK; ours answers
             // with the report itself (documented).
-            [] => Ok(Some(self.memreport())),
-            // The shell appends it to the file and answers.
+            [] => Ok(Some(self.memreport(false))),
+            // The shell appends it to the file and answers; a file has
+            // room for what each domain's bytes are made of.
             [file] => {
-                let report = self.memreport();
+                let report = self.memreport(true);
                 self.actions.push(Action::MemReport {
                     conn: req.conn,
                     header: req.header,
@@ -227,8 +228,9 @@ impl Engine {
 
     /// What `memreport` answers: what the store holds, and per domain the
     /// nodes it owns and the bytes it is charged (the memory quota's
-    /// figure, `account`), with what they are made of.
-    fn memreport(&self) -> String {
+    /// figure, `account`); with `detail`, what those bytes are made of
+    /// (too long for a reply's payload with many domains).
+    fn memreport(&self, detail: bool) -> String {
         let mut s = format!(
             "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
             self.store.len(),
@@ -238,14 +240,17 @@ impl Engine {
         );
         for (d, u) in self.usages() {
             s.push_str(&format!(
-                "domain {d}: {} nodes, {} bytes ({} nodes, {} transactions, {} watches, {} output)\n",
+                "domain {d}: {} nodes, {} bytes",
                 self.store.account(d).nodes,
-                u.total(),
-                u.nodes,
-                u.transactions,
-                u.watches,
-                u.output
+                u.total()
             ));
+            if detail {
+                s.push_str(&format!(
+                    " ({} nodes, {} transactions, {} watches, {} output)",
+                    u.nodes, u.transactions, u.watches, u.output
+                ));
+            }
+            s.push('\n');
         }
         s
     }

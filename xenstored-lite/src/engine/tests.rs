@@ -3330,8 +3330,28 @@ mod account {
         let report =
             String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["memreport"]).unwrap()).unwrap();
         assert!(
+            report.contains(&format!("\ndomain 5: 11 nodes, {} bytes\n", usage.total())),
+            "{report}"
+        );
+        // To a file, with what the bytes are made of.
+        let msg = Message::new(
+            MsgType::Control,
+            7,
+            0,
+            build_args(&[b"memreport", b"/tmp/report"]),
+        )
+        .unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        let actions = h.e.take_actions();
+        let [Action::MemReport { report, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        assert!(
             report.contains(&format!(
-                "domain 5: 11 nodes, {} bytes ({} nodes, 0 transactions, {} watches, {queued} output)\n",
+                "\ndomain 5: 11 nodes, {} bytes ({} nodes, 0 transactions, {} watches, {queued} output)\n",
                 usage.total(),
                 usage.nodes,
                 usage.watches
