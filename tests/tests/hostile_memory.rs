@@ -19,7 +19,13 @@ fn rss(daemon: &Daemon) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .map(|kb| kb * 1024)
         .unwrap_or_else(|| panic!("no VmRSS in {status}"))
 }
@@ -78,7 +84,7 @@ fn setup_with(quota: u64) -> Setup {
 
 /// The bystander's service: a write read back, and a transaction that
 /// commits.
-fn bystander_served(c: &mut Client<Guest>, round: u32) {
+fn bystander_served(c: &mut Client<Guest>, round: usize) {
     let v = format!("round {round}");
     c.write(0, "data/v", v.as_bytes()).unwrap();
     assert_eq!(c.read(0, "data/v").unwrap(), v.as_bytes());
@@ -116,7 +122,7 @@ fn test_reads_in_open_transactions_do_not_pin_memory() {
         for _ in 0..2_000 {
             assert_eq!(s.attacker.read(tx, "data/big").unwrap(), value);
         }
-        bystander_served(&mut s.bystander, i as u32 + 1);
+        bystander_served(&mut s.bystander, i + 1);
     }
     // Reads between writes: each is logged, and charged.
     let mut refused = 0;
@@ -187,7 +193,7 @@ fn test_ten_full_transactions_share_one_memory_quota() {
                 Err(e) => panic!("transaction {t}: {e}"),
             }
         }
-        bystander_served(&mut s.bystander, t as u32 + 1);
+        bystander_served(&mut s.bystander, t + 1);
     }
     let used = memory_of(&mut s.dom0, d);
     let grown = rss(&s.daemon).saturating_sub(before);

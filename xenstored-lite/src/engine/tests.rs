@@ -3163,7 +3163,11 @@ mod account {
                     }
                 }
             }
-            assert!(total(&h, 5) <= QUOTA, "{} after transaction {t}", total(&h, 5));
+            assert!(
+                total(&h, 5) <= QUOTA,
+                "{} after transaction {t}",
+                total(&h, 5)
+            );
         }
         // A transaction write costs the node in its view and its logged
         // payload: about 2 KiB each, so about 10 in all, not 10 × 20.
@@ -3321,8 +3325,8 @@ mod account {
         assert!(usage.output > 0, "{usage:?}");
         let queued: u64 = h.e.queued_messages(d5).map(|m| m.wire_len() as u64).sum();
         assert_eq!(usage.output, queued);
-        let quota = String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota", "5"]).unwrap())
-            .unwrap();
+        let quota =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota", "5"]).unwrap()).unwrap();
         assert!(
             quota.contains(&format!("memory          : {:>8}\n", usage.total())),
             "{quota}"

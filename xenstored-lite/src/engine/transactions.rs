@@ -27,9 +27,9 @@ use alloc::vec::Vec;
 use xenring::path::{validate_path, PathKind};
 use xenring::{MsgType, Perm, XsErrno};
 
+use super::account;
 use super::dispatch::{store_op, Flags, Reply, Request};
 use super::lu_state::RestoreError;
-use super::account;
 use super::ops::{self, canonical, one_arg, Change, Ctx, OpResult};
 use super::perms::Who;
 use super::quota::{within, QuotaKind};
@@ -46,7 +46,7 @@ pub(super) type TxOp = (MsgType, Arc<[u8]>, Result<Vec<u8>, XsErrno>);
 const LOG_ENTRY_OVERHEAD: u64 = 64;
 
 /// Bytes a pending watch event is charged beyond its paths.
-const EVENT_OVERHEAD: u64 = 32;
+const EVENT_OVERHEAD: usize = 32;
 
 /// An open transaction.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ fn entry_bytes(payload: &[u8], result: &OpResult, events: &[Change]) -> u64 {
         .map(|e| {
             e.path.len()
                 + e.removed.iter().map(|(p, _)| p.len()).sum::<usize>()
-                + (e.removed.len() + 1) * EVENT_OVERHEAD as usize
+                + (e.removed.len() + 1) * EVENT_OVERHEAD
         })
         .sum();
     (payload.len() + reply + events) as u64 + LOG_ENTRY_OVERHEAD
