@@ -341,6 +341,14 @@ impl Engine {
     }
 
     fn limits(&self, who: &Who) -> Limits {
+        self.limits_for(who, true)
+    }
+
+    /// [`limits`](Self::limits) for a request that writes (`writes`) or
+    /// not: only a write is checked against the memory quota, so only for
+    /// one is what the domain's other charges leave of it worked out (a
+    /// walk of its watches); a read gets the quota as it is.
+    fn limits_for(&self, who: &Who, writes: bool) -> Limits {
         if who.privileged {
             // Exempt from every quota but path-max, which C applies to
             // dom0 too.
@@ -353,7 +361,11 @@ impl Engine {
             nodes: self.limit(who.domid, QuotaKind::Nodes),
             // What the domain's other charges leave of its memory quota
             // (never 0, which is unlimited): see `account`.
-            memory: self.node_memory_limit(who),
+            memory: if writes {
+                self.node_memory_limit(who)
+            } else {
+                self.limit(who.domid, QuotaKind::Memory)
+            },
             node_permissions: self.limit(who.domid, QuotaKind::NodePermissions),
             path_max: self.limit(who.domid, QuotaKind::PathMax),
             node_size: self.limit(who.domid, QuotaKind::NodeSize),
@@ -387,6 +399,9 @@ impl Engine {
     fn soft_memory(&mut self, d: DomId) {
         let soft = self.config.quotas.soft(QuotaKind::Memory);
         if soft == 0 || d == self.config.priv_domid {
+            return;
+        }
+        if !self.over_soft.contains(&d) && self.surely_within(d, soft) {
             return;
         }
         let used = self.usage(d).total();

@@ -3309,6 +3309,22 @@ mod account {
         }
     }
 
+    /// The soft quota's shortcut: sure only when even a watch quota's
+    /// worth of the longest watches would not cross the limit.
+    #[test]
+    fn test_account_surely_within_bounds_the_watches_by_their_quota() {
+        let (mut h, d5) = guest(0);
+        h.req(d5, MsgType::Watch, 0, &["/a", "tok"]).unwrap();
+        h.events(d5);
+        let most = 128 * xenring::wire::PAYLOAD_MAX as u64;
+        let nodes = h.e.store().account(5).memory;
+        assert!(h.e.surely_within(5, nodes + most));
+        assert!(!h.e.surely_within(5, nodes + most - 1));
+        assert!(h.e.surely_within(5, 0), "no limit");
+        h.e.config.quotas.set_hard(QuotaKind::Watches, 0);
+        assert!(!h.e.surely_within(5, u64::MAX), "no watch quota: no bound");
+    }
+
     /// Queued output is counted (`quota <domid>`, `memreport`), never
     /// refused for.
     #[test]
