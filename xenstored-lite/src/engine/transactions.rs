@@ -74,7 +74,8 @@ pub(super) struct Transaction {
     /// reads too).
     pub(super) logged: u64,
     /// Bytes charged to its domain for its log (payloads, replies, watch
-    /// events) and for the nodes its writes put in its view (`account`).
+    /// events) and for the nodes its writes put in its view (`account`;
+    /// the nodes only while a memory quota applies to it).
     pub(super) log_bytes: u64,
     /// Of those, the nodes its writes put in its view, which the view's
     /// own accounting already shows to a write in it.
@@ -241,7 +242,8 @@ impl Engine {
                 .saturating_sub(tx.view_bytes);
             ctx.limits.memory = account::node_limit(memory_limit, besides);
         }
-        let before = writes.then(|| tx.store.clone());
+        let charged = memory_limit != 0;
+        let before = (writes && charged).then(|| tx.store.clone());
         let mut events = Vec::new();
         let result = op(&mut tx.store, &ctx, req.payload, &mut events);
         if !writes && tx.repeats(req.ty, req.payload, &result) {
@@ -250,13 +252,19 @@ impl Engine {
         if !writes && !within(tx_limit, tx.logged + 1) {
             return Err(XsErrno::ENOSPC);
         }
-        let view: u64 = events
-            .iter()
-            .filter_map(|e| tx.store.get(&e.path).map(|n| (e, n)))
-            .map(|(e, n)| Node::cost(&e.path, &n.value, &n.perms))
-            .sum();
+        // (Not looked up where nothing is checked: the privileged domain,
+        // or no memory quota.)
+        let view: u64 = if charged {
+            events
+                .iter()
+                .filter_map(|e| tx.store.get(&e.path).map(|n| (e, n)))
+                .map(|(e, n)| Node::cost(&e.path, &n.value, &n.perms))
+                .sum()
+        } else {
+            0
+        };
         let charge = entry_bytes(req.payload, &result, &events).saturating_add(view);
-        if memory_limit != 0 && !within(memory_limit, used.saturating_add(charge)) {
+        if charged && !within(memory_limit, used.saturating_add(charge)) {
             if let Some(before) = before {
                 tx.store = before;
             }
@@ -276,7 +284,7 @@ impl Engine {
         }
         tx.ops.push((req.ty, payload, result.clone()));
         tx.events.extend(events);
-        if memory_limit != 0 {
+        if charged {
             self.soft_memory(who.domid);
         }
         result.map(Some)
