@@ -256,13 +256,17 @@ impl Read for Guest {
         let deadline = Instant::now() + self.block_limit;
         loop {
             // As Linux's xenbus driver does: tell the server about freed
-            // space only when the ring was full (it may be waiting for
-            // room); otherwise it has no reason to care.
-            let was_full =
-                self.end().readable().map_err(io::Error::other)? == xenring::page::RING_SIZE_U32;
+            // space only when the ring was full since the old consumer
+            // index (it may be waiting for room): what is readable after
+            // the read plus what was read reaches the ring's size. (Looking
+            // only before the read missed the server filling the ring
+            // between the look and the read: it then waited for room
+            // forever.)
             let n = self.end().read(buf).map_err(io::Error::other)?;
             if n > 0 {
-                if was_full {
+                let left = self.end().readable().map_err(io::Error::other)?;
+                let read = u32::try_from(n).unwrap_or(u32::MAX);
+                if left.saturating_add(read) >= xenring::page::RING_SIZE_U32 {
                     self.notify()?;
                 }
                 return Ok(n);

@@ -176,10 +176,11 @@ impl Engine {
         match req.args {
             // C dumps talloc's tree to its log and answers OK; ours answers
             // with the report itself (documented).
-            [] => Ok(Some(self.memreport())),
-            // The shell appends it to the file and answers.
+            [] => Ok(Some(self.memreport(false))),
+            // The shell appends it to the file and answers; a file has
+            // room for what each domain's bytes are made of.
             [file] => {
-                let report = self.memreport();
+                let report = self.memreport(true);
                 self.actions.push(Action::MemReport {
                     conn: req.conn,
                     header: req.header,
@@ -225,8 +226,11 @@ impl Engine {
         Ok(None)
     }
 
-    /// What `memreport` answers: what the store holds.
-    fn memreport(&self) -> String {
+    /// What `memreport` answers: what the store holds, and per domain the
+    /// nodes it owns and the bytes it is charged (the memory quota's
+    /// figure, `account`); with `detail`, what those bytes are made of
+    /// (too long for a reply's payload with many domains).
+    fn memreport(&self, detail: bool) -> String {
         let mut s = format!(
             "nodes {}\nwatches {}\nconnections {}\ndomains {}\n",
             self.store.len(),
@@ -234,11 +238,19 @@ impl Engine {
             self.conns.len(),
             self.domains.len()
         );
-        for (d, a) in self.store.accounts() {
+        for (d, u) in self.usages() {
             s.push_str(&format!(
-                "domain {d}: {} nodes, {} bytes\n",
-                a.nodes, a.memory
+                "domain {d}: {} nodes, {} bytes",
+                self.store.account(d).nodes,
+                u.total()
             ));
+            if detail {
+                s.push_str(&format!(
+                    " ({} nodes, {} transactions, {} watches, {} output)",
+                    u.nodes, u.transactions, u.watches, u.output
+                ));
+            }
+            s.push('\n');
         }
         s
     }
@@ -291,7 +303,8 @@ impl Engine {
 
     /// `quota <domid>`: what a known domain (the privileged one or an
     /// introduced one) uses, in C's layout. Memory is our own accounting
-    /// (documented difference).
+    /// (documented difference): everything the domain is charged, the
+    /// figure its memory quota is checked against (`account`).
     fn domain_usage(&self, d: DomId) -> Option<String> {
         if d != self.config.priv_domid && !self.domains.contains_key(&d) {
             return None;
@@ -316,7 +329,7 @@ impl Engine {
             ("watches", watches as u64),
             ("transactions", transactions as u64),
             ("outstanding", outstanding as u64),
-            ("memory", acct.memory),
+            ("memory", self.usage(d).total()),
         ] {
             s.push_str(&format!("{name:<16}: {v:>8}\n"));
         }

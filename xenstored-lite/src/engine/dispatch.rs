@@ -290,7 +290,7 @@ impl Engine {
     /// store, or in a transaction.
     fn store_request(&mut self, req: &Request<'_>, op: ops::Op) -> Reply {
         let who = req.who;
-        let limits = self.limits(&who);
+        let limits = self.limits_for(&who, req.flags.contains(Flags::WRITES));
         let home = self.home(req.conn);
         let ctx = Ctx {
             who,

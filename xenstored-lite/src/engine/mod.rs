@@ -9,12 +9,14 @@
 //! output, so the same inputs give the same outputs, byte for byte.
 //!
 //! The rooms are those of C xenstored and oxenstored: [`store`] (the tree),
-//! [`ops`] (the requests on it), [`perms`], [`quota`], [`watch`],
+//! [`ops`] (the requests on it), [`perms`], [`quota`], `account` (the one
+//! byte account per domain that the memory quota is checked against), [`watch`],
 //! `connections`, `transactions`, `domains`, `control` (XS_CONTROL) and
 //! `dispatch` (the table of request types), and [`lu_state`] (what a live
 //! update carries). This file holds the engine's inputs and outputs and its
 //! state.
 
+mod account;
 mod connections;
 mod control;
 mod dispatch;
@@ -385,6 +387,14 @@ impl Engine {
     }
 
     fn limits(&self, who: &Who) -> Limits {
+        self.limits_for(who, true)
+    }
+
+    /// [`limits`](Self::limits) for a request that writes (`writes`) or
+    /// not: only a write is checked against the memory quota, so only for
+    /// one is what the domain's other charges leave of it worked out (a
+    /// walk of its watches); a read gets the quota as it is.
+    fn limits_for(&self, who: &Who, writes: bool) -> Limits {
         if who.privileged {
             // Exempt from every quota but path-max, which C applies to
             // dom0 too.
@@ -395,7 +405,13 @@ impl Engine {
         }
         Limits {
             nodes: self.limit(who.domid, QuotaKind::Nodes),
-            memory: self.limit(who.domid, QuotaKind::Memory),
+            // What the domain's other charges leave of its memory quota
+            // (never 0, which is unlimited): see `account`.
+            memory: if writes {
+                self.node_memory_limit(who)
+            } else {
+                self.limit(who.domid, QuotaKind::Memory)
+            },
             node_permissions: self.limit(who.domid, QuotaKind::NodePermissions),
             path_max: self.limit(who.domid, QuotaKind::PathMax),
             node_size: self.limit(who.domid, QuotaKind::NodeSize),
@@ -408,31 +424,43 @@ impl Engine {
         self.last_result
     }
 
-    /// The soft memory quota: when a domain's memory use (the bytes its
-    /// nodes are charged) goes above it, one line is logged, and nothing is
-    /// refused; another when it is back within it. Only the owners of the
-    /// nodes `events` changed can have moved, so only they are looked at.
+    /// The soft memory quota: when a domain's memory use (everything it
+    /// is charged, `account`) goes above it, one line is logged, and
+    /// nothing is refused; another when it is back within it. Only the
+    /// owners of the nodes `events` changed can have moved, so only they
+    /// are looked at (a transaction's requests look at their own domain).
     fn check_soft_memory(&mut self, events: &[Change]) {
-        let soft = self.config.quotas.soft(QuotaKind::Memory);
         let owners: BTreeSet<DomId> = events
             .iter()
             .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
             .filter_map(|p| p.first().map(|owner| owner.domid))
-            .filter(|&d| d != self.config.priv_domid)
             .collect();
         for d in owners {
-            let used = self.store.account(d).memory;
-            if !within(soft, used) {
-                if self.over_soft.insert(d) {
-                    self.actions.push(Action::Log(format!(
-                        "domain {d} uses {used} bytes of memory, over its soft quota of {soft} bytes"
-                    )));
-                }
-            } else if self.over_soft.remove(&d) {
+            self.soft_memory(d);
+        }
+    }
+
+    /// The soft memory quota's check for one domain (see
+    /// [`check_soft_memory`](Self::check_soft_memory)).
+    fn soft_memory(&mut self, d: DomId) {
+        let soft = self.config.quotas.soft(QuotaKind::Memory);
+        if soft == 0 || d == self.config.priv_domid {
+            return;
+        }
+        if !self.over_soft.contains(&d) && self.surely_within(d, soft) {
+            return;
+        }
+        let used = self.usage(d).total();
+        if !within(soft, used) {
+            if self.over_soft.insert(d) {
                 self.actions.push(Action::Log(format!(
-                    "domain {d} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
+                    "domain {d} uses {used} bytes of memory, over its soft quota of {soft} bytes"
                 )));
             }
+        } else if self.over_soft.remove(&d) {
+            self.actions.push(Action::Log(format!(
+                "domain {d} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
+            )));
         }
     }
 

@@ -12,12 +12,17 @@ pub enum QuotaKind {
     Watches,
     /// Outstanding requests per connection (replies not yet taken).
     Outstanding,
-    /// Bytes a domain's nodes may use (`-Q memory=N`); crossing the soft
-    /// limit (`-q memory=N`) is logged, not refused.
+    /// Bytes a domain may be charged (`-Q memory=N`): its nodes, its open
+    /// transactions' logs and written nodes, its watches and its queued
+    /// output, one sum (`engine/account.rs`, C's model since XSA-326);
+    /// past it a request is ENOMEM. Crossing the soft limit
+    /// (`-q memory=N`) is logged, not refused.
     Memory,
     /// Open transactions per connection (`-t`).
     Transactions,
-    /// Nodes one transaction may touch.
+    /// Requests one transaction may log, reads too (C counts the nodes a
+    /// transaction accessed); a read repeating one logged since the
+    /// transaction's last write is not logged again.
     TransactionNodes,
     /// Permission entries per node (`-A`).
     NodePermissions,

@@ -2944,17 +2944,29 @@ mod soft_quota {
         assert_eq!(h.logs(), vec![back(6, 0, SOFT)]);
     }
 
+    /// A transaction's writes (and its log) are charged to the domain as
+    /// they are made, as C charges a transaction's nodes (XSA-326): the
+    /// crossing is logged then, once, and the commit, still over, is
+    /// quiet.
     #[test]
-    fn test_soft_quota_crossed_in_transaction_logged_at_commit() {
+    fn test_soft_quota_crossed_in_transaction_logged_when_charged() {
         let (mut h, d5) = guest_with_soft_quota(SOFT);
+        let home = used(&h, 5);
         let tx = h.tx_start(d5);
+        let mut crossed = Vec::new();
         for i in 0..6 {
             assert_eq!(h.write(d5, tx, &format!("t{i}"), &"v".repeat(100)), ok());
+            let logs = h.logs();
+            if !logs.is_empty() {
+                crossed.push(i);
+                assert_eq!(logs, vec![over(5, h.e.usage(5).total(), SOFT)]);
+            }
         }
-        assert_eq!(h.logs(), Vec::<String>::new(), "nothing committed yet");
+        assert_eq!(used(&h, 5), home, "nothing committed yet");
+        assert_eq!(crossed.len(), 1, "logged once, when charged: {crossed:?}");
         assert_eq!(h.tx_end(d5, tx, true), ok());
         assert!(used(&h, 5) > SOFT);
-        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        assert_eq!(h.logs(), Vec::<String>::new(), "still over");
         // An aborted transaction changes nothing, so says nothing.
         let tx = h.tx_start(d5);
         for i in 0..6 {
@@ -3195,29 +3207,35 @@ mod boundaries {
         );
     }
 
+    /// Every request a transaction logs counts, reads too (C counts the
+    /// nodes a transaction accessed); a read repeating one logged since
+    /// the last write, with the same reply, is not logged, so not counted.
     #[test]
-    fn test_transaction_nodes_quota_counts_writes_not_reads() {
+    fn test_transaction_nodes_quota_counts_every_logged_request() {
         let mut config = Config::default();
-        config.quotas.set_hard(QuotaKind::TransactionNodes, 3);
+        config.quotas.set_hard(QuotaKind::TransactionNodes, 4);
         let mut h = H::with(config);
         let d5 = h.dom(5);
         h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
             .unwrap();
         h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
         let tx = h.tx_start(d5);
-        for i in 0..3 {
+        for i in 0..2 {
             assert_eq!(h.write(d5, tx, &format!("k{i}"), "v"), ok(), "write {i}");
-            h.read(d5, tx, "k0").unwrap();
+            for _ in 0..5 {
+                assert_eq!(h.read(d5, tx, "k0"), Ok(b"v".to_vec()), "repeats are free");
+            }
         }
+        assert_eq!(h.read(d5, tx, "k2"), Err(XsErrno::ENOSPC), "a fifth read");
         assert_eq!(h.write(d5, tx, "k3", "v"), Err(XsErrno::ENOSPC));
         assert_eq!(
             h.req(d5, MsgType::Rm, tx, &["k0"]),
             Err(XsErrno::ENOSPC),
             "RM counts as a write"
         );
-        assert_eq!(h.read(d5, tx, "k2"), Ok(b"v".to_vec()), "reads go on");
+        assert_eq!(h.read(d5, tx, "k0"), Ok(b"v".to_vec()), "logged ones go on");
         assert_eq!(h.tx_end(d5, tx, true), ok());
-        assert_eq!(h.read(d5, 0, "k2"), Ok(b"v".to_vec()));
+        assert_eq!(h.read(d5, 0, "k1"), Ok(b"v".to_vec()));
         assert_eq!(h.read(d5, 0, "k3"), Err(XsErrno::ENOENT));
         // The privileged domain is exempt.
         let tx = h.tx_start(SOCK);
@@ -3310,5 +3328,272 @@ mod alter_reply {
         });
         assert_eq!(h.write(SOCK, 0, "/e", ""), ok());
         assert_eq!(h.req(SOCK, MsgType::Read, 0, &["/e"]), Ok(b"!".to_vec()));
+    }
+}
+
+// ---- one byte account per domain (engine/account.rs) ------------------------
+
+mod account {
+    use super::*;
+
+    /// Guest 5 with its home (owned by it), memory quota `memory`.
+    fn guest(memory: u64) -> (H, ConnId) {
+        let mut config = Config::default();
+        config.quotas.set_hard(QuotaKind::Memory, memory);
+        let mut h = H::with(config);
+        let d5 = h.dom(5);
+        h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
+            .unwrap();
+        h.perms(SOCK, "/local/domain/5", &["n5"]).unwrap();
+        (h, d5)
+    }
+
+    fn total(h: &H, d: DomId) -> u64 {
+        h.e.usage(d).total()
+    }
+
+    fn logged(h: &H, conn: ConnId, tx: u32) -> usize {
+        h.e.conns[&conn].transactions[&tx].ops.len()
+    }
+
+    /// Ten transactions each writing what it can: all of them together
+    /// stay within the one quota (each view used to be checked on its own,
+    /// ten times the quota).
+    #[test]
+    fn test_account_transactions_share_one_memory_quota() {
+        const QUOTA: u64 = 20_000;
+        let (mut h, d5) = guest(QUOTA);
+        let value = "v".repeat(1000);
+        let txs: Vec<u32> = (0..10).map(|_| h.tx_start(d5)).collect();
+        let mut written = 0;
+        for (t, &tx) in txs.iter().enumerate() {
+            for i in 0.. {
+                match h.write(d5, tx, &format!("t{t}/k{i}"), &value) {
+                    Ok(_) => written += 1,
+                    Err(e) => {
+                        assert_eq!(e, XsErrno::ENOMEM, "transaction {t} write {i}");
+                        break;
+                    }
+                }
+            }
+            assert!(
+                total(&h, 5) <= QUOTA,
+                "{} after transaction {t}",
+                total(&h, 5)
+            );
+        }
+        // A transaction write costs the node in its view and its logged
+        // payload: about 2 KiB each, so about 10 in all, not 10 × 20.
+        assert!((5..=20).contains(&written), "{written} writes");
+        // Aborting them gives it all back; the domain may write again.
+        for &tx in &txs {
+            assert_eq!(h.tx_end(d5, tx, false), ok());
+        }
+        assert_eq!(total(&h, 5), h.e.store().account(5).memory);
+        assert_eq!(h.write(d5, 0, "k", &value), ok());
+        h.check();
+    }
+
+    /// A node write outside a transaction is refused while the domain's
+    /// open transactions fill its quota, and allowed again once they end.
+    #[test]
+    fn test_account_node_write_checked_against_the_sum() {
+        const QUOTA: u64 = 10_000;
+        let (mut h, d5) = guest(QUOTA);
+        h.write(d5, 0, "fixed", &"v".repeat(100)).unwrap();
+        let tx = h.tx_start(d5);
+        let value = "v".repeat(1500);
+        let mut i = 0;
+        while h.write(d5, tx, &format!("k{i}"), &value).is_ok() {
+            i += 1;
+        }
+        assert!(i > 0);
+        while h.write(d5, tx, &format!("k{i}"), "").is_ok() {
+            i += 1;
+        }
+        assert_eq!(h.write(d5, 0, "outside", &value), Err(XsErrno::ENOMEM));
+        // What does not grow its nodes is still allowed (the limit left
+        // is 1 byte, not 0, which would be unlimited).
+        assert_eq!(h.write(d5, 0, "fixed", &"w".repeat(100)), ok());
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "k0"), Ok(value.clone().into_bytes()));
+        assert!(total(&h, 5) <= QUOTA);
+    }
+
+    /// A guest reading one node over and over in a transaction: logged
+    /// once, and its commit still checks what it read.
+    #[test]
+    fn test_account_repeated_read_in_transaction_logged_once() {
+        let (mut h, d5) = guest(0);
+        h.write(d5, 0, "big", &"b".repeat(2000)).unwrap();
+        let tx = h.tx_start(d5);
+        for _ in 0..1000 {
+            assert_eq!(h.read(d5, tx, "big"), Ok("b".repeat(2000).into_bytes()));
+        }
+        assert_eq!(logged(&h, d5, tx), 1);
+        let charged = h.e.conns[&d5].transactions[&tx].charged();
+        assert!(charged < 2200, "{charged} bytes for one logged read");
+        // A write in between: the next read is logged again (its re-run
+        // follows the write), then once more only.
+        h.write(d5, tx, "other", "x").unwrap();
+        for _ in 0..10 {
+            h.read(d5, tx, "big").unwrap();
+        }
+        assert_eq!(logged(&h, d5, tx), 3);
+        // A different reply (the read failed, say) is not a repeat.
+        assert_eq!(h.read(d5, tx, "gone"), Err(XsErrno::ENOENT));
+        h.write(SOCK, 0, "/local/domain/5/unrelated", "").unwrap();
+        // The store moved on: the commit re-runs the log; what it read
+        // still holds, so it commits.
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "other"), Ok(b"x".to_vec()));
+        // And when what it read changed, EAGAIN, as before.
+        let tx = h.tx_start(d5);
+        for _ in 0..5 {
+            h.read(d5, tx, "big").unwrap();
+        }
+        h.write(d5, tx, "after", "y").unwrap();
+        h.write(SOCK, 0, "/local/domain/5/big", "changed").unwrap();
+        assert_eq!(h.tx_end(d5, tx, true), Err(XsErrno::EAGAIN));
+        assert_eq!(h.read(d5, 0, "after"), Err(XsErrno::ENOENT));
+    }
+
+    /// Reads that cannot be de-duplicated (a write between each) fill the
+    /// memory quota, then get ENOMEM; the transaction still commits.
+    #[test]
+    fn test_account_transaction_log_charged_until_enomem() {
+        const QUOTA: u64 = 50_000;
+        let (mut h, d5) = guest(QUOTA);
+        h.write(d5, 0, "big", &"b".repeat(2000)).unwrap();
+        let tx = h.tx_start(d5);
+        let mut refused = None;
+        let mut last = 0;
+        for i in 0..200 {
+            if h.write(d5, tx, "w", &i.to_string()).is_err() {
+                refused = Some(i);
+                break;
+            }
+            last = i;
+            if let Err(e) = h.read(d5, tx, "big") {
+                assert_eq!(e, XsErrno::ENOMEM);
+                refused = Some(i);
+                break;
+            }
+        }
+        let refused = refused.expect("the log is charged");
+        assert!((10..=30).contains(&refused), "refused after {refused}");
+        assert!(total(&h, 5) <= QUOTA);
+        assert_eq!(h.tx_end(d5, tx, true), ok());
+        assert_eq!(h.read(d5, 0, "w"), Ok(last.to_string().into_bytes()));
+    }
+
+    /// Watches are charged path and token, and a WATCH past the quota is
+    /// ENOMEM; UNWATCH gives it back.
+    #[test]
+    fn test_account_watches_charged_path_and_token() {
+        const QUOTA: u64 = 10_000;
+        let (mut h, d5) = guest(QUOTA);
+        let before = total(&h, 5);
+        h.req(d5, MsgType::Watch, 0, &["/a", "tok"]).unwrap();
+        h.events(d5);
+        assert_eq!(total(&h, 5), before + 5);
+        let token = "t".repeat(3000);
+        let mut set = 0;
+        let err = loop {
+            match h.req(d5, MsgType::Watch, 0, &[&format!("/w{set}"), &token]) {
+                Ok(_) => set += 1,
+                Err(e) => break e,
+            }
+            h.events(d5);
+        };
+        assert_eq!(err, XsErrno::ENOMEM);
+        assert_eq!(set, 3, "3 × 3 KiB tokens fit 10 KB");
+        assert!(total(&h, 5) <= QUOTA);
+        h.req(d5, MsgType::Unwatch, 0, &["/w0", &token]).unwrap();
+        assert_eq!(
+            h.req(d5, MsgType::Watch, 0, &["/again", &token]),
+            ok(),
+            "room again"
+        );
+        // The privileged domain is exempt.
+        for i in 0..5 {
+            h.req(SOCK, MsgType::Watch, 0, &[&format!("/p{i}"), &token])
+                .unwrap();
+        }
+    }
+
+    /// The soft quota's shortcut: sure only when even a watch quota's
+    /// worth of the longest watches would not cross the limit.
+    #[test]
+    fn test_account_surely_within_bounds_the_watches_by_their_quota() {
+        let (mut h, d5) = guest(0);
+        h.req(d5, MsgType::Watch, 0, &["/a", "tok"]).unwrap();
+        h.events(d5);
+        let most = 128 * xenring::wire::PAYLOAD_MAX as u64;
+        let nodes = h.e.store().account(5).memory;
+        assert!(h.e.surely_within(5, nodes + most));
+        assert!(!h.e.surely_within(5, nodes + most - 1));
+        assert!(h.e.surely_within(5, 0), "no limit");
+        h.e.config.quotas.set_hard(QuotaKind::Watches, 0);
+        assert!(!h.e.surely_within(5, u64::MAX), "no watch quota: no bound");
+    }
+
+    /// Queued output is counted (`quota <domid>`, `memreport`), never
+    /// refused for.
+    #[test]
+    fn test_account_queued_output_counted_not_refused() {
+        let (mut h, d5) = guest(0);
+        h.req(d5, MsgType::Watch, 0, &["/local/domain/5", "t"])
+            .unwrap();
+        // Events queue up unread.
+        for i in 0..10 {
+            h.write(SOCK, 0, &format!("/local/domain/5/k{i}"), "v")
+                .unwrap();
+        }
+        let usage = h.e.usage(5);
+        assert!(usage.output > 0, "{usage:?}");
+        let queued: u64 = h.e.queued_messages(d5).map(|m| m.wire_len() as u64).sum();
+        assert_eq!(usage.output, queued);
+        let quota =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["quota", "5"]).unwrap()).unwrap();
+        assert!(
+            quota.contains(&format!("memory          : {:>8}\n", usage.total())),
+            "{quota}"
+        );
+        let report =
+            String::from_utf8(h.req(SOCK, MsgType::Control, 0, &["memreport"]).unwrap()).unwrap();
+        assert!(
+            report.contains(&format!("\ndomain 5: 11 nodes, {} bytes\n", usage.total())),
+            "{report}"
+        );
+        // To a file, with what the bytes are made of.
+        let msg = Message::new(
+            MsgType::Control,
+            7,
+            0,
+            build_args(&[b"memreport", b"/tmp/report"]),
+        )
+        .unwrap();
+        h.e.handle(Input::Request {
+            conn: SOCK,
+            msg: &msg,
+        });
+        let actions = h.e.take_actions();
+        let [Action::MemReport { report, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        assert!(
+            report.contains(&format!(
+                "\ndomain 5: 11 nodes, {} bytes ({} nodes, 0 transactions, {} watches, {queued} output)\n",
+                usage.total(),
+                usage.nodes,
+                usage.watches
+            )),
+            "{report}"
+        );
+        h.events(d5);
+        let read = h.e.usage(5);
+        assert_eq!(read.output, 0);
+        assert_eq!(read.total(), usage.nodes + "/local/domain/5t".len() as u64);
     }
 }

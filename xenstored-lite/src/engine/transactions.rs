@@ -27,9 +27,10 @@ use alloc::vec::Vec;
 use xenring::path::{validate_path, PathKind};
 use xenring::{MsgType, Perm, XsErrno};
 
+use super::account;
 use super::dispatch::{store_op, Flags, Reply, Request};
 use super::lu_state::RestoreError;
-use super::ops::{self, canonical, one_arg, Change, Ctx};
+use super::ops::{self, canonical, one_arg, Change, Ctx, OpResult};
 use super::perms::Who;
 use super::quota::{within, QuotaKind};
 use super::store::{join, parent, Children, Node, Path, Store};
@@ -37,7 +38,15 @@ use super::{ConnId, Engine};
 use crate::migration::{Access, NodeData, NodePerm, Record};
 
 /// A request run in a transaction, and the reply its client received.
-pub(super) type TxOp = (MsgType, Vec<u8>, Result<Vec<u8>, XsErrno>);
+pub(super) type TxOp = (MsgType, Arc<[u8]>, Result<Vec<u8>, XsErrno>);
+
+/// Bytes a logged request is charged beyond its payload and reply: its
+/// entry in the log and in the index of reads, and a watch event's
+/// bookkeeping.
+const LOG_ENTRY_OVERHEAD: u64 = 64;
+
+/// Bytes a pending watch event is charged beyond its paths.
+const EVENT_OVERHEAD: usize = 32;
 
 /// An open transaction.
 #[derive(Debug, Clone)]
@@ -51,15 +60,64 @@ pub(super) struct Transaction {
     pub(super) base: Store,
     /// The transaction's own view.
     pub(super) store: Store,
-    /// Requests run in it since it started (or was restored).
+    /// Requests run in it since it started (or was restored), but for
+    /// reads that repeat one logged since its last write request, with the
+    /// same reply: re-run at commit, they could not answer otherwise.
     pub(super) ops: Vec<TxOp>,
+    /// The reads logged since its last write request, by payload: the
+    /// indices in `ops` of each (what finds a repeated read).
+    pub(super) reads: BTreeMap<Arc<[u8]>, Vec<usize>>,
     /// The watch events its requests would fire, fired at commit.
     pub(super) events: Vec<Change>,
-    /// Its writes so far (the transaction-nodes quota).
-    pub(super) writes: u64,
+    /// Requests logged so far, and the writes a live update carried (the
+    /// transaction-nodes quota: C counts the nodes a transaction accessed,
+    /// reads too).
+    pub(super) logged: u64,
+    /// Bytes charged to its domain for its log (payloads, replies, watch
+    /// events) and for the nodes its writes put in its view (`account`;
+    /// the nodes only while a memory quota applies to it).
+    pub(super) log_bytes: u64,
+    /// Of those, the nodes its writes put in its view, which the view's
+    /// own accounting already shows to a write in it.
+    pub(super) view_bytes: u64,
     /// What a transaction restored from a live update brought with it (its
     /// writes and the committed state they depend on); empty otherwise.
     pub(super) carried: Carried,
+}
+
+impl Transaction {
+    /// Bytes charged to its domain for it (`account`).
+    pub(super) fn charged(&self) -> u64 {
+        self.log_bytes
+    }
+
+    /// Whether a read of type `ty` with this payload and result is logged
+    /// already since the last write request (so need not be again).
+    fn repeats(&self, ty: MsgType, payload: &[u8], result: &OpResult) -> bool {
+        self.reads.get(payload).is_some_and(|at| {
+            at.iter().any(|&i| {
+                self.ops
+                    .get(i)
+                    .is_some_and(|(t, _, answered)| *t == ty && answered == result)
+            })
+        })
+    }
+}
+
+/// Bytes one logged request is charged: its payload, its reply and the
+/// watch events it left pending ([`LOG_ENTRY_OVERHEAD`] and
+/// [`EVENT_OVERHEAD`] for what holds them).
+fn entry_bytes(payload: &[u8], result: &OpResult, events: &[Change]) -> u64 {
+    let reply = result.as_ref().map_or(0, Vec::len);
+    let events: usize = events
+        .iter()
+        .map(|e| {
+            e.path.len()
+                + e.removed.iter().map(|(p, _)| p.len()).sum::<usize>()
+                + (e.removed.len() + 1) * EVENT_OVERHEAD
+        })
+        .sum();
+    (payload.len() + reply + events) as u64 + LOG_ENTRY_OVERHEAD
 }
 
 impl Engine {
@@ -101,8 +159,11 @@ impl Engine {
                 base: snapshot.clone(),
                 store: snapshot,
                 ops: Vec::new(),
+                reads: BTreeMap::new(),
                 events: Vec::new(),
-                writes: 0,
+                logged: 0,
+                log_bytes: 0,
+                view_bytes: 0,
                 carried: Carried::default(),
             },
         );
@@ -123,14 +184,28 @@ impl Engine {
             .get_mut(&req.conn)
             .and_then(|c| c.transactions.remove(&req.hdr.tx_id))
             .ok_or(XsErrno::ENOENT)?;
-        if commit {
-            self.commit(req.conn, req.who, tx)?;
-        }
+        let done = if commit {
+            self.commit(req.conn, req.who, tx)
+        } else {
+            Ok(())
+        };
+        // What the transaction was charged is the domain's no more.
+        self.soft_memory(req.who.domid);
+        done?;
         Ok(Some(b"OK\0".to_vec()))
     }
 
     /// A request on the tree in transaction `req.tx_id`: run on its view,
     /// logged for the re-run at commit, its events kept until then.
+    ///
+    /// What a transaction keeps is bounded and charged: every logged
+    /// request counts against the transaction-nodes quota (ENOSPC), and
+    /// its bytes (payload, reply, events, the nodes a write put in the
+    /// view) are charged to the domain's memory account (ENOMEM past the
+    /// quota, the view left as it was). A read that repeats one logged
+    /// since the last write request, with the same reply, is answered and
+    /// not logged again: nothing it depends on can have changed in
+    /// between, so its re-run at commit gives what the first one's does.
     pub(super) fn in_transaction(
         &mut self,
         req: &Request<'_>,
@@ -138,24 +213,80 @@ impl Engine {
         op: ops::Op,
     ) -> Reply {
         let who = req.who;
-        let tx_limit = if who.privileged {
+        let (tx_limit, memory_limit) = if who.privileged {
+            (0, 0)
+        } else {
+            (
+                self.limit(who.domid, QuotaKind::TransactionNodes),
+                self.limit(who.domid, QuotaKind::Memory),
+            )
+        };
+        let used = if memory_limit == 0 {
             0
         } else {
-            self.limit(who.domid, QuotaKind::TransactionNodes)
+            self.usage(who.domid).total()
         };
         let c = self.conns.get_mut(&req.conn).ok_or(XsErrno::EINVAL)?;
         let tx = c.transactions.get_mut(&req.tx_id).ok_or(XsErrno::ENOENT)?;
         let writes = req.flags.contains(Flags::WRITES);
-        if writes && !within(tx_limit, tx.writes + 1) {
+        if writes && !within(tx_limit, tx.logged + 1) {
             return Err(XsErrno::ENOSPC);
         }
-        let mut events = Vec::new();
-        let result = op(&mut tx.store, ctx, req.payload, &mut events);
-        if writes {
-            tx.writes += 1;
+        // A write in the view is checked against the view's own accounting,
+        // which shows the nodes this transaction wrote: the rest of what
+        // the domain is charged is what is left of its quota.
+        let mut ctx = *ctx;
+        if memory_limit != 0 {
+            let besides = used
+                .saturating_sub(self.store.account(who.domid).memory)
+                .saturating_sub(tx.view_bytes);
+            ctx.limits.memory = account::node_limit(memory_limit, besides);
         }
-        tx.ops.push((req.ty, req.payload.to_vec(), result.clone()));
+        let charged = memory_limit != 0;
+        let before = (writes && charged).then(|| tx.store.clone());
+        let mut events = Vec::new();
+        let result = op(&mut tx.store, &ctx, req.payload, &mut events);
+        if !writes && tx.repeats(req.ty, req.payload, &result) {
+            return result.map(Some);
+        }
+        if !writes && !within(tx_limit, tx.logged + 1) {
+            return Err(XsErrno::ENOSPC);
+        }
+        // (Not looked up where nothing is checked: the privileged domain,
+        // or no memory quota.)
+        let view: u64 = if charged {
+            events
+                .iter()
+                .filter_map(|e| tx.store.get(&e.path).map(|n| (e, n)))
+                .map(|(e, n)| Node::cost(&e.path, &n.value, &n.perms))
+                .sum()
+        } else {
+            0
+        };
+        let charge = entry_bytes(req.payload, &result, &events).saturating_add(view);
+        if charged && !within(memory_limit, used.saturating_add(charge)) {
+            if let Some(before) = before {
+                tx.store = before;
+            }
+            return Err(account::MEMORY_QUOTA);
+        }
+        tx.logged += 1;
+        tx.log_bytes = tx.log_bytes.saturating_add(charge);
+        tx.view_bytes = tx.view_bytes.saturating_add(view);
+        let payload: Arc<[u8]> = Arc::from(req.payload);
+        if writes {
+            tx.reads.clear();
+        } else {
+            tx.reads
+                .entry(Arc::clone(&payload))
+                .or_default()
+                .push(tx.ops.len());
+        }
+        tx.ops.push((req.ty, payload, result.clone()));
         tx.events.extend(events);
+        if charged {
+            self.soft_memory(who.domid);
+        }
         result.map(Some)
     }
 
@@ -379,13 +510,22 @@ impl Engine {
             }
             carried.writes.push(w);
         }
+        // What the carried writes put in the view is charged as a write's.
+        let view_bytes: u64 = carried
+            .writes
+            .iter()
+            .filter_map(|w| w.node.as_ref().map(|(v, p)| Node::cost(&w.path, v, p)))
+            .sum();
         Ok(Transaction {
             base_version: committed.version(),
             base: committed.clone(),
             store: view,
             ops: Vec::new(),
+            reads: BTreeMap::new(),
             events,
-            writes: carried.writes.len() as u64,
+            logged: carried.writes.len() as u64,
+            log_bytes: view_bytes,
+            view_bytes,
             carried,
         })
     }

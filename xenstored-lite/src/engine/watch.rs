@@ -229,6 +229,16 @@ impl Watches {
     pub fn all(&self) -> impl Iterator<Item = &Watch> {
         self.by_id.values()
     }
+
+    /// Bytes a connection's watches are charged to its domain: path and
+    /// token of each, as C xenstored charges them (`engine/account.rs`).
+    pub fn bytes(&self, conn: ConnId) -> usize {
+        self.by_key
+            .range((conn, String::new(), String::new())..)
+            .take_while(|((c, _, _), _)| *c == conn)
+            .map(|((_, path, token), _)| path.len() + token.len())
+            .sum()
+    }
 }
 
 impl Engine {
@@ -274,6 +284,7 @@ impl Engine {
                 return Err(XsErrno::ENOSPC);
             }
         }
+        self.check_memory(&who, (path.len() + token.len()) as u64)?;
         let added = self.watches.add(Watch {
             conn,
             path,
