@@ -335,11 +335,16 @@ fn test_dom0_transaction_commits_while_a_guest_rewrites_what_it_reads() {
     });
     stop.store(true, SeqCst);
     writer.join().unwrap();
+    // Five failed commits (the conflict burst) must have paused it; a
+    // commit that got in between two of the guest's writes sooner proves
+    // nothing about the pause (the engine's tests pin it exactly).
     let log = daemon.log_text();
-    assert!(
-        log.contains(&format!("conflict rate limit: domain {d} paused")),
-        "{log}"
-    );
+    if attempts > 5 {
+        assert!(
+            log.contains(&format!("conflict rate limit: domain {d} paused")),
+            "{log}"
+        );
+    }
     stop_and_replay(&mut daemon, &rec);
 }
 
