@@ -521,30 +521,40 @@ impl Daemon {
                 // The client went away before we took it: the next one.
                 Err(e) if e.raw_os_error() == Some(nix::libc::ECONNABORTED) => {}
                 Err(e) => {
-                    if !self.accept_refusing {
-                        tracing::warn!(
-                            "accept failed: {e}; refusing new connections until it succeeds \
-                             (those already here are served)"
-                        );
-                        self.accept_refusing = true;
-                    }
                     if at_descriptor_limit(&e) && self.reserve.held() {
+                        // Linux takes the descriptor before it looks at
+                        // the backlog: EMFILE may mean no one is waiting.
+                        // Closed inside, before the reserve is taken back.
                         let listener = &self.listener;
-                        let (got, _) = self.reserve.spend(|| listener.accept());
+                        let (got, _) = self.reserve.spend(|| listener.accept().map(drop));
                         match got {
-                            Ok((stream, _)) => {
-                                drop(stream);
+                            Ok(()) => {
+                                self.accept_refused(&e);
                                 self.accept_refused_total += 1;
                                 continue;
                             }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                            Err(again) if again.kind() == io::ErrorKind::WouldBlock => {
+                                return Ok(())
+                            }
                             Err(_) => {}
                         }
                     }
+                    self.accept_refused(&e);
                     self.pause_listener();
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Logs the start of an episode where accept fails (once).
+    fn accept_refused(&mut self, e: &io::Error) {
+        if !self.accept_refusing {
+            tracing::warn!(
+                "accept failed: {e}; refusing new connections until it succeeds \
+                 (those already here are served)"
+            );
+            self.accept_refusing = true;
         }
     }
 
@@ -562,6 +572,9 @@ impl Daemon {
     /// over.
     fn resume_listener(&mut self) {
         if self.accept_paused.is_some_and(|until| Instant::now() >= until) {
+            if !self.reserve.held() {
+                self.reserve = os::ReserveFd::new();
+            }
             let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER);
             match self.epoll.modify(&self.listener, &mut ev) {
                 Ok(()) => self.accept_paused = None,
