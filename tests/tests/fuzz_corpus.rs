@@ -71,7 +71,11 @@ fn decoder_corpus() -> BTreeMap<String, Vec<u8>> {
     let session = wire_session();
     let mut out = BTreeMap::new();
     // The first byte is the chunk size less one.
-    for (name, chunk) in [("session-bytewise", 0u8), ("session-chunks-16", 15), ("session-whole", 255)] {
+    for (name, chunk) in [
+        ("session-bytewise", 0u8),
+        ("session-chunks-16", 15),
+        ("session-whole", 255),
+    ] {
         let mut bytes = vec![chunk];
         for m in &session {
             m.encode_into(&mut bytes);
@@ -141,7 +145,14 @@ fn ring_corpus() -> BTreeMap<String, Vec<u8>> {
     }
     out.insert("requests-read-and-answered".to_string(), serve);
     let mut hostile = image.clone();
-    for (op, arg) in [(2, 0xffff_fff0), (0, 64), (3, 5000), (1, 64), (2, 7), (0, 1024)] {
+    for (op, arg) in [
+        (2, 0xffff_fff0),
+        (0, 64),
+        (3, 5000),
+        (1, 64),
+        (2, 7),
+        (0, 1024),
+    ] {
         hostile.extend(ring_op(op, arg));
     }
     out.insert("indices-moved".to_string(), hostile);
@@ -165,7 +176,11 @@ impl EngineScript {
         assert!(count <= 4);
         let t = u8::try_from(ty.raw()).expect("a known type");
         // mode % 4 == 2, mode / 4 % 5 == count; bit 7 drops the last NUL.
-        let mode = if value { 142 + 4 * count } else { 2 + 4 * count };
+        let mode = if value {
+            142 + 4 * count
+        } else {
+            2 + 4 * count
+        };
         self.0.extend([0, conn, t, tx, mode]);
         for a in args {
             // Longer words come from the target's dictionary (`WORDS`).
@@ -185,7 +200,8 @@ impl EngineScript {
     }
 
     fn domain_state(&mut self, domid: u8, shutdown: bool, dying: bool) {
-        self.0.extend([11, 0, domid, u8::from(shutdown) | u8::from(dying) << 1]);
+        self.0
+            .extend([11, 0, domid, u8::from(shutdown) | u8::from(dying) << 1]);
     }
 
     fn time(&mut self, seconds: u8) {
@@ -300,9 +316,21 @@ impl Session {
         }
         for conn in self.state.conns_with_output() {
             while let Some(bytes) = self.state.next_output(conn).map(<[u8]>::to_vec) {
-                format::encode(&BoundaryEvent::Output { conn, bytes: &bytes }, &mut self.events);
+                format::encode(
+                    &BoundaryEvent::Output {
+                        conn,
+                        bytes: &bytes,
+                    },
+                    &mut self.events,
+                );
                 self.state
-                    .apply(BoundaryEvent::Output { conn, bytes: &bytes }, &mut |_, _, _, _| {})
+                    .apply(
+                        BoundaryEvent::Output {
+                            conn,
+                            bytes: &bytes,
+                        },
+                        &mut |_, _, _, _| {},
+                    )
                     .expect("an output applies");
             }
         }
@@ -320,7 +348,10 @@ impl Session {
 
     fn send(&mut self, conn: ConnId, m: &Message) {
         let bytes = m.to_bytes();
-        self.apply(BoundaryEvent::Input { conn, bytes: &bytes });
+        self.apply(BoundaryEvent::Input {
+            conn,
+            bytes: &bytes,
+        });
     }
 
     /// A toolstack and a guest at work, with the clock moving.
@@ -329,13 +360,27 @@ impl Session {
         s.apply(BoundaryEvent::Time(1));
         let dom0 = s.connect();
         let watcher = s.connect();
-        s.send(watcher, &msg(MsgType::Watch, 1, 0, build_args(&[b"/local", b"w"])));
-        s.send(dom0, &msg(MsgType::Mkdir, 1, 0, build_args(&[b"/local/domain/1"])));
+        s.send(
+            watcher,
+            &msg(MsgType::Watch, 1, 0, build_args(&[b"/local", b"w"])),
+        );
         s.send(
             dom0,
-            &msg(MsgType::SetPerms, 2, 0, build_args(&[b"/local/domain/1", b"n1"])),
+            &msg(MsgType::Mkdir, 1, 0, build_args(&[b"/local/domain/1"])),
         );
-        s.send(dom0, &msg(MsgType::Introduce, 3, 0, build_args(&[b"1", b"1234", b"7"])));
+        s.send(
+            dom0,
+            &msg(
+                MsgType::SetPerms,
+                2,
+                0,
+                build_args(&[b"/local/domain/1", b"n1"]),
+            ),
+        );
+        s.send(
+            dom0,
+            &msg(MsgType::Introduce, 3, 0, build_args(&[b"1", b"1234", b"7"])),
+        );
         let guest = s.next_conn - 1;
         s.apply(BoundaryEvent::Time(5));
         for (i, m) in wire_session().into_iter().take(12).enumerate() {

@@ -67,7 +67,12 @@ fn as_nobody() -> Option<Vec<&'static str>> {
         return None;
     }
     if tests::have("setpriv") {
-        Some(vec!["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+        Some(vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
     } else if tests::have("runuser") {
         Some(vec!["runuser", "-u", "nobody", "--"])
     } else {
@@ -138,16 +143,25 @@ fn test_umask_000_leaves_no_file_of_the_store_open_to_other_users() {
     );
     let mut dom0 = daemon.client();
     dom0.write(0, "/secret", b"dom0 only").unwrap();
-    dom0.control(&["logfile", old_log.to_str().unwrap()]).unwrap();
+    dom0.control(&["logfile", old_log.to_str().unwrap()])
+        .unwrap();
     dom0.write(0, "/secret2", b"dom0 only").unwrap();
 
     assert_eq!(mode(&daemon.socket), 0o600, "the socket");
     assert_eq!(mode(&rundir), 0o755, "the run directory");
-    assert_eq!(mode(rundir.parent().unwrap()), 0o755, "its parent, made with it");
+    assert_eq!(
+        mode(rundir.parent().unwrap()),
+        0o755,
+        "its parent, made with it"
+    );
     assert_eq!(mode(&trace), 0o600, "the access log");
     assert_eq!(mode(&old_log), 0o600, "the access log it was switched to");
     assert_eq!(mode(&record), 0o700, "the recording's directory");
-    assert_eq!(mode(&record.join("xenstored-lite.rec")), 0o600, "the recording");
+    assert_eq!(
+        mode(&record.join("xenstored-lite.rec")),
+        0o600,
+        "the recording"
+    );
 
     match as_nobody() {
         // Not a shim in root's home, which nobody cannot run.
@@ -247,13 +261,21 @@ fn test_descriptor_limit_refuses_clients_without_spinning_and_recovers() {
 
     let mut held = Vec::new();
     loop {
-        assert!(held.len() < 200, "no limit reached with {} clients", held.len());
+        assert!(
+            held.len() < 200,
+            "no limit reached with {} clients",
+            held.len()
+        );
         match try_client(&daemon.socket) {
             Some(c) => held.push(c),
             None => break,
         }
     }
-    assert!(held.len() > 20, "only {} clients before the limit", held.len());
+    assert!(
+        held.len() > 20,
+        "only {} clients before the limit",
+        held.len()
+    );
 
     let pid = daemon.pid();
     let log_before = daemon.log_text().len();
@@ -355,7 +377,9 @@ fn test_guest_path_cannot_forge_an_access_log_line() {
     let log = String::from_utf8(log).expect("the log is ASCII");
     let lines: Vec<&str> = log.lines().collect();
     assert!(
-        !lines.iter().any(|l| l.starts_with("999 ") || l.contains("/tool/secret ->")),
+        !lines
+            .iter()
+            .any(|l| l.starts_with("999 ") || l.contains("/tool/secret ->")),
         "a forged line:\n{log}"
     );
     let guest_lines: Vec<&str> = lines
@@ -373,5 +397,7 @@ fn test_guest_path_cannot_forge_an_access_log_line() {
         "{}",
         guest_lines[1]
     );
-    assert!(log.bytes().all(|b| b == b'\n' || (b' '..=b'~').contains(&b)));
+    assert!(log
+        .bytes()
+        .all(|b| b == b'\n' || (b' '..=b'~').contains(&b)));
 }

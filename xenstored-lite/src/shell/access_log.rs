@@ -125,13 +125,19 @@ mod tests {
 
     #[test]
     fn test_escape_leaves_paths_alone_and_hides_every_other_byte() {
-        assert_eq!(escape(b"/local/domain/1/data-x_y@z"), "/local/domain/1/data-x_y@z");
+        assert_eq!(
+            escape(b"/local/domain/1/data-x_y@z"),
+            "/local/domain/1/data-x_y@z"
+        );
         assert_eq!(
             escape(b"/a\n1 conn 1 domid 0 XS_WRITE tx 0 /b -> OK"),
             "/a\\x0a1\\x20conn\\x201\\x20domid\\x200\\x20XS_WRITE\\x20tx\\x200\\x20/b\\x20->\\x20OK"
         );
         assert_eq!(escape(b"\\x41"), "\\\\x41");
-        assert_eq!(escape(&[0, 0x7f, 0x80, 0xff, b'\r']), "\\x00\\x7f\\x80\\xff\\x0d");
+        assert_eq!(
+            escape(&[0, 0x7f, 0x80, 0xff, b'\r']),
+            "\\x00\\x7f\\x80\\xff\\x0d"
+        );
     }
 
     #[test]

@@ -571,7 +571,10 @@ impl Daemon {
     /// Puts a paused listener back into epoll once [`ACCEPT_PAUSE`] is
     /// over.
     fn resume_listener(&mut self) {
-        if self.accept_paused.is_some_and(|until| Instant::now() >= until) {
+        if self
+            .accept_paused
+            .is_some_and(|until| Instant::now() >= until)
+        {
             if !self.reserve.held() {
                 self.reserve = os::ReserveFd::new();
             }

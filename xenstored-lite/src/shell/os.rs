@@ -39,8 +39,8 @@ use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::epoll::{Epoll, EpollEvent};
@@ -200,7 +200,10 @@ pub fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
 /// Writes `bytes` to `path` (created or truncated) with [`open_private`].
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let mut file = open_private(OpenOptions::new().write(true).create(true).truncate(true), path)?;
+    let mut file = open_private(
+        OpenOptions::new().write(true).create(true).truncate(true),
+        path,
+    )?;
     file.write_all(bytes)
 }
 
@@ -356,7 +359,11 @@ mod tests {
         let f = open_private(OpenOptions::new().append(true).create(true), &old).unwrap();
         drop(f);
         assert_eq!(mode(&old), 0o600);
-        assert_eq!(std::fs::read(&old).unwrap(), b"y", "appended to, not truncated");
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            b"y",
+            "appended to, not truncated"
+        );
         let null = Path::new("/dev/null");
         let before = mode(null);
         drop(open_private(OpenOptions::new().append(true), null).unwrap());
