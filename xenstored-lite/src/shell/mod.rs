@@ -291,7 +291,7 @@ impl Daemon {
             exec_args: config.exec_args.clone(),
             live_update: None,
             last_flush: Instant::now(),
-            reserve: os::ReserveFd::new(),
+            reserve: os::ReserveFd::open(),
             accept_refusing: false,
             accept_refused_total: 0,
             accept_paused: None,
@@ -576,7 +576,7 @@ impl Daemon {
             .is_some_and(|until| Instant::now() >= until)
         {
             if !self.reserve.held() {
-                self.reserve = os::ReserveFd::new();
+                self.reserve = os::ReserveFd::open();
             }
             let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER);
             match self.epoll.modify(&self.listener, &mut ev) {

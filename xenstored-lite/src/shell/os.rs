@@ -190,8 +190,7 @@ pub fn listen_private(path: &Path) -> io::Result<UnixListener> {
 /// keep theirs: their mode is not the daemon's to change.
 pub fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
     let file = options.mode(PRIVATE_MODE).open(path)?;
-    let meta = file.metadata()?;
-    if meta.is_file() && meta.permissions().mode() & 0o7777 != PRIVATE_MODE {
+    if file.metadata()?.is_file() {
         file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
     }
     Ok(file)
@@ -217,7 +216,7 @@ pub struct ReserveFd(Option<File>);
 
 impl ReserveFd {
     /// One descriptor held (on /dev/null), if one can be had.
-    pub fn new() -> Self {
+    pub fn open() -> Self {
         Self(File::open("/dev/null").ok())
     }
 
@@ -232,14 +231,8 @@ impl ReserveFd {
     pub fn spend<T>(&mut self, f: impl FnOnce() -> T) -> (T, bool) {
         self.0 = None;
         let out = f();
-        *self = Self::new();
+        *self = Self::open();
         (out, self.held())
-    }
-}
-
-impl Default for ReserveFd {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -364,10 +357,12 @@ mod tests {
             b"y",
             "appended to, not truncated"
         );
-        let null = Path::new("/dev/null");
-        let before = mode(null);
-        drop(open_private(OpenOptions::new().append(true), null).unwrap());
-        assert_eq!(mode(null), before);
+        // A pipe (as `-T /dev/stderr` may be) keeps its mode.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        std::fs::set_permissions(&fifo, Permissions::from_mode(0o644)).unwrap();
+        drop(open_private(OpenOptions::new().read(true).write(true), &fifo).unwrap());
+        assert_eq!(mode(&fifo), 0o644);
     }
 
     #[test]
@@ -384,11 +379,14 @@ mod tests {
 
     #[test]
     fn test_the_reserve_descriptor_is_spent_and_taken_back() {
-        let mut r = ReserveFd::new();
+        let mut r = ReserveFd::open();
         assert!(r.held());
         let (answer, again) = r.spend(|| 42);
         assert_eq!(answer, 42);
         assert!(again && r.held());
+        let mut spent = ReserveFd(None);
+        assert!(!spent.held());
+        assert!(spent.spend(|| ()).1, "taken back when one can be had");
     }
 
     #[test]
