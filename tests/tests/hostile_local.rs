@@ -66,14 +66,14 @@ fn as_nobody() -> Option<Vec<&'static str>> {
     if !root {
         return None;
     }
-    if tests::have("setpriv") {
+    if tests::installed("setpriv") {
         Some(vec![
             "setpriv",
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
         ])
-    } else if tests::have("runuser") {
+    } else if tests::installed("runuser") {
         Some(vec!["runuser", "-u", "nobody", "--"])
     } else {
         None
