@@ -187,10 +187,20 @@ impl Harness {
                             "output for a connection that is gone"
                         );
                     }
-                    Action::Log(_)
-                    | Action::Control { .. }
-                    | Action::LiveUpdate { .. }
-                    | Action::MemReport { .. } => {}
+                    // The shell answers these two later (after writing
+                    // the report, after the hand-over): answer at once,
+                    // as the shell does when it cannot carry them out.
+                    Action::MemReport { conn, header, .. } => {
+                        if fail_introduce % 7 == 2 {
+                            self.engine.answer_error(conn, &header, XsErrno::EINVAL);
+                        } else {
+                            self.engine.answer_control(conn, &header, "OK");
+                        }
+                    }
+                    Action::LiveUpdate { conn, header, .. } => {
+                        self.engine.answer_control(conn, &header, "BUSY");
+                    }
+                    Action::Log(_) | Action::Control { .. } => {}
                 }
             }
         }

@@ -291,10 +291,11 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let rundir = cli.rundir();
-    std::fs::create_dir_all(&rundir).map_err(|source| StartError::RunDir {
-        path: rundir.clone(),
-        source,
-    })?;
+    xenstored_lite::shell::os::create_dirs(&rundir, xenstored_lite::shell::os::RUNDIR_MODE)
+        .map_err(|source| StartError::RunDir {
+            path: rundir.clone(),
+            source,
+        })?;
     let state = if cli.live_update {
         Some(read_state(&rundir.join(STATE_FILE))?)
     } else {

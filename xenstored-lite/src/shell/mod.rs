@@ -171,10 +171,26 @@ pub struct Daemon {
     /// first showed them: alive under another one, a domain is dead and
     /// its domid reused.
     unique_ids: BTreeMap<DomId, u64>,
+    /// A descriptor spent to refuse a client at the descriptor limit.
+    reserve: os::ReserveFd,
+    /// Accept is failing (an episode logged once).
+    accept_refusing: bool,
+    /// Clients accepted and closed at once in this episode.
+    accept_refused_total: u64,
+    /// The listener is out of epoll until then.
+    accept_paused: Option<Instant>,
 }
+
+/// How long the listener stays out of epoll when accept fails and the
+/// reserve descriptor did not help.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// How long recorded events may wait in memory once the daemon is idle.
 const RECORDING_FLUSH: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The mode of a recording directory the daemon creates: the recording
+/// holds the whole store.
+const RECORD_DIR_MODE: u32 = 0o700;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_EVTCHN: u64 = 1;
@@ -214,7 +230,7 @@ impl Daemon {
     ) -> Result<Self, SetupError> {
         let recorder = match &config.record_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(SetupError::RecordDir)?;
+                os::create_dirs(dir, RECORD_DIR_MODE).map_err(SetupError::RecordDir)?;
                 let path = dir.join(RECORDING_FILE);
                 let rec = match Recorder::open(&path, continue_recording) {
                     Ok(rec) => rec,
@@ -281,6 +297,10 @@ impl Daemon {
             live_update: None,
             last_flush: Instant::now(),
             unique_ids: BTreeMap::new(),
+            reserve: os::ReserveFd::open(),
+            accept_refusing: false,
+            accept_refused_total: 0,
+            accept_paused: None,
         };
         Ok(daemon)
     }
@@ -399,6 +419,7 @@ impl Daemon {
             self.last_flush = Instant::now();
         }
         let (listener_ready, evtchn_ready, ready) = self.wait(timeout_ms)?;
+        self.resume_listener();
         if listener_ready {
             self.accept_all()?;
         }
@@ -489,10 +510,26 @@ impl Daemon {
         }
     }
 
+    /// Accepts every pending client. At the descriptor limit (EMFILE,
+    /// ENFILE, ENOBUFS, ENOMEM) a pending client would stay pending and
+    /// the listener would fire at once again, without end: instead the
+    /// reserve descriptor is let go of for one accept whose client is
+    /// closed at once (it sees its connection closed), and if even that
+    /// fails the listener leaves epoll for [`ACCEPT_PAUSE`]. One line is
+    /// logged when such an episode starts and one, with the count of
+    /// clients refused, when a client is accepted again.
     fn accept_all(&mut self) -> io::Result<()> {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if self.accept_refusing {
+                        tracing::warn!(
+                            "accepting connections again ({} refused at the descriptor limit)",
+                            self.accept_refused_total
+                        );
+                    }
+                    self.accept_refusing = false;
+                    self.accept_refused_total = 0;
                     stream.set_nonblocking(true)?;
                     let conn = self.alloc_conn();
                     self.conns
@@ -505,11 +542,70 @@ impl Daemon {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The client went away before we took it: the next one.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ECONNABORTED) => {}
                 Err(e) => {
-                    // EMFILE and friends: keep serving those already here.
-                    tracing::warn!("accept failed: {e}");
+                    if at_descriptor_limit(&e) && self.reserve.held() {
+                        // Linux takes the descriptor before it looks at
+                        // the backlog: EMFILE may mean no one is waiting.
+                        // Closed inside, before the reserve is taken back.
+                        let listener = &self.listener;
+                        let (got, _) = self.reserve.spend(|| listener.accept().map(drop));
+                        match got {
+                            Ok(()) => {
+                                self.accept_refused(&e);
+                                self.accept_refused_total += 1;
+                                continue;
+                            }
+                            Err(again) if again.kind() == io::ErrorKind::WouldBlock => {
+                                return Ok(())
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    self.accept_refused(&e);
+                    self.pause_listener();
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Logs the start of an episode where accept fails (once).
+    fn accept_refused(&mut self, e: &io::Error) {
+        if !self.accept_refusing {
+            tracing::warn!(
+                "accept failed: {e}; refusing new connections until it succeeds \
+                 (those already here are served)"
+            );
+            self.accept_refusing = true;
+        }
+    }
+
+    /// Takes the listener out of epoll for [`ACCEPT_PAUSE`] (accept fails
+    /// and the reserve descriptor did not help).
+    fn pause_listener(&mut self) {
+        let mut ev = EpollEvent::new(EpollFlags::empty(), TOKEN_LISTENER);
+        match self.epoll.modify(&self.listener, &mut ev) {
+            Ok(()) => self.accept_paused = Some(Instant::now() + ACCEPT_PAUSE),
+            Err(e) => tracing::warn!("cannot pause the listener: {e}"),
+        }
+    }
+
+    /// Puts a paused listener back into epoll once [`ACCEPT_PAUSE`] is
+    /// over.
+    fn resume_listener(&mut self) {
+        if self
+            .accept_paused
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            if !self.reserve.held() {
+                self.reserve = os::ReserveFd::open();
+            }
+            let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTENER);
+            match self.epoll.modify(&self.listener, &mut ev) {
+                Ok(()) => self.accept_paused = None,
+                Err(e) => tracing::warn!("cannot resume the listener: {e}"),
             }
         }
     }
@@ -882,19 +978,26 @@ impl Daemon {
     }
 }
 
-/// Binds the listening socket at `path` (replacing a stale one).
+/// Whether accept's `e` says the process or the system is out of
+/// descriptors or of memory for one.
+fn at_descriptor_limit(e: &io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM};
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
+}
+
+/// Binds the listening socket at `path` (replacing a stale one), 0600
+/// whatever the umask, in a directory created 0755 if missing (as C
+/// xenstored does).
 fn bind_listener(path: &std::path::Path) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        os::create_dirs(dir, os::RUNDIR_MODE)?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    os::listen_private(path)
 }
 
 impl Drop for Daemon {

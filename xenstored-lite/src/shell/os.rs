@@ -22,10 +22,25 @@
 //! * **fork.** The daemon forks only while it is the process's one thread
 //!   ([`fork_single_threaded`] checks it), so the child's copy of that
 //!   thread is the whole process.
+//!
+//! It also makes the files and directories that must not follow the
+//! umask (all safe code): every socket client is the privileged domain,
+//! and the state dump, the recording and the access log each hold the
+//! whole store. [`listen_private`] binds the socket 0600 before it
+//! listens, as C xenstored does (bind, chmod, listen: no moment where
+//! another user could connect); [`create_dirs`] makes missing directories
+//! with an explicit mode (0755 for the run directory, as C); and
+//! [`open_private`] creates a file 0600 and sets a regular file that
+//! already exists to 0600 too (C only creates them 0600; older versions of
+//! this daemon made them 0644 under the usual umask, and an upgrade must
+//! not keep a world-readable copy of the store).
 
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;
-use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::epoll::{Epoll, EpollEvent};
@@ -129,6 +144,98 @@ pub(crate) fn adopt_linux_evtchn(fd: RawFd) -> Result<evtchn::LinuxEventChannel,
     unsafe { evtchn::LinuxEventChannel::from_inherited_fd(fd) }
 }
 
+/// The mode of the daemon's socket and of every file that holds the
+/// store: the owner's only (C xenstored's `chmod(socket, 0600)`).
+pub const PRIVATE_MODE: u32 = 0o600;
+
+/// The mode of a run directory the daemon creates (C's `mkdir(rundir,
+/// 0755)`): others may find the socket, not connect to it.
+pub const RUNDIR_MODE: u32 = 0o755;
+
+/// The backlog of the listening socket (what std's `UnixListener::bind`
+/// uses).
+const LISTEN_BACKLOG: i32 = 128;
+
+/// Creates `path` and its missing parents with `mode` (the umask can take
+/// bits away, never add them); directories that exist are left as they
+/// are, as C leaves its run directory.
+pub fn create_dirs(path: &Path, mode: u32) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(mode).create(path)
+}
+
+/// A non-blocking listening Unix socket at `path` (which must not exist)
+/// whose mode is [`PRIVATE_MODE`] whatever the umask: it is set between
+/// bind and listen, so no one connects while it has another.
+pub fn listen_private(path: &Path) -> io::Result<UnixListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    let bound = std::fs::set_permissions(path, Permissions::from_mode(PRIVATE_MODE))
+        .and_then(|()| Ok(socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?));
+    if let Err(e) = bound {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(UnixListener::from(fd))
+}
+
+/// Opens `path` with `options` (which say create, write, append or
+/// truncate), creating it [`PRIVATE_MODE`]; a regular file that already
+/// exists is set to that mode too. Devices and pipes (`-T /dev/stderr`)
+/// keep theirs: their mode is not the daemon's to change.
+pub fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options.mode(PRIVATE_MODE).open(path)?;
+    if file.metadata()?.is_file() {
+        file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
+    }
+    Ok(file)
+}
+
+/// Writes `bytes` to `path` (created or truncated) with [`open_private`].
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = open_private(
+        OpenOptions::new().write(true).create(true).truncate(true),
+        path,
+    )?;
+    file.write_all(bytes)
+}
+
+/// A descriptor kept in reserve for the moment the daemon reaches its
+/// descriptor limit: let go of it, accept the pending connection and
+/// close it at once (the client sees its connection closed instead of
+/// waiting in the backlog while the listener fires without end), then
+/// take it back.
+#[derive(Debug)]
+pub struct ReserveFd(Option<File>);
+
+impl ReserveFd {
+    /// One descriptor held (on /dev/null), if one can be had.
+    pub fn open() -> Self {
+        Self(File::open("/dev/null").ok())
+    }
+
+    /// Whether the descriptor is held.
+    pub fn held(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Lets go of the descriptor, runs `f` (which may use the one freed),
+    /// then takes it back if it can: `f`'s result and whether it is held
+    /// again.
+    pub fn spend<T>(&mut self, f: impl FnOnce() -> T) -> (T, bool) {
+        self.0 = None;
+        let out = f();
+        *self = Self::open();
+        (out, self.held())
+    }
+}
+
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: nix::libc::c_int) {
@@ -213,6 +320,73 @@ mod tests {
         assert!(is_listening_socket(l.as_raw_fd()));
         assert!(!fd_is_open(-1) && !is_socket(-1));
         assert!(set_cloexec(-1, true).is_err());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn test_the_socket_is_0600_and_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let l = listen_private(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(is_listening_socket(l.as_raw_fd()));
+        let _c = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().is_ok());
+        // A second bind on the same path fails and leaves the first alone.
+        assert!(listen_private(&path).is_err());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn test_private_files_are_0600_new_or_old_and_devices_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new");
+        write_private(&new, b"x").unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.path().join("old");
+        std::fs::write(&old, b"y").unwrap();
+        std::fs::set_permissions(&old, Permissions::from_mode(0o644)).unwrap();
+        let f = open_private(OpenOptions::new().append(true).create(true), &old).unwrap();
+        drop(f);
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            b"y",
+            "appended to, not truncated"
+        );
+        // A pipe (as `-T /dev/stderr` may be) keeps its mode.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        std::fs::set_permissions(&fifo, Permissions::from_mode(0o644)).unwrap();
+        drop(open_private(OpenOptions::new().read(true).write(true), &fifo).unwrap());
+        assert_eq!(mode(&fifo), 0o644);
+    }
+
+    #[test]
+    fn test_dirs_are_made_with_the_mode_given_and_old_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        create_dirs(&deep, 0o700).unwrap();
+        assert_eq!(mode(&deep), 0o700 & mode(&deep));
+        assert_eq!(mode(&deep) & 0o077, 0);
+        std::fs::set_permissions(&deep, Permissions::from_mode(0o711)).unwrap();
+        create_dirs(&deep, 0o700).unwrap();
+        assert_eq!(mode(&deep), 0o711);
+    }
+
+    #[test]
+    fn test_the_reserve_descriptor_is_spent_and_taken_back() {
+        let mut r = ReserveFd::open();
+        assert!(r.held());
+        let (answer, again) = r.spend(|| 42);
+        assert_eq!(answer, 42);
+        assert!(again && r.held());
+        let mut spent = ReserveFd(None);
+        assert!(!spent.held());
+        assert!(spent.spend(|| ()).1, "taken back when one can be had");
     }
 
     #[test]

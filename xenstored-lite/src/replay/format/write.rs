@@ -214,12 +214,15 @@ impl Recorder {
     /// update's new process).
     pub fn open(path: &std::path::Path, append: bool) -> io::Result<Self> {
         let existing = append && path.metadata().map(|m| m.len() > 0).unwrap_or(false);
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(path)?;
+        // 0600 whatever the umask: the recording holds the whole store.
+        let mut file = crate::shell::os::open_private(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append),
+            path,
+        )?;
         if !existing {
             file.write_all(&header())?;
         }

@@ -83,9 +83,11 @@ impl Daemon {
     ) -> Result<usize, StateWriteError> {
         let stream = self.export_stream(version, reply);
         let bytes = stream.to_bytes()?;
-        std::fs::write(self.state_path(), &bytes).map_err(|source| StateWriteError::Io {
-            path: self.state_path(),
-            source,
+        crate::shell::os::write_private(&self.state_path(), &bytes).map_err(|source| {
+            StateWriteError::Io {
+                path: self.state_path(),
+                source,
+            }
         })?;
         Ok(bytes.len())
     }
