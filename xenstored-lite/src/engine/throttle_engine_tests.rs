@@ -185,7 +185,8 @@ fn test_released_domain_leaves_no_pause_to_the_next_with_its_domid() {
         h.write(g, 0, "k", &i.to_string()).unwrap();
     }
     assert!(h.e.throttled(5));
-    h.call(SOCK, MsgType::Release, 0, build_args(&[b"5"])).unwrap();
+    h.call(SOCK, MsgType::Release, 0, build_args(&[b"5"]))
+        .unwrap();
     assert!(!h.e.throttled(5), "its credit went with it");
     // The domid is reused before any time passes: the new domain's ring
     // is read at once.

@@ -28,7 +28,8 @@
 //! and the state dump, the recording and the access log each hold the
 //! whole store. [`listen_private`] binds the socket 0600 before it
 //! listens, as C xenstored does (bind, chmod, listen: no moment where
-//! another user could connect); [`create_dirs`] makes missing directories
+//! another user could connect), under a temporary name it renames into
+//! place once it listens; [`create_dirs`] makes missing directories
 //! with an explicit mode (0755 for the run directory, as C); and
 //! [`open_private`] creates a file 0600 and sets a regular file that
 //! already exists to 0600 too (C only creates them 0600; older versions of
@@ -165,20 +166,41 @@ pub fn create_dirs(path: &Path, mode: u32) -> io::Result<()> {
 
 /// A non-blocking listening Unix socket at `path` (which must not exist)
 /// whose mode is [`PRIVATE_MODE`] whatever the umask: it is set between
-/// bind and listen, so no one connects while it has another.
+/// bind and listen, so no one connects while it has another. It is bound
+/// under a temporary name beside `path` and renamed into place only once
+/// it listens, so a client that connects as soon as `path` exists (a
+/// start-up script, a test) never finds a socket that refuses it.
 pub fn listen_private(path: &Path) -> io::Result<UnixListener> {
+    use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
     use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    let temp = std::path::PathBuf::from(name);
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let fd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
-    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
-    let bound = std::fs::set_permissions(path, Permissions::from_mode(PRIVATE_MODE))
-        .and_then(|()| Ok(socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?));
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(&temp)?)?;
+    let bound = std::fs::set_permissions(&temp, Permissions::from_mode(PRIVATE_MODE))
+        .and_then(|()| Ok(socket::listen(&fd, Backlog::new(LISTEN_BACKLOG)?)?))
+        .and_then(|()| {
+            Ok(renameat2(
+                AT_FDCWD,
+                &temp,
+                AT_FDCWD,
+                path,
+                RenameFlags::RENAME_NOREPLACE,
+            )?)
+        });
     if let Err(e) = bound {
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(&temp);
         return Err(e);
     }
     Ok(UnixListener::from(fd))
@@ -335,9 +357,17 @@ mod tests {
         assert!(is_listening_socket(l.as_raw_fd()));
         let _c = UnixStream::connect(&path).unwrap();
         assert!(l.accept().is_ok());
-        // A second bind on the same path fails and leaves the first alone.
+        // A second bind on the same path fails and leaves the first alone,
+        // and no temporary name is left behind.
         assert!(listen_private(&path).is_err());
         assert!(path.exists());
+        let _c = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().is_ok());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s"]);
     }
 
     #[test]
