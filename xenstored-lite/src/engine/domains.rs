@@ -6,15 +6,13 @@
 use alloc::collections::BTreeSet;
 use alloc::format;
 use alloc::string::{String, ToString};
-use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use xenring::codec::split_args;
 use xenring::{DomId, Header, MsgType, XsErrno};
 
 use super::dispatch::{Reply, Request};
-use super::ops::{one_arg, Change};
+use super::ops::{self, one_arg, Change};
 use super::quota::QuotaKind;
 use super::{
     parse_domid, parse_num, reply, text, Action, ConnId, ConnKind, Engine, Input, SERVER_FEATURES,
@@ -203,16 +201,7 @@ impl Engine {
     /// Removes `path` and what is below it, if it is there, firing the
     /// watches an RM of it fires; returns the change for the soft quota.
     fn remove_subtree(&mut self, path: &str) -> Option<Change> {
-        let perms = Arc::clone(&self.store.get(path)?.perms);
-        let removed = self.store.remove_tree(path);
-        let event = Change {
-            path: path.to_string(),
-            perms: vec![perms],
-            removed: removed
-                .into_iter()
-                .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
-                .collect(),
-        };
+        let event = ops::remove_tree(&mut self.store, path)?;
         self.fire(&event);
         Some(event)
     }

@@ -338,17 +338,24 @@ pub fn rm(store: &mut Store, ctx: &Ctx<'_>, payload: &[u8], events: &mut Vec<Cha
     if !access(&ctx.who, &node.perms).write {
         return Err(XsErrno::EACCES);
     }
-    let perms = Arc::clone(&node.perms);
-    let removed = store.remove_tree(&path);
-    events.push(Change {
-        path: path.clone(),
+    events.extend(remove_tree(store, &path));
+    Ok(ok())
+}
+
+/// Removes `path` and everything below it, giving the change that fires
+/// the watches an RM of it fires (`None`, and nothing done, if there is no
+/// such node). RM, and a domain's death or release, use it.
+pub fn remove_tree(store: &mut Store, path: &str) -> Option<Change> {
+    let perms = Arc::clone(&store.get(path)?.perms);
+    let removed = store.remove_tree(path);
+    Some(Change {
+        path: path.to_string(),
         perms: vec![perms],
         removed: removed
             .into_iter()
             .map(|(p, n)| (p.to_string(), Arc::clone(&n.perms)))
             .collect(),
-    });
-    Ok(ok())
+    })
 }
 
 /// `SET_PERMS <path> <perms>...`.
