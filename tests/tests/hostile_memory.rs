@@ -268,3 +268,54 @@ fn test_watches_charged_to_the_same_account_as_nodes() {
     s.attacker.watch("data/again", &token).unwrap();
     bystander_served(&mut s.bystander, 0);
 }
+
+/// Item 4, the soft quota's part: a guest going back and forth across its
+/// soft memory quota (write a node, remove it, again) must not write a
+/// daemon log line per request, as it did: one per `--guest-log-interval`
+/// at most.
+#[test]
+fn test_guest_crossing_its_soft_quota_back_and_forth_cannot_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = MockXen::start(dir.path());
+    let daemon = Daemon::start(
+        dir.path(),
+        &[
+            "--mock-xen",
+            hv.socket.to_str().unwrap(),
+            "-Q",
+            "memory=100000",
+            "-q",
+            "memory=20000",
+        ],
+    );
+    let connector = hv.connector();
+    let ts = Toolstack::open(&connector).unwrap();
+    let mut dom0 = daemon.client();
+    let g = create_guest(&ts, &mut dom0);
+    let mut c = guest_client(&connector, &g);
+    let value = vec![b'v'; 1000];
+    let mut n = 0;
+    while memory_of(&mut dom0, g.info.domid) <= 20_000 {
+        c.write(0, &format!("data/k{n}"), &value).unwrap();
+        n += 1;
+        assert!(n < 100, "the guest is not charged for its nodes");
+    }
+    let started = std::time::Instant::now();
+    let last = format!("data/k{}", n - 1);
+    for _ in 0..200 {
+        c.rm(0, &last).unwrap();
+        c.write(0, &last, &value).unwrap();
+    }
+    // Every request was answered, so every line it caused is written.
+    let lines = daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("soft quota"))
+        .count();
+    // The first crossing, and at most one more per 10 s interval that
+    // passed (the test takes about a second; without the limit: 401).
+    let intervals = usize::try_from(started.elapsed().as_secs() / 10).unwrap_or(usize::MAX);
+    println!("{lines} soft-quota lines for 401 crossings");
+    assert!(lines >= 1, "the first crossing is logged");
+    assert!(lines <= 2 + intervals, "{lines} soft-quota lines");
+}

@@ -117,8 +117,9 @@ pub struct Cli {
     pub priv_event_queue: Option<usize>,
 
     /// At most one log line per guest connection per SECONDS about its
-    /// watch events (expired unread, too long to send), counting what it
-    /// stands for (0: every line). Default 10.
+    /// watch events (expired unread, too long to send), and per guest
+    /// domain about its soft memory quota (crossed, back within),
+    /// counting what it stands for (0: every line). Default 10.
     #[arg(long = "guest-log-interval", value_name = "SECONDS")]
     pub guest_log_interval: Option<u64>,
 

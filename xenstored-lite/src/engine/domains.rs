@@ -159,6 +159,7 @@ impl Engine {
     pub(super) fn destroy_domain(&mut self, domid: DomId) {
         // Its nodes go: that is no news for the log.
         self.over_soft.remove(&domid);
+        self.soft_log.remove(&domid);
         let introduced = self.domains.remove(&domid);
         if let Some(dom) = &introduced {
             self.forget_conn(dom.conn);

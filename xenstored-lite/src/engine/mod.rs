@@ -99,9 +99,10 @@ pub struct Config {
     /// delivered or dropped.)
     pub max_priv_event_bytes: usize,
     /// A log line a guest can cause (its watch events expired unread, or
-    /// too long to send) is written at most once per connection per this
-    /// many ms (`--guest-log-interval`), counting what it stands for.
-    /// 0: no limit.
+    /// too long to send; its crossings of the soft memory quota) is
+    /// written at most once per connection (per domain for the soft
+    /// quota) per this many ms (`--guest-log-interval`), counting what it
+    /// stands for. 0: no limit.
     pub guest_log_interval_ms: u64,
     /// Test-only (`--test-alter-reply N`): the Nth reply queued gets one
     /// octet of its payload changed, so that replay's verify mode can be
@@ -274,6 +275,10 @@ pub struct Engine {
     /// Domains whose memory use was last seen above the soft memory quota
     /// (logged once when they crossed it).
     over_soft: BTreeSet<DomId>,
+    /// The soft quota's lines, at most one per domain per
+    /// `guest_log_interval_ms`: when the last was written, and the
+    /// crossings not written since.
+    soft_log: BTreeMap<DomId, (Time, u64)>,
     /// Per-domain write rate and conflict credits.
     throttle: Throttle,
     /// Recent writes by unprivileged domains (whom to blame for EAGAIN).
@@ -335,6 +340,7 @@ impl Engine {
             with_output: BTreeSet::new(),
             replies: 0,
             over_soft: BTreeSet::new(),
+            soft_log: BTreeMap::new(),
             throttle,
             write_log: WriteLog::default(),
             open_transactions: 0,
@@ -378,6 +384,7 @@ impl Engine {
             Input::Time(now) => {
                 self.tick(now);
                 self.throttle_tick(now);
+                self.flush_soft_memory_log();
             }
         }
     }
@@ -451,16 +458,69 @@ impl Engine {
             return;
         }
         let used = self.usage(d).total();
-        if !within(soft, used) {
-            if self.over_soft.insert(d) {
-                self.actions.push(Action::Log(format!(
-                    "domain {d} uses {used} bytes of memory, over its soft quota of {soft} bytes"
-                )));
+        let crossed = if !within(soft, used) {
+            self.over_soft.insert(d)
+        } else {
+            self.over_soft.remove(&d)
+        };
+        if !crossed {
+            return;
+        }
+        // A guest going back and forth across the line must not write a
+        // line per request: one per interval, the rest counted.
+        let (now, interval) = (self.now, self.config.guest_log_interval_ms);
+        match self.soft_log.get_mut(&d) {
+            Some((last, held)) if interval > 0 && now.saturating_sub(*last) < interval => {
+                *held += 1;
             }
-        } else if self.over_soft.remove(&d) {
-            self.actions.push(Action::Log(format!(
-                "domain {d} uses {used} bytes of memory, within its soft quota of {soft} bytes again"
-            )));
+            _ => {
+                self.soft_log.insert(d, (now, 0));
+                self.log_soft_memory(d, used, soft, 0);
+            }
+        }
+    }
+
+    fn log_soft_memory(&mut self, d: DomId, used: u64, soft: u64, held: u64) {
+        let state = if self.over_soft.contains(&d) {
+            "over its soft quota"
+        } else {
+            "within its soft quota"
+        };
+        let again = if held == 0 && !self.over_soft.contains(&d) {
+            " again"
+        } else {
+            ""
+        };
+        let more = if held > 0 {
+            format!(" ({held} more crossings since the last line)")
+        } else {
+            String::new()
+        };
+        self.actions.push(Action::Log(format!(
+            "domain {d} uses {used} bytes of memory, {state} of {soft} bytes{again}{more}"
+        )));
+    }
+
+    /// The soft quota's lines held back by the interval: once it has
+    /// passed, one line with where the domain stands now and how many
+    /// crossings it stands for; a domain with nothing held is forgotten.
+    fn flush_soft_memory_log(&mut self) {
+        let (now, interval) = (self.now, self.config.guest_log_interval_ms);
+        let due: Vec<(DomId, u64)> = self
+            .soft_log
+            .iter()
+            .filter(|(_, (last, _))| now.saturating_sub(*last) >= interval)
+            .map(|(&d, &(_, held))| (d, held))
+            .collect();
+        let soft = self.config.quotas.soft(QuotaKind::Memory);
+        for (d, held) in due {
+            if held == 0 {
+                self.soft_log.remove(&d);
+                continue;
+            }
+            self.soft_log.insert(d, (now, 0));
+            let used = self.usage(d).total();
+            self.log_soft_memory(d, used, soft, held);
         }
     }
 

@@ -2819,8 +2819,15 @@ mod soft_quota {
 
     /// Guest 5 with its home (owned by it), soft memory quota [`SOFT`].
     fn guest_with_soft_quota(soft: u64) -> (H, ConnId) {
+        guest_with_soft_quota_every(soft, 0)
+    }
+
+    /// The same, its lines limited to one per `interval` ms (0: every
+    /// crossing is written: what the tests of the crossings look at).
+    fn guest_with_soft_quota_every(soft: u64, interval: u64) -> (H, ConnId) {
         let mut config = Config::default();
         config.quotas.set_soft(QuotaKind::Memory, soft);
+        config.guest_log_interval_ms = interval;
         let mut h = H::with(config);
         let d5 = h.dom(5);
         h.req(SOCK, MsgType::Mkdir, 0, &["/local/domain/5"])
@@ -2898,6 +2905,40 @@ mod soft_quota {
         assert_eq!(h.logs(), Vec::<String>::new(), "within: nothing to say");
         fill_until_over(&mut h, d5, SOFT);
         assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+    }
+
+    /// A guest going back and forth across its soft quota gets one line
+    /// per interval, not one per request; the line held back says where
+    /// it stands at the end of the interval and how many crossings it
+    /// stands for.
+    #[test]
+    fn test_soft_quota_crossings_back_and_forth_logged_once_per_interval() {
+        let (mut h, d5) = guest_with_soft_quota_every(SOFT, 10_000);
+        let n = fill_until_over(&mut h, d5, SOFT);
+        assert_eq!(h.logs(), vec![over(5, used(&h, 5), SOFT)]);
+        let last = format!("k{}", n - 1);
+        let value = "v".repeat(100);
+        for _ in 0..50 {
+            h.req(d5, MsgType::Rm, 0, &[&last]).unwrap();
+            assert_eq!(h.write(d5, 0, &last, &value), ok());
+        }
+        assert_eq!(h.logs(), Vec::<String>::new(), "100 crossings, no line");
+        h.e.handle(Input::Time(9_999));
+        assert_eq!(h.logs(), Vec::<String>::new(), "the interval is not over");
+        h.e.handle(Input::Time(10_000));
+        assert_eq!(
+            h.logs(),
+            vec![format!(
+                "{} (100 more crossings since the last line)",
+                over(5, used(&h, 5), SOFT)
+            )]
+        );
+        // Nothing held: the next interval has nothing to say, and the
+        // next crossing after it is written at once.
+        h.e.handle(Input::Time(20_000));
+        assert_eq!(h.logs(), Vec::<String>::new());
+        h.req(d5, MsgType::Rm, 0, &[&last]).unwrap();
+        assert_eq!(h.logs(), vec![back(5, used(&h, 5), SOFT)]);
     }
 
     #[test]
