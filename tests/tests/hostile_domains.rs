@@ -449,3 +449,24 @@ fn test_guest_cannot_ask_which_domains_are_introduced() {
     // The guest is still served.
     prober.write(0, "data/ok", b"1").unwrap();
 }
+
+/// Only a domain that was seen to exist can be seen to die: nodes a
+/// toolstack gave to a domid that no hypervisor listing ever showed (a
+/// domain not created yet, a test population) stay when another domain's
+/// death makes the daemon look at every domain it knows.
+#[test]
+fn test_nodes_of_a_domid_never_seen_survive_another_domains_death() {
+    let mut m = Machine::start(&[]);
+    m.dom0.write(0, "/pre/77", b"kept").unwrap();
+    m.dom0
+        .set_perms(0, "/pre/77", &[Perm::new(PermKind::None, 77)])
+        .unwrap();
+    let rec = m.create();
+    let d = rec.info.domid;
+    assert_ne!(d, 77);
+    let guest = m.introduce(&rec);
+    drop(guest);
+    m.ts.destroy(d).unwrap();
+    m.released();
+    assert_eq!(m.dom0.read(0, "/pre/77").unwrap(), b"kept");
+}

@@ -171,6 +171,12 @@ pub struct Daemon {
     /// first showed them: alive under another one, a domain is dead and
     /// its domid reused.
     unique_ids: BTreeMap<DomId, u64>,
+    /// Domains the engine knows that have been seen to exist (introduced
+    /// here, restored with a ring, or listed alive by the hypervisor):
+    /// only these are dead when a listing lacks them. A domid that merely
+    /// owns nodes and was never seen (a toolstack's SET_PERMS naming a
+    /// domain not created yet, or one of a test population) keeps them.
+    seen_alive: BTreeSet<DomId>,
     /// A descriptor spent to refuse a client at the descriptor limit.
     reserve: os::ReserveFd,
     /// Accept is failing (an episode logged once).
@@ -297,6 +303,7 @@ impl Daemon {
             live_update: None,
             last_flush: Instant::now(),
             unique_ids: BTreeMap::new(),
+            seen_alive: BTreeSet::new(),
             reserve: os::ReserveFd::open(),
             accept_refusing: false,
             accept_refused_total: 0,
@@ -643,11 +650,13 @@ impl Daemon {
         let info: BTreeMap<DomId, gnttab::DomainInfo> =
             list.into_iter().map(|d| (d.domid, d)).collect();
         let mut known = self.core.engine().known_domains();
-        known.extend(self.conns.values().filter_map(Conn::domid));
+        let rings: BTreeSet<DomId> = self.conns.values().filter_map(Conn::domid).collect();
+        known.extend(rings.iter().copied());
         known.remove(&0);
         for &domid in &known {
             let (shutdown, dying) = match info.get(&domid) {
-                None => (true, true),
+                None if rings.contains(&domid) || self.seen_alive.contains(&domid) => (true, true),
+                None => continue, // never seen to exist: nothing to say it died
                 Some(d) => match (self.unique_ids.get(&domid), d.unique_id) {
                     (Some(&then), Some(now)) if then != now => {
                         tracing::info!(
@@ -672,9 +681,14 @@ impl Daemon {
             info.get(domid)
                 .is_some_and(|d| !d.dying && d.unique_id == Some(id))
         });
+        self.seen_alive
+            .retain(|domid| info.get(domid).is_some_and(|d| !d.dying));
         for domid in known {
-            if let Some(id) = info.get(&domid).and_then(|d| d.unique_id) {
-                self.unique_ids.entry(domid).or_insert(id);
+            if let Some(d) = info.get(&domid).filter(|d| !d.dying) {
+                self.seen_alive.insert(domid);
+                if let Some(id) = d.unique_id {
+                    self.unique_ids.entry(domid).or_insert(id);
+                }
             }
         }
     }
@@ -966,6 +980,7 @@ impl Daemon {
             }
         };
         tracing::info!("domain {domid} introduced (mfn {mfn:#x}, remote port {remote_port}, local port {port})");
+        self.seen_alive.insert(domid);
         // The domain as it is now is the one introduced.
         match self.platform.dominfo.get(domid) {
             Ok(Some(gnttab::DomainInfo {

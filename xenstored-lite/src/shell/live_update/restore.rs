@@ -209,6 +209,7 @@ impl Daemon {
                     };
                     let outcome = match (replaced, daemon.restore_ring(r, c.ring)) {
                         (false, Ok(id)) => {
+                            daemon.seen_alive.insert(r.domid);
                             if let Some(uid) = c.unique_id {
                                 daemon.unique_ids.insert(r.domid, uid);
                             }
