@@ -3397,6 +3397,24 @@ mod account {
         h.e.conns[&conn].transactions[&tx].ops.len()
     }
 
+    /// The privileged domain's figure (memreport, `quota 0`) is its
+    /// sockets' charges, not a guest's; a guest's is its ring's.
+    #[test]
+    fn test_account_usage_of_dom0_is_its_sockets_of_a_guest_its_ring() {
+        let (mut h, d5) = guest(0);
+        // Two replies left queued for dom0's socket, three for the guest.
+        for (conn, n) in [(SOCK, 2), (d5, 3)] {
+            for _ in 0..n {
+                let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"/"])).unwrap();
+                h.e.handle(Input::Request { conn, msg: &msg });
+            }
+        }
+        let queued = |h: &H, conn| h.e.conns[&conn].out_bytes as u64;
+        assert!(queued(&h, SOCK) > 0 && queued(&h, d5) > queued(&h, SOCK));
+        assert_eq!(h.e.usage(0).output, queued(&h, SOCK));
+        assert_eq!(h.e.usage(5).output, queued(&h, d5));
+    }
+
     /// Ten transactions each writing what it can: all of them together
     /// stay within the one quota (each view used to be checked on its own,
     /// ten times the quota).
