@@ -3017,6 +3017,47 @@ mod soft_quota {
         assert_eq!(h.logs(), Vec::<String>::new());
     }
 
+    /// The shortcut that spares a walk of the watches counts the guest's
+    /// queued output: with a watch quota of 1 the bound is tight, and
+    /// replies it has not read are what take it over.
+    #[test]
+    fn test_soft_quota_shortcut_counts_queued_output() {
+        const SOFT_BIG: u64 = 10_000;
+        let (mut h, d5) = guest_with_soft_quota(SOFT_BIG);
+        h.e.config.quotas.set_hard(QuotaKind::Watches, 1);
+        assert_eq!(h.write(d5, 0, "big", &"v".repeat(2000)), ok());
+        assert_eq!(h.logs(), Vec::<String>::new());
+        for _ in 0..5 {
+            let msg = Message::new(MsgType::Read, 1, 0, build_args(&[b"big"])).unwrap();
+            h.e.handle(Input::Request {
+                conn: d5,
+                msg: &msg,
+            });
+        }
+        assert!(
+            used(&h, 5) + 4096 < SOFT_BIG,
+            "its nodes alone are far below"
+        );
+        assert!(
+            h.e.usage(5).total() > SOFT_BIG,
+            "its unread replies take it over"
+        );
+        // A write of its own makes the soft quota look at it.
+        let msg = Message::new(MsgType::Write, 2, 0, build_path_value(b"small", b"x")).unwrap();
+        h.e.handle(Input::Request {
+            conn: d5,
+            msg: &msg,
+        });
+        // (Counted before the write's own reply was queued.)
+        let logs = h.logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(
+            logs[0].starts_with("domain 5 uses ")
+                && logs[0].ends_with(&format!("over its soft quota of {SOFT_BIG} bytes")),
+            "{logs:?}"
+        );
+    }
+
     #[test]
     fn test_soft_quota_set_by_control_applies_to_later_writes() {
         let (mut h, d5) = guest_with_soft_quota(0);
