@@ -360,6 +360,7 @@ impl Engine {
         self.watches.remove_conn(conn);
         self.drop_output(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
+            self.open_transactions = self.open_transactions.saturating_sub(c.transactions.len());
             c.transactions.clear();
         }
     }
@@ -393,7 +394,9 @@ impl Engine {
         self.flush_log(conn);
         self.events.log_pending.remove(&conn);
         self.events.unblocked.remove(&conn);
-        self.conns.remove(&conn);
+        if let Some(c) = self.conns.remove(&conn) {
+            self.open_transactions = self.open_transactions.saturating_sub(c.transactions.len());
+        }
         self.pending_introduce.retain(|_, p| p.conn != conn);
     }
 

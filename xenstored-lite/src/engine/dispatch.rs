@@ -399,19 +399,15 @@ impl Engine {
 
     /// Keeps [`Engine::open_transactions`] up to date after a request of
     /// `conn`'s, which had `before` open transactions (TRANSACTION_START
-    /// and _END change it; O(1)).
+    /// and _END change it; O(1)). A connection reset or gone, and a live
+    /// update's restore, keep it up to date themselves.
     fn count_transactions(&mut self, conn: ConnId, before: usize) {
         let after = self.conns.get(&conn).map_or(0, |c| c.transactions.len());
         self.open_transactions = (self.open_transactions + after).saturating_sub(before);
     }
 
-    /// `Input::Time`'s part for the throttle. The count of open
-    /// transactions is made exact again here (at most once per
-    /// millisecond of the clock): between ticks, transactions that went
-    /// without a request (a connection closed or reset, a live update's
-    /// restore) are not counted.
+    /// `Input::Time`'s part for the throttle.
     pub(super) fn throttle_tick(&mut self, now: Time) {
-        self.open_transactions = self.conns.values().map(|c| c.transactions.len()).sum();
         self.throttle.tick(now, self.domains.len());
         self.throttle_log();
     }

@@ -292,7 +292,9 @@ impl Engine {
         report.transactions = transactions.len();
         for (conn, tx_id, tx) in transactions {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.transactions.insert(tx_id, tx);
+                if c.transactions.insert(tx_id, tx).is_none() {
+                    self.open_transactions += 1;
+                }
                 c.next_tx = c.next_tx.max(tx_id.wrapping_add(1));
             }
         }

@@ -537,6 +537,13 @@ impl Engine {
             }
         }
         self.check_conns(&mut problems);
+        let open: usize = self.conns.values().map(|c| c.transactions.len()).sum();
+        if open != self.open_transactions {
+            problems.push(format!(
+                "{} open transactions counted, {open} open",
+                self.open_transactions
+            ));
+        }
         problems
     }
 }

@@ -359,3 +359,26 @@ fn test_rebuilding_a_large_listing_is_charged_a_cached_one_is_not() {
     assert!((5..=6).contains(&rebuilt), "{rebuilt}");
     assert!(h.e.next_wakeup().is_some());
 }
+
+#[test]
+fn test_transactions_gone_with_their_connection_stop_the_charging_at_once() {
+    let mut h = H::new(Config::default());
+    let g = h.guest(5);
+    h.tx(SOCK2);
+    h.e.handle(Input::Disconnect { conn: SOCK2 });
+    assert!(h.e.check().is_empty(), "{:?}", h.e.check());
+    // No transaction is open any more: no write is charged, with no tick
+    // in between.
+    for i in 0..20 {
+        h.write(g, 0, "k", &i.to_string()).unwrap();
+    }
+    assert!(!h.e.throttled(5));
+    // A reset ring's transactions go the same way.
+    h.tx(g);
+    h.e.handle(Input::Reset { conn: g });
+    assert!(h.e.check().is_empty(), "{:?}", h.e.check());
+    for i in 0..20 {
+        h.write(g, 0, "k", &i.to_string()).unwrap();
+    }
+    assert!(!h.e.throttled(5));
+}
