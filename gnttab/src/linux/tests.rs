@@ -192,11 +192,19 @@ fn test_map_foreign_ioctl_fails_other_errno_ioctl_error() {
     }
 }
 
-/// Whether `/proc/self/maps` has a mapping of exactly the page at `start`.
-fn page_mapped(start: usize) -> bool {
+/// Whether `/proc/self/maps` has a mapping of exactly the page at `start`
+/// backed by the file `device` has open. The inode matters: other tests in
+/// this binary map and unmap temporary files of their own at the same
+/// time, and one may land at `start` as soon as the page under test goes.
+fn page_mapped(start: usize, device: &Device) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = std::fs::File::from(device.fd.try_clone().expect("dup device fd"));
+    let inode = file.metadata().expect("fstat device").ino().to_string();
     let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
     let range = format!("{start:x}-{:x} ", start + PAGE_SIZE);
-    maps.lines().any(|l| l.starts_with(&range))
+    maps.lines()
+        .filter(|l| l.starts_with(&range))
+        .any(|l| l.split_whitespace().nth(4) == Some(inode.as_str()))
 }
 
 #[test]
@@ -209,9 +217,12 @@ fn test_map_foreign_page_debug_names_frame_and_drop_unmaps() {
         "MappedPage { what: \"domain 9 frame 0x1234\" }"
     );
     let start = page.ring().as_ptr() as usize;
-    assert!(page_mapped(start), "mapped while alive");
+    assert!(page_mapped(start, &mapper.privcmd), "mapped while alive");
     drop(page);
-    assert!(!page_mapped(start), "unmapped once dropped");
+    assert!(
+        !page_mapped(start, &mapper.privcmd),
+        "unmapped once dropped"
+    );
 }
 
 #[test]
