@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Builds the freestanding stubdom binary (stubdom/: the engine without std,
 # no libc, raw syscalls), runs it, and checks the bytes it writes: the
-# reply to a READ of the node it wrote (/stubdom/hello = "world"). The
-# crate is outside the workspace (it needs panic = "abort"), so it has its
-# own target directory, stubdom/target.
+# reply to a READ of the node it wrote (/stubdom/hello = "world"). Built
+# alone (-p), so that its dependencies are without std (stubdom/Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --manifest-path stubdom/Cargo.toml --release
-bin=stubdom/target/release/stubdom
+cargo build --release -p xenstored-stubdom
+bin=target/release/xenstored-stubdom
 echo "stubdom: $(stat -c %s "$bin") bytes ($(file -b "$bin" | cut -d, -f1,2,4))"
 
 # xs_wire READ reply: type 2, req_id 2, tx_id 0, len 5, then "world".
