@@ -6,8 +6,16 @@
 //!   ports that fired, unmask them, and an fd to poll on. It is object-safe and
 //!   `Send`: the daemon picks a backend at start-up and holds a
 //!   `Box<dyn EventChannel>` in its single-threaded poll loop.
-//! * [`LinuxEventChannel`]: the backend over `/dev/xen/evtchn`.
-//! * [`fd`]: close-on-exec helpers for keeping the handle across `exec()`.
+//! * `LinuxEventChannel` (feature `std`): the backend over `/dev/xen/evtchn`.
+//! * `fd` (feature `std`): close-on-exec helpers for keeping the handle
+//!   across `exec()`.
+//! * [`hypercall`]: the backend over Xen's hypercalls and the shared_info
+//!   page, for a kernel of its own (a xenstore stub domain), and the
+//!   [`hypercall::Hypervisor`] trait such a kernel implements.
+//!
+//! Without its default `std` feature the crate is `no_std` + `alloc`: the
+//! trait loses its `AsRawFd` supertrait and `handle_fd`, and the Linux
+//! backend and the `io::Error`/`PathBuf` error variants are absent.
 //!
 //! # Delivery semantics (all backends)
 //!
@@ -21,26 +29,41 @@
 //!
 //! # What callers must guarantee
 //!
-//! Nothing beyond Rust's rules, except for the one `unsafe` constructor,
-//! [`LinuxEventChannel::from_inherited_fd`]: the fd number passed must not be
-//! owned by anything else in the process (it is taken over and closed on drop).
+//! Nothing beyond Rust's rules, except for two `unsafe` items: the
+//! constructor `LinuxEventChannel::from_inherited_fd`, whose fd number must
+//! not be owned by anything else in the process (it is taken over and closed
+//! on drop), and the [`hypercall::Hypervisor`] trait, whose implementor
+//! promises real hypercalls and a live shared_info page.
 //!
 //! # Live update
 //!
-//! Open the handle with [`LinuxEventChannel::open_inheritable`] (or clear
-//! close-on-exec later with [`LinuxEventChannel::set_cloexec`]), pass its fd
-//! number ([`std::os::fd::AsRawFd::as_raw_fd`]) to the new binary, and adopt it
-//! there with [`LinuxEventChannel::from_inherited_fd`]. The kernel keeps every
+//! Open the handle with `LinuxEventChannel::open_inheritable` (or clear
+//! close-on-exec later with `LinuxEventChannel::set_cloexec`), pass its fd
+//! number (`AsRawFd::as_raw_fd`) to the new binary, and adopt it
+//! there with `LinuxEventChannel::from_inherited_fd`. The kernel keeps every
 //! port bound to the open file, so nothing has to be re-bound; the new process
 //! learns *which* ports are bound from the migration stream.
 
-use std::fmt;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
-use std::time::Duration;
+// Tests always have std (the harness needs it); the library has it only
+// with the feature.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
 
+extern crate alloc;
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+#[cfg(feature = "std")]
+use std::io;
+#[cfg(feature = "std")]
+use std::os::fd::{AsRawFd, RawFd};
+#[cfg(feature = "std")]
+use std::path::PathBuf;
+
+#[cfg(feature = "std")]
 pub mod fd;
+pub mod hypercall;
+#[cfg(feature = "std")]
 mod linux;
 pub mod sys;
 
@@ -49,6 +72,7 @@ mod cprobe;
 #[cfg(test)]
 mod testskip;
 
+#[cfg(feature = "std")]
 pub use linux::{LinuxEventChannel, EVTCHN_DEVICE};
 
 /// A domain id (`domid_t`).
@@ -104,6 +128,7 @@ impl From<Port> for xen_sys::evtchn_port_t {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[cfg(feature = "std")]
     /// The device could not be opened (absent without Xen, or no permission).
     #[error("cannot open the event-channel device {path}")]
     DeviceOpen {
@@ -113,6 +138,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// An fd offered for adoption is not the event-channel device.
     #[error("file descriptor {fd} is not the event-channel device {device}")]
     NotEventChannelDevice {
@@ -121,6 +147,7 @@ pub enum Error {
         /// The device it was compared with.
         device: PathBuf,
     },
+    #[cfg(feature = "std")]
     /// An fd offered for adoption could not be examined.
     #[error("cannot examine file descriptor {fd}")]
     Fstat {
@@ -130,6 +157,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// A request to the device failed (`op` names it: "bind_virq", "notify", ...).
     #[error("event-channel {op} failed")]
     Ioctl {
@@ -147,6 +175,7 @@ pub enum Error {
         /// The raw return value.
         raw: i64,
     },
+    #[cfg(feature = "std")]
     /// Reading pending ports failed.
     #[error("cannot read pending ports")]
     Read {
@@ -166,6 +195,7 @@ pub enum Error {
     /// port it has bound as possibly pending (check its work, then unmask it).
     #[error("the pending-port ring overflowed; every bound port may be pending")]
     RingOverflow,
+    #[cfg(feature = "std")]
     /// Unmasking (writing ports back) failed.
     #[error("cannot unmask ports")]
     Write {
@@ -181,6 +211,7 @@ pub enum Error {
         /// Bytes taken.
         completed: usize,
     },
+    #[cfg(feature = "std")]
     /// Waiting for the device to become readable failed.
     #[error("cannot wait for event-channel notifications")]
     Poll {
@@ -188,6 +219,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// Changing close-on-exec failed.
     #[error("cannot change close-on-exec of file descriptor {fd}")]
     Cloexec {
@@ -197,15 +229,51 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Xen refused a hypercall (the hypercall backend; `op` names it:
+    /// "EVTCHNOP_bind_interdomain", ...).
+    #[error("{op} failed: {errno}")]
+    Xen {
+        /// The operation.
+        op: &'static str,
+        /// Xen's error code.
+        errno: hypercall::XenErrno,
+    },
+    /// A port given to the hypercall backend is not bound through it (or is
+    /// beyond the 2-level ABI's ports).
+    #[error("event-channel {op} of port {port}, which this handle has not bound")]
+    NotBound {
+        /// The request ("unbind", "notify").
+        op: &'static str,
+        /// The port.
+        port: Port,
+    },
 }
+
+/// What [`EventChannel`] requires of its implementors besides its methods:
+/// with the `std` feature, [`AsRawFd`] (the descriptor a daemon polls);
+/// without it, nothing (a kernel of its own has no descriptors).
+/// Implemented for every type that qualifies; nothing to implement by hand.
+#[cfg(feature = "std")]
+pub trait Pollable: AsRawFd {}
+#[cfg(feature = "std")]
+impl<T: AsRawFd + ?Sized> Pollable for T {}
+
+/// What [`EventChannel`] requires of its implementors besides its methods:
+/// with the `std` feature, `AsRawFd` (the descriptor a daemon polls);
+/// without it, nothing (a kernel of its own has no descriptors).
+/// Implemented for every type; nothing to implement by hand.
+#[cfg(not(feature = "std"))]
+pub trait Pollable {}
+#[cfg(not(feature = "std"))]
+impl<T: ?Sized> Pollable for T {}
 
 /// Event channels as the daemon uses them. See the crate docs for the
 /// masking semantics every implementation follows.
 ///
-/// Object-safe and `Send`; the fd from [`AsRawFd`] becomes readable when
-/// [`EventChannel::read_pending`] has something to report, so the daemon can
-/// put it into its own `poll()` set.
-pub trait EventChannel: AsRawFd + Send {
+/// Object-safe and `Send`. With `std`, the fd from `AsRawFd` (see
+/// [`Pollable`]) becomes readable when [`EventChannel::read_pending`] has
+/// something to report, so the daemon can put it into its own `poll()` set.
+pub trait EventChannel: Pollable + Send {
     /// Binds a new local port to `remote_port` of domain `remote`
     /// (which must have allocated it as unbound for us).
     fn bind_interdomain(&mut self, remote: DomId, remote_port: Port) -> Result<Port, Error>;
@@ -239,7 +307,8 @@ pub trait EventChannel: AsRawFd + Send {
     /// The descriptor that *is* the handle: the one a live update passes to
     /// the new program (with close-on-exec cleared) so that every port bound
     /// through it stays bound. For `/dev/xen/evtchn` it is the fd from
-    /// [`AsRawFd`]; a backend whose pollable fd differs overrides this.
+    /// `AsRawFd`; a backend whose pollable fd differs overrides this.
+    #[cfg(feature = "std")]
     fn handle_fd(&self) -> RawFd {
         self.as_raw_fd()
     }
@@ -273,6 +342,7 @@ mod tests {
         assert_send::<Box<dyn EventChannel>>();
     }
 
+    #[cfg(feature = "std")]
     #[test]
     fn test_error_device_open_message_names_device() {
         let e = Error::DeviceOpen {

@@ -27,20 +27,33 @@
 //! paged out: the buffer is a mapping of `/dev/xen/hypercall` (Linux ≥ 4.18),
 //! or anonymous `mlock`ed memory where that device is missing.
 
+#[cfg(feature = "std")]
+use core::fmt;
+#[cfg(feature = "std")]
 use std::ffi::c_void;
-use std::fmt;
+#[cfg(feature = "std")]
 use std::io;
+#[cfg(feature = "std")]
 use std::num::NonZeroUsize;
+#[cfg(feature = "std")]
 use std::os::fd::{AsFd, AsRawFd};
+#[cfg(feature = "std")]
 use std::path::{Path, PathBuf};
+#[cfg(feature = "std")]
 use std::ptr::NonNull;
 
+#[cfg(feature = "std")]
 use nix::libc;
+#[cfg(feature = "std")]
 use nix::sys::mman::{mlock, mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
+#[cfg(feature = "std")]
 use crate::linux::Device;
 use crate::sys;
-use crate::{DomId, Error, PAGE_SIZE};
+#[cfg(feature = "std")]
+use crate::PAGE_SIZE;
+use crate::{DomId, Error};
+use alloc::vec::Vec;
 
 /// Why a domain shut down (`SHUTDOWN_*` of Xen's `sched.h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,11 +131,13 @@ pub trait DomainInfoSource: Send {
 }
 
 /// Locked memory that hypercalls may point into.
+#[cfg(feature = "std")]
 struct HypercallBuffer {
     ptr: NonNull<u8>,
     len: usize,
 }
 
+#[cfg(feature = "std")]
 impl fmt::Debug for HypercallBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HypercallBuffer")
@@ -131,9 +146,11 @@ impl fmt::Debug for HypercallBuffer {
     }
 }
 
+#[cfg(feature = "std")]
 // SAFETY: the buffer is exclusively owned; it is plain memory.
 unsafe impl Send for HypercallBuffer {}
 
+#[cfg(feature = "std")]
 impl HypercallBuffer {
     /// `pages` pages from `/dev/xen/hypercall`, else anonymous locked memory.
     fn new(hypercall_dev: &Path, pages: usize) -> Result<Self, Error> {
@@ -187,6 +204,7 @@ impl HypercallBuffer {
     }
 }
 
+#[cfg(feature = "std")]
 impl Drop for HypercallBuffer {
     fn drop(&mut self) {
         // SAFETY: our own mapping of `len` bytes; nothing refers into it.
@@ -196,19 +214,23 @@ impl Drop for HypercallBuffer {
 
 /// How many pages of domain records one sysctl asks for (after the first
 /// page, which holds the sysctl itself).
+#[cfg(feature = "std")]
 const LIST_PAGES: usize = 4;
 /// Records per sysctl.
+#[cfg(feature = "std")]
 const LIST_CAPACITY: usize =
     LIST_PAGES * PAGE_SIZE / std::mem::size_of::<sys::XenDomctlGetdomaininfo>();
 
 /// [`DomainInfoSource`] over `/dev/xen/privcmd` for Xen 4.17 (see the module
 /// docs for the mechanism and why).
+#[cfg(feature = "std")]
 #[derive(Debug)]
 pub struct PrivcmdDomainInfo {
     privcmd: Device,
     buf: HypercallBuffer,
 }
 
+#[cfg(feature = "std")]
 impl PrivcmdDomainInfo {
     /// Opens `/dev/xen/privcmd` and sets up the hypercall buffer.
     pub fn open() -> Result<Self, Error> {
@@ -331,6 +353,7 @@ impl PrivcmdDomainInfo {
     }
 }
 
+#[cfg(feature = "std")]
 impl DomainInfoSource for PrivcmdDomainInfo {
     fn list(&mut self) -> Result<Vec<DomainInfo>, Error> {
         let mut out = Vec::new();
@@ -362,6 +385,7 @@ impl DomainInfoSource for PrivcmdDomainInfo {
     }
 }
 
+#[cfg(feature = "std")]
 impl PrivcmdDomainInfo {
     /// The privcmd device this source uses.
     pub fn device_path(&self) -> PathBuf {
@@ -369,5 +393,5 @@ impl PrivcmdDomainInfo {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests;

@@ -6,10 +6,16 @@
 //!   Each mapping is an owned [`ForeignPage`] that unmaps itself on `Drop` and
 //!   hands out the [`xenring::RingPage`] accessor — the only way to touch the
 //!   bytes, so no Rust reference ever points into memory a guest can write.
-//! * [`LinuxPageMapper`]: the backend over `/dev/xen/gntdev`,
+//! * `LinuxPageMapper` (feature `std`): the backend over `/dev/xen/gntdev`,
 //!   `/dev/xen/privcmd`, and `/dev/xen/xsd_kva` or `/proc/xen/xsd_kva`.
 //! * [`dominfo`]: the [`DomainInfoSource`] trait (which domains exist, which
-//!   are dying or shut down) and its privcmd backend for Xen 4.17.
+//!   are dying or shut down) and (feature `std`) its privcmd backend for
+//!   Xen 4.17.
+//! * [`hypercall`]: both traits over Xen's hypercalls, for a kernel of its
+//!   own (a xenstore stub domain), through [`evtchn::hypercall::Hypervisor`].
+//!
+//! Without its default `std` feature the crate is `no_std` + `alloc`: the
+//! Linux backends and the `io::Error`/`PathBuf` error variants are absent.
 //!
 //! # Design
 //!
@@ -26,11 +32,24 @@
 //! accesses are volatile/atomic and bounded. The other domain may write
 //! anything into the page at any time; that is [`RingPage`]'s concern.
 
-use std::fmt;
+// Tests always have std (the harness needs it); the library has it only
+// with the feature.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+#[cfg(feature = "std")]
+use alloc::string::String;
+use core::fmt;
+#[cfg(feature = "std")]
 use std::io;
+#[cfg(feature = "std")]
 use std::path::PathBuf;
 
 pub mod dominfo;
+pub mod hypercall;
+#[cfg(feature = "std")]
 mod linux;
 pub mod sys;
 
@@ -41,7 +60,10 @@ mod cprobe;
 #[path = "../../evtchn/src/testskip.rs"]
 mod testskip;
 
-pub use dominfo::{DomainInfo, DomainInfoSource, PrivcmdDomainInfo, ShutdownReason};
+#[cfg(feature = "std")]
+pub use dominfo::PrivcmdDomainInfo;
+pub use dominfo::{DomainInfo, DomainInfoSource, ShutdownReason};
+#[cfg(feature = "std")]
 pub use linux::{DevicePaths, LinuxPageMapper};
 pub use xenring::RingPage;
 
@@ -94,6 +116,7 @@ pub trait PageMapper: Send {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    #[cfg(feature = "std")]
     /// A device could not be opened (absent without Xen, or no permission).
     #[error("cannot open the device {path}")]
     DeviceOpen {
@@ -103,6 +126,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// A device request failed.
     #[error("{op} failed")]
     Ioctl {
@@ -112,6 +136,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// `mmap` of a device failed.
     #[error("cannot map a page of {path}")]
     Mmap {
@@ -121,6 +146,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// The hypervisor refused to map one frame of a foreign domain (the
     /// per-page code from `privcmd_mmapbatch_v2.err`, as an errno).
     #[error("the hypervisor refused to map frame {mfn:#x} of domain {domid}")]
@@ -133,6 +159,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// The xenstore port file could not be read.
     #[error("cannot read the xenstore port from {path}")]
     XsdPortRead {
@@ -142,6 +169,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// The xenstore port file does not hold a decimal port number.
     #[error("{path} holds {text:?}, not a port number")]
     XsdPortParse {
@@ -150,6 +178,7 @@ pub enum Error {
         /// What it held (at most 32 bytes of it).
         text: String,
     },
+    #[cfg(feature = "std")]
     /// A hypercall buffer could not be set up.
     #[error("cannot allocate locked memory for hypercalls")]
     HypercallBuffer {
@@ -157,6 +186,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[cfg(feature = "std")]
     /// A hypercall through privcmd failed.
     #[error("hypercall {op} failed")]
     Hypercall {
@@ -186,6 +216,70 @@ pub enum Error {
         reported: u32,
         /// Buffer capacity.
         capacity: u32,
+    },
+    /// A hypercall of the hypercall backend failed as a whole (`op` names
+    /// it: "GNTTABOP_map_grant_ref", "XEN_DOMCTL_getdomaininfo", ...).
+    #[error("{op} failed: {errno}")]
+    Xen {
+        /// The operation.
+        op: &'static str,
+        /// Xen's error code.
+        errno: evtchn::hypercall::XenErrno,
+    },
+    /// Xen refused to map a grant (`GNTST_*` status of the map operation).
+    #[error("Xen refused to map grant {gref} of domain {domid}: {status}")]
+    GrantMap {
+        /// The granting domain.
+        domid: DomId,
+        /// The grant reference.
+        gref: GrantRef,
+        /// Xen's status.
+        status: hypercall::GrantStatus,
+    },
+    /// Every page of the grant-mapping window is in use (or held back after
+    /// a failed unmap).
+    #[error("no free page in the grant-mapping window of {pages} pages")]
+    WindowFull {
+        /// The window's size in pages.
+        pages: usize,
+    },
+    /// A grant-mapping window that is empty, not page-aligned or wraps
+    /// around the address space.
+    #[error("invalid grant-mapping window: {pages} pages at {base:#x}")]
+    BadWindow {
+        /// Its first address.
+        base: usize,
+        /// Its size in pages.
+        pages: usize,
+    },
+    /// The backend cannot do this at all (e.g. mapping by frame number from
+    /// a stub domain, which may only map grants).
+    #[error("{op} is not supported by this backend")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+    },
+    /// The hypervisor rejected our domctl interface version: it is not the
+    /// Xen version this backend was written for.
+    #[error(
+        "Xen {major}.{minor} rejected domctl interface version {ours:#x} (this backend speaks Xen 4.17's)"
+    )]
+    UnsupportedXenDomctl {
+        /// The hypervisor's major version (0 if unknown).
+        major: u32,
+        /// The hypervisor's minor version.
+        minor: u32,
+        /// The interface version we sent.
+        ours: u32,
+    },
+    /// Asked for the first domain from `asked` on, the hypervisor answered
+    /// with a lower or reserved domain id.
+    #[error("asked for a domain from id {asked} on, Xen answered with domain {returned}")]
+    DomainOutOfOrder {
+        /// The id asked from.
+        asked: DomId,
+        /// The id returned.
+        returned: DomId,
     },
 }
 
