@@ -6,6 +6,9 @@
 //! * Xen 4.17's public `sysctl.h`/`domctl.h` (`XEN_SYSCTL_getdomaininfolist`):
 //!   pinned by a test against the headers of Debian's `libxen-dev` 4.17 when
 //!   `XEN_TOOLS_INCLUDE_DIR` points at them.
+//! * Xen 4.17's `domctl.h` (`XEN_DOMCTL_getdomaininfo`) and `grant_table.h`
+//!   (`GNTTABOP_map/unmap_grant_ref`), for the hypercall backends: pinned
+//!   against the same headers.
 //!
 //! Explicit padding fields replace the compiler's implicit padding so that
 //! every byte of every mirror is initialised.
@@ -260,6 +263,111 @@ const _: () = {
     assert!(offset_of!(XenSysctlGetdomaininfolistOp, getdomaininfolist) == 8);
 };
 
+/// `XEN_DOMCTL_INTERFACE_VERSION` of Xen 4.17 (a stub domain may not use
+/// sysctl; it asks with domctl).
+pub const XEN_DOMCTL_INTERFACE_VERSION: u32 = 0x0000_0015;
+/// `XEN_DOMCTL_getdomaininfo`: in Xen 4.17 it answers for the first domain
+/// whose id is at least the one asked (Xen 4.18 made it exact).
+pub const XEN_DOMCTL_GETDOMAININFO: u32 = 5;
+
+/// `struct xen_domctl` specialised to its `getdomaininfo` member (the
+/// union `u` is 128 bytes, 8-aligned):
+///
+/// ```c
+/// struct xen_domctl {
+///     uint32_t cmd;
+///     uint32_t interface_version; /* XEN_DOMCTL_INTERFACE_VERSION */
+///     domid_t  domain;
+///     uint16_t _pad[3];
+///     union {
+///         struct xen_domctl_getdomaininfo getdomaininfo;
+///         /* ... */
+///         uint8_t pad[128];
+///     } u;
+/// };
+/// ```
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XenDomctlGetdomaininfoOp {
+    pub cmd: u32,
+    pub interface_version: u32,
+    pub domain: domid_t,
+    pub pad1: [u16; 3],
+    pub getdomaininfo: XenDomctlGetdomaininfo,
+    pub pad2: [u8; 128 - size_of::<XenDomctlGetdomaininfo>()],
+}
+
+const _: () = {
+    assert!(size_of::<XenDomctlGetdomaininfoOp>() == 144);
+    assert!(offset_of!(XenDomctlGetdomaininfoOp, domain) == 8);
+    assert!(offset_of!(XenDomctlGetdomaininfoOp, getdomaininfo) == 16);
+};
+
+// ---- Xen 4.17 grant_table.h (GNTTABOP_map/unmap_grant_ref) ----
+
+/// `GNTTABOP_map_grant_ref`.
+pub const GNTTABOP_MAP_GRANT_REF: u64 = 0;
+/// `GNTTABOP_unmap_grant_ref`.
+pub const GNTTABOP_UNMAP_GRANT_REF: u64 = 1;
+/// `GNTMAP_host_map`: map at `host_addr`, a virtual address of the caller.
+pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+/// `GNTST_okay`.
+pub const GNTST_OKAY: i16 = 0;
+
+/// ```c
+/// struct gnttab_map_grant_ref {
+///     uint64_t host_addr;      /* IN */
+///     uint32_t flags;          /* IN: GNTMAP_* */
+///     grant_ref_t ref;         /* IN */
+///     domid_t  dom;            /* IN */
+///     int16_t  status;         /* OUT: GNTST_* */
+///     grant_handle_t handle;   /* OUT */
+///     uint64_t dev_bus_addr;   /* OUT */
+/// };
+/// ```
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GnttabMapGrantRef {
+    pub host_addr: u64,
+    pub flags: u32,
+    pub r#ref: u32,
+    pub dom: domid_t,
+    pub status: i16,
+    pub handle: u32,
+    pub dev_bus_addr: u64,
+}
+
+/// ```c
+/// struct gnttab_unmap_grant_ref {
+///     uint64_t host_addr;      /* IN */
+///     uint64_t dev_bus_addr;   /* IN */
+///     grant_handle_t handle;   /* IN */
+///     int16_t  status;         /* OUT: GNTST_* */
+/// };
+/// ```
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GnttabUnmapGrantRef {
+    pub host_addr: u64,
+    pub dev_bus_addr: u64,
+    pub handle: u32,
+    pub status: i16,
+    pub pad: u16,
+}
+
+const _: () = {
+    assert!(size_of::<GnttabMapGrantRef>() == 32);
+    assert!(offset_of!(GnttabMapGrantRef, flags) == 8);
+    assert!(offset_of!(GnttabMapGrantRef, r#ref) == 12);
+    assert!(offset_of!(GnttabMapGrantRef, dom) == 16);
+    assert!(offset_of!(GnttabMapGrantRef, status) == 18);
+    assert!(offset_of!(GnttabMapGrantRef, handle) == 20);
+    assert!(offset_of!(GnttabMapGrantRef, dev_bus_addr) == 24);
+    assert!(size_of::<GnttabUnmapGrantRef>() == 24);
+    assert!(offset_of!(GnttabUnmapGrantRef, handle) == 16);
+    assert!(offset_of!(GnttabUnmapGrantRef, status) == 20);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +593,114 @@ mod tests {
             &exprs,
         )
         .unwrap_or_else(|reason| panic!("Xen's headers in {} are unusable: {reason}", dir.display()));
+        for ((name, ours), theirs) in ours.iter().zip(theirs) {
+            assert_eq!(*ours, theirs, "{name}");
+        }
+    }
+
+    /// The hypercall backend's domctl and grant-table mirrors against the
+    /// same Xen 4.17 headers.
+    #[test]
+    fn test_xen_domctl_and_grant_table_layout_xen_417_headers_match() {
+        let test = "test_xen_domctl_and_grant_table_layout_xen_417_headers_match";
+        let Some(dir) = xen_include_dir(
+            std::env::var_os("XEN_TOOLS_INCLUDE_DIR"),
+            std::path::Path::new(DEBIAN_XEN_INCLUDE_DIR),
+        ) else {
+            skip(
+                Missing::Tool,
+                test,
+                &format!(
+                    "no {DEBIAN_XEN_INCLUDE_DIR}/xen/sysctl.h and XEN_TOOLS_INCLUDE_DIR unset \
+                     (Xen 4.17 public headers: apt-get install libxen-dev)"
+                ),
+            );
+            return;
+        };
+        let ours: &[(&str, u64)] = &[
+            (
+                "XEN_DOMCTL_INTERFACE_VERSION",
+                u64::from(XEN_DOMCTL_INTERFACE_VERSION),
+            ),
+            (
+                "XEN_DOMCTL_getdomaininfo",
+                u64::from(XEN_DOMCTL_GETDOMAININFO),
+            ),
+            (
+                "sizeof(struct xen_domctl)",
+                size_of::<XenDomctlGetdomaininfoOp>() as u64,
+            ),
+            (
+                "offsetof(struct xen_domctl, domain)",
+                offset_of!(XenDomctlGetdomaininfoOp, domain) as u64,
+            ),
+            (
+                "offsetof(struct xen_domctl, u.getdomaininfo)",
+                offset_of!(XenDomctlGetdomaininfoOp, getdomaininfo) as u64,
+            ),
+            ("GNTTABOP_map_grant_ref", GNTTABOP_MAP_GRANT_REF),
+            ("GNTTABOP_unmap_grant_ref", GNTTABOP_UNMAP_GRANT_REF),
+            ("GNTMAP_host_map", u64::from(GNTMAP_HOST_MAP)),
+            ("GNTST_okay", 0),
+            (
+                "sizeof(struct gnttab_map_grant_ref)",
+                size_of::<GnttabMapGrantRef>() as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, flags)",
+                offset_of!(GnttabMapGrantRef, flags) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, ref)",
+                offset_of!(GnttabMapGrantRef, r#ref) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, dom)",
+                offset_of!(GnttabMapGrantRef, dom) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, status)",
+                offset_of!(GnttabMapGrantRef, status) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, handle)",
+                offset_of!(GnttabMapGrantRef, handle) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_map_grant_ref, dev_bus_addr)",
+                offset_of!(GnttabMapGrantRef, dev_bus_addr) as u64,
+            ),
+            (
+                "sizeof(struct gnttab_unmap_grant_ref)",
+                size_of::<GnttabUnmapGrantRef>() as u64,
+            ),
+            (
+                "offsetof(struct gnttab_unmap_grant_ref, dev_bus_addr)",
+                offset_of!(GnttabUnmapGrantRef, dev_bus_addr) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_unmap_grant_ref, handle)",
+                offset_of!(GnttabUnmapGrantRef, handle) as u64,
+            ),
+            (
+                "offsetof(struct gnttab_unmap_grant_ref, status)",
+                offset_of!(GnttabUnmapGrantRef, status) as u64,
+            ),
+            ("sizeof(grant_handle_t)", 4),
+            ("GNTST_general_error", (-1i64) as u64),
+            ("GNTST_bad_gntref", (-3i64) as u64),
+            ("GNTST_no_space", (-13i64) as u64),
+        ];
+        let exprs: Vec<(&str, &str)> = ours.iter().map(|(n, _)| (*n, *n)).collect();
+        let theirs = cprobe::probe_with(
+            &[dir.as_path()],
+            "#define __XEN_TOOLS__ 1\n#include <xen/xen.h>\n#include <xen/domctl.h>\n",
+            "xen/grant_table.h",
+            &exprs,
+        )
+        .unwrap_or_else(|reason| {
+            panic!("Xen's headers in {} are unusable: {reason}", dir.display())
+        });
         for ((name, ours), theirs) in ours.iter().zip(theirs) {
             assert_eq!(*ours, theirs, "{name}");
         }
