@@ -196,13 +196,12 @@ impl XenErrno {
         (ret < 0).then(|| Self(i32::try_from(ret.unsigned_abs()).unwrap_or(i32::MAX)))
     }
 
-    /// The symbolic name, for the codes Xen 4.17 defines.
+    /// The symbolic name, for the codes Xen 4.17 returns to guests.
     pub const fn name(self) -> Option<&'static str> {
         Some(match self.0 {
             1 => "EPERM",
             2 => "ENOENT",
             3 => "ESRCH",
-            4 => "EINTR",
             5 => "EIO",
             6 => "ENXIO",
             7 => "E2BIG",
@@ -237,7 +236,6 @@ impl XenErrno {
             74 => "EBADMSG",
             75 => "EOVERFLOW",
             84 => "EILSEQ",
-            85 => "ERESTART",
             88 => "ENOTSOCK",
             90 => "EMSGSIZE",
             95 => "EOPNOTSUPP",
@@ -247,6 +245,7 @@ impl XenErrno {
             106 => "EISCONN",
             107 => "ENOTCONN",
             110 => "ETIMEDOUT",
+            111 => "ECONNREFUSED",
             _ => return None,
         })
     }

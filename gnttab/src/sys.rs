@@ -705,4 +705,44 @@ mod tests {
             assert_eq!(*ours, theirs, "{name}");
         }
     }
+
+    /// Every `GNTST_*` name the hypercall backend prints is the header's.
+    #[test]
+    fn test_grant_status_names_xen_417_headers_match() {
+        let test = "test_grant_status_names_xen_417_headers_match";
+        let Some(dir) = xen_include_dir(
+            std::env::var_os("XEN_TOOLS_INCLUDE_DIR"),
+            std::path::Path::new(DEBIAN_XEN_INCLUDE_DIR),
+        ) else {
+            skip(
+                Missing::Tool,
+                test,
+                "no Xen 4.17 public headers (libxen-dev)",
+            );
+            return;
+        };
+        let named: Vec<(&str, i16)> = (-100..=100)
+            .filter_map(|code| {
+                crate::hypercall::GrantStatus(code)
+                    .name()
+                    .map(|n| (n, code))
+            })
+            .collect();
+        assert_eq!(named.len(), 14, "GNTST_okay .. GNTST_no_space: {named:?}");
+        let exprs: Vec<(&str, &str)> = named.iter().map(|(n, _)| (*n, *n)).collect();
+        let theirs = cprobe::probe_with(
+            &[dir.as_path()],
+            "#define __XEN_TOOLS__ 1\n#include <xen/xen.h>\n",
+            "xen/grant_table.h",
+            &exprs,
+        )
+        .unwrap_or_else(|reason| {
+            panic!("Xen's headers in {} are unusable: {reason}", dir.display())
+        });
+        for ((name, ours), theirs) in named.iter().zip(theirs) {
+            // The probe prints (unsigned long long)(value): negative codes
+            // come back as their 64-bit two's complement.
+            assert_eq!(i64::from(*ours) as u64, theirs, "{name}");
+        }
+    }
 }

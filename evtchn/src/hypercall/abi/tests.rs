@@ -32,7 +32,7 @@ fn compare(test: &str, ours: &[(&str, u64)]) {
     let exprs: Vec<(&str, &str)> = ours.iter().map(|(n, _)| (*n, *n)).collect();
     let theirs = cprobe::probe_with(
         &[dir.as_path()],
-        "#define __XEN_TOOLS__ 1\n#include <xen/xen.h>\n#include <xen/sched.h>\n",
+        "#define __XEN_TOOLS__ 1\n#include <xen/xen.h>\n#include <xen/sched.h>\n#include <xen/errno.h>\n",
         "xen/event_channel.h",
         &exprs,
     )
@@ -226,4 +226,22 @@ fn test_shared_info_layout_xen_417_headers_match() {
             ),
         ],
     );
+}
+
+#[test]
+fn test_xen_errno_names_xen_417_headers_match() {
+    let named: Vec<(String, u64)> = (0..=200)
+        .filter_map(|code| {
+            let e = crate::hypercall::XenErrno(code);
+            e.name()
+                .map(|n| (format!("XEN_{n}"), u64::try_from(code).unwrap()))
+        })
+        .collect();
+
+    // Every code errno.h shows a guest has its name: its 51 entries less
+    // two aliases (EWOULDBLOCK = EAGAIN, EDEADLOCK = EDEADLK, named once
+    // here) and the two internal to Xen (EINTR, ERESTART).
+    assert_eq!(named.len(), 47, "{named:?}");
+    let ours: Vec<(&str, u64)> = named.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    compare("test_xen_errno_names_xen_417_headers_match", &ours);
 }
