@@ -352,6 +352,10 @@ where
                 self.service(conn);
             }
             self.do_actions();
+            // Each ring is written until its output is gone or the ring is
+            // full (the guest notifies when it makes room), so one flush per
+            // round is all that can be done; output left over waits for
+            // the guest, not for another round.
             let touched: BTreeSet<ConnId> = self
                 .engine
                 .conns_with_output()
@@ -361,13 +365,14 @@ where
             for conn in touched {
                 self.flush(conn);
             }
+            // A guest whose watch events another connection took (or
+            // dropped) may send again: read its ring.
             for conn in self.engine.take_unblocked() {
                 if self.conns.contains_key(&conn) {
                     self.dirty.insert(conn);
                 }
             }
-            self.do_actions();
-            if self.dirty.is_empty() && self.engine.conns_with_output().is_empty() {
+            if self.dirty.is_empty() {
                 return;
             }
         }
@@ -556,61 +561,72 @@ where
         self.carry.remove(&conn);
     }
 
+    /// Carries out what the engine asked for (and what that made it ask).
     fn do_actions(&mut self) {
-        for action in self.engine.take_actions() {
-            match action {
-                Action::Introduce {
-                    token,
-                    domid,
-                    mfn,
-                    port,
-                } => {
-                    let result = self.introduce(domid, mfn, port);
-                    self.engine.handle(Input::Introduced { token, result });
-                }
-                Action::Release { conn, domid } => {
-                    self.host.log(&format!("domain {domid} released"));
-                    self.remove_ring(conn);
-                }
-                Action::Kill { conn, reason } => self.fail(conn, &Failure::Killed(&reason)),
-                Action::Log(line) => self.host.log(&line),
-                Action::LiveUpdate { conn, header, .. } => {
-                    self.host
-                        .log("control live-update: not available in a xenstore stub domain");
-                    // C 4.17's stub answers its live update "NYI"; say why.
-                    self.engine.answer_control(
-                        conn,
-                        &header,
-                        "live update is not available in a xenstore stub domain",
-                    );
-                }
-                Action::Control { command, .. } => {
-                    let what = match command {
-                        ShellControl::Log(true) => String::from("log on"),
-                        ShellControl::Log(false) => String::from("log off"),
-                        ShellControl::LogFile(f) => format!("logfile {f}"),
-                    };
+        for _ in 0..SETTLE_ROUNDS {
+            let actions = self.engine.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                self.act(action);
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Introduce {
+                token,
+                domid,
+                mfn,
+                port,
+            } => {
+                let result = self.introduce(domid, mfn, port);
+                self.engine.handle(Input::Introduced { token, result });
+            }
+            Action::Release { conn, domid } => {
+                self.host.log(&format!("domain {domid} released"));
+                self.remove_ring(conn);
+            }
+            Action::Kill { conn, reason } => self.fail(conn, &Failure::Killed(&reason)),
+            Action::Log(line) => self.host.log(&line),
+            Action::LiveUpdate { conn, header, .. } => {
+                self.host
+                    .log("control live-update: not available in a xenstore stub domain");
+                // C 4.17's stub answers its live update "NYI"; say why.
+                self.engine.answer_control(
+                    conn,
+                    &header,
+                    "live update is not available in a xenstore stub domain",
+                );
+            }
+            Action::Control { command, .. } => {
+                let what = match command {
+                    ShellControl::Log(true) => String::from("log on"),
+                    ShellControl::Log(false) => String::from("log off"),
+                    ShellControl::LogFile(f) => format!("logfile {f}"),
+                };
+                self.host.log(&format!(
+                    "control {what}: a stub domain has no access log (no files); ignored"
+                ));
+            }
+            Action::MemReport {
+                conn,
+                header,
+                file,
+                report,
+            } => {
+                if file != "console" {
                     self.host.log(&format!(
-                        "control {what}: a stub domain has no access log (no files); ignored"
+                        "control memreport: a stub domain has no files; \
+                             the report for {file:?} is on the console"
                     ));
                 }
-                Action::MemReport {
-                    conn,
-                    header,
-                    file,
-                    report,
-                } => {
-                    if file != "console" {
-                        self.host.log(&format!(
-                            "control memreport: a stub domain has no files; \
-                             the report for {file:?} is on the console"
-                        ));
-                    }
-                    for line in report.lines() {
-                        self.host.log(line);
-                    }
-                    self.engine.answer_control(conn, &header, "OK");
+                for line in report.lines() {
+                    self.host.log(line);
                 }
+                self.engine.answer_control(conn, &header, "OK");
             }
         }
     }

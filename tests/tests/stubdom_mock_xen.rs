@@ -341,8 +341,53 @@ fn test_guest_that_corrupts_its_ring_is_cut_off_and_dom0_carries_on() {
     assert_eq!(dom0.read(0, "/after").unwrap(), b"ok");
     good.write(0, &format!("/local/domain/{g}/y"), b"2")
         .unwrap();
-    // The cut-off domain stays known (released when it dies).
+    // The cut-off domain stays known until it dies, then is released.
     assert!(dom0.is_domain_introduced(b).unwrap());
+    drop(bad);
+    world.destroy(b);
+    world.wait_log(&format!("domain {b} released"));
+    assert!(!dom0.is_domain_introduced(b).unwrap());
+}
+
+#[test]
+fn test_request_written_without_a_notification_is_still_served() {
+    let (world, mut dom0) = World::start();
+    let mut guest = world.create_guest(&mut dom0);
+    let home = format!("/local/domain/{}", domid(&guest));
+    guest.write(0, &format!("{home}/k"), b"v").unwrap();
+    // As a Linux guest writing while the server has not caught up: no
+    // notification. The server's look before sleeping finds it.
+    guest.get_mut().set_drop_notifications(true);
+    let id = guest
+        .submit(
+            xenring::MsgType::Read,
+            0,
+            &xenring::codec::build_args(&[format!("{home}/k").as_bytes()]),
+        )
+        .unwrap();
+    let reply = guest.wait_reply(id).unwrap();
+    assert_eq!(reply.payload, b"v");
+}
+
+#[test]
+fn test_guest_that_never_reads_its_responses_does_not_stall_dom0() {
+    let (world, mut dom0) = World::start();
+    let mut greedy = world.create_guest(&mut dom0);
+    let home = format!("/local/domain/{}", domid(&greedy));
+    greedy
+        .write(0, &format!("{home}/k"), &[b'x'; 1000])
+        .unwrap();
+    for _ in 0..20 {
+        let sent = greedy
+            .get_mut()
+            .flood_requests(100, &format!("{home}/k"))
+            .unwrap();
+        dom0.write(0, "/alive", b"1").unwrap();
+        assert_eq!(dom0.read(0, "/alive").unwrap(), b"1");
+        if sent == 0 {
+            break;
+        }
+    }
 }
 
 #[test]
