@@ -462,6 +462,20 @@ fn test_control_check_memreport_and_print_reach_the_console() {
     world.wait_log("hello console");
     dom0.control(&["log", "on"]).unwrap();
     world.wait_log("a stub domain has no access log");
+    // A guest's control requests are refused, and reach no console.
+    let mut guest = world.create_guest(&mut dom0);
+    let before = world.logs().len();
+    for cmd in ["check", "memreport", "print"] {
+        assert!(
+            matches!(
+                guest.control(&[cmd, "x"][..1 + usize::from(cmd == "print")]),
+                Err(xenring::Error::Xs(XsErrno::EACCES))
+            ),
+            "{cmd}"
+        );
+    }
+    dom0.write(0, "/sync", b"1").unwrap();
+    assert_eq!(world.logs().len(), before, "{:?}", &world.logs()[before..]);
 }
 
 #[test]
