@@ -108,8 +108,6 @@ pub mod pte {
     pub const LINK: u64 = PRESENT | RW | USER | ACCESSED | DIRTY;
 }
 
-/// `MMU_NORMAL_PT_UPDATE`: the low bits of `mmu_update.ptr`.
-pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 /// `UVMF_INVLPG`: flush the one page's TLB entry.
 pub const UVMF_INVLPG: u64 = 2;
 

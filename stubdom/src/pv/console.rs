@@ -12,12 +12,11 @@ use core::ptr::{addr_of, addr_of_mut};
 use core::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 use super::abi::{pte, XenconsInterface};
+use super::arith::{ring_offset, room};
 use super::boot::console_page;
 use super::hypercall::{self, HypercallError};
 use super::time;
 
-/// Bytes in the output ring.
-const OUT_SIZE: u32 = 2048;
 /// How long one write waits for room (system time).
 const WAIT_NS: u64 = 200_000_000;
 /// Yields a write makes at most while waiting, should the clock not run.
@@ -40,18 +39,6 @@ pub fn init(mfn: u64, port: u32) -> Result<(), HypercallError> {
     PORT.store(port, Ordering::Relaxed);
     RING.store(va, Ordering::Release);
     Ok(())
-}
-
-/// Where `index` falls in the output ring.
-pub fn ring_offset(index: u32) -> usize {
-    (index % OUT_SIZE) as usize
-}
-
-/// Room for more output, given both indices; `None` if xenconsoled's
-/// index is not within the ring's size behind ours (a corrupt ring).
-pub fn room(prod: u32, cons: u32) -> Option<u32> {
-    let queued = prod.wrapping_sub(cons);
-    (queued <= OUT_SIZE).then(|| OUT_SIZE - queued)
 }
 
 /// Writes `bytes` (a whole line or part of one) to the ring.

@@ -24,6 +24,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use talc::{OomHandler, Span, Talc};
 
 use super::abi::{self, mem, pte, MemoryReservation, MmuUpdate, StartInfo};
+use super::arith::{entry_maddr, table_index};
 use super::hypercall::{self, arg, arg_mut, HypercallError};
 
 // The kernel is x86_64 only: usize is 64 bits, so a u64 fits exactly.
@@ -71,17 +72,6 @@ pub enum MmError {
     /// The heap's allocator refused its memory.
     #[error("the allocator refused the heap span")]
     Claim,
-}
-
-/// Index of `va` in its table at `level` (1 = L1 .. 4 = L4).
-pub fn table_index(va: usize, level: u32) -> usize {
-    (va >> (12 + 9 * (level - 1))) & (ENTRIES - 1)
-}
-
-/// Machine address of entry `index` of the table in frame `mfn`, as
-/// mmu_update's `ptr` (command MMU_NORMAL_PT_UPDATE in the low bits).
-pub fn entry_maddr(mfn: u64, index: usize) -> u64 {
-    (mfn << 12) + (index as u64) * 8 + abi::MMU_NORMAL_PT_UPDATE
 }
 
 /// The pseudo-physical frame of machine frame `mfn` (Xen's read-only

@@ -5,6 +5,7 @@
 //! serves dom0's ring (`serve`) until part SERVER's loop replaces it.
 
 mod abi;
+mod arith;
 mod boot;
 mod console;
 mod event;

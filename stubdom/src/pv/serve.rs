@@ -13,6 +13,7 @@ use xenring::{Decoder, RingPage, ServerEnd};
 use xenstored_lite::engine::{Action, Config, ConnId, ConnKind, Engine, Input};
 
 use super::abi::{self, gnttab, shinfo, EvtchnBindInterdomain, GnttabMapGrantRef};
+use super::arith::event_port;
 use super::console::kprintln;
 use super::hypercall::{self, arg_mut, HypercallError};
 use super::mm;
@@ -37,20 +38,6 @@ pub enum ServeError {
     /// Xen refused the grant mapping.
     #[error("mapping dom0's grant ref 1: GNTST {0}")]
     Map(i16),
-}
-
-/// `--event N` (or `--event=N`) from the command line.
-pub fn event_port(cmdline: &str) -> Option<u32> {
-    let mut words = cmdline.split_ascii_whitespace();
-    while let Some(w) = words.next() {
-        if w == "--event" {
-            return words.next()?.parse().ok();
-        }
-        if let Some(v) = w.strip_prefix("--event=") {
-            return v.parse().ok();
-        }
-    }
-    None
 }
 
 /// Clears every pending event of vcpu 0 (the loop re-checks the ring

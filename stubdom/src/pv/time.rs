@@ -5,26 +5,11 @@ use core::ptr::addr_of;
 use core::sync::atomic::{fence, AtomicBool, Ordering};
 
 use super::abi::VcpuTimeInfo;
+use super::arith::scale;
 use super::boot::shared_info_page;
 
 /// shared_info is mapped (set by `event::init`).
 pub static READY: AtomicBool = AtomicBool::new(false);
-
-/// TSC ticks to nanoseconds as `vcpu_time_info` says: shift, then
-/// multiply by a 32.32 fixed-point factor.
-pub fn scale(delta: u64, mul: u32, shift: i8) -> u64 {
-    let shifted = if shift >= 0 {
-        delta
-            .checked_shl(u32::from(shift.unsigned_abs()))
-            .unwrap_or(0)
-    } else {
-        delta
-            .checked_shr(u32::from(shift.unsigned_abs()))
-            .unwrap_or(0)
-    };
-    let ns = (u128::from(shifted) * u128::from(mul)) >> 32;
-    u64::try_from(ns).unwrap_or(u64::MAX)
-}
 
 /// Nanoseconds of Xen system time; 0 until shared_info is mapped.
 pub fn system_time_ns() -> u64 {
