@@ -1,21 +1,17 @@
-//! The seed of a Rust xenstore stub domain: the engine built without std,
-//! in a freestanding binary with no C runtime and no libc.
+//! The xenstore stub domain's kernel: an x86_64 Xen PV kernel (no Mini-OS,
+//! no libc) that boots from `start_info`, sets up its console, memory,
+//! time and event upcall (`src/pv/`), and serves dom0's xenstore ring.
 //!
-//! Built for the host (x86_64 Linux), it stands in for what a stub domain
-//! does with a guest's ring: `_start` makes an engine, writes
-//! `/stubdom/hello` = `world` as dom0's tools would, then takes a READ of
-//! that node as wire bytes, decodes it, hands it to the engine and writes
-//! the reply's wire bytes to fd 1 with a raw `write` system call, then
-//! exits with a raw `exit_group`. Everything else a libc would give comes
-//! from here: the memory functions the compiler calls, a bump allocator
-//! over a static arena, and the panic handler. `scripts/stubdom.sh` builds
-//! it, runs it and checks the bytes.
+//! Built alone (`cargo build --release -p xenstored-stubdom`), this is the
+//! kernel ELF `target/release/xenstored-stubdom`, linked by `build.rs` with
+//! `stubdom/pv.ld`. In a workspace-wide build (`hosted`, see Cargo.toml) it
+//! is a placeholder that says so.
 
 #![cfg_attr(not(feature = "hosted"), no_std)]
 #![cfg_attr(not(feature = "hosted"), no_main)]
 
 // A workspace-wide build gives the dependencies std (see Cargo.toml): the
-// binary is then this placeholder, not the freestanding program.
+// binary is then this placeholder, not the kernel.
 #[cfg(feature = "hosted")]
 fn main() {
     eprintln!(
@@ -26,4 +22,7 @@ fn main() {
 }
 
 #[cfg(not(feature = "hosted"))]
-mod freestanding;
+extern crate alloc;
+
+#[cfg(not(feature = "hosted"))]
+mod pv;

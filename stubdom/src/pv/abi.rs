@@ -1,0 +1,358 @@
+//! Xen's x86_64 PV ABI as the kernel uses it: hypercall numbers, commands
+//! and the structures it shares with Xen, from Xen 4.17's public headers
+//! (`xen.h`, `sched.h`, `memory.h`, `event_channel.h`, `grant_table.h`,
+//! `vcpu.h`, `io/console.h`, `arch-x86/xen-x86_64.h`). Every structure is
+//! `#[repr(C)]` with its size and field offsets checked at compile time.
+
+use core::mem::{offset_of, size_of};
+
+/// Hypercall numbers (`xen.h`, `__HYPERVISOR_*`).
+pub mod op {
+    /// `mmu_update`.
+    pub const MMU_UPDATE: u32 = 1;
+    /// `set_callbacks` (x86_64: event, failsafe, syscall addresses).
+    pub const SET_CALLBACKS: u32 = 4;
+    /// `memory_op`.
+    pub const MEMORY_OP: u32 = 12;
+    /// `update_va_mapping`.
+    pub const UPDATE_VA_MAPPING: u32 = 14;
+    /// `set_timer_op`.
+    pub const SET_TIMER_OP: u32 = 15;
+    /// `grant_table_op`.
+    pub const GRANT_TABLE_OP: u32 = 20;
+    /// `iret` (jumped to, never called).
+    pub const IRET: u32 = 23;
+    /// `vcpu_op`.
+    pub const VCPU_OP: u32 = 24;
+    /// `sched_op`.
+    pub const SCHED_OP: u32 = 29;
+    /// `event_channel_op`.
+    pub const EVENT_CHANNEL_OP: u32 = 32;
+    /// One past the last hypercall number the page has a stub for
+    /// (the page holds 128 stubs of 32 bytes).
+    pub const LIMIT: u32 = 128;
+}
+
+/// `sched_op` commands (`sched.h`).
+pub mod sched {
+    /// Give up the CPU, stay runnable.
+    pub const YIELD: u64 = 0;
+    /// Sleep until an event (unmasks upcalls and checks, atomically).
+    pub const BLOCK: u64 = 1;
+    /// Stop the domain (`struct sched_shutdown`).
+    pub const SHUTDOWN: u64 = 2;
+    /// `SHUTDOWN_crash`.
+    pub const SHUTDOWN_CRASH: u32 = 3;
+}
+
+/// `memory_op` commands (`memory.h`).
+pub mod mem {
+    /// Pages a domain has now (`domid_t *` argument).
+    pub const CURRENT_RESERVATION: u64 = 3;
+    /// Pages a domain may have (`domid_t *` argument).
+    pub const MAXIMUM_RESERVATION: u64 = 4;
+    /// Give the domain pages at the given gpfns (`struct
+    /// xen_memory_reservation`); a PV domain gets each page's mfn back in
+    /// the list, and Xen sets the machine-to-phys entries.
+    pub const POPULATE_PHYSMAP: u64 = 6;
+}
+
+/// `event_channel_op` commands (`event_channel.h`).
+pub mod evtchn {
+    /// `EVTCHNOP_bind_interdomain`.
+    pub const BIND_INTERDOMAIN: u64 = 0;
+    /// `EVTCHNOP_bind_virq`.
+    pub const BIND_VIRQ: u64 = 1;
+    /// `EVTCHNOP_send`.
+    pub const SEND: u64 = 4;
+    /// `VIRQ_TIMER`: the one-shot timer of `set_timer_op`.
+    pub const VIRQ_TIMER: u32 = 0;
+}
+
+/// `grant_table_op` commands and flags (`grant_table.h`).
+pub mod gnttab {
+    /// `GNTTABOP_map_grant_ref`.
+    pub const MAP_GRANT_REF: u64 = 0;
+    /// `GNTMAP_host_map`: map at `host_addr` in the current page tables.
+    pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
+}
+
+/// `vcpu_op` commands (`vcpu.h`).
+pub mod vcpu {
+    /// `VCPUOP_stop_periodic_timer`: no 100 Hz VIRQ_TIMER.
+    pub const STOP_PERIODIC_TIMER: u64 = 7;
+}
+
+/// `DOMID_SELF`.
+pub const DOMID_SELF: u16 = 0x7FF0;
+
+/// Page-table entry bits (x86).
+pub mod pte {
+    /// Present.
+    pub const PRESENT: u64 = 1 << 0;
+    /// Writable.
+    pub const RW: u64 = 1 << 1;
+    /// User (Xen sets it for a 64-bit PV kernel's pages itself).
+    pub const USER: u64 = 1 << 2;
+    /// Accessed.
+    pub const ACCESSED: u64 = 1 << 5;
+    /// Dirty.
+    pub const DIRTY: u64 = 1 << 6;
+    /// The frame-number bits of an entry.
+    pub const FRAME_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+    /// A data page: read-write.
+    pub const DATA: u64 = PRESENT | RW | ACCESSED | DIRTY;
+    /// A page-table page's own mapping: read-only, as Xen requires.
+    pub const TABLE_RO: u64 = PRESENT | ACCESSED;
+    /// An entry of L2..L4 pointing at a lower table.
+    pub const LINK: u64 = PRESENT | RW | USER | ACCESSED | DIRTY;
+}
+
+/// `UVMF_INVLPG`: flush the one page's TLB entry.
+pub const UVMF_INVLPG: u64 = 2;
+
+/// Where Xen maps the machine-to-physical table read-only in every 64-bit
+/// PV guest (`__MACH2PHYS_VIRT_START`).
+pub const MACH2PHYS_VIRT_START: usize = 0xFFFF_8000_0000_0000;
+/// Entries of that table (`MACH2PHYS_NR_ENTRIES`).
+pub const MACH2PHYS_NR_ENTRIES: u64 = (0xFFFF_8040_0000_0000 - 0xFFFF_8000_0000_0000) >> 3;
+
+/// `struct start_info` (`xen.h`, "Start-of-day memory layout").
+#[repr(C)]
+pub struct StartInfo {
+    /// "xen-<version>-<platform>".
+    pub magic: [u8; 32],
+    /// Pages allocated to the domain.
+    pub nr_pages: u64,
+    /// Machine address of shared_info.
+    pub shared_info: u64,
+    /// `SIF_*`.
+    pub flags: u32,
+    /// The domain's own xenstore page (unused by a xenstore domain).
+    pub store_mfn: u64,
+    /// Its port.
+    pub store_evtchn: u32,
+    /// `console.domU.mfn`: machine frame of the console ring.
+    pub console_mfn: u64,
+    /// `console.domU.evtchn`: its port.
+    pub console_evtchn: u32,
+    /// Virtual address of the L4 table.
+    pub pt_base: u64,
+    /// Number of bootstrap page-table frames.
+    pub nr_pt_frames: u64,
+    /// Virtual address of the pfn-to-mfn list.
+    pub mfn_list: u64,
+    /// Virtual address of the module (none here).
+    pub mod_start: u64,
+    /// Its size.
+    pub mod_len: u64,
+    /// The command line, NUL-terminated.
+    pub cmd_line: [u8; 1024],
+    /// First pfn of the initial p2m table.
+    pub first_p2m_pfn: u64,
+    /// Its frames.
+    pub nr_p2m_frames: u64,
+}
+
+const _: () = {
+    assert!(size_of::<StartInfo>() == 1168);
+    assert!(offset_of!(StartInfo, nr_pages) == 32);
+    assert!(offset_of!(StartInfo, shared_info) == 40);
+    assert!(offset_of!(StartInfo, flags) == 48);
+    assert!(offset_of!(StartInfo, store_mfn) == 56);
+    assert!(offset_of!(StartInfo, store_evtchn) == 64);
+    assert!(offset_of!(StartInfo, console_mfn) == 72);
+    assert!(offset_of!(StartInfo, console_evtchn) == 80);
+    assert!(offset_of!(StartInfo, pt_base) == 88);
+    assert!(offset_of!(StartInfo, nr_pt_frames) == 96);
+    assert!(offset_of!(StartInfo, mfn_list) == 104);
+    assert!(offset_of!(StartInfo, mod_start) == 112);
+    assert!(offset_of!(StartInfo, mod_len) == 120);
+    assert!(offset_of!(StartInfo, cmd_line) == 128);
+    assert!(offset_of!(StartInfo, first_p2m_pfn) == 1152);
+    assert!(offset_of!(StartInfo, nr_p2m_frames) == 1160);
+};
+
+/// `struct vcpu_time_info` (`xen.h`).
+#[repr(C)]
+pub struct VcpuTimeInfo {
+    /// Odd while Xen updates the record.
+    pub version: u32,
+    /// Padding.
+    pub pad0: u32,
+    /// TSC at the last update.
+    pub tsc_timestamp: u64,
+    /// System time (ns) at the last update.
+    pub system_time: u64,
+    /// TSC to ns: `((tsc - tsc_timestamp) << tsc_shift) * mul >> 32`.
+    pub tsc_to_system_mul: u32,
+    /// The shift (negative: right).
+    pub tsc_shift: i8,
+    /// `XEN_PVCLOCK_*`.
+    pub flags: u8,
+    /// Padding.
+    pub pad1: [u8; 2],
+}
+
+/// `struct vcpu_info` (`xen.h`, x86_64 `arch_vcpu_info`).
+#[repr(C)]
+pub struct VcpuInfo {
+    /// Set by Xen when a port became pending in a selected word.
+    pub evtchn_upcall_pending: u8,
+    /// Non-zero: no upcall is delivered.
+    pub evtchn_upcall_mask: u8,
+    /// Padding.
+    pub pad: [u8; 6],
+    /// Which words of `evtchn_pending` have news.
+    pub evtchn_pending_sel: u64,
+    /// `arch.cr2`.
+    pub cr2: u64,
+    /// `arch.pad`.
+    pub arch_pad: u64,
+    /// The clock.
+    pub time: VcpuTimeInfo,
+}
+
+/// Offset of vcpu 0's `evtchn_upcall_mask` in shared_info (the upcall
+/// handler's asm writes it).
+pub const UPCALL_MASK_OFFSET: usize = offset_of!(VcpuInfo, evtchn_upcall_mask);
+
+const _: () = {
+    assert!(size_of::<VcpuTimeInfo>() == 32);
+    assert!(offset_of!(VcpuTimeInfo, tsc_timestamp) == 8);
+    assert!(offset_of!(VcpuTimeInfo, system_time) == 16);
+    assert!(offset_of!(VcpuTimeInfo, tsc_to_system_mul) == 24);
+    assert!(offset_of!(VcpuTimeInfo, tsc_shift) == 28);
+    assert!(size_of::<VcpuInfo>() == 64);
+    assert!(offset_of!(VcpuInfo, evtchn_pending_sel) == 8);
+    assert!(offset_of!(VcpuInfo, time) == 32);
+    assert!(UPCALL_MASK_OFFSET == 1);
+};
+
+/// Offsets in `struct shared_info` (x86_64: 32 legacy vcpu_info, then
+/// 64-word pending and mask bitmaps).
+pub mod shinfo {
+    /// `evtchn_pending[64]`.
+    pub const EVTCHN_PENDING: usize = 32 * 64;
+    /// Words in each bitmap.
+    pub const WORDS: usize = 64;
+}
+
+/// `struct xencons_interface` (`io/console.h`).
+#[repr(C)]
+pub struct XenconsInterface {
+    /// Input ring (to the guest).
+    pub input: [u8; 1024],
+    /// Output ring (from the guest).
+    pub output: [u8; 2048],
+    /// Input consumer.
+    pub in_cons: u32,
+    /// Input producer.
+    pub in_prod: u32,
+    /// Output consumer (xenconsoled).
+    pub out_cons: u32,
+    /// Output producer (us).
+    pub out_prod: u32,
+}
+
+const _: () = {
+    assert!(offset_of!(XenconsInterface, output) == 1024);
+    assert!(offset_of!(XenconsInterface, in_cons) == 3072);
+    assert!(offset_of!(XenconsInterface, out_cons) == 3080);
+    assert!(offset_of!(XenconsInterface, out_prod) == 3084);
+    assert!(size_of::<XenconsInterface>() == 3088);
+};
+
+/// `struct mmu_update`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct MmuUpdate {
+    /// Machine address of the entry, with the command in its low bits.
+    pub ptr: u64,
+    /// The new entry.
+    pub val: u64,
+}
+
+const _: () = assert!(size_of::<MmuUpdate>() == 16);
+
+/// `struct xen_memory_reservation`.
+#[repr(C)]
+pub struct MemoryReservation {
+    /// `XEN_GUEST_HANDLE(xen_pfn_t)`: the gpfns in, the mfns out (PV).
+    pub extent_start: u64,
+    /// Entries in the list.
+    pub nr_extents: u64,
+    /// Pages per extent, log 2.
+    pub extent_order: u32,
+    /// `XENMEMF_*`.
+    pub mem_flags: u32,
+    /// The domain.
+    pub domid: u16,
+}
+
+const _: () = {
+    assert!(size_of::<MemoryReservation>() == 32);
+    assert!(offset_of!(MemoryReservation, nr_extents) == 8);
+    assert!(offset_of!(MemoryReservation, extent_order) == 16);
+    assert!(offset_of!(MemoryReservation, mem_flags) == 20);
+    assert!(offset_of!(MemoryReservation, domid) == 24);
+};
+
+/// `struct evtchn_bind_virq`.
+#[repr(C)]
+pub struct EvtchnBindVirq {
+    /// The VIRQ.
+    pub virq: u32,
+    /// The vcpu.
+    pub vcpu: u32,
+    /// Out: the port.
+    pub port: u32,
+}
+
+const _: () = assert!(size_of::<EvtchnBindVirq>() == 12);
+
+/// `struct evtchn_bind_interdomain`.
+#[repr(C)]
+pub struct EvtchnBindInterdomain {
+    /// The remote domain.
+    pub remote_dom: u16,
+    /// Its unbound port.
+    pub remote_port: u32,
+    /// Out: our port.
+    pub local_port: u32,
+}
+
+const _: () = {
+    assert!(size_of::<EvtchnBindInterdomain>() == 12);
+    assert!(offset_of!(EvtchnBindInterdomain, remote_port) == 4);
+    assert!(offset_of!(EvtchnBindInterdomain, local_port) == 8);
+};
+
+/// `struct gnttab_map_grant_ref`.
+#[repr(C)]
+pub struct GnttabMapGrantRef {
+    /// Where to map (GNTMAP_host_map: a virtual address).
+    pub host_addr: u64,
+    /// `GNTMAP_*`.
+    pub flags: u32,
+    /// The grant reference.
+    pub gref: u32,
+    /// The granting domain.
+    pub dom: u16,
+    /// Out: `GNTST_*` (0 = okay).
+    pub status: i16,
+    /// Out: the handle to unmap with.
+    pub handle: u32,
+    /// Out: bus address (unused).
+    pub dev_bus_addr: u64,
+}
+
+const _: () = {
+    assert!(size_of::<GnttabMapGrantRef>() == 32);
+    assert!(offset_of!(GnttabMapGrantRef, flags) == 8);
+    assert!(offset_of!(GnttabMapGrantRef, gref) == 12);
+    assert!(offset_of!(GnttabMapGrantRef, dom) == 16);
+    assert!(offset_of!(GnttabMapGrantRef, status) == 18);
+    assert!(offset_of!(GnttabMapGrantRef, handle) == 20);
+    assert!(offset_of!(GnttabMapGrantRef, dev_bus_addr) == 24);
+};
