@@ -1,8 +1,9 @@
 //! The PV kernel platform: boot (`boot`), hypercalls (`hypercall`, ABI
 //! layouts in `abi`), the console ring (`console`), memory (`mm`), time
 //! (`time`), events and sleeping (`event`), the runtime pieces (`rt`), the
-//! platform the server and backends see (`platform`), and the loop that
-//! serves dom0's ring (`serve`) until part SERVER's loop replaces it.
+//! platform the server and backends see (`platform`); `kmain` starts
+//! the library's `Server` over the hypercall backends of `evtchn` and
+//! `gnttab`.
 
 mod abi;
 mod arith;
@@ -13,12 +14,14 @@ mod hypercall;
 mod mm;
 mod platform;
 mod rt;
-mod serve;
 mod time;
 
 use core::ptr::addr_of;
 
 use console::kprintln;
+use evtchn::hypercall::HypercallEventChannel;
+use gnttab::hypercall::{HypercallDomainInfo, HypercallPageMapper};
+use xenstored_stubdom::Server;
 
 extern "C" {
     /// The end of the image (pv.ld).
@@ -70,12 +73,23 @@ extern "C" fn kmain(si: *const abi::StartInfo, boot_rsp: usize) -> ! {
     if let Err(e) = unsafe { mm::init(si, boot_rsp, image_end) } {
         panic!("memory: {e}");
     }
-    serve::memreport(0);
+    if let Some(line) = platform::heap_report() {
+        kprintln!("{line}");
+    }
     // SAFETY: event::init mapped shared_info; this is the only `Xen`.
-    let xen = unsafe { platform::Xen::new() };
+    let xen = alloc::sync::Arc::new(unsafe { platform::Xen::new() });
+    let windows = xen.grant_windows();
+    let evtchn = HypercallEventChannel::new(xen.clone());
+    // SAFETY: `mm::init` reserved the window (L1 tables present, entries
+    // empty) and nothing else maps into it; this is its only mapper.
+    let mapper = match unsafe { HypercallPageMapper::new(xen.clone(), windows) } {
+        Ok(m) => m,
+        Err(e) => panic!("grant window: {e}"),
+    };
+    let dominfo = HypercallDomainInfo::new(xen);
     let cmd = alloc::string::String::from(cmdline(si));
-    match serve::run(&xen, &cmd) {
-        Ok(()) => panic!("the server stopped"),
-        Err(e) => panic!("serving dom0: {e}"),
+    match Server::new(&cmd, evtchn, mapper, dominfo, platform::KernelHost) {
+        Ok(mut server) => server.run(),
+        Err(e) => panic!("xenstored-stubdom cannot start: {e}"),
     }
 }
