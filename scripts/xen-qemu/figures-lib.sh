@@ -60,14 +60,20 @@ xs_raw_write() {
 
 # fill_until_full NAME: write nodes until a write fails: batches of BATCH,
 # then 50, 5, and single writes (no transaction), so NODES ends exact.
-# Figure NAME: the nodes written; NAME-error: what the failing write got.
+# Figure NAME: the nodes written; NAME-error: what the failing write got,
+# or "no-answer" when the store stopped answering (then returns 1).
 fill_until_full() {
   _s=$(now)
   for _b in $BATCH 50 5 1; do
     # shellcheck disable=SC2046
-    while dev xenstore-write $(fill_args "$NODES" "$_b") 2>/dev/null; do
+    while env XENSTORED_PATH=/dev/xen/xenbus timeout 120 xenstore-write $(fill_args "$NODES" "$_b") 2>/dev/null; do
       NODES=$((NODES + _b))
     done
+    if ! env XENSTORED_PATH=/dev/xen/xenbus timeout 20 xenstore-read $FILL/n0 > /dev/null 2>&1; then
+      figure "$1" "$NODES" "nodes written by dom0 when the store stopped answering ($(since "$_s") s, batch $_b)"
+      figure "$1-error" no-answer
+      return 1
+    fi
   done
   _err=$(xs_raw_write "$FILL/n$NODES" "value-of-node-$NODES")
   figure "$1" "$NODES" "nodes written by dom0 until a write failed ($(since "$_s") s); that write got '$_err'"
