@@ -12,7 +12,9 @@
 #   stubdom   the freestanding no_std binary (stubdom/) built, run, and
 #             its reply to a READ checked byte for byte
 #   real-xen  Debian's Xen 4.17 booted in QEMU: the Linux-backend tests in
-#             dom0, then xenstored-lite serving dom0 and a PV guest
+#             dom0, then xenstored-lite serving dom0 and a PV guest, and
+#             the xenstored-stubdom kernel in a stub domain serving dom0 and
+#             two PV guests (scripts/xen-qemu-daemon.sh's scenarios)
 #
 # It installs what it needs first (scripts/install-test-deps.sh, an
 # idempotent apt-get). Every tier runs even when an earlier one failed; the

@@ -1,7 +1,7 @@
 #!/bin/bash
 # xenstored-lite on real Xen 4.17 (Debian) in QEMU/TCG, in place of Xen's
 # own xenstored (the Linux-backend device tests are in
-# scripts/xen-qemu-devtests.sh). Two boots:
+# scripts/xen-qemu-devtests.sh), and in a stub domain. One boot each:
 #
 #  lite       xenstored-lite started in dom0 in place of C xenstored (Linux
 #             backends, no mock) serves dom0's own ring (xsd_kva) and its
@@ -22,12 +22,18 @@
 #             /etc/default/xen, Debian's /etc/init.d/xen starts it (fork, pid
 #             file), a PV guest over its ring, start-stop-daemon --stop.
 #             (scripts/xen-qemu/deb.sh; files from scripts/xen-qemu/deb-files.sh)
+#  stubdom    xenstore in a stub domain: the xenstored-stubdom PV kernel
+#             (`cargo build --release -p xenstored-stubdom`) started by
+#             Debian's init-xenstore-domain with no daemon in dom0; dom0's
+#             tools through /dev/xen/xenbus, two looping PV guests, xl
+#             destroy of one.                  (scripts/xen-qemu/stubdom.sh)
 #
-#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [deb]     # default: all
+#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [deb] [stubdom]  # default: all
 #
 # The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
 # (default /var/tmp/xenqemu) when missing or out of date.
 # XENQEMU_KEEP_LOGS=DIR keeps each boot's console log in DIR.
+# XENQEMU_STUB_KERNEL=ELF boots that stub kernel instead of building one.
 # Prints "SKIPPED: <reason>" and exits 77 only when QEMU or the Debian
 # packages cannot be installed or downloaded; when a step fails, prints the
 # daemon's log, the guest's console and dom0's console, and exits 1.
@@ -36,7 +42,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/xen-qemu-image.sh"
 TARGET=${XENQEMU_TARGET_DIR:-$ROOT/target/deb-build}
-SCENARIOS=${*:-lite c-to-lite deb}
+SCENARIOS=${*:-lite c-to-lite deb stubdom}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)
 XENQEMU_CLEANUP="$WORK"
@@ -49,12 +55,27 @@ cp "$ROOT/scripts/xen-qemu/guest-loop.sh" "$WORK/guest/guest.sh"
 case " $SCENARIOS " in
   *" deb "*) bash "$ROOT/scripts/xen-qemu/deb-files.sh" "$WORK/files/deb" "$TARGET" ;;
 esac
+case " $SCENARIOS " in
+  *" stubdom "*)
+    # Alone (-p), so that its dependencies are without std; without the
+    # RUSTFLAGS above, which would replace the kernel's own build flags.
+    if [ -z "${XENQEMU_STUB_KERNEL:-}" ]; then
+      echo "building the xenstored-stubdom kernel"
+      (cd "$ROOT" && env -u RUSTFLAGS CARGO_TARGET_DIR="$TARGET" \
+        cargo build --release -q -p xenstored-stubdom)
+      XENQEMU_STUB_KERNEL=$TARGET/release/xenstored-stubdom
+    fi
+    cp "$XENQEMU_STUB_KERNEL" "$WORK/files/xenstored-stubdom" ;;
+esac
 
 passed=0 failed=0
 for scenario in $SCENARIOS; do
   cmd=$ROOT/scripts/xen-qemu/$scenario.sh
   [ -f "$cmd" ] || { echo "unknown scenario $scenario"; exit 2; }
-  marker="LIVE-UPDATE-$(echo "$scenario" | tr a-z A-Z) PASS"
+  case $scenario in
+    stubdom) marker="STUBDOM PASS" ;;
+    *) marker="LIVE-UPDATE-$(echo "$scenario" | tr a-z A-Z) PASS" ;;
+  esac
   log=$WORK/$scenario.console.log
   echo "==== $scenario: booting Xen 4.17 + dom0 in QEMU ===="
   start=$(date +%s)
@@ -65,7 +86,7 @@ for scenario in $SCENARIOS; do
   wall=$(( $(date +%s) - start ))
   [ -z "${XENQEMU_KEEP_LOGS:-}" ] || { mkdir -p "$XENQEMU_KEEP_LOGS"; cp "$log" "$XENQEMU_KEEP_LOGS/"; }
   if [ "$rc" -eq 0 ] && grep -aq "$marker" "$log"; then
-    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' -e '^  tx| '
+    tr -d '\r' < "$log" | grep -a -e 'XENQEMU\[' -e '^  xsl| ' -e '^  guest| ' -e '^  tx| ' -e '^  stub| ' -e '^  init-xenstore-domain| '
     echo "==== $scenario: PASS in $wall s ===="
     passed=$((passed + 1))
   else

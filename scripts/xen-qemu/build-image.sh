@@ -214,7 +214,10 @@ gzip -9 -f "$OUT/domU.cpio"
 # ------------------------------------------------------------ dom0
 say "building dom0's initramfs"
 new_tree "$D0"
-for b in xl xenstored oxenstored xenconsoled xenconsole xen-init-dom0 xenstore-control; do
+# init-xenstore-domain starts a xenstore stub domain (scripts/xen-qemu/
+# stubdom.sh); xenctx dumps a domain's vCPU state (a stub's early crashes).
+for b in xl xenstored oxenstored xenconsoled xenconsole xen-init-dom0 xenstore-control \
+         init-xenstore-domain xenctx; do
   if [ "$b" = oxenstored ] && [ ! -e "$XENBIN/$b" ]; then
     say "no oxenstored in xen-utils-$XENVER: the image goes without it"; continue
   fi
@@ -223,7 +226,9 @@ for b in xl xenstored oxenstored xenconsoled xenconsole xen-init-dom0 xenstore-c
 done
 # glibc dlopen()s libgcc_s for pthread_cancel and unwinding.
 add_lib "$D0" "/$MULTIARCH/libgcc_s.so.1"
-mkdir -p "$D0/etc/xen" "$D0/var/lib/xen" "$D0/var/lib/xenstored" "$D0/var/log/xen/console"
+# init-xenstore-domain hangs without /var/lib/xen, and writes its pid file
+# into /var/run/xen (/var/run is a link to /run).
+mkdir -p "$D0/etc/xen" "$D0/var/lib/xen" "$D0/run/xen" "$D0/var/lib/xenstored" "$D0/var/log/xen/console"
 [ ! -f "$STAGE/etc/xen/oxenstored.conf" ] || cp "$STAGE/etc/xen/oxenstored.conf" "$D0/etc/xen/"
 # No ballooning (dom0 has fixed memory) and no hotplug scripts (the
 # guests have neither network nor disks).
