@@ -149,10 +149,11 @@ pub static mut BOOT_STACK: Stack = Stack([0; STACK_SIZE]);
 extern "C" {
     /// The page Xen filled with hypercall stubs.
     pub static hypercall_page: [u8; 4096];
-    /// Mapped over by shared_info (`event::init`).
-    pub static shared_info_page: [u8; 4096];
-    /// Mapped over by the console ring.
-    pub static console_page: [u8; 4096];
+    /// Mapped over by shared_info (`event::init`). `mut`: Xen writes it
+    /// at any time; only its address is ever taken (no Rust reference).
+    pub static mut shared_info_page: [u8; 4096];
+    /// Mapped over by the console ring (`mut`, address only, likewise).
+    pub static mut console_page: [u8; 4096];
     /// The event upcall's entry.
     pub fn xen_event_callback();
     /// The failsafe callback's entry.

@@ -12,7 +12,7 @@
 //! channel backend.
 
 use core::arch::asm;
-use core::ptr::{addr_of, NonNull};
+use core::ptr::{addr_of, addr_of_mut, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use super::abi::{self, op, pte, sched, EvtchnBindVirq, UPCALL_MASK_OFFSET};
@@ -74,11 +74,9 @@ pub fn init(maddr: u64) -> Result<(), HypercallError> {
 
 /// The shared_info page.
 pub fn shared_info() -> NonNull<u8> {
-    NonNull::from(
-        // SAFETY: only the address of the extern static is taken.
-        unsafe { &shared_info_page },
-    )
-    .cast()
+    // Only the address is taken: no Rust reference to a page Xen writes.
+    let page = addr_of_mut!(shared_info_page).cast::<u8>();
+    NonNull::new(page).unwrap_or(NonNull::dangling())
 }
 
 /// Sleeps until an event is pending or system time `deadline_ns` passes

@@ -25,6 +25,7 @@ use talc::{OomHandler, Span, Talc};
 
 use super::abi::{self, mem, pte, MemoryReservation, MmuUpdate, StartInfo};
 use super::arith::{entry_maddr, table_index};
+use super::console::kprintln;
 use super::hypercall::{self, arg, arg_mut, HypercallError};
 
 // The kernel is x86_64 only: usize is 64 bits, so a u64 fits exactly.
@@ -319,6 +320,12 @@ impl OomHandler for Grow {
             OOM.store(true, Ordering::Relaxed);
             return Err(());
         }
+        // (kprintln does not allocate: it formats straight onto the ring.)
+        kprintln!(
+            "stubdom: heap grew by {added} pages ({} grown, {} more allowed)",
+            talc.oom_handler.grown,
+            talc.oom_handler.can_grow()
+        );
         let old = talc.oom_handler.heap;
         let Some((base, acme)) = old.get_base_acme() else {
             return Err(());

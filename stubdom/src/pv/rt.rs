@@ -15,6 +15,15 @@ use super::{hypercall, mm};
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if mm::OOM.load(Ordering::Relaxed) {
         kprintln!("stubdom: out of memory: the heap is full and the domain may not grow");
+        if let Some(s) = mm::stats() {
+            kprintln!(
+                "stubdom: heap {} KiB used, {} KiB free, {} pages at start, {} grown",
+                s.used / 1024,
+                s.free / 1024,
+                s.boot_pages,
+                s.grown_pages
+            );
+        }
     }
     kprintln!("stubdom: {info}");
     hypercall::crash()
