@@ -5,7 +5,7 @@
 #[path = "../../stubdom/src/pv/arith.rs"]
 mod arith;
 
-use arith::{entry_maddr, event_port, ring_offset, room, scale, table_index, CONSOLE_OUT_SIZE};
+use arith::{entry_maddr, ring_offset, room, scale, table_index, CONSOLE_OUT_SIZE};
 
 #[test]
 fn time_scaling_follows_vcpu_time_info() {
@@ -54,15 +54,4 @@ fn page_table_indices_and_entry_addresses() {
     );
     assert_eq!(entry_maddr(0x1234, 0), 0x123_4000);
     assert_eq!(entry_maddr(0x1234, 511), 0x123_4000 + 511 * 8);
-}
-
-#[test]
-fn the_event_port_comes_from_the_command_line() {
-    assert_eq!(event_port("--event 21"), Some(21));
-    assert_eq!(event_port("--event=7 --foo"), Some(7));
-    assert_eq!(event_port("--internal-db --event 3"), Some(3));
-    assert_eq!(event_port(""), None);
-    assert_eq!(event_port("--event"), None);
-    assert_eq!(event_port("--event x"), None);
-    assert_eq!(event_port("--events 4"), None);
 }

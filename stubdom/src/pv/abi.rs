@@ -18,8 +18,6 @@ pub mod op {
     pub const UPDATE_VA_MAPPING: u32 = 14;
     /// `set_timer_op`.
     pub const SET_TIMER_OP: u32 = 15;
-    /// `grant_table_op`.
-    pub const GRANT_TABLE_OP: u32 = 20;
     /// `iret` (jumped to, never called).
     pub const IRET: u32 = 23;
     /// `vcpu_op`.
@@ -59,22 +57,12 @@ pub mod mem {
 
 /// `event_channel_op` commands (`event_channel.h`).
 pub mod evtchn {
-    /// `EVTCHNOP_bind_interdomain`.
-    pub const BIND_INTERDOMAIN: u64 = 0;
     /// `EVTCHNOP_bind_virq`.
     pub const BIND_VIRQ: u64 = 1;
     /// `EVTCHNOP_send`.
     pub const SEND: u64 = 4;
     /// `VIRQ_TIMER`: the one-shot timer of `set_timer_op`.
     pub const VIRQ_TIMER: u32 = 0;
-}
-
-/// `grant_table_op` commands and flags (`grant_table.h`).
-pub mod gnttab {
-    /// `GNTTABOP_map_grant_ref`.
-    pub const MAP_GRANT_REF: u64 = 0;
-    /// `GNTMAP_host_map`: map at `host_addr` in the current page tables.
-    pub const GNTMAP_HOST_MAP: u32 = 1 << 1;
 }
 
 /// `vcpu_op` commands (`vcpu.h`).
@@ -228,15 +216,6 @@ const _: () = {
     assert!(offset_of!(VcpuInfo, time) == 32);
     assert!(UPCALL_MASK_OFFSET == 1);
 };
-
-/// Offsets in `struct shared_info` (x86_64: 32 legacy vcpu_info, then
-/// 64-word pending and mask bitmaps).
-pub mod shinfo {
-    /// `evtchn_pending[64]`.
-    pub const EVTCHN_PENDING: usize = 32 * 64;
-    /// Words in each bitmap.
-    pub const WORDS: usize = 64;
-}
 
 /// `struct xencons_interface` (`io/console.h`).
 #[repr(C)]

@@ -43,17 +43,3 @@ pub fn table_index(va: usize, level: u32) -> usize {
 pub fn entry_maddr(mfn: u64, index: usize) -> u64 {
     (mfn << 12) + (index as u64) * 8
 }
-
-/// `--event N` (or `--event=N`) from the stub's command line.
-pub fn event_port(cmdline: &str) -> Option<u32> {
-    let mut words = cmdline.split_ascii_whitespace();
-    while let Some(w) = words.next() {
-        if w == "--event" {
-            return words.next()?.parse().ok();
-        }
-        if let Some(v) = w.strip_prefix("--event=") {
-            return v.parse().ok();
-        }
-    }
-    None
-}
