@@ -244,3 +244,9 @@ fn test_cut_off_sets_the_error_word() {
     assert!(conn.is_dead());
     assert_eq!(guest(&page).error(), RingErrorCode::Proto);
 }
+
+#[test]
+fn test_budget_is_four_ring_fulls() {
+    // What fairness is measured in (the constant's docs).
+    assert_eq!(READ_BUDGET, 4096);
+}
