@@ -98,7 +98,6 @@ second_guest_cfg() {
 # loop runs.
 boot_loop_guest() {
   s=$(now)
-  rm -f "$GUEST_CONSOLE"
   timeout 180 xl create "${1:-/guest/guest.cfg}" || fail "xl create"
   D=$(xl domid $GUEST) || fail "xl domid $GUEST"
   xq_log "guest $GUEST is domain $D (xl create: $(since $s) s)"

@@ -13,7 +13,9 @@ STUB_CONSOLE=/var/log/xen/console/guest-Xenstore.log
 # shellcheck disable=SC2034
 XSL_LOG=$STUB_CONSOLE
 STUB_MEM=${STUB_MEM:-8}
-RATES=${RATES:-1}
+RATES=${RATES:-1}             # 0: no read and write rates
+MID=${MID:-10000}             # the second memreport's node count
+FULL=${FULL:-1}               # 0: do not fill the store up
 
 # memreport WHEN: xenstore-control memreport, and the lines the stub then
 # printed on its console, as "MEMREPORT WHEN | line".
@@ -22,6 +24,8 @@ memreport() {
   _out=$(t $XSCTL memreport 2>&1) || xq_log "xenstore-control memreport failed: $_out"
   sleep 1    # xenconsoled's copy of the console
   tail -n +$((_n0 + 1)) "$STUB_CONSOLE" | tr -d '\r' | sed "s/^/MEMREPORT $1 | /"
+  # the kernel's last heap line (it prints one as the requests served double)
+  grep -a 'memreport: heap' "$STUB_CONSOLE" | tail -1 | tr -d '\r' | sed "s/^/MEMREPORT $1 (last heap line) | /"
   [ -z "$_out" ] || echo "$_out" | sed "s/^/MEMREPORT $1 (reply) | /"
 }
 
@@ -40,13 +44,15 @@ memreport after-boot
 fill_to 1000 || fail "writing 1,000 nodes"
 memreport 1000-nodes
 if [ "$RATES" = 1 ]; then
-  timed_fill stub-write-more 10000
+  timed_fill stub-write-more "$MID"
 else
-  fill_to 10000 || fail "writing 10,000 nodes"
+  fill_to "$MID" || fail "writing $MID nodes"
 fi
-memreport 10000-nodes
+memreport "$MID-nodes"
 [ "$RATES" = 1 ] && read_rate stub-read
-if fill_until_full stub$STUB_MEM-full; then
+if [ "$FULL" = 0 ]; then
+  :
+elif fill_until_full stub$STUB_MEM-full; then
   memreport full
   # Still serving after the failed writes?
   [ "$(dev xenstore-read $FILL/n0)" = value-of-node-0 ] || fail "the stub does not answer after it filled up"

@@ -23,7 +23,8 @@
 # scripts/test.sh (about 15-30 minutes of TCG).
 # Env: XENQEMU_DIR (the image, as the other harnesses), XENQEMU_STUB_KERNEL
 # (an ELF instead of building one), FIGURES_BOOTS (default "dom0 stub8
-# stub32"), READS ROUNDS REPEATS BATCH (figures-lib.sh).
+# stub32"), READS ROUNDS REPEATS BATCH (figures-lib.sh), MID FULL
+# (figures-stub.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,7 +58,7 @@ fig=$OUT/figures.txt
   echo "# QEMU: $("$IMAGE/qemu/usr/bin/qemu-system-x86_64" --version | head -1), TCG, -cpu qemu64, 2 vCPUs, 1536 MB (dom0 512 MB)"
   echo "# Xen $(ls "$IMAGE/debs" | sed -n 's/^xen-hypervisor-4.17-amd64_\(.*\)_amd64.deb$/\1/p'), dom0 Linux $(cat "$IMAGE/kernel-version")"
   echo "# stub kernel: $(stat -c %s "$WORK/files/xenstored-stubdom") bytes"
-  echo "# READS=${READS:-1000} ROUNDS=${ROUNDS:-5} REPEATS=${REPEATS:-3} BATCH=${BATCH:-500}"
+  echo "# READS=${READS:-1000} ROUNDS=${ROUNDS:-5} REPEATS=${REPEATS:-3} BATCH=${BATCH:-500} MID=${MID:-10000} FULL=${FULL:-1}"
 } > "$fig"
 
 failed=0
@@ -69,7 +70,7 @@ for boot in $BOOTS; do
     *) echo "unknown boot $boot"; exit 2 ;;
   esac
   # The settings first, then the command.
-  { for v in READS ROUNDS REPEATS BATCH; do
+  { for v in READS ROUNDS REPEATS BATCH MID FULL; do
       [ -z "${!v:-}" ] || echo "$v=${!v}"
     done
     for v in $pre; do echo "$v"; done

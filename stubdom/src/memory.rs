@@ -65,6 +65,17 @@ mod tests {
     }
 
     #[test]
+    fn test_reserve_is_the_documented_figure() {
+        // A 4 KiB request keeps 320 KiB free (the module's docs).
+        let big = msg(MsgType::Write, &[b'x'; 4080]);
+        assert_eq!(big.wire_len(), 4096);
+        assert_eq!(needed(&big), 320 * 1024);
+        // Whatever the request, 256 KiB stay free.
+        let empty = msg(MsgType::Read, b"");
+        assert!(refuse(256 * 1024 - 1, &empty));
+    }
+
+    #[test]
     fn test_what_gives_memory_back_is_never_refused() {
         for m in [
             msg(MsgType::Rm, &build_args(&[b"/a"])),

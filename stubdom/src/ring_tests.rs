@@ -244,3 +244,24 @@ fn test_cut_off_sets_the_error_word() {
     assert!(conn.is_dead());
     assert_eq!(guest(&page).error(), RingErrorCode::Proto);
 }
+
+#[test]
+fn test_budget_is_four_ring_fulls() {
+    // What fairness is measured in (the constant's docs).
+    assert_eq!(READ_BUDGET, 4096);
+}
+
+#[test]
+fn test_budget_spent_exactly_on_what_was_there_leaves_nothing_more() {
+    let (mut conn, page) = setup();
+    let one = req(MsgType::Read, 1, vec![b'a'; 48]).to_bytes();
+    guest(&page).write(&one.repeat(RING_SIZE / 64)).unwrap();
+    let mut got = Vec::new();
+    let out = conn.read_requests(RING_SIZE, &mut got).unwrap();
+    assert_eq!(out.bytes, RING_SIZE);
+    assert!(!out.more, "the ring is empty: nothing is left for later");
+    // One byte more is more.
+    guest(&page).write(&one).unwrap();
+    let out = conn.read_requests(63, &mut got).unwrap();
+    assert!(out.more);
+}

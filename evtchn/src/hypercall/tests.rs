@@ -657,6 +657,18 @@ fn test_xen_errno_from_ret_and_names() {
     assert_eq!(XenErrno::from_ret(i64::MIN), Some(XenErrno(i32::MAX)));
     assert_eq!(XenErrno::EACCES.to_string(), "Xen error EACCES (13)");
     assert_eq!(XenErrno(1000).to_string(), "Xen error 1000");
+    for (errno, name) in [
+        (XenErrno::EPERM, "EPERM"),
+        (XenErrno::ESRCH, "ESRCH"),
+        (XenErrno::ENOMEM, "ENOMEM"),
+        (XenErrno::EACCES, "EACCES"),
+        (XenErrno::EFAULT, "EFAULT"),
+        (XenErrno::EINVAL, "EINVAL"),
+        (XenErrno::ENOSPC, "ENOSPC"),
+        (XenErrno::ENOSYS, "ENOSYS"),
+    ] {
+        assert_eq!(errno.name(), Some(name));
+    }
 }
 
 #[cfg(feature = "std")]
