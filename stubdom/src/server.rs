@@ -407,10 +407,8 @@ where
             // The engine may stop taking requests mid-batch (quota,
             // throttle): the rest are still its (as the dom0 shell does
             // with what one read gave).
+            // (Rings go only in `do_actions`: `conn` outlives the batch.)
             self.request(conn, &msg);
-            if !self.conns.contains_key(&conn) {
-                break;
-            }
         }
         self.requests = requests;
         match read {

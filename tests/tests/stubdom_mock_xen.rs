@@ -32,10 +32,13 @@ struct TestHost {
     start: Instant,
     logs: Arc<Mutex<Vec<String>>>,
     free: Arc<AtomicUsize>,
+    /// Clock reads (two per turn of the loop).
+    clock_reads: Arc<AtomicUsize>,
 }
 
 impl Host for TestHost {
     fn now_ms(&self) -> u64 {
+        self.clock_reads.fetch_add(1, Ordering::SeqCst);
         u64::try_from(self.start.elapsed().as_millis()).unwrap()
     }
     fn log(&self, line: &str) {
@@ -107,6 +110,7 @@ impl World {
             start: Instant::now(),
             logs: Arc::default(),
             free: Arc::new(AtomicUsize::new(usize::MAX)),
+            clock_reads: Arc::default(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let cmdline = format!("--event {port} --internal-db {extra}");
@@ -540,6 +544,7 @@ fn start_error(cmdline: &str, grant: bool) -> StartError {
         start: Instant::now(),
         logs: Arc::default(),
         free: Arc::new(AtomicUsize::new(usize::MAX)),
+        clock_reads: Arc::default(),
     };
     Server::new(
         cmdline,
@@ -568,4 +573,36 @@ fn test_misconfigured_stub_refuses_to_start() {
         start_error("--event 2000", true),
         StartError::BindDom0 { port: 2000, .. }
     ));
+}
+
+#[test]
+fn test_idle_server_sleeps_instead_of_spinning() {
+    let (world, mut dom0) = World::start();
+    let mut guest = world.create_guest(&mut dom0);
+    let home = format!("/local/domain/{}", domid(&guest));
+    guest.write(0, &format!("{home}/k"), b"v").unwrap();
+    dom0.write(0, "/k", b"v").unwrap();
+    // Nothing to do: the loop waits (up to IDLE_WAIT_MS per turn) rather
+    // than turning. A bound that only a spinning loop exceeds: a correct
+    // one turns at most a few times in this interval, however slow the
+    // machine (each turn is a wait that ends on an event or after 1 s).
+    let before = world.host.clock_reads.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let turns = (world.host.clock_reads.load(Ordering::SeqCst) - before) / 2;
+    assert!(turns <= 20, "{turns} turns while idle");
+}
+
+#[test]
+fn test_throttled_guest_resumes_as_time_passes() {
+    // Two writes at once, then 50 per second, while a transaction is
+    // open (C's rule): the guest's writes are delayed, never refused.
+    let (world, mut dom0) = World::start_with("--rate-limit writes=50 --rate-limit burst=2");
+    let mut guest = world.create_guest(&mut dom0);
+    let home = format!("/local/domain/{}", domid(&guest));
+    let tx = dom0.transaction_start().unwrap();
+    for i in 0..10 {
+        guest.write(0, &format!("{home}/n{i}"), b"v").unwrap();
+    }
+    dom0.transaction_end(tx, false).unwrap();
+    assert_eq!(guest.read(0, &format!("{home}/n9")).unwrap(), b"v");
 }

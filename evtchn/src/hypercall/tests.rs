@@ -126,7 +126,11 @@ unsafe impl Hypervisor for FakeXen {
     }
 
     fn block(&self, deadline_ns: Option<u64>) {
-        self.calls.lock().unwrap().push(Call::Block(deadline_ns));
+        {
+            let mut calls = self.calls.lock().unwrap();
+            assert!(calls.len() < 1000, "wait spins on block");
+            calls.push(Call::Block(deadline_ns));
+        }
         if self.upcall() {
             return;
         }
