@@ -161,61 +161,15 @@ const _: () = {
     assert!(offset_of!(StartInfo, nr_p2m_frames) == 1160);
 };
 
-/// `struct vcpu_time_info` (`xen.h`).
-#[repr(C)]
-pub struct VcpuTimeInfo {
-    /// Odd while Xen updates the record.
-    pub version: u32,
-    /// Padding.
-    pub pad0: u32,
-    /// TSC at the last update.
-    pub tsc_timestamp: u64,
-    /// System time (ns) at the last update.
-    pub system_time: u64,
-    /// TSC to ns: `((tsc - tsc_timestamp) << tsc_shift) * mul >> 32`.
-    pub tsc_to_system_mul: u32,
-    /// The shift (negative: right).
-    pub tsc_shift: i8,
-    /// `XEN_PVCLOCK_*`.
-    pub flags: u8,
-    /// Padding.
-    pub pad1: [u8; 2],
-}
-
-/// `struct vcpu_info` (`xen.h`, x86_64 `arch_vcpu_info`).
-#[repr(C)]
-pub struct VcpuInfo {
-    /// Set by Xen when a port became pending in a selected word.
-    pub evtchn_upcall_pending: u8,
-    /// Non-zero: no upcall is delivered.
-    pub evtchn_upcall_mask: u8,
-    /// Padding.
-    pub pad: [u8; 6],
-    /// Which words of `evtchn_pending` have news.
-    pub evtchn_pending_sel: u64,
-    /// `arch.cr2`.
-    pub cr2: u64,
-    /// `arch.pad`.
-    pub arch_pad: u64,
-    /// The clock.
-    pub time: VcpuTimeInfo,
-}
+// The shared_info layouts and the event-channel structures are
+// `evtchn`'s (size- and offset-checked against Xen's headers there).
+pub use ::evtchn::hypercall::abi::{EvtchnBindVirq, VcpuTimeInfo};
 
 /// Offset of vcpu 0's `evtchn_upcall_mask` in shared_info (the upcall
 /// handler's asm writes it).
-pub const UPCALL_MASK_OFFSET: usize = offset_of!(VcpuInfo, evtchn_upcall_mask);
+pub const UPCALL_MASK_OFFSET: usize = ::evtchn::hypercall::abi::OFFSET_UPCALL_MASK;
 
-const _: () = {
-    assert!(size_of::<VcpuTimeInfo>() == 32);
-    assert!(offset_of!(VcpuTimeInfo, tsc_timestamp) == 8);
-    assert!(offset_of!(VcpuTimeInfo, system_time) == 16);
-    assert!(offset_of!(VcpuTimeInfo, tsc_to_system_mul) == 24);
-    assert!(offset_of!(VcpuTimeInfo, tsc_shift) == 28);
-    assert!(size_of::<VcpuInfo>() == 64);
-    assert!(offset_of!(VcpuInfo, evtchn_pending_sel) == 8);
-    assert!(offset_of!(VcpuInfo, time) == 32);
-    assert!(UPCALL_MASK_OFFSET == 1);
-};
+const _: () = assert!(UPCALL_MASK_OFFSET == 1);
 
 /// `struct xencons_interface` (`io/console.h`).
 #[repr(C)]
@@ -275,63 +229,4 @@ const _: () = {
     assert!(offset_of!(MemoryReservation, extent_order) == 16);
     assert!(offset_of!(MemoryReservation, mem_flags) == 20);
     assert!(offset_of!(MemoryReservation, domid) == 24);
-};
-
-/// `struct evtchn_bind_virq`.
-#[repr(C)]
-pub struct EvtchnBindVirq {
-    /// The VIRQ.
-    pub virq: u32,
-    /// The vcpu.
-    pub vcpu: u32,
-    /// Out: the port.
-    pub port: u32,
-}
-
-const _: () = assert!(size_of::<EvtchnBindVirq>() == 12);
-
-/// `struct evtchn_bind_interdomain`.
-#[repr(C)]
-pub struct EvtchnBindInterdomain {
-    /// The remote domain.
-    pub remote_dom: u16,
-    /// Its unbound port.
-    pub remote_port: u32,
-    /// Out: our port.
-    pub local_port: u32,
-}
-
-const _: () = {
-    assert!(size_of::<EvtchnBindInterdomain>() == 12);
-    assert!(offset_of!(EvtchnBindInterdomain, remote_port) == 4);
-    assert!(offset_of!(EvtchnBindInterdomain, local_port) == 8);
-};
-
-/// `struct gnttab_map_grant_ref`.
-#[repr(C)]
-pub struct GnttabMapGrantRef {
-    /// Where to map (GNTMAP_host_map: a virtual address).
-    pub host_addr: u64,
-    /// `GNTMAP_*`.
-    pub flags: u32,
-    /// The grant reference.
-    pub gref: u32,
-    /// The granting domain.
-    pub dom: u16,
-    /// Out: `GNTST_*` (0 = okay).
-    pub status: i16,
-    /// Out: the handle to unmap with.
-    pub handle: u32,
-    /// Out: bus address (unused).
-    pub dev_bus_addr: u64,
-}
-
-const _: () = {
-    assert!(size_of::<GnttabMapGrantRef>() == 32);
-    assert!(offset_of!(GnttabMapGrantRef, flags) == 8);
-    assert!(offset_of!(GnttabMapGrantRef, gref) == 12);
-    assert!(offset_of!(GnttabMapGrantRef, dom) == 16);
-    assert!(offset_of!(GnttabMapGrantRef, status) == 18);
-    assert!(offset_of!(GnttabMapGrantRef, handle) == 20);
-    assert!(offset_of!(GnttabMapGrantRef, dev_bus_addr) == 24);
 };
