@@ -36,6 +36,18 @@ struct TestHost {
     clock_reads: Arc<AtomicUsize>,
 }
 
+impl TestHost {
+    /// Memory without limit, no lines yet.
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            logs: Arc::default(),
+            free: Arc::new(AtomicUsize::new(usize::MAX)),
+            clock_reads: Arc::default(),
+        }
+    }
+}
+
 impl Host for TestHost {
     fn now_ms(&self) -> u64 {
         self.clock_reads.fetch_add(1, Ordering::SeqCst);
@@ -71,27 +83,8 @@ impl World {
     /// Starts the stub with `extra` after the launcher's words; returns
     /// dom0's client over its ring.
     fn start_with(extra: &str) -> (Self, Client<Guest>) {
-        let connector = Connector::new_local().unwrap();
-        let Connector::Local(hv) = &connector else {
-            unreachable!()
-        };
-        hv.lock()
-            .unwrap()
-            .create_domain_with_id(STUB, true, 0)
-            .unwrap();
-        let toolstack = connector.connect(0).unwrap();
-        // IOCTL_XENBUS_BACKEND_SETUP: dom0's page to the stub as grant
-        // ref 1, a port left unbound for it.
-        let Response::Domain(dom0) = call(&toolstack, Request::DomainRecord { domid: 0 }) else {
-            panic!("no dom0 record")
-        };
-        toolstack
-            .call_ok(&Request::Grant {
-                gref: 1,
-                mfn: dom0.store_mfn,
-                to: STUB,
-            })
-            .unwrap();
+        let (connector, toolstack, dom0) = stub_machine(true);
+        // IOCTL_XENBUS_BACKEND_SETUP's other half: a port left unbound.
         let port = toolstack
             .call_port(&Request::AllocUnbound {
                 domid: 0,
@@ -106,12 +99,7 @@ impl World {
             },
         )
         .unwrap();
-        let host = TestHost {
-            start: Instant::now(),
-            logs: Arc::default(),
-            free: Arc::new(AtomicUsize::new(usize::MAX)),
-            clock_reads: Arc::default(),
-        };
+        let host = TestHost::new();
         let stop = Arc::new(AtomicBool::new(false));
         let cmdline = format!("--event {port} --internal-db {extra}");
         let (tx, rx) = mpsc::channel();
@@ -517,8 +505,10 @@ fn test_quota_from_the_command_line_applies_to_guests() {
     }
 }
 
-/// The start-up errors a misconfigured stub reports.
-fn start_error(cmdline: &str, grant: bool) -> StartError {
+/// A machine with the (privileged) stub domain and the toolstack's
+/// connection; with `grant`, dom0's xenstore page granted to the stub as
+/// ref 1, as IOCTL_XENBUS_BACKEND_SETUP does. Returns dom0's record too.
+fn stub_machine(grant: bool) -> (Connector, Conn, DomainRecord) {
     let connector = Connector::new_local().unwrap();
     let Connector::Local(hv) = &connector else {
         unreachable!()
@@ -528,10 +518,10 @@ fn start_error(cmdline: &str, grant: bool) -> StartError {
         .create_domain_with_id(STUB, true, 0)
         .unwrap();
     let toolstack = connector.connect(0).unwrap();
+    let Response::Domain(dom0) = call(&toolstack, Request::DomainRecord { domid: 0 }) else {
+        panic!("no dom0 record")
+    };
     if grant {
-        let Response::Domain(dom0) = call(&toolstack, Request::DomainRecord { domid: 0 }) else {
-            panic!()
-        };
         toolstack
             .call_ok(&Request::Grant {
                 gref: 1,
@@ -540,12 +530,13 @@ fn start_error(cmdline: &str, grant: bool) -> StartError {
             })
             .unwrap();
     }
-    let host = TestHost {
-        start: Instant::now(),
-        logs: Arc::default(),
-        free: Arc::new(AtomicUsize::new(usize::MAX)),
-        clock_reads: Arc::default(),
-    };
+    (connector, toolstack, dom0)
+}
+
+/// The start-up errors a misconfigured stub reports.
+fn start_error(cmdline: &str, grant: bool) -> StartError {
+    let (connector, _toolstack, _dom0) = stub_machine(grant);
+    let host = TestHost::new();
     Server::new(
         cmdline,
         MockEventChannel::open(&connector, STUB).unwrap(),
