@@ -20,6 +20,8 @@
 
 extern crate alloc;
 
+use alloc::string::String;
+
 pub mod cmdline;
 pub mod memory;
 pub mod ring;
@@ -36,4 +38,9 @@ pub trait Host {
     fn log(&self, line: &str);
     /// Bytes the heap can still give (free + what it can still grow by).
     fn free_memory(&self) -> usize;
+    /// The heap's own figures, one line, added to `memreport`'s report
+    /// (the engine's report counts the store, not the allocator).
+    fn heap_report(&self) -> Option<String> {
+        None
+    }
 }

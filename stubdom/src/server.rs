@@ -630,6 +630,9 @@ where
                 for line in report.lines() {
                     self.host.log(line);
                 }
+                if let Some(heap) = self.host.heap_report() {
+                    self.host.log(&heap);
+                }
                 self.engine.answer_control(conn, &header, "OK");
             }
         }

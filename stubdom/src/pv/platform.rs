@@ -72,6 +72,10 @@ impl Host for KernelHost {
     fn free_memory(&self) -> usize {
         mm::stats().map_or(0, |s| s.free.saturating_add(s.can_grow))
     }
+
+    fn heap_report(&self) -> Option<alloc::string::String> {
+        heap_report()
+    }
 }
 
 /// The heap's figures, as one line (memreport's and start-up's).
