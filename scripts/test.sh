@@ -9,8 +9,8 @@
 #             C xenstored
 #   package   the Debian package: its contents, man page, unit, and the
 #             daemon started exactly as Debian's /etc/init.d/xen does
-#   stubdom   the freestanding no_std binary (stubdom/) built, run, and
-#             its reply to a READ checked byte for byte
+#   stubdom   the stub domain's PV kernel built alone and its ELF notes
+#             checked (scripts/stubdom.sh)
 #   real-xen  Debian's Xen 4.17 booted in QEMU: the Linux-backend tests in
 #             dom0, then xenstored-lite serving dom0 and a PV guest, and
 #             the xenstored-stubdom kernel in a stub domain serving dom0 and
