@@ -24,8 +24,8 @@ memreport() {
   _out=$(t $XSCTL memreport 2>&1) || xq_log "xenstore-control memreport failed: $_out"
   sleep 1    # xenconsoled's copy of the console
   tail -n +$((_n0 + 1)) "$STUB_CONSOLE" | tr -d '\r' | sed "s/^/MEMREPORT $1 | /"
-  # the kernel's last heap line (it prints one as the requests served double)
-  grep -a 'memreport: heap' "$STUB_CONSOLE" | tail -1 | tr -d '\r' | sed "s/^/MEMREPORT $1 (last heap line) | /"
+  # the kernel's last heap line (at start-up, then after each memreport)
+  grep -a 'heap [0-9]* KiB used' "$STUB_CONSOLE" | tail -1 | tr -d '\r' | sed "s/^/MEMREPORT $1 (last heap line) | /"
   [ -z "$_out" ] || echo "$_out" | sed "s/^/MEMREPORT $1 (reply) | /"
 }
 
