@@ -99,6 +99,28 @@ pub enum CmdlineError {
     /// No `--event`: dom0's ring cannot be found.
     #[error("no --event <port>: dom0's xenstore port is unknown")]
     NoEvent,
+    /// `start_info.cmd_line` is not text: the options from this byte on
+    /// would be lost, so none is taken.
+    #[error("the command line is not UTF-8 from byte {at} on")]
+    NotText {
+        /// The offset of the first byte that is not UTF-8.
+        at: usize,
+    },
+}
+
+/// The command line held in `start_info.cmd_line`: its bytes up to the
+/// first NUL (all of them if there is none), as text. Bytes that are not
+/// UTF-8 are an error, never cut off: the options after them would be lost
+/// without a word.
+pub fn from_start_info(cmd_line: &[u8]) -> Result<&str, CmdlineError> {
+    let len = cmd_line
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(cmd_line.len());
+    let bytes = cmd_line.get(..len).unwrap_or_default();
+    core::str::from_utf8(bytes).map_err(|e| CmdlineError::NotText {
+        at: e.valid_up_to(),
+    })
 }
 
 /// Options that take a value.

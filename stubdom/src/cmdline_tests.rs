@@ -208,6 +208,29 @@ fn test_last_event_wins_and_white_space_is_any() {
     );
 }
 
+#[test]
+fn test_start_info_text_ends_at_the_nul_and_refuses_non_utf8() {
+    let mut page = [0u8; 1024];
+    page[..19].copy_from_slice(b"--event 5 -E 100\0-K");
+    assert_eq!(from_start_info(&page), Ok("--event 5 -E 100"));
+    // No NUL: every byte is the line.
+    assert_eq!(from_start_info(b"--event 5"), Ok("--event 5"));
+    assert_eq!(from_start_info(b""), Ok(""));
+    // A byte that is not UTF-8 is named, not cut off with what follows.
+    assert_eq!(
+        from_start_info(b"--event 5 \xff -K"),
+        Err(CmdlineError::NotText { at: 10 })
+    );
+    assert_eq!(
+        from_start_info(b"--event 5 \xff -K")
+            .unwrap_err()
+            .to_string(),
+        "the command line is not UTF-8 from byte 10 on"
+    );
+    // Bad bytes after the NUL are not the command line's.
+    assert_eq!(from_start_info(b"--event 5\0\xff"), Ok("--event 5"));
+}
+
 proptest! {
     /// Any text: a config or a typed error, never a panic.
     #[test]

@@ -25,7 +25,14 @@ use xenstored_lite::replay::player;
 use xenstored_lite::shell::state::ShellState;
 
 /// The targets, as named in `fuzz/Cargo.toml`.
-const TARGETS: [&str; 5] = ["decoder", "ring_server", "engine", "migration", "recording"];
+const TARGETS: [&str; 6] = [
+    "decoder",
+    "ring_server",
+    "engine",
+    "migration",
+    "recording",
+    "stub_cmdline",
+];
 
 /// `target -> (file name -> bytes)`.
 type Corpus = BTreeMap<&'static str, BTreeMap<String, Vec<u8>>>;
@@ -460,6 +467,45 @@ fn migration_corpus() -> BTreeMap<String, Vec<u8>> {
     ])
 }
 
+/// `start_info.cmd_line` as launchers write it: Xen 4.17's
+/// init-xenstore-domain (`--event N --internal-db`, then `--param` text),
+/// later releases' `--domid`, every option once, and refusals.
+fn stub_cmdline_corpus() -> BTreeMap<String, Vec<u8>> {
+    let accepted = [
+        ("xen-4.17", "--event 5 --internal-db"),
+        (
+            "xen-4.17-param",
+            "--event 7 --internal-db -E 50 --quota memory=1000 -K",
+        ),
+        ("xen-later", "--event 3 --domid 12"),
+        (
+            "every-option",
+            "--event=9 -S 100 -W 7 -t 3 -A 2 -M 99 -q memory=500 -w watch-event=5 \
+             --rate-limit writes=0 --priv-event-queue 4096 --guest-log-interval 3 \
+             --priv-domid 4 -V --verbose --entry-nb=11 -Q nodes=10",
+        ),
+    ];
+    let refused = [
+        ("no-event", "--internal-db"),
+        ("not-in-stub", "--event 1 --socket /run/x"),
+        ("bad-number", "--event 1 -E lots"),
+    ];
+    let mut out = BTreeMap::new();
+    for (name, line) in accepted {
+        xenstored_stubdom::cmdline::parse(line).expect("an accepted seed");
+        // As start_info holds it: NUL-terminated.
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.push(0);
+        out.insert(name.to_string(), bytes);
+    }
+    for (name, line) in refused {
+        assert!(xenstored_stubdom::cmdline::parse(line).is_err(), "{line}");
+        out.insert(name.to_string(), line.as_bytes().to_vec());
+    }
+    out.insert("not-utf8".to_string(), b"--event 5 \xff -K".to_vec());
+    out
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -471,6 +517,7 @@ fn corpus() -> Corpus {
         ("engine", engine_corpus()),
         ("migration", migration_corpus()),
         ("recording", recording_corpus()),
+        ("stub_cmdline", stub_cmdline_corpus()),
     ])
 }
 

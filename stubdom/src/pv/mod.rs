@@ -21,28 +21,11 @@ use core::ptr::addr_of;
 use console::kprintln;
 use evtchn::hypercall::HypercallEventChannel;
 use gnttab::hypercall::{HypercallDomainInfo, HypercallPageMapper};
-use xenstored_stubdom::Server;
+use xenstored_stubdom::{cmdline, Server};
 
 extern "C" {
     /// The end of the image (pv.ld).
     static _end: u8;
-}
-
-/// The command line (start_info's, up to its NUL), as text; anything not
-/// UTF-8 ends it.
-fn cmdline(si: &abi::StartInfo) -> &str {
-    let len = si
-        .cmd_line
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(si.cmd_line.len());
-    let bytes = si.cmd_line.get(..len).unwrap_or_default();
-    match core::str::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => {
-            core::str::from_utf8(bytes.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or("")
-        }
-    }
 }
 
 /// Called by `_start` with Xen's start_info and Xen's initial stack
@@ -60,10 +43,15 @@ extern "C" fn kmain(si: *const abi::StartInfo, boot_rsp: usize) -> ! {
         .position(|&b| b == 0)
         .unwrap_or(si.magic.len());
     let magic = core::str::from_utf8(si.magic.get(..magic_len).unwrap_or_default()).unwrap_or("?");
+    // A line that is not text is refused below (the panic prints why).
+    let line = cmdline::from_start_info(&si.cmd_line);
+    let shown = match &line {
+        Ok(text) => text,
+        Err(_) => "(not UTF-8)",
+    };
     kprintln!(
-        "xenstored-stubdom: starting on {magic}, {} pages, cmdline \"{}\"",
+        "xenstored-stubdom: starting on {magic}, {} pages, cmdline \"{shown}\"",
         si.nr_pages,
-        cmdline(si)
     );
     if let Err(e) = event::init(si.shared_info) {
         panic!("events: {e}");
@@ -87,8 +75,11 @@ extern "C" fn kmain(si: *const abi::StartInfo, boot_rsp: usize) -> ! {
         Err(e) => panic!("grant window: {e}"),
     };
     let dominfo = HypercallDomainInfo::new(xen);
-    let cmd = alloc::string::String::from(cmdline(si));
-    match Server::new(&cmd, evtchn, mapper, dominfo, platform::KernelHost) {
+    let cmd = match line {
+        Ok(text) => text,
+        Err(e) => panic!("xenstored-stubdom cannot start: {e}"),
+    };
+    match Server::new(cmd, evtchn, mapper, dominfo, platform::KernelHost) {
         Ok(mut server) => server.run(),
         Err(e) => panic!("xenstored-stubdom cannot start: {e}"),
     }
