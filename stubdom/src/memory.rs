@@ -4,10 +4,24 @@
 //! crashes the domain when it runs out; no guest may be able to drive it
 //! there.
 //!
-//! The rule: refuse when `Host::free_memory() < MEMORY_RESERVE +
-//! REQUEST_COST_FACTOR * wire length`, for every request but those that
-//! only give memory back (RM, UNWATCH, RELEASE, RESET_WATCHES, and a
-//! transaction's abort), whose small replies the reserve covers.
+//! The rule, by what a request can do to the heap:
+//!
+//! * requests that may grow the store (writes, watches, transactions,
+//!   introductions): refused when `Host::free_memory() < MEMORY_RESERVE +
+//!   REQUEST_COST_FACTOR * wire length`;
+//! * requests that only read (READ, DIRECTORY, DIRECTORY_PART, GET_PERMS,
+//!   GET_DOMAIN_PATH, IS_DOMAIN_INTRODUCED) and dom0's controls (`check`,
+//!   `memreport`: the engine refuses a guest's before doing any work):
+//!   their reply or report is all they allocate, so they pass down to
+//!   [`READ_RESERVE`]; a full store can still be read and diagnosed, and
+//!   what to remove can be found;
+//! * requests that only give memory back (RM, UNWATCH, RELEASE,
+//!   RESET_WATCHES, and a transaction's abort) are never refused: the
+//!   reserves cover their small replies.
+//!
+//! A low-memory episode ends only when [`RECOVERED`] bytes are free
+//! again ([`recovered`]), so a store held at its limit is one episode, not
+//! a pair of console lines per request.
 
 use xenring::{Message, MsgType};
 
@@ -21,9 +35,41 @@ pub const MEMORY_RESERVE: usize = 256 * 1024;
 /// watch events it fires (one per watcher) and its reply.
 pub const REQUEST_COST_FACTOR: usize = 16;
 
+/// Bytes kept free below a request that only reads: its reply (at most
+/// a 4 KiB payload), watch events it cannot fire, and the engine's
+/// transient bookkeeping, many times over.
+pub const READ_RESERVE: usize = 64 * 1024;
+
+/// Free bytes at which a low-memory episode is over: the reserve of the
+/// largest request, and as much again for the store to grow.
+pub const RECOVERED: usize = 2 * (MEMORY_RESERVE + 4096 * REQUEST_COST_FACTOR);
+
 /// The free memory a request needs to be handed to the engine.
 pub fn needed(msg: &Message) -> usize {
+    if only_reads(msg) {
+        return READ_RESERVE;
+    }
     MEMORY_RESERVE.saturating_add(msg.wire_len().saturating_mul(REQUEST_COST_FACTOR))
+}
+
+/// Whether handling `msg` only reads the store (or, for XS_CONTROL,
+/// reports on it): its reply is all it allocates.
+pub fn only_reads(msg: &Message) -> bool {
+    matches!(
+        msg.msg_type(),
+        Ok(MsgType::Read
+            | MsgType::Directory
+            | MsgType::DirectoryPart
+            | MsgType::GetPerms
+            | MsgType::GetDomainPath
+            | MsgType::IsDomainIntroduced
+            | MsgType::Control)
+    )
+}
+
+/// Whether `free` bytes end a low-memory episode.
+pub fn recovered(free: usize) -> bool {
+    free >= RECOVERED
 }
 
 /// Whether handling `msg` can only give memory back (it is then never
@@ -70,9 +116,48 @@ mod tests {
         let big = msg(MsgType::Write, &[b'x'; 4080]);
         assert_eq!(big.wire_len(), 4096);
         assert_eq!(needed(&big), 320 * 1024);
-        // Whatever the request, 256 KiB stay free.
-        let empty = msg(MsgType::Read, b"");
+        // Whatever the request that may grow the store, 256 KiB stay free.
+        let empty = msg(MsgType::Write, b"");
         assert!(refuse(256 * 1024 - 1, &empty));
+        // The episode ends with room for two of the largest requests.
+        assert_eq!(RECOVERED, 640 * 1024);
+        assert!(!recovered(RECOVERED - 1));
+        assert!(recovered(RECOVERED));
+    }
+
+    #[test]
+    fn test_reads_pass_down_to_the_read_reserve() {
+        for ty in [
+            MsgType::Read,
+            MsgType::Directory,
+            MsgType::DirectoryPart,
+            MsgType::GetPerms,
+            MsgType::GetDomainPath,
+            MsgType::IsDomainIntroduced,
+            MsgType::Control,
+        ] {
+            // However long the path: the reply is what it costs.
+            let m = msg(ty, &build_args(&[&[b'a'; 3000]]));
+            assert!(only_reads(&m), "{ty:?}");
+            assert_eq!(needed(&m), READ_RESERVE, "{ty:?}");
+            assert!(!refuse(READ_RESERVE, &m), "{ty:?}");
+            assert!(refuse(READ_RESERVE - 1, &m), "{ty:?}");
+        }
+        // Nothing that may grow the store passes there.
+        for ty in [
+            MsgType::Write,
+            MsgType::Mkdir,
+            MsgType::SetPerms,
+            MsgType::Watch,
+            MsgType::TransactionStart,
+            MsgType::Introduce,
+            MsgType::SetTarget,
+            MsgType::Resume,
+        ] {
+            let m = msg(ty, &build_args(&[b"/a"]));
+            assert!(!only_reads(&m), "{ty:?}");
+            assert!(refuse(MEMORY_RESERVE - 1, &m), "{ty:?}");
+        }
     }
 
     #[test]
@@ -89,7 +174,6 @@ mod tests {
         }
         for m in [
             msg(MsgType::TransactionEnd, b"T\0"),
-            msg(MsgType::Read, &build_args(&[b"/a"])),
             msg(MsgType::Watch, &build_args(&[b"/a", b"t"])),
             msg(MsgType::TransactionStart, b""),
         ] {

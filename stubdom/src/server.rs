@@ -122,7 +122,8 @@ pub struct Server<E, M, D, H> {
     /// Domains seen to exist: only these are dead when Xen lacks them.
     seen_alive: BTreeSet<DomId>,
     /// Requests answered ENOMEM in the current low-memory episode (`Some`
-    /// while it lasts; logged at its start and its end).
+    /// from the first refusal until `memory::recovered`; logged at its
+    /// start and its end).
     refused: Option<u64>,
     /// Waiting for events is failing (logged once per episode).
     wait_failing: bool,
@@ -442,10 +443,16 @@ where
             self.engine.answer_error(conn, &msg.header, XsErrno::ENOMEM);
             return;
         }
-        if let Some(n) = self.refused.take() {
-            self.host.log(&format!(
-                "memory available again ({free} bytes free); {n} requests were answered ENOMEM"
-            ));
+        // The episode ends with room to spare (memory::RECOVERED), not at
+        // the first request that passes: a store held at its limit logs
+        // one episode, not two lines a request.
+        if let Some(n) = self.refused {
+            if memory::recovered(free) {
+                self.refused = None;
+                self.host.log(&format!(
+                    "memory available again ({free} bytes free); {n} requests were answered ENOMEM"
+                ));
+            }
         }
         if msg.header.msg_type != MsgType::Control.raw() {
             self.engine.handle(Input::Request { conn, msg });

@@ -440,6 +440,41 @@ fn test_low_memory_answers_enomem_and_logs_once_per_episode() {
 }
 
 #[test]
+fn test_full_store_is_still_read_and_held_at_its_limit_is_one_episode() {
+    use xenstored_stubdom::memory::{MEMORY_RESERVE, READ_RESERVE, RECOVERED};
+    let (world, mut dom0) = World::start();
+    dom0.write(0, "/kept", b"1").unwrap();
+    // Too little to grow the store, enough for replies: reads are served,
+    // so a full store can be looked at and cleaned up.
+    world.host.free.store(READ_RESERVE, Ordering::SeqCst);
+    assert!(matches!(
+        dom0.write(0, "/more", b"v"),
+        Err(xenring::Error::Xs(XsErrno::ENOMEM))
+    ));
+    assert_eq!(dom0.read(0, "/kept").unwrap(), b"1");
+    assert!(dom0.directory(0, "/").unwrap().iter().any(|c| c == "kept"));
+    // Hovering at the limit (a write passes, the next is refused): still
+    // the same episode, one line.
+    for i in 0..5 {
+        world
+            .host
+            .free
+            .store(MEMORY_RESERVE + 4096, Ordering::SeqCst);
+        dom0.write(0, &format!("/edge{i}"), b"v").unwrap();
+        world.host.free.store(MEMORY_RESERVE - 1, Ordering::SeqCst);
+        assert!(dom0.write(0, "/more", b"v").is_err());
+    }
+    let count = |w: &World, what: &str| w.logs().iter().filter(|l| l.contains(what)).count();
+    assert_eq!(count(&world, "memory low"), 1);
+    assert_eq!(count(&world, "memory available again"), 0);
+    // Room to spare again: the episode ends with its count.
+    world.host.free.store(RECOVERED, Ordering::SeqCst);
+    dom0.write(0, "/after", b"2").unwrap();
+    world.wait_log("memory available again (655360 bytes free); 6 requests were answered ENOMEM");
+    assert_eq!(count(&world, "memory low"), 1);
+}
+
+#[test]
 fn test_control_check_memreport_and_print_reach_the_console() {
     let (world, mut dom0) = World::start();
     dom0.write(0, "/n", b"1").unwrap();
