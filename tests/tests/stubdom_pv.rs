@@ -55,3 +55,26 @@ fn page_table_indices_and_entry_addresses() {
     assert_eq!(entry_maddr(0x1234, 0), 0x123_4000);
     assert_eq!(entry_maddr(0x1234, 511), 0x123_4000 + 511 * 8);
 }
+
+#[test]
+fn emergency_reserve_is_a_bounded_share_of_the_heap() {
+    // --memory 8: about 1,850 heap pages: a sixteenth.
+    assert_eq!(arith::reserve_pages(1850), 115);
+    // --memory 32 and above: at most 2 MiB.
+    assert_eq!(arith::reserve_pages(8000), 500);
+    assert_eq!(arith::reserve_pages(100_000), 512);
+    // Small heaps: 64 pages, but never more than a quarter.
+    assert_eq!(arith::reserve_pages(1024), 64);
+    assert_eq!(arith::reserve_pages(200), 50);
+    assert_eq!(arith::reserve_pages(0), 0);
+}
+
+#[test]
+fn guard_keeps_the_used_reserve_back() {
+    // Held: the allocator's free bytes and the growth left.
+    assert_eq!(arith::guard_free(300, 40, 1000, false), 340);
+    // Handed over: as much is kept back, never below zero.
+    assert_eq!(arith::guard_free(1300, 40, 1000, true), 340);
+    assert_eq!(arith::guard_free(900, 40, 1000, true), 0);
+    assert_eq!(arith::guard_free(usize::MAX, 1, 0, false), usize::MAX);
+}

@@ -43,3 +43,26 @@ pub fn table_index(va: usize, level: u32) -> usize {
 pub fn entry_maddr(mfn: u64, index: usize) -> u64 {
     (mfn << 12) + (index as u64) * 8
 }
+
+/// The heap's emergency reserve: pages kept out of the allocator at start
+/// and handed to it only when an allocation fails and the domain may not
+/// grow (fragmentation can defeat the memory guard's count of free bytes:
+/// a block of tens of KiB may find no room with hundreds of KiB free in
+/// pieces). A sixteenth of the boot heap, 64 pages at least, 512 at most,
+/// and never more than a quarter of the heap.
+pub fn reserve_pages(heap_pages: usize) -> usize {
+    (heap_pages / 16).clamp(64, 512).min(heap_pages / 4)
+}
+
+/// The free bytes the memory guard is told of: while the reserve is held
+/// it is not in the allocator, so what the allocator has free is the
+/// figure; once it was handed over, as much is kept back, so the guard
+/// refuses growth as it did before (until that much more is freed).
+pub fn guard_free(available: usize, can_grow: usize, reserve: usize, reserve_used: bool) -> usize {
+    let free = available.saturating_add(can_grow);
+    if reserve_used {
+        free.saturating_sub(reserve)
+    } else {
+        free
+    }
+}

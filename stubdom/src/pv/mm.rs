@@ -13,8 +13,12 @@
 //!
 //! Above the domain's pages lies the growth range (L1 tables made at
 //! start, entries empty), filled by `populate_physmap` when the heap runs
-//! out, up to the domain's maximum reservation. Far above, at
-//! [`WINDOW_BASE`], the grant window: tables made, entries empty.
+//! out, up to the domain's maximum reservation. Below the heap, the
+//! emergency reserve (`arith::reserve_pages`), handed to the allocator
+//! only when an allocation fails with no growth left, so that a block the
+//! fragmented heap cannot place does not crash the domain; the memory
+//! guard keeps its worth back afterwards. Far above, at [`WINDOW_BASE`],
+//! the grant window: tables made, entries empty.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -24,7 +28,7 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use talc::{OomHandler, Span, Talc};
 
 use super::abi::{self, mem, pte, MemoryReservation, MmuUpdate, StartInfo};
-use super::arith::{entry_maddr, table_index};
+use super::arith::{entry_maddr, reserve_pages, table_index};
 use super::console::kprintln;
 use super::hypercall::{self, arg, arg_mut, HypercallError};
 
@@ -245,6 +249,12 @@ pub struct Grow {
     /// L1 frames of the growth range, by 2 MiB chunk from `first_pfn`.
     first_pfn: u64,
     l1_mfns: [u64; us(MAX_GROWTH_L1S)],
+    /// The emergency reserve (`arith::reserve_pages`): mapped pages of
+    /// our own below the heap, kept out of the allocator until an
+    /// allocation fails with no growth left; empty once handed over.
+    reserve: Span,
+    /// Its size.
+    reserve_bytes: usize,
 }
 
 impl Grow {
@@ -317,6 +327,22 @@ impl OomHandler for Grow {
         let pages = bytes.div_ceil(PAGE).max(GROW_MIN_PAGES) as u64;
         let added = talc.oom_handler.populate(pages);
         if added == 0 {
+            // No growth left: the reserve, once. The memory guard keeps
+            // its worth back from then on (arith::guard_free).
+            let reserve = core::mem::replace(&mut talc.oom_handler.reserve, Span::empty());
+            if !reserve.is_empty() {
+                // SAFETY: the reserve's pages are mapped, ours, and used by
+                // nothing: kept out of the allocator since `init`, and
+                // taken out of `Grow` above, so claimed only once.
+                if unsafe { talc.claim(reserve) }.is_ok() {
+                    kprintln!(
+                        "stubdom: the heap is full: its emergency reserve ({} KiB) is in use; \
+                         requests that grow the store are refused until as much is freed",
+                        talc.oom_handler.reserve_bytes / 1024
+                    );
+                    return Ok(());
+                }
+            }
             OOM.store(true, Ordering::Relaxed);
             return Err(());
         }
@@ -424,6 +450,10 @@ pub struct HeapStats {
     pub boot_pages: usize,
     /// Pages added since.
     pub grown_pages: usize,
+    /// Bytes of the emergency reserve.
+    pub reserve: usize,
+    /// Whether the reserve was handed to the allocator.
+    pub reserve_used: bool,
 }
 
 /// The heap's figures now (`None` while the allocator is busy).
@@ -436,6 +466,8 @@ pub fn stats() -> Option<HeapStats> {
             can_grow: us(t.oom_handler.can_grow()).saturating_mul(PAGE),
             boot_pages: BOOT_PAGES.load(Ordering::Relaxed),
             grown_pages: us(t.oom_handler.grown),
+            reserve: t.oom_handler.reserve_bytes,
+            reserve_used: t.oom_handler.reserve_bytes > 0 && t.oom_handler.reserve.is_empty(),
         }
     })
 }
@@ -524,11 +556,14 @@ pub unsafe fn init(si: &StartInfo, boot_rsp: usize, image_end: usize) -> Result<
     }
     let end_pfn = ((first_chunk + made) * ENTRIES as u64).max(nr_pages);
 
-    let heap_base = us(frames.next_free) * PAGE;
+    let free_base = us(frames.next_free) * PAGE;
     let heap_end = us(nr_pages) * PAGE;
-    if heap_base >= heap_end {
+    if free_base >= heap_end {
         return Err(MmError::NoTablePage(frames.next_free));
     }
+    // The reserve below the heap: growth extends the heap at its top.
+    let reserve_bytes = reserve_pages((heap_end - free_base) / PAGE) * PAGE;
+    let heap_base = free_base + reserve_bytes;
     let mut talc = Talc::new(Grow {
         heap: Span::empty(),
         next_pfn: nr_pages,
@@ -537,6 +572,8 @@ pub unsafe fn init(si: &StartInfo, boot_rsp: usize, image_end: usize) -> Result<
         grown: 0,
         first_pfn: first_chunk * ENTRIES as u64,
         l1_mfns,
+        reserve: Span::new(free_base as *mut u8, heap_base as *mut u8),
+        reserve_bytes,
     });
     let span = Span::new(heap_base as *mut u8, heap_end as *mut u8);
     // SAFETY: the span is mapped, free pages of our own (above every boot

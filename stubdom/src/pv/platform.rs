@@ -70,7 +70,9 @@ impl Host for KernelHost {
     }
 
     fn free_memory(&self) -> usize {
-        mm::stats().map_or(0, |s| s.free.saturating_add(s.can_grow))
+        mm::stats().map_or(0, |s| {
+            super::arith::guard_free(s.free, s.can_grow, s.reserve, s.reserve_used)
+        })
     }
 
     fn heap_report(&self) -> Option<alloc::string::String> {
@@ -83,11 +85,13 @@ pub fn heap_report() -> Option<alloc::string::String> {
     let s = mm::stats()?;
     Some(alloc::format!(
         "xenstored-stubdom: heap {} KiB used, {} KiB free, can grow {} KiB; \
-         {} pages at start, {} grown",
+         {} pages at start, {} grown; reserve {} KiB {}",
         s.used / 1024,
         s.free / 1024,
         s.can_grow / 1024,
         s.boot_pages,
-        s.grown_pages
+        s.grown_pages,
+        s.reserve / 1024,
+        if s.reserve_used { "in use" } else { "held" }
     ))
 }
