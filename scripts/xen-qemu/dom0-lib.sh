@@ -63,14 +63,16 @@ dom0_tools_work() {
   t xenstore-write /tool/lu-test "$v" || fail "dom0: xenstore-write failed"
   [ "$(t xenstore-read /tool/lu-test)" = "$v" ] || fail "dom0: xenstore-read did not give back what it wrote"
   [ "$(t xenstore-read /local/domain/0/name)" = Domain-0 ] || fail "dom0: /local/domain/0/name is not Domain-0"
-  t xenstore-ls -f / > /tmp/ls.out || fail "dom0: xenstore-ls failed"
+  ls_s=$(now)
+  t xenstore-ls -f / > /tmp/ls.out || fail "dom0: xenstore-ls failed after $(since "$ls_s") s"
+  ls_t=$(since "$ls_s")
   [ "$(t $XSCTL check | tr -d '\n')" = OK ] || fail "dom0: xenstore-control check"
   v="ring-$s"
   ring xenstore-write /tool/lu-ring "$v" || fail "dom0's ring: xenstore-write failed"
   [ "$(ring xenstore-read /tool/lu-ring)" = "$v" ] \
     || fail "dom0's ring: xenstore-read did not give back what it wrote"
   [ "$(t xenstore-read /tool/lu-ring)" = "$v" ] || fail "dom0's ring write not seen over the socket"
-  xq_log "dom0 tools work: write, read, xenstore-ls ($(wc -l < /tmp/ls.out) nodes), xenstore-control check; write and read over dom0's ring ($(since $s) s)"
+  xq_log "dom0 tools work: write, read, xenstore-ls ($(wc -l < /tmp/ls.out) nodes in $ls_t s), xenstore-control check; write and read over dom0's ring ($(since $s) s)"
 }
 
 guest_ready() { [ "$(t xenstore-read /local/domain/$D/data/ready 2>/dev/null)" = 1 ]; }
