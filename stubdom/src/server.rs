@@ -500,9 +500,9 @@ where
     }
 
     /// Writes what is queued for `conn`; notifies the guest if anything
-    /// was written. A ring that takes requests again is read again.
+    /// was written. (A ring that takes requests again once its output is
+    /// gone is read next turn: `look_again` finds its requests.)
     fn flush(&mut self, conn: ConnId) {
-        let before = self.engine.accepts_requests(conn);
         let Some(ring) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -513,10 +513,7 @@ where
         match ring.write_responses(|| engine.pop_output(conn)) {
             Ok(0) => {}
             Ok(_) => self.notify(conn),
-            Err(e) => return self.fail(conn, &Failure::Indices(e)),
-        }
-        if !before && self.engine.accepts_requests(conn) {
-            self.dirty.insert(conn);
+            Err(e) => self.fail(conn, &Failure::Indices(e)),
         }
     }
 
