@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod c_daemon;
+pub mod c_restore;
 
 /// How long anything may take before a test gives up (a bound, not a sleep).
 pub const LIMIT: Duration = Duration::from_secs(60);
