@@ -679,7 +679,7 @@ pub fn to_c417(stream: &Stream, opts: &C417Options) -> Result<C417Stream, C417Re
     let mut conns: Vec<ConnectionData> = Vec::new();
     let synthesized_dom0 = match rings.iter().find(|(_, _, r)| r.domid == 0) {
         Some((_, c, r)) => {
-            if r.tdomid != DOMID_INVALID && r.tdomid != 0 {
+            if r.tdomid != DOMID_INVALID {
                 return Err(C417Refusal::Dom0Target {
                     conn_id: c.conn_id,
                     tdomid: r.tdomid,

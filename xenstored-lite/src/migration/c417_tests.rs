@@ -732,6 +732,17 @@ fn test_conversion_refuses_targets_it_cannot_order() {
             tdomid: 8
         }
     );
+    // Dom0 naming any target (even itself) cannot come first.
+    let mut r = ours_typical();
+    r[2] = ring(2, 0, 0, 20);
+    let e = to_c417(&ours(r), &C417Options::default()).unwrap_err();
+    assert_eq!(
+        e,
+        C417Refusal::Dom0Target {
+            conn_id: 2,
+            tdomid: 0
+        }
+    );
     let mut r = ours_typical();
     r[3] = ring(5, 5, 5, 30);
     let e = to_c417(&ours(r), &C417Options::default()).unwrap_err();
