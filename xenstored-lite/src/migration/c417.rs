@@ -25,6 +25,8 @@
 //!   database): no socket record and no node before it;
 //! * a ring's target domain (`tdomid`) has its ring record earlier;
 //! * a watch comes after its connection's record;
+//! * a connection's pending output is the rest of a half-sent message
+//!   (`out-resp-len` octets), then whole messages;
 //! * every node is committed (C commits transaction nodes): `conn-id` and
 //!   `tx-id` 0; `perm-count` at least 1; the owner (first permission) is
 //!   dom0 or a domain whose ring record came earlier; parents before
@@ -297,6 +299,18 @@ pub enum C417Refusal {
         /// Its target.
         tdomid: DomId,
     },
+    /// Pending output that is not whole messages after its half-sent one.
+    #[error("record {index}: connection {conn_id}'s pending output is not whole messages after its first {out_resp_len} octets (a message is cut at octet {offset}): C xenstored 4.17 would stop")]
+    PartialOutput {
+        /// The record.
+        index: usize,
+        /// The connection.
+        conn_id: u32,
+        /// Its `out-resp-len`.
+        out_resp_len: u16,
+        /// Where, in `out-data`, the cut message starts.
+        offset: usize,
+    },
     /// A watch before (or without) its connection's record.
     #[error("record {index}: watch {path:?} (token {token:?}) of connection {conn_id} comes before that connection's record (or it has none)")]
     WatchBeforeConnection {
@@ -484,6 +498,31 @@ pub struct C417Summary {
     pub watches: usize,
 }
 
+/// Checks that `c`'s pending output is its half-sent message's rest
+/// (`out-resp-len` octets) then whole `xs_wire` messages, as C queues it.
+fn whole_output(index: usize, c: &ConnectionData) -> Result<(), C417Refusal> {
+    let start = usize::from(c.out_resp_len);
+    let mut at = start;
+    while at < c.out_data.len() {
+        let whole = Fields(&c.out_data)
+            .u32(at + 12)
+            .and_then(|len| usize::try_from(len).ok())
+            .and_then(|len| len.checked_add(16))
+            .and_then(|n| at.checked_add(n))
+            .filter(|&end| end <= c.out_data.len());
+        let Some(end) = whole else {
+            return Err(C417Refusal::PartialOutput {
+                index,
+                conn_id: c.conn_id,
+                out_resp_len: c.out_resp_len,
+                offset: at,
+            });
+        };
+        at = end;
+    }
+    Ok(())
+}
+
 fn lossy(token: &[u8]) -> String {
     String::from_utf8_lossy(token).into_owned()
 }
@@ -564,6 +603,7 @@ pub fn to_c417(stream: &Stream, opts: &C417Options) -> Result<C417Stream, C417Re
                 global = Some(*g);
             }
             Record::Connection(c) => {
+                whole_output(index, c)?;
                 used_ids.insert(c.conn_id);
                 match c.spec {
                     ConnSpec::Ring(r) => {
@@ -1113,6 +1153,7 @@ pub fn check_c417(bytes: &[u8]) -> Result<C417Summary, C417Refusal> {
                             tdomid: r.tdomid,
                         });
                     }
+                    whole_output(index, c)?;
                     rings.insert(r.domid, c.conn_id);
                     conns.insert(c.conn_id);
                     summary.rings += 1;
@@ -1124,6 +1165,7 @@ pub fn check_c417(bytes: &[u8]) -> Result<C417Summary, C417Refusal> {
                             conn_id: c.conn_id,
                         });
                     }
+                    whole_output(index, c)?;
                     conns.insert(c.conn_id);
                     summary.sockets += 1;
                 }

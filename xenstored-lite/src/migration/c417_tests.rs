@@ -480,12 +480,65 @@ fn test_each_rule_refuses_its_breach() {
         matches!(e, C417Refusal::RecordTruncated { index: 9, .. })
     }));
 
+    cases.push((
+        "pending output ends inside a message",
+        with(|r| {
+            if let Record::Connection(c) = &mut r[3] {
+                // A whole 3-octet reply, then 10 octets of a 16-octet header.
+                c.out_data = [
+                    &[2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0][..],
+                    b"OK\0",
+                ]
+                .concat();
+                c.out_data.extend_from_slice(&[0; 10]);
+            }
+        }),
+        |e| {
+            matches!(
+                e,
+                C417Refusal::PartialOutput {
+                    index: 3,
+                    conn_id: 3,
+                    out_resp_len: 0,
+                    offset: 19
+                }
+            )
+        },
+    ));
     for (name, input, expected) in cases {
         match check_c417(&input) {
             Err(e) => assert!(expected(&e), "{name}: refused for another rule: {e}"),
             Ok(s) => panic!("{name}: accepted ({s:?})"),
         }
     }
+}
+
+#[test]
+fn test_half_sent_output_then_whole_messages_pass() {
+    let mut r = good_records();
+    if let Record::Connection(c) = &mut r[3] {
+        // The last 5 octets of a half-sent message, then a whole reply.
+        c.out_data = b"12345".to_vec();
+        c.out_data
+            .extend_from_slice(&[2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]);
+        c.out_data.extend_from_slice(b"OK\0");
+        c.out_resp_len = 5;
+    }
+    check(r.clone()).unwrap();
+    // Without out-resp-len the first 16 octets are taken for a message
+    // (of length 0), and the 8 after it are a cut header.
+    if let Record::Connection(c) = &mut r[3] {
+        c.out_resp_len = 0;
+    }
+    assert!(matches!(
+        check(r.clone()),
+        Err(C417Refusal::PartialOutput { offset: 16, .. })
+    ));
+    let e = to_c417(&stream(Version::V1, r), &C417Options::default()).unwrap_err();
+    assert!(
+        matches!(e, C417Refusal::PartialOutput { conn_id: 3, .. }),
+        "{e}"
+    );
 }
 
 #[test]
