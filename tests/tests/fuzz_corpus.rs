@@ -18,18 +18,19 @@ use xenring::page::{OwnedPage, PAGE_SIZE};
 use xenring::{GuestEnd, MsgType, ServerEnd};
 use xenstored_lite::engine::{Action, Config, ConnId, Engine};
 use xenstored_lite::migration::{
-    ConnSpec, ConnectionData, Endian, GlobalData, Header, Record, SocketConn, Stream, Version,
+    c417, ConnSpec, ConnectionData, Endian, GlobalData, Header, Record, SocketConn, Stream, Version,
 };
 use xenstored_lite::replay::format::{self, BoundaryEvent, ConnectKind};
 use xenstored_lite::replay::player;
 use xenstored_lite::shell::state::ShellState;
 
 /// The targets, as named in `fuzz/Cargo.toml`.
-const TARGETS: [&str; 6] = [
+const TARGETS: [&str; 7] = [
     "decoder",
     "ring_server",
     "engine",
     "migration",
+    "c417_model",
     "recording",
     "stub_cmdline",
 ];
@@ -467,6 +468,58 @@ fn migration_corpus() -> BTreeMap<String, Vec<u8>> {
     ])
 }
 
+/// The C 4.17 model's seeds: C xenstored's own stream, and the busy
+/// session's stream as `to_c417` converts it (its guest's ring is not in
+/// the stream: the conversion keeps the domain with an inert ring).
+fn c417_corpus() -> BTreeMap<String, Vec<u8>> {
+    let (s, dom0, _) = Session::busy();
+    let mut records = vec![Record::Global(GlobalData {
+        rw_socket_fd: 3,
+        evtchn_fd: 4,
+    })];
+    let mut map = BTreeMap::new();
+    for conn in [dom0, dom0 + 1] {
+        let pending = s.state.pending(conn, None).expect("a live connection");
+        map.insert(conn, conn);
+        records.push(Record::Connection(ConnectionData {
+            conn_id: conn,
+            spec: ConnSpec::Socket(SocketConn {
+                socket_fd: 10 + i32::try_from(conn).expect("small"),
+            }),
+            in_data: pending.in_data,
+            out_resp_len: pending.out_resp_len,
+            out_data: pending.out_data,
+            unique_id: None,
+            ring: None,
+        }));
+    }
+    records.extend(s.state.export_records(&map));
+    let stream = Stream {
+        header: Header {
+            version: Version::V2,
+            endian: Endian::Little,
+        },
+        records,
+    };
+    let opts = c417::C417Options {
+        drop_transactions: true,
+        drop_domain_quotas: true,
+    };
+    let converted = c417::to_c417(&stream, &opts).expect("the busy session converts");
+    let bytes = converted
+        .to_bytes()
+        .expect("the C 4.17 form passes the model");
+    let c_stream = std::fs::read(
+        root().join("xenstored-lite/src/migration/testdata/c-xenstored-4.17-live-update.stream"),
+    )
+    .expect("C xenstored's stream");
+    c417::check_c417(&c_stream).expect("C's own stream passes the model");
+    BTreeMap::from([
+        ("busy-session-c417".to_string(), bytes),
+        ("c-xenstored-4.17".to_string(), c_stream),
+    ])
+}
+
 /// `start_info.cmd_line` as launchers write it: Xen 4.17's
 /// init-xenstore-domain (`--event N --internal-db`, then `--param` text),
 /// later releases' `--domid`, every option once, and refusals.
@@ -516,6 +569,7 @@ fn corpus() -> Corpus {
         ("ring_server", ring_corpus()),
         ("engine", engine_corpus()),
         ("migration", migration_corpus()),
+        ("c417_model", c417_corpus()),
         ("recording", recording_corpus()),
         ("stub_cmdline", stub_cmdline_corpus()),
     ])

@@ -70,6 +70,7 @@
 //! `out-data-len`, a missing `END` and bytes after it. Padding octets are
 //! ignored, as the spec asks.
 
+pub mod c417;
 mod error;
 mod read;
 mod write;
