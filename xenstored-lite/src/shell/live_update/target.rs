@@ -638,7 +638,10 @@ impl fmt::Display for CNote {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CArgsError {
     /// An option C 4.17 does not know.
-    #[error("C xenstored 4.17 has no option {option}")]
+    #[error(
+        "C xenstored 4.17 has no option {option} (after the exec it would ignore it, or exit \
+         on its value): leave it out"
+    )]
     UnknownOption {
         /// The option as written.
         option: String,
@@ -698,10 +701,10 @@ pub enum CArgsError {
         /// What it must be.
         why: &'static str,
     },
-    /// A limit of 0, which in C 4.17 allows guests nothing.
+    /// A limit of 0, which in C 4.17 stops guests at once.
     #[error(
-        "{option} 0 would allow guests none at all in C xenstored 4.17 (0 is not unlimited \
-         there); give a number"
+        "{option} 0: in C xenstored 4.17 a limit of 0 is not unlimited, it stops guests at \
+         once; give a number (2147483647 for no limit)"
     )]
     ZeroLimit {
         /// The option (with the quota's name for -Q).

@@ -325,6 +325,14 @@ fn test_identify_refuses_what_is_no_program() {
     let err = identify(&path).unwrap_err();
     assert!(err.to_string().contains("an empty file"), "{err}");
 
+    let big = dir.path().join("big");
+    let f = fs::File::create(&big).unwrap();
+    f.set_len(MAX_SIZE + 1).unwrap(); // sparse
+    drop(f);
+    fs::set_permissions(&big, fs::Permissions::from_mode(0o755)).unwrap();
+    let err = identify(&big).unwrap_err();
+    assert!(matches!(err, TargetError::TooLarge { .. }), "{err}");
+
     let mut broken = b"\x7fELF\x02\x01\x01\0".to_vec();
     broken.resize(80, 0xff);
     let path = file(dir.path(), "broken", &broken, 0o755);
@@ -614,6 +622,13 @@ fn test_c_command_line_accepts_what_c_takes() {
         matches!(&notes[..], [CNote::NoEffect { option, .. }] if option == "-D"),
         "{notes:?}"
     );
+    assert!(
+        notes[0].to_string().starts_with("-D has no effect"),
+        "{}",
+        notes[0]
+    );
+    let err = run(&q, "-E 0").unwrap_err();
+    assert!(err.to_string().starts_with("-E 0: "), "{err}");
 }
 
 #[test]
