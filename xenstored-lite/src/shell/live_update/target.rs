@@ -245,12 +245,12 @@ fn candidates_text(candidates: &[PathBuf]) -> String {
 /// (it is never run): ours, C xenstored 4.17, or a refusal that names the
 /// path and what was found.
 pub fn identify(path: &Path) -> Result<Target, TargetError> {
-    identify_with(path, Path::new(XEN_LIB))
+    identify_with(path, Path::new(XEN_LIB), MAX_SIZE)
 }
 
 /// [`identify`], with Debian's Xen program folders looked for under
-/// `xen_lib` (`/usr/lib`).
-fn identify_with(path: &Path, xen_lib: &Path) -> Result<Target, TargetError> {
+/// `xen_lib` (`/usr/lib`) and files larger than `max_size` refused.
+fn identify_with(path: &Path, xen_lib: &Path, max_size: u64) -> Result<Target, TargetError> {
     let inaccessible = |source| TargetError::Inaccessible {
         path: path.to_path_buf(),
         source,
@@ -269,7 +269,7 @@ fn identify_with(path: &Path, xen_lib: &Path) -> Result<Target, TargetError> {
             mode: mode & 0o7777,
         });
     }
-    if meta.len() > MAX_SIZE {
+    if meta.len() > max_size {
         return Err(TargetError::TooLarge {
             path: path.to_path_buf(),
             size: meta.len(),

@@ -49,6 +49,123 @@ fn patched(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
+/// e_machine of the machine the tests run on.
+fn host_machine() -> u16 {
+    if cfg!(target_arch = "aarch64") {
+        183
+    } else {
+        62 // x86_64
+    }
+}
+
+/// A minimal little-endian ELF of `class` (32 or 64) for `machine`: its
+/// header and three sections (`.dynstr`, `.dynamic` with a DT_NEEDED for
+/// each of `needed` and a DT_RUNPATH, `.shstrtab`), then `extra`.
+fn fake_elf(class: u8, machine: u16, needed: &[&str], extra: &[u8]) -> Vec<u8> {
+    let wide = class == 64;
+    let word = |v: &mut Vec<u8>, x: usize| {
+        if wide {
+            v.extend_from_slice(&u64::try_from(x).unwrap().to_le_bytes());
+        } else {
+            v.extend_from_slice(&u32::try_from(x).unwrap().to_le_bytes());
+        }
+    };
+    let half =
+        |v: &mut Vec<u8>, x: usize| v.extend_from_slice(&u16::try_from(x).unwrap().to_le_bytes());
+    let long =
+        |v: &mut Vec<u8>, x: usize| v.extend_from_slice(&u32::try_from(x).unwrap().to_le_bytes());
+    let pad = |v: &mut Vec<u8>| v.resize(v.len().div_ceil(8) * 8, 0);
+    let (ehsize, shentsize) = if wide { (64, 64) } else { (52, 40) };
+
+    let mut dynstr = vec![0u8];
+    let mut entries = Vec::new();
+    for n in needed.iter().chain(["/opt/not-needed"].iter()) {
+        let tag = if n.starts_with('/') { 29 } else { 1 }; // DT_RUNPATH, DT_NEEDED
+        entries.push((tag, dynstr.len()));
+        dynstr.extend_from_slice(n.as_bytes());
+        dynstr.push(0);
+    }
+    let mut dynamic = Vec::new();
+    for (tag, at) in entries.into_iter().chain([(0, 0)]) {
+        word(&mut dynamic, tag);
+        word(&mut dynamic, at);
+    }
+    let shstrtab = b"\0.dynstr\0.dynamic\0.shstrtab\0";
+
+    let mut body = vec![0u8; ehsize];
+    pad(&mut body);
+    let dynstr_at = body.len();
+    body.extend_from_slice(&dynstr);
+    pad(&mut body);
+    let dynamic_at = body.len();
+    body.extend_from_slice(&dynamic);
+    pad(&mut body);
+    let shstrtab_at = body.len();
+    body.extend_from_slice(shstrtab);
+    pad(&mut body);
+    let shoff = body.len();
+    // name, type, flags, addr, offset, size, link, info, align, entsize
+    let sections = [
+        (0, 0, 0, 0, 0, 0),
+        (1, 3, dynstr_at, dynstr.len(), 0, 0),
+        (
+            9,
+            6,
+            dynamic_at,
+            dynamic.len(),
+            1,
+            if wide { 16 } else { 8 },
+        ),
+        (18, 3, shstrtab_at, shstrtab.len(), 0, 0),
+    ];
+    for (name, kind, offset, size, link, entsize) in sections {
+        long(&mut body, name);
+        long(&mut body, kind);
+        word(&mut body, 0);
+        word(&mut body, 0);
+        word(&mut body, offset);
+        word(&mut body, size);
+        long(&mut body, link);
+        long(&mut body, 0);
+        word(&mut body, 8);
+        word(&mut body, entsize);
+    }
+    body.extend_from_slice(extra);
+
+    let mut h = vec![0x7f, b'E', b'L', b'F', if wide { 2 } else { 1 }, 1, 1];
+    h.resize(16, 0);
+    half(&mut h, 3); // ET_DYN
+    half(&mut h, usize::from(machine));
+    long(&mut h, 1);
+    word(&mut h, 0); // entry
+    word(&mut h, 0); // phoff
+    word(&mut h, shoff);
+    long(&mut h, 0);
+    half(&mut h, ehsize);
+    half(&mut h, if wide { 56 } else { 32 });
+    half(&mut h, 0);
+    half(&mut h, shentsize);
+    half(&mut h, sections.len());
+    half(&mut h, 3);
+    assert_eq!(h.len(), ehsize);
+    body[..ehsize].copy_from_slice(&h);
+    body
+}
+
+/// C xenstored's strings, as [`classify`] looks for them.
+fn c_strings() -> Vec<u8> {
+    let mut v = b"\0Usage:\n\n  xenstored <options>\n\0".to_vec();
+    v.extend_from_slice(b"No state found after live-update\0");
+    v
+}
+
+/// What `identify` says of an executable file holding `data`.
+fn identify_bytes(data: &[u8]) -> Result<Target, TargetError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file(dir.path(), "target", data, 0o755);
+    identify(&path)
+}
+
 fn ls() -> Vec<u8> {
     fs::read("/bin/ls").expect("/bin/ls")
 }
@@ -132,6 +249,87 @@ fn test_identify_c_version_from_soname() {
     let err = identify(&path).unwrap_err();
     assert!(matches!(err, TargetError::UnknownCVersion { .. }), "{err}");
     assert!(err.to_string().contains("libxenctrX.so.4.17"), "{err}");
+}
+
+/// The rules on crafted ELF files (whether or not Xen is installed).
+#[test]
+fn test_identify_crafted_elf() {
+    let m = host_machine();
+    let c = c_strings();
+    let ctrl = ["libxenevtchn.so.1", "libxenctrl.so.4.17", "libc.so.6"];
+    assert_eq!(
+        identify_bytes(&fake_elf(64, m, &ctrl, &c)).unwrap(),
+        Target::CXenstored { version: (4, 17) }
+    );
+    let err = identify_bytes(&fake_elf(64, m, &["libxenctrl.so.4.19"], &c)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TargetError::UnsupportedCVersion {
+                version: (4, 19),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Ours wins over anything else in the file.
+    let mut ours = c.clone();
+    ours.extend_from_slice(&LIVE_UPDATE_MARKER);
+    assert_eq!(
+        identify_bytes(&fake_elf(64, m, &ctrl, &ours)).unwrap(),
+        Target::XenstoredLite
+    );
+    // C's strings without libxenctrl: a xenstored of unknown version.
+    let err = identify_bytes(&fake_elf(64, m, &["libc.so.6"], &c)).unwrap_err();
+    match &err {
+        TargetError::UnknownCVersion { needed, .. } => assert_eq!(needed, &["libc.so.6"]),
+        other => panic!("{other}"),
+    }
+    // libxenctrl without C's usage: another tool.
+    let err =
+        identify_bytes(&fake_elf(64, m, &ctrl, b"No state found after live-update")).unwrap_err();
+    match &err {
+        TargetError::Unknown { needed, .. } => assert_eq!(needed, &ctrl),
+        other => panic!("{other}"),
+    }
+    assert!(
+        err.to_string()
+            .contains("libxenevtchn.so.1, libxenctrl.so.4.17, libc.so.6"),
+        "{err}"
+    );
+    // C's usage without its live update.
+    let err = identify_bytes(&fake_elf(64, m, &ctrl, b"xenstored <options>")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TargetError::CWithoutLiveUpdate {
+                version: (4, 17),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Only one of C's strings and no libxenctrl: nothing of Xen's.
+    for one in [
+        &b"xenstored <options>"[..],
+        b"No state found after live-update",
+    ] {
+        let err = identify_bytes(&fake_elf(64, m, &["libc.so.6"], one)).unwrap_err();
+        assert!(matches!(err, TargetError::Unknown { .. }), "{err}");
+    }
+    // oxenstored links libxenctrl too.
+    let err = identify_bytes(&fake_elf(64, m, &ctrl, b"/etc/xen/oxenstored.conf")).unwrap_err();
+    assert!(matches!(err, TargetError::Oxenstored { .. }), "{err}");
+    // No shared library at all.
+    let err = identify_bytes(&fake_elf(64, m, &[], &c)).unwrap_err();
+    assert!(err.to_string().contains("needs no libxenctrl"), "{err}");
+    assert!(err.to_string().contains("no shared library"), "{err}");
+    // A 32-bit ELF of another machine.
+    let err = identify_bytes(&fake_elf(32, 40, &ctrl, &c)).unwrap_err();
+    assert!(
+        matches!(&err, TargetError::WrongArchitecture { found, .. } if found == "Arm"),
+        "{err}"
+    );
 }
 
 /// libxenctrl alone does not make a xenstored: C's own strings are
@@ -259,7 +457,7 @@ fn test_identify_wrapper_offers_installed_binaries() {
         b"#!/bin/sh\nDIR=\"/usr/lib/xen-$VERSION/bin\"\nexec \"$DIR/${0##*/}\" \"$@\"\n",
         0o755,
     );
-    let err = identify_with(&script, &lib).unwrap_err();
+    let err = identify_with(&script, &lib, MAX_SIZE).unwrap_err();
     let TargetError::Script { candidates, .. } = &err else {
         panic!("{err}");
     };
@@ -332,6 +530,16 @@ fn test_identify_refuses_what_is_no_program() {
     fs::set_permissions(&big, fs::Permissions::from_mode(0o755)).unwrap();
     let err = identify(&big).unwrap_err();
     assert!(matches!(err, TargetError::TooLarge { .. }), "{err}");
+
+    // The size limit is inclusive.
+    let path = file(dir.path(), "sized", &[0u8; 100], 0o755);
+    let err = identify_with(&path, Path::new(XEN_LIB), 100).unwrap_err();
+    assert!(matches!(err, TargetError::NotElf { .. }), "{err}");
+    let err = identify_with(&path, Path::new(XEN_LIB), 99).unwrap_err();
+    assert!(
+        matches!(err, TargetError::TooLarge { size: 100, .. }),
+        "{err}"
+    );
 
     let mut broken = b"\x7fELF\x02\x01\x01\0".to_vec();
     broken.resize(80, 0xff);
