@@ -1045,10 +1045,7 @@ fn our_settings(q: &CQuotas, notes: &mut Vec<CNote>) -> Vec<(Setting, String)> {
         out.push((Setting::Quota { soft, name }, v.to_string()));
     }
     let ms = q.watch_event_timeout_ms;
-    let mut secs = ms.div_ceil(1000);
-    if secs > C_MAX_TIMEOUT_SECS {
-        secs = C_MAX_TIMEOUT_SECS;
-    }
+    let secs = ms.div_ceil(1000).min(C_MAX_TIMEOUT_SECS);
     if secs.saturating_mul(1000) != ms {
         notes.push(CNote::Adjusted {
             option: "-w watch-event".to_string(),

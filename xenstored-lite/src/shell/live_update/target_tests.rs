@@ -713,6 +713,25 @@ fn test_c_command_line_unlimited_and_too_large() {
         .any(|n| matches!(n, CNote::Adjusted { option, sent, .. }
         if option == "-S" && sent == "2147483647")));
 
+    // C's largest values pass as they are.
+    let mut q = defaults();
+    q.node_size = C_INT_MAX;
+    q.watch_event_timeout_ms = C_MAX_TIMEOUT_SECS * 1000;
+    let (args, notes) = run(&q, "").unwrap();
+    assert!(args.contains(&"2147483647".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"watch-event=2147483".to_string()),
+        "{args:?}"
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+    q.watch_event_timeout_ms = u64::MAX;
+    let (args, notes) = run(&q, "").unwrap();
+    assert!(
+        args.contains(&"watch-event=2147483".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(notes.len(), 1, "{notes:?}");
+
     let mut q = defaults();
     q.watch_event_timeout_ms = 1500;
     let (args, notes) = run(&q, "").unwrap();
@@ -749,6 +768,7 @@ fn test_c_command_line_refuses_what_c_dies_on() {
     let q = defaults();
     for (user, want) in [
         ("-N foo", "StrayArgument"),
+        ("--no-fork foo", "StrayArgument"),
         ("-- -N", "StrayArgument"),
         ("-I off", "DetachedValue"),
         ("--internal-db off", "DetachedValue"),
@@ -810,6 +830,7 @@ fn test_c_command_line_accepts_what_c_takes() {
         "--event 5",
         "-Q memory=0",
         "-w watch-event=0",
+        "-w watch-event=2147483",
         "-N --",
     ] {
         let (args, _) = run(&q, user).unwrap_or_else(|e| panic!("{user:?}: {e}"));
@@ -915,6 +936,11 @@ fn test_c_command_line_user_override_reported() {
         })
         .collect();
     assert_eq!(options, ["-w watch-event", "--priv-domid", "-K"]);
+
+    // -N of theirs only: nothing to say.
+    let (args, notes) = run(&q, "-N").unwrap();
+    assert_eq!(count(&args, "-N"), 1, "{args:?}");
+    assert!(notes.is_empty(), "{notes:?}");
 
     // -N of ours and theirs: once.
     let mut q = defaults();
