@@ -20,13 +20,16 @@
 //! the old process goes on serving: nothing was taken from any connection.
 //!
 //! The conversation is [`session`], writing the state and the exec are
-//! [`handover`], and the new process's side is [`restore`].
+//! [`handover`], the new process's side is [`restore`], and what the new
+//! binary is (ours or C xenstored 4.17, told without running it) and C's
+//! command line are [`target`].
 
 use std::ffi::OsString;
 
 mod handover;
 mod restore;
 mod session;
+pub mod target;
 
 pub use handover::StateWriteError;
 pub use restore::{check_stream, RestoreFailure, RestoreSummary};
