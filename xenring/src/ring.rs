@@ -178,6 +178,15 @@ impl<'a> ServerEnd<'a> {
         self.page.set_server_features(current | features);
     }
 
+    /// Clears feature bits of `server_features`. Only for handing the ring
+    /// to a server that lacks them (a live update to C xenstored 4.17,
+    /// which implements neither): the guest must not go on relying on a
+    /// feature its next server does not have. Never while serving.
+    pub fn withdraw(&self, features: ServerFeatures) {
+        let current = self.page.server_features();
+        self.page.set_server_features(current & !features);
+    }
+
     /// Whether the guest asked for a reconnection (`connection == 1`).
     pub fn reconnect_requested(&self) -> bool {
         self.page.connection() == ConnectionState::Reconnect
@@ -431,5 +440,16 @@ mod tests {
         let both = ServerFeatures::ERROR | ServerFeatures::RECONNECTION;
         assert_eq!(page.ring().server_features(), both);
         assert_eq!(GuestEnd::new(page.ring()).server_features(), both);
+    }
+
+    #[test]
+    fn test_ring_withdraw_clears_only_the_bits_named() {
+        let page = OwnedPage::new();
+        let server = ServerEnd::new(page.ring());
+        server.advertise(ServerFeatures::ERROR | ServerFeatures::RECONNECTION);
+        server.withdraw(ServerFeatures::RECONNECTION);
+        assert_eq!(page.ring().server_features(), ServerFeatures::ERROR);
+        server.withdraw(ServerFeatures::all());
+        assert_eq!(page.ring().server_features(), ServerFeatures::empty());
     }
 }
