@@ -215,6 +215,12 @@ impl Daemon {
     /// Starts the daemon in the foreground with its run directory in `dir`
     /// and extra arguments.
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_env(dir, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (an `LD_PRELOAD`
+    /// that the program a live update execs needs, say).
+    pub fn start_env(dir: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let rundir = dir.join("run");
         std::fs::create_dir_all(&rundir).expect("rundir");
         let socket = rundir.join("socket");
@@ -225,6 +231,7 @@ impl Daemon {
             .args(args)
             .env("XENSTORED_RUNDIR", &rundir)
             .env_remove("XENSTORED_PATH")
+            .envs(env.iter().copied())
             .stderr(log)
             .spawn()
             .expect("spawn xenstored-lite");

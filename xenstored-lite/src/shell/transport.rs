@@ -140,6 +140,29 @@ impl Transport {
         }
     }
 
+    /// Before a hand-over to a server that implements none of the ring
+    /// features (C xenstored 4.17): clears the bits we advertised; returns
+    /// what they were, for [`Transport::restore_features`] if the
+    /// hand-over fails. Nothing for a socket.
+    pub(super) fn withdraw_features(&self) -> Option<ServerFeatures> {
+        match self {
+            Self::Ring(r) => {
+                let end = r.end();
+                let had = r.page.ring().server_features();
+                end.withdraw(ServerFeatures::all());
+                Some(had)
+            }
+            Self::Socket(_) => None,
+        }
+    }
+
+    /// Advertises `features` again (a hand-over that did not happen).
+    pub(super) fn restore_features(&self, features: ServerFeatures) {
+        if let Self::Ring(r) = self {
+            r.end().advertise(features);
+        }
+    }
+
     /// Completes the reconnection the guest asked for (queues emptied).
     pub(super) fn complete_reconnect(&self) {
         if let Self::Ring(r) = self {

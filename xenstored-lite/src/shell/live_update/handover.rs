@@ -13,9 +13,11 @@ use std::time::Instant;
 use evtchn::VIRQ_DOM_EXC;
 use xenring::{DomId, Header, Message, MsgType};
 
-use super::session::Session;
+use super::session::{CHandOver, Session, StartOptions};
+use super::target::{c_command_line, CArgsError, CQuotas};
 use super::{new_args, STATE_FILE};
 use crate::engine::ConnId;
+use crate::migration::c417::{self, C417Options, C417Refusal};
 use crate::migration::{
     ConnSpec, ConnectionData, Endian, GlobalData, Header as StreamHeader, Record, RingConn,
     RingLocation, SocketConn, Stream, Version, WriteError, DOMID_INVALID,
@@ -66,6 +68,13 @@ pub(super) enum HandOverError {
         /// Why.
         source: nix::Error,
     },
+    /// The state is one C xenstored 4.17 would not take as it is (checked
+    /// on the bytes about to be handed over; nothing was taken).
+    #[error("C xenstored 4.17 cannot take this state: {0}")]
+    NotForC(#[from] C417Refusal),
+    /// The command line given for C would fail it after the exec.
+    #[error("C xenstored's command line: {0}")]
+    CArgs(#[from] CArgsError),
 }
 
 impl Daemon {
@@ -163,6 +172,187 @@ impl Daemon {
         }
     }
 
+    /// The hand-over to C xenstored 4.17 (`session.c_version`): the state
+    /// in the form C reads (`migration::c417`), checked on its very bytes
+    /// by the model of what C accepts, our quotas on C's command line,
+    /// the rings' feature bits cleared (C implements none), then the exec
+    /// with `XENSTORED_RUNDIR` naming our run directory. Returns only if
+    /// the exec did not happen, with why (the daemon is then as it was),
+    /// or BUSY while transactions are open (C carries none) or a ring is
+    /// reconnecting (finished by the next turn).
+    pub(super) fn hand_over_c(
+        &mut self,
+        session: &Session,
+        header: Header,
+        opts: StartOptions,
+    ) -> CHandOver {
+        let t0 = Instant::now();
+        if let Some(conn) = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.transport.reconnect_requested())
+            .map(|(&id, _)| id)
+        {
+            return CHandOver::Busy(format!("connection {conn} is reconnecting its ring"));
+        }
+        let ok = Message {
+            header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
+            payload: b"OK\0".to_vec(),
+        };
+        let stream = self.export_stream(Version::V2, Some((session.conn, &ok)));
+        let strict = C417Options::default();
+        let converted = match c417::to_c417(&stream, &strict) {
+            Ok(c) => Ok(c),
+            Err(e @ C417Refusal::OpenTransaction { .. }) if !opts.force => {
+                return CHandOver::Busy(e.to_string())
+            }
+            Err(C417Refusal::OpenTransaction { .. }) => c417::to_c417(
+                &stream,
+                &C417Options {
+                    drop_transactions: true,
+                    ..strict
+                },
+            ),
+            Err(e) => Err(e),
+        };
+        let converted = match converted {
+            Ok(c) => c,
+            Err(e) => return CHandOver::Refused(HandOverError::from(e).into()),
+        };
+        for t in &converted.dropped_transactions {
+            tracing::warn!(
+                "live-update: -F: transaction {} of connection {} dropped (C xenstored answers \
+                 its client ENOENT)",
+                t.tx_id,
+                t.conn_id
+            );
+        }
+        // The exact bytes handed over must pass the model of C's rules.
+        let checked = converted
+            .stream
+            .to_bytes()
+            .map_err(C417Refusal::Encode)
+            .and_then(|b| {
+                let summary = c417::check_c417(&b)?;
+                Ok((b, summary))
+            });
+        let (bytes, summary) = match checked {
+            Ok(c) => c,
+            Err(e) => return CHandOver::Refused(HandOverError::from(e).into()),
+        };
+        let quotas = CQuotas::from_config(self.core.engine().config(), true);
+        let cmdline = match c_command_line(&quotas, session.cmdline.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return CHandOver::Refused(HandOverError::from(e).into()),
+        };
+        for note in &cmdline.notes {
+            tracing::warn!("live-update: {note}");
+        }
+        if let Err(source) = crate::shell::os::write_private(&self.state_path(), &bytes) {
+            let e = StateWriteError::Io {
+                path: self.state_path(),
+                source,
+            };
+            return CHandOver::Refused(HandOverError::State(e).into());
+        }
+        tracing::info!(
+            "live-update: wrote {} bytes of state for C xenstored in {} ms ({} rings, {} \
+             sockets, {} nodes, {} watches); exec {} {}",
+            bytes.len(),
+            t0.elapsed().as_millis(),
+            summary.rings,
+            summary.sockets,
+            summary.nodes,
+            summary.watches,
+            session.binary.display(),
+            cmdline
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
+            .chain(cmdline.args.iter().map(OsString::as_os_str))
+            .map(|a| CString::new(a.as_bytes()))
+            .collect();
+        let mut env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != "XENSTORED_RUNDIR")
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).ok()
+            })
+            .collect();
+        let mut rundir = b"XENSTORED_RUNDIR=".to_vec();
+        rundir.extend_from_slice(self.rundir.as_os_str().as_bytes());
+        let (Ok(argv), Ok(rundir)) = (argv, CString::new(rundir)) else {
+            let _ = std::fs::remove_file(self.state_path());
+            return CHandOver::Refused(HandOverError::NulInArgument.into());
+        };
+        env.push(rundir);
+        let features: Vec<_> = self
+            .conns
+            .values()
+            .map(|c| c.transport.withdraw_features())
+            .collect();
+        let why = self.exec_passing_fds(&session.binary, || {
+            nix::unistd::execve(&argv[0], &argv, &env)
+        });
+        // Still here: undo.
+        for (c, had) in self.conns.values().zip(features) {
+            if let Some(had) = had {
+                c.transport.restore_features(had);
+            }
+        }
+        let _ = std::fs::remove_file(self.state_path());
+        CHandOver::Refused(why.into())
+    }
+
+    /// Unbinds VIRQ_DOM_EXC (the new process binds it itself on the
+    /// inherited handle), clears close-on-exec on the inherited
+    /// descriptors and runs `exec`; returns only if that failed, with
+    /// everything as it was.
+    fn exec_passing_fds(
+        &mut self,
+        binary: &std::path::Path,
+        exec: impl FnOnce() -> nix::Result<std::convert::Infallible>,
+    ) -> HandOverError {
+        let fds = self.inherited_fds();
+        let virq = self.virq.take();
+        if let Some(port) = virq {
+            if let Err(e) = self.platform.evtchn.unbind(port) {
+                tracing::warn!("live-update: unbinding VIRQ_DOM_EXC failed: {e}");
+            }
+        }
+        self.core.record(&BoundaryEvent::HandOver);
+        self.log_recording_totals();
+        let passed = fds.iter().try_for_each(|&fd| {
+            set_cloexec(fd, false).map_err(|source| HandOverError::PassDown { fd, source })
+        });
+        let why = match passed {
+            Err(e) => e,
+            Ok(()) => match exec() {
+                Err(source) => HandOverError::Exec {
+                    binary: binary.to_path_buf(),
+                    source,
+                },
+                Ok(never) => match never {},
+            },
+        };
+        for &fd in &fds {
+            let _ = set_cloexec(fd, true);
+        }
+        if virq.is_some() {
+            match self.platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
+                Ok(port) => self.virq = Some(port),
+                Err(e) => tracing::warn!("cannot bind VIRQ_DOM_EXC again ({e})"),
+            }
+        }
+        why
+    }
+
     /// The descriptors the new binary inherits: the listening socket, the
     /// event-channel handle and every client socket.
     pub(super) fn inherited_fds(&self) -> Vec<RawFd> {
@@ -200,7 +390,6 @@ impl Daemon {
             t0.elapsed().as_millis(),
             session.binary.display()
         );
-        let fds = self.inherited_fds();
         let args = new_args(&self.exec_args, session.cmdline.as_deref());
         let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
             .chain(args.iter().map(OsString::as_os_str))
@@ -209,39 +398,6 @@ impl Daemon {
         let Ok(argv) = argv else {
             return HandOverError::NulInArgument;
         };
-        // The new process binds VIRQ_DOM_EXC itself on the inherited handle
-        // (and checks every domain once restored, for deaths in between).
-        let virq = self.virq.take();
-        if let Some(port) = virq {
-            if let Err(e) = self.platform.evtchn.unbind(port) {
-                tracing::warn!("live-update: unbinding VIRQ_DOM_EXC failed: {e}");
-            }
-        }
-        self.core.record(&BoundaryEvent::HandOver);
-        self.log_recording_totals();
-        let passed = fds.iter().try_for_each(|&fd| {
-            set_cloexec(fd, false).map_err(|source| HandOverError::PassDown { fd, source })
-        });
-        let why = match passed {
-            Err(e) => e,
-            Ok(()) => match nix::unistd::execv(&argv[0], &argv) {
-                Err(source) => HandOverError::Exec {
-                    binary: session.binary.clone(),
-                    source,
-                },
-                Ok(never) => match never {},
-            },
-        };
-        // Still here: undo.
-        for &fd in &fds {
-            let _ = set_cloexec(fd, true);
-        }
-        if virq.is_some() {
-            match self.platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
-                Ok(port) => self.virq = Some(port),
-                Err(e) => tracing::warn!("cannot bind VIRQ_DOM_EXC again ({e})"),
-            }
-        }
-        why
+        self.exec_passing_fds(&session.binary, || nix::unistd::execv(&argv[0], &argv))
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use xenring::{Header, XsErrno};
 
 use super::handover::{HandOverError, StateWriteError};
+use super::target::{self, Target, TargetError};
 use super::{new_args, DRY_RUN_DIR};
 use crate::engine::ConnId;
 use crate::migration::Version;
@@ -31,6 +32,14 @@ pub(in crate::shell) struct Session {
     pub(super) start: Option<Start>,
     /// How long the dry run may take ([`DRY_RUN_LIMIT`]).
     pub(super) dry_run_limit: Duration,
+    /// The new binary is C xenstored (of this version): no dry run; the
+    /// state goes over in the form C reads (`migration::c417`).
+    pub(super) c_version: Option<(u32, u32)>,
+    /// `-s` taken for C: the hand-over is tried at the end of the loop
+    /// turn.
+    pub(super) c_start: Option<(Header, StartOptions)>,
+    /// When the first `-s` for C was answered BUSY (open transactions).
+    pub(super) c_wait_since: Option<Instant>,
 }
 
 /// `-s` received: the dry run is under way.
@@ -46,19 +55,29 @@ pub(super) struct Start {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StartOptions {
     pub(super) version: Version,
+    /// `-F`: to C, drop open transactions (their clients get ENOENT).
+    pub(super) force: bool,
+    /// `-t SECONDS`: to C, how long open transactions are waited for.
+    pub(super) timeout: Duration,
 }
+
+/// xenstore-control's default `-t` (and C xenstored's).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The options of `-s`, or EINVAL.
 pub(super) fn parse_start(args: &[&str]) -> Result<StartOptions, XsErrno> {
     let mut version = Version::V2;
+    let mut force = false;
+    let mut timeout = DEFAULT_TIMEOUT;
     let mut i = 0;
     while i < args.len() {
         match args[i] {
-            // We carry open transactions, so there is nothing to wait for
-            // or to force: -t and -F are accepted and have no effect.
-            "-F" => {}
+            // To one of ours, open transactions travel: -t and -F matter
+            // only to C, which carries none.
+            "-F" => force = true,
             "-t" if i + 1 < args.len() => {
-                args[i + 1].parse::<u32>().map_err(|_| XsErrno::EINVAL)?;
+                let secs = args[i + 1].parse::<u32>().map_err(|_| XsErrno::EINVAL)?;
+                timeout = Duration::from_secs(u64::from(secs));
                 i += 1;
             }
             "-v" if i + 1 < args.len() => {
@@ -70,7 +89,11 @@ pub(super) fn parse_start(args: &[&str]) -> Result<StartOptions, XsErrno> {
         }
         i += 1;
     }
-    Ok(StartOptions { version })
+    Ok(StartOptions {
+        version,
+        force,
+        timeout,
+    })
 }
 
 /// Why `-s` could not start the dry run (answered as the reply's text).
@@ -100,7 +123,7 @@ enum StartError {
 /// Why a started update is refused (answered as `live-update refused:
 /// ...`).
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(super) enum Refusal {
     /// The dry run did not end within its limit.
     #[error("the new binary did not finish its dry run within {secs} s")]
     DryRunTimeout {
@@ -121,6 +144,38 @@ enum Refusal {
     /// The dry run succeeded and the hand-over failed.
     #[error(transparent)]
     HandOver(#[from] HandOverError),
+    /// To C: transactions stayed open for all of `-t` (C's own answer's
+    /// words, then which).
+    #[error("Domains with long running transactions (waited {secs} s; -F drops them): {why}")]
+    LongTransactions {
+        /// The `-t` waited.
+        secs: u64,
+        /// The first open transaction.
+        why: String,
+    },
+}
+
+/// How a hand-over to C did not happen.
+pub(super) enum CHandOver {
+    /// Not now: open transactions or a ring reconnecting (BUSY, as C
+    /// answers, until `-t` has passed).
+    Busy(String),
+    /// Refused.
+    Refused(Refusal),
+}
+
+/// What `binary` is: `Some(version)` for C xenstored, `None` for a
+/// binary that is given the dry run (ours, or one we cannot tell, which
+/// the dry run then judges). C-like files we cannot hand over to are
+/// refused.
+fn target_kind(binary: &Path) -> Result<Option<(u32, u32)>, TargetError> {
+    match target::identify(binary) {
+        Ok(Target::XenstoredLite) => Ok(None),
+        Ok(Target::CXenstored { version }) => Ok(Some(version)),
+        Err(TargetError::Script { candidates, .. }) if candidates.is_empty() => Ok(None),
+        Err(TargetError::NotElf { .. } | TargetError::Unknown { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl Daemon {
@@ -177,7 +232,7 @@ impl Daemon {
         if self.live_update.is_some() {
             return "live-update session already active.".to_string();
         }
-        match std::fs::metadata(binary) {
+        let c_version = match std::fs::metadata(binary) {
             // C 4.17's answers word for word (xenstore-control prints
             // them); the details go to the log.
             Err(e) => {
@@ -188,7 +243,20 @@ impl Daemon {
                 tracing::warn!("live-update: {} is not executable", binary.display());
                 return "File not executable.".to_string();
             }
-            Ok(_) => {}
+            Ok(_) => match target_kind(binary) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("live-update refused: {e}");
+                    return format!("live-update refused: {e}");
+                }
+            },
+        };
+        if let Some((major, minor)) = c_version {
+            tracing::info!(
+                "live-update: {} is C xenstored {major}.{minor}: no dry run; the state goes \
+                 over in the form it reads, checked first",
+                binary.display()
+            );
         }
         self.live_update = Some(Session {
             conn,
@@ -196,12 +264,24 @@ impl Daemon {
             cmdline: None,
             start: None,
             dry_run_limit: DRY_RUN_LIMIT,
+            c_version,
+            c_start: None,
+            c_wait_since: None,
         });
         "OK".to_string()
     }
 
     fn lu_start(&mut self, conn: ConnId, header: Header, opts: StartOptions) -> Option<String> {
-        let (binary, args) = match &self.live_update {
+        let (binary, args) = match &mut self.live_update {
+            // To C: no dry run (C cannot be dry-run: it would write its
+            // pid file and take the state); tried at the end of the turn.
+            Some(s) if s.conn == conn && s.c_version.is_some() => {
+                if s.c_start.is_some() {
+                    return Some("live-update already starting.".into());
+                }
+                s.c_start = Some((header, opts));
+                return None;
+            }
             Some(s) if s.conn == conn && s.start.is_none() => (
                 s.binary.clone(),
                 new_args(&self.exec_args, s.cmdline.as_deref()),
@@ -284,9 +364,12 @@ impl Daemon {
         }
     }
 
-    /// Whether a dry run is under way (the loop then polls for its end).
+    /// Whether a dry run or a hand-over to C is under way (the loop then
+    /// polls for its end).
     pub(in crate::shell) fn live_update_pending(&self) -> bool {
-        self.live_update.as_ref().is_some_and(|s| s.start.is_some())
+        self.live_update
+            .as_ref()
+            .is_some_and(|s| s.start.is_some() || s.c_start.is_some())
     }
 
     /// Moves a started update on: at the end of a loop turn, between
@@ -302,6 +385,9 @@ impl Daemon {
                 self.end_session(s);
             }
             return;
+        }
+        if let Some((header, opts)) = session.c_start.take() {
+            return self.c_poll(header, opts);
         }
         let limit = session.dry_run_limit;
         let Some(start) = &mut session.start else {
@@ -349,6 +435,42 @@ impl Daemon {
         // Only reached when the exec did not happen.
         self.live_update = Some(session);
         self.refuse(conn, header, &why.into());
+    }
+
+    /// The end of a turn after `-s` to C: the hand-over, BUSY while open
+    /// transactions are waited for, or a refusal.
+    fn c_poll(&mut self, header: Header, opts: StartOptions) {
+        let Some(session) = self.live_update.take() else {
+            return;
+        };
+        let conn = session.conn;
+        match self.hand_over_c(&session, header, opts) {
+            CHandOver::Busy(why) => {
+                let mut session = session;
+                let since = *session.c_wait_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < opts.timeout {
+                    tracing::info!("live-update: BUSY: {why}");
+                    self.live_update = Some(session);
+                    self.core.apply_infallible(BoundaryEvent::Answer {
+                        conn,
+                        header,
+                        answer: Answer::Text("BUSY".to_string()),
+                    });
+                    self.settle();
+                    return;
+                }
+                self.live_update = Some(session);
+                let why = Refusal::LongTransactions {
+                    secs: opts.timeout.as_secs(),
+                    why,
+                };
+                self.refuse(conn, header, &why);
+            }
+            CHandOver::Refused(why) => {
+                self.live_update = Some(session);
+                self.refuse(conn, header, &why);
+            }
+        }
     }
 
     fn refuse(&mut self, conn: ConnId, header: Header, why: &Refusal) {

@@ -1344,13 +1344,17 @@ fn test_start_options_accept_what_xenstore_control_sends() {
     assert_eq!(
         parse_start(&["-t", "60"]),
         Ok(StartOptions {
-            version: Version::V2
+            version: Version::V2,
+            force: false,
+            timeout: Duration::from_secs(60),
         })
     );
     assert_eq!(
         parse_start(&["-t", "5", "-F", "-v", "1"]),
         Ok(StartOptions {
-            version: Version::V1
+            version: Version::V1,
+            force: true,
+            timeout: Duration::from_secs(5),
         })
     );
     assert_eq!(parse_start(&["-v", "3"]), Err(XsErrno::EINVAL));
@@ -1361,7 +1365,18 @@ fn test_start_options_accept_what_xenstore_control_sends() {
     assert_eq!(
         parse_start(&["-F", "-v", "1", "-t", "9"]),
         Ok(StartOptions {
-            version: Version::V1
+            version: Version::V1,
+            force: true,
+            timeout: Duration::from_secs(9),
+        })
+    );
+    // Without -t: xenstore-control's and C's default, 60 s.
+    assert_eq!(
+        parse_start(&[]),
+        Ok(StartOptions {
+            version: Version::V2,
+            force: false,
+            timeout: Duration::from_secs(60),
         })
     );
     assert_eq!(parse_start(&["-x"]), Err(XsErrno::EINVAL));

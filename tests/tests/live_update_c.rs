@@ -1,0 +1,169 @@
+//! Live update from xenstored-lite to Debian's C xenstored 4.17, with no
+//! hypervisor: xenstored-lite runs on mock-xen with the project's shim
+//! preloaded (inert for it: it implements only libxen* calls and
+//! `/proc/xen` paths), so that the C binary it execs finds a Xen to talk
+//! to. The real `xenstore-control` drives the update; the clients are dom0
+//! socket clients, which cross the exec on their descriptors.
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use tests::c_daemon::{build_shim, skip, C_XENSTORED};
+use tests::{client, have, wait_until, Daemon, MockXen, XENSTORE_CONTROL};
+use xenring::perms::{Perm, PermKind};
+
+/// C xenstored and its shim, or why the test cannot run here.
+fn c_target(dir: &Path) -> Option<std::path::PathBuf> {
+    if !Path::new(C_XENSTORED).exists() {
+        skip(&format!("{C_XENSTORED} is not installed"));
+        return None;
+    }
+    if !have(XENSTORE_CONTROL) {
+        return None;
+    }
+    match build_shim(&dir.join("shim")) {
+        Ok(shim) => Some(shim),
+        Err(e) => {
+            skip(&e.to_string());
+            None
+        }
+    }
+}
+
+fn ls(daemon: &Daemon) -> String {
+    let out = daemon.tool("xenstore-ls", &["-f", "-p", "/"]);
+    assert!(out.status.success(), "xenstore-ls: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn exe(pid: u32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+#[test]
+fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(shim) = c_target(dir.path()) else {
+        return;
+    };
+    let hv = MockXen::start(dir.path());
+    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
+    let mut daemon = Daemon::start_env(
+        dir.path(),
+        &["--mock-xen", hv.socket.to_str().unwrap()],
+        &env,
+    );
+    let pid = daemon.pid();
+
+    let mut a = client(&daemon.socket);
+    a.write(0, "/tool/a", b"1").unwrap();
+    a.write(0, "/tool/b", b"2").unwrap();
+    a.set_perms(
+        0,
+        "/tool/b",
+        &[Perm {
+            kind: PermKind::None,
+            domid: 0,
+        }],
+    )
+    .unwrap();
+    let mut w = client(&daemon.socket);
+    w.watch("/tool/w", "tok").unwrap();
+    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    // An event for w that it has not read when the update happens.
+    a.write(0, "/tool/w", b"before").unwrap();
+
+    // An open transaction: C carries none, so the update waits (BUSY) for
+    // -t seconds, then is refused, and the daemon serves on.
+    let mut t = client(&daemon.socket);
+    let tx = t.transaction_start().unwrap();
+    t.write(tx, "/tool/t", b"in-tx").unwrap();
+    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", "-t", "2", C_XENSTORED]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "with a transaction open: {said}");
+    // xenstore-control asks again while the answer is BUSY, and gives up
+    // (with -a) when its -t is over; the daemon says why in its log.
+    assert!(
+        said.contains("BUSY") || said.contains("long running transactions"),
+        "the refusal says why: {said}\nlog:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("transaction 1 open"),
+        "{}",
+        daemon.log_text()
+    );
+    assert_ne!(exe(pid), Path::new(C_XENSTORED));
+    assert!(daemon.running());
+    assert_eq!(a.read(0, "/tool/a").unwrap(), b"1");
+    t.transaction_end(tx, true).unwrap();
+
+    let before = ls(&daemon);
+    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
+    assert!(
+        out.status.success(),
+        "xenstore-control live-update: {out:?}\nlog:\n{}",
+        daemon.log_text()
+    );
+    // The same process, now C xenstored.
+    assert!(daemon.running(), "exited:\n{}", daemon.log_text());
+    assert_eq!(daemon.pid(), pid);
+    wait_until("C xenstored in the daemon's process", || {
+        exe(pid) == Path::new(C_XENSTORED)
+    });
+    wait_until("C to take the state", || {
+        !daemon.rundir.join("state_dump").exists()
+    });
+
+    // Everything there, permissions included; clients keep their
+    // connections; the queued event arrives, and C fires new ones.
+    assert_eq!(ls(&daemon), before);
+    assert_eq!(a.read(0, "/tool/t").unwrap(), b"in-tx");
+    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    a.write(0, "/tool/w", b"after").unwrap();
+    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    assert_eq!(a.read(0, "/tool/w").unwrap(), b"after");
+    let mut fresh = client(&daemon.socket);
+    assert_eq!(fresh.read(0, "/tool/b").unwrap(), b"2");
+}
+
+#[test]
+fn test_live_update_to_c_refuses_a_depth_watch_and_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(shim) = c_target(dir.path()) else {
+        return;
+    };
+    let hv = MockXen::start(dir.path());
+    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
+    let mut daemon = Daemon::start_env(
+        dir.path(),
+        &["--mock-xen", hv.socket.to_str().unwrap()],
+        &env,
+    );
+    let pid = daemon.pid();
+    let mut w = client(&daemon.socket);
+    w.watch_depth("/deep", "d", 1).unwrap();
+    let _ = w.next_watch_event().unwrap();
+    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("/deep") && said.contains("depth"),
+        "the refusal names the watch: {said}"
+    );
+    // Nothing was handed over: still ours, still serving, no state left.
+    assert!(daemon.running());
+    assert_ne!(exe(pid), Path::new(C_XENSTORED));
+    assert!(!daemon.rundir.join("state_dump").exists());
+    let mut c = client(&daemon.socket);
+    c.write(0, "/deep/x", b"1").unwrap();
+    assert_eq!(w.next_watch_event().unwrap().path, "/deep/x");
+}
