@@ -17,7 +17,7 @@ use mock_xen::{Connector, DomainRecord, Guest, ServerThread, Toolstack};
 use xenring::codec::{build_args, build_path_value, Decoder};
 use xenring::{DomId, Header, Message, MsgType, Perm, PermKind, XsErrno};
 
-use super::session::{parse_start, StartOptions};
+use super::session::{parse_start, Session, StartOptions};
 use super::*;
 use crate::engine::RestoreError;
 use crate::engine::{Config, ConnId, Engine};
@@ -1495,4 +1495,168 @@ fn test_restore_keeps_dom0s_own_ring_whatever_its_unique_id() {
     let (d, summary) = take_over(&w, &bytes, &stream);
     assert_eq!((summary.rings, summary.gone), (1, 0));
     assert!(d.conns.values().any(|c| c.domid() == Some(0)));
+}
+
+// --- The hand-over to C xenstored 4.17 (session.rs's C path, handover.rs's
+// `hand_over_c`). The exec cannot be let happen in this process: the
+// session is given a C target that does not exist, so a hand-over that
+// gets as far as the exec fails there, and what it undid is checked.
+
+/// A live-update session from `c` for C xenstored at `binary`, as `-f`
+/// sets it up for a file it told to be C 4.17.
+fn c_session(d: &mut Daemon, c: &Client, binary: &Path, cmdline: Option<&str>) {
+    d.live_update = Some(Session {
+        conn: c.id,
+        binary: binary.to_path_buf(),
+        cmdline: cmdline.map(str::to_string),
+        start: None,
+        dry_run_limit: Duration::from_secs(120),
+        c_version: Some((4, 17)),
+        c_start: None,
+        c_wait_since: None,
+    });
+}
+
+#[test]
+fn test_f_refuses_a_wrapper_of_c_and_gives_other_scripts_the_dry_run() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let wrapper = script(
+        w.dir.path(),
+        "xenstored",
+        "exec /usr/lib/xen-4.17/bin/xenstored \"$@\"",
+    );
+    let d = &mut w.daemon;
+    let answer = c.live_update(d, &["-f", wrapper.to_str().unwrap()]);
+    assert!(answer.starts_with("live-update refused:"), "{answer}");
+    assert!(
+        answer.contains("/usr/lib/xen-4.17/bin/xenstored"),
+        "names the real binary: {answer}"
+    );
+    assert!(d.live_update.is_none());
+    // A script that says nothing of Xen is judged by its dry run.
+    let other = script(w.dir.path(), "other", "exit 0");
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-f", other.to_str().unwrap()]), "OK");
+    let s = d.live_update.as_ref().unwrap();
+    assert_eq!(s.c_version, None);
+}
+
+#[test]
+fn test_to_c_an_open_transaction_answers_busy_then_is_refused_after_t() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let mut t = w.connect();
+    let d = &mut w.daemon;
+    let tx = t.ok(d, MsgType::TransactionStart, 0, b"\0".to_vec());
+    let tx: u32 = text(&tx).parse().unwrap();
+    t.ok(d, MsgType::Write, tx, build_path_value(b"/in-tx", b"1"));
+    let binary = w.dir.path().join("no-such-c");
+    let d = &mut w.daemon;
+    c_session(d, &c, &binary, None);
+    // Within -t: BUSY, as C answers; the session stays, nothing written.
+    assert_eq!(c.live_update(d, &["-s", "-t", "60"]), "BUSY");
+    assert!(d.live_update.as_ref().unwrap().c_wait_since.is_some());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    // Asked again: still BUSY while it is open.
+    let d = &mut w.daemon;
+    assert_eq!(c.live_update(d, &["-s", "-t", "60"]), "BUSY");
+    // -t over: refused, naming the transaction; the session ends.
+    let answer = c.live_update(d, &["-s", "-t", "0"]);
+    assert!(
+        answer.starts_with("live-update refused: Domains with long running transactions"),
+        "{answer}"
+    );
+    assert!(answer.contains(&format!("transaction {tx}")), "{answer}");
+    assert!(d.live_update.is_none());
+    // The transaction was never touched.
+    t.ok(d, MsgType::TransactionEnd, tx, b"T\0".to_vec());
+    assert_eq!(c.ok(d, MsgType::Read, 0, build_args(&[b"/in-tx"])), b"1");
+}
+
+#[test]
+fn test_to_c_a_depth_watch_is_refused_by_name_and_nothing_is_written() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let mut watcher = w.connect();
+    let d = &mut w.daemon;
+    watcher.ok(d, MsgType::Watch, 0, build_args(&[b"/deep", b"tok", b"2"]));
+    let binary = w.dir.path().join("no-such-c");
+    c_session(d, &c, &binary, None);
+    let answer = c.live_update(d, &["-s"]);
+    assert!(
+        answer.starts_with("live-update refused: C xenstored 4.17 cannot take this state"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("/deep") && answer.contains("tok"),
+        "{answer}"
+    );
+    assert!(d.live_update.is_none());
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    assert!(d.virq.is_some());
+    c.ok(d, MsgType::Write, 0, build_path_value(b"/deep/x", b"1"));
+    assert_eq!(watcher.watch_event(d).0, "/deep");
+    assert_eq!(watcher.watch_event(d).0, "/deep/x");
+}
+
+#[test]
+fn test_to_c_an_option_c_would_die_on_is_refused_by_name() {
+    let mut w = World::new();
+    let mut c = w.connect();
+    let binary = w.dir.path().join("no-such-c");
+    let d = &mut w.daemon;
+    c_session(d, &c, &binary, Some("-N --mock-xen /x"));
+    let answer = c.live_update(d, &["-s"]);
+    assert!(
+        answer.starts_with("live-update refused: C xenstored's command line"),
+        "{answer}"
+    );
+    assert!(answer.contains("--mock-xen"), "{answer}");
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    assert!(d.live_update.is_none());
+}
+
+#[test]
+fn test_to_c_a_failed_exec_undoes_everything_and_f_gets_past_transactions() {
+    let mut w = World::new();
+    let mut dom0 = w.connect();
+    let rec = w.guest(&mut dom0);
+    let guest = Guest::attach(&w.connector(), &rec).unwrap();
+    let features = guest.end().server_features();
+    assert!(
+        !features.is_empty(),
+        "the daemon advertises features on a ring"
+    );
+    let mut t = w.connect();
+    let d = &mut w.daemon;
+    let tx = t.ok(d, MsgType::TransactionStart, 0, b"\0".to_vec());
+    let tx: u32 = text(&tx).parse().unwrap();
+    let binary = w.dir.path().join("no-such-c");
+    c_session(d, &dom0, &binary, None);
+    // -F: the open transaction is dropped from the state, so the
+    // hand-over goes as far as the exec, which fails.
+    let answer = dom0.live_update(d, &["-s", "-F"]);
+    assert!(
+        answer.starts_with("live-update refused: Error activating new binary"),
+        "{answer}"
+    );
+    assert!(answer.contains("no-such-c"), "{answer}");
+    // As it was: no state file, descriptors close-on-exec again, VIRQ
+    // bound, the ring's features advertised, the transaction open.
+    assert!(!w.dir.path().join(STATE_FILE).exists());
+    assert!(has_cloexec(socket_fd(d, dom0.id)));
+    assert!(d.virq.is_some());
+    assert_eq!(guest.end().server_features(), features);
+    t.ok(
+        d,
+        MsgType::Write,
+        tx,
+        build_path_value(b"/still-in-tx", b"1"),
+    );
+    t.ok(d, MsgType::TransactionEnd, tx, b"T\0".to_vec());
+    assert_eq!(
+        dom0.ok(d, MsgType::Read, 0, build_args(&[b"/still-in-tx"])),
+        b"1"
+    );
 }
