@@ -415,13 +415,17 @@ fn test_identify_debian_wrapper_is_a_script() {
 #[test]
 fn test_identify_script_names_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
+    // No installed binaries to offer: only what the script names, once.
+    let empty = dir.path().join("no-lib");
     let path = file(
         dir.path(),
         "xenstored",
-        b"#!/bin/sh\nexec /usr/lib/xen-4.17/bin/xenstored \"$@\"\n",
+        b"#!/bin/sh\n[ -x /usr/lib/xen-4.17/bin/xenstored ] &&\n\
+          exec /usr/lib/xen-4.17/bin/xenstored \"$@\"\n\
+          exec /usr/lib/xen-4.17/bin/xl\n",
         0o755,
     );
-    let err = identify(&path).unwrap_err();
+    let err = identify_with(&path, &empty, MAX_SIZE).unwrap_err();
     let TargetError::Script { candidates, .. } = &err else {
         panic!("{err}");
     };
