@@ -789,6 +789,9 @@ fn test_c_command_line_refuses_what_c_dies_on() {
         ("-E abc", "InvalidValue"),
         ("-E -1", "InvalidValue"),
         ("-E 2147483648", "InvalidValue"),
+        ("-E +5", "InvalidValue"),
+        ("-Q memory=+5", "InvalidValue"),
+        ("--event x", "InvalidValue"),
         ("-Q memory", "InvalidValue"),
         ("-Q memory=x", "InvalidValue"),
         ("-w watch-event=3000000", "InvalidValue"),
@@ -849,6 +852,11 @@ fn test_c_command_line_accepts_what_c_takes() {
     assert!(
         args.ends_with(&["-N".into(), "-V".into(), "-U".into()]),
         "{args:?}"
+    );
+    let (_, notes) = run(&q, "--event 5").unwrap();
+    assert!(
+        matches!(&notes[..], [CNote::NoEffect { option, .. }] if option == "--event"),
+        "{notes:?}"
     );
     let (_, notes) = run(&q, "-D").unwrap();
     assert!(
