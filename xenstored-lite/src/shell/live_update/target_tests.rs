@@ -415,13 +415,17 @@ fn test_identify_debian_wrapper_is_a_script() {
 #[test]
 fn test_identify_script_names_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
+    // No installed binaries to offer: only what the script names, once.
+    let empty = dir.path().join("no-lib");
     let path = file(
         dir.path(),
         "xenstored",
-        b"#!/bin/sh\nexec /usr/lib/xen-4.17/bin/xenstored \"$@\"\n",
+        b"#!/bin/sh\n[ -x /usr/lib/xen-4.17/bin/xenstored ] &&\n\
+          exec /usr/lib/xen-4.17/bin/xenstored \"$@\"\n\
+          exec /usr/lib/xen-4.17/bin/xl\n",
         0o755,
     );
-    let err = identify(&path).unwrap_err();
+    let err = identify_with(&path, &empty, MAX_SIZE).unwrap_err();
     let TargetError::Script { candidates, .. } = &err else {
         panic!("{err}");
     };
@@ -785,6 +789,9 @@ fn test_c_command_line_refuses_what_c_dies_on() {
         ("-E abc", "InvalidValue"),
         ("-E -1", "InvalidValue"),
         ("-E 2147483648", "InvalidValue"),
+        ("-E +5", "InvalidValue"),
+        ("-Q memory=+5", "InvalidValue"),
+        ("--event x", "InvalidValue"),
         ("-Q memory", "InvalidValue"),
         ("-Q memory=x", "InvalidValue"),
         ("-w watch-event=3000000", "InvalidValue"),
@@ -845,6 +852,11 @@ fn test_c_command_line_accepts_what_c_takes() {
     assert!(
         args.ends_with(&["-N".into(), "-V".into(), "-U".into()]),
         "{args:?}"
+    );
+    let (_, notes) = run(&q, "--event 5").unwrap();
+    assert!(
+        matches!(&notes[..], [CNote::NoEffect { option, .. }] if option == "--event"),
+        "{notes:?}"
     );
     let (_, notes) = run(&q, "-D").unwrap();
     assert!(
