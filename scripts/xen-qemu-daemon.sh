@@ -18,6 +18,12 @@
 #             C writes its state and execs us with -U); the guest keeps
 #             looping without error; then xenstored-lite updates itself, and
 #             the guest is destroyed as above.  (scripts/xen-qemu/c-to-lite.sh)
+#  lite-to-c  the way back: xenstored-lite live-updates to Xen's C
+#             xenstored (refused while a dom0 transaction is open, then
+#             done; a held watch's events arrive; same pid, `xenstore-ls
+#             -p` identical), C live-updates back, the guest loops on
+#             without error; destroy and a new guest.
+#             (scripts/xen-qemu/lite-to-c.sh)
 #  deb        the Debian package: dpkg -i in dom0, XENSTORED= in
 #             /etc/default/xen, Debian's /etc/init.d/xen starts it (fork, pid
 #             file), a PV guest over its ring, start-stop-daemon --stop.
@@ -28,7 +34,7 @@
 #             tools through /dev/xen/xenbus, two looping PV guests, xl
 #             destroy of one.                  (scripts/xen-qemu/stubdom.sh)
 #
-#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [deb] [stubdom]  # default: all
+#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [lite-to-c] [deb] [stubdom]  # default: all
 #
 # The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
 # (default /var/tmp/xenqemu) when missing or out of date.
@@ -42,7 +48,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/xen-qemu-image.sh"
 TARGET=${XENQEMU_TARGET_DIR:-$ROOT/target/deb-build}
-SCENARIOS=${*:-lite c-to-lite deb stubdom}
+SCENARIOS=${*:-lite c-to-lite lite-to-c deb stubdom}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)
 XENQEMU_CLEANUP="$WORK"
