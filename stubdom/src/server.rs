@@ -221,11 +221,6 @@ where
         &self.host
     }
 
-    /// Rings served (cut-off ones included, until their domain goes).
-    pub fn rings(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Serves for ever.
     pub fn run(&mut self) -> ! {
         loop {

@@ -331,6 +331,17 @@ fn test_guest_that_corrupts_its_ring_is_cut_off_and_dom0_carries_on() {
     );
     assert_eq!(bad.get_ref().end().error(), RingErrorCode::RingIdx);
     world.wait_log(&format!("domain {b} (connection"));
+    // The console line says why.
+    let line = world
+        .logs()
+        .into_iter()
+        .find(|l| l.contains(&format!("domain {b} (connection")))
+        .unwrap();
+    assert!(
+        line.contains("ring indices are inconsistent")
+            && line.ends_with("its ring is no longer served"),
+        "{line}"
+    );
     // Others are served as before.
     dom0.write(0, "/after", b"ok").unwrap();
     assert_eq!(dom0.read(0, "/after").unwrap(), b"ok");
