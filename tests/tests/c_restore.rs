@@ -302,3 +302,22 @@ fn the_stream_the_negatives_break_restores() {
     assert_eq!(tool_ok(&c, "xenstore-read", &["/a"]), "alpha\n");
     assert!(c.running(), "C died:\n{}", c.log_text());
 }
+
+/// Our pre-flight check refuses, before any exec, every stream C is seen
+/// to die on above, and accepts the one they break.
+#[test]
+fn our_model_of_c_refuses_every_negative_first() {
+    use xenstored_lite::migration::c417::check_c417;
+    let accepted = tests::c_restore::c417_accepted();
+    let bytes = accepted.to_bytes().expect("it writes");
+    check_c417(&bytes).expect("the stream the negatives break passes the model");
+    for (name, state, _) in tests::c_restore::c417_negatives() {
+        if state.is_empty() {
+            // No state file at all: our writer always writes one, whole,
+            // before the exec (and the exec does not happen if it cannot).
+            continue;
+        }
+        let refusal = check_c417(&state).expect_err(name);
+        assert!(!refusal.to_string().is_empty(), "{name}");
+    }
+}
