@@ -276,22 +276,10 @@ impl Daemon {
             .chain(cmdline.args.iter().map(OsString::as_os_str))
             .map(|a| CString::new(a.as_bytes()))
             .collect();
-        let mut env: Vec<CString> = std::env::vars_os()
-            .filter(|(k, _)| k != "XENSTORED_RUNDIR")
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).ok()
-            })
-            .collect();
-        let mut rundir = b"XENSTORED_RUNDIR=".to_vec();
-        rundir.extend_from_slice(self.rundir.as_os_str().as_bytes());
-        let (Ok(argv), Ok(rundir)) = (argv, CString::new(rundir)) else {
+        let (Ok(argv), Some(env)) = (argv, c_environment(std::env::vars_os(), &self.rundir)) else {
             let _ = std::fs::remove_file(self.state_path());
             return CHandOver::Refused(HandOverError::NulInArgument.into());
         };
-        env.push(rundir);
         let features: Vec<_> = self
             .conns
             .values()
@@ -400,4 +388,26 @@ impl Daemon {
         };
         self.exec_passing_fds(&session.binary, || nix::unistd::execv(&argv[0], &argv))
     }
+}
+
+/// C's environment: ours, with `XENSTORED_RUNDIR` naming our run directory
+/// (where the state file is) in place of any value it had; `None` if the
+/// run directory's path holds a NUL.
+pub(super) fn c_environment(
+    vars: impl Iterator<Item = (OsString, OsString)>,
+    rundir: &std::path::Path,
+) -> Option<Vec<CString>> {
+    let mut env: Vec<CString> = vars
+        .filter(|(k, _)| k != "XENSTORED_RUNDIR")
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut dir = b"XENSTORED_RUNDIR=".to_vec();
+    dir.extend_from_slice(rundir.as_os_str().as_bytes());
+    env.push(CString::new(dir).ok()?);
+    Some(env)
 }

@@ -1660,3 +1660,29 @@ fn test_to_c_a_failed_exec_undoes_everything_and_f_gets_past_transactions() {
         b"1"
     );
 }
+
+#[test]
+fn test_c_environment_keeps_ours_and_names_our_run_directory() {
+    use super::handover::c_environment;
+    let vars = vec![
+        (OsString::from("PATH"), OsString::from("/bin")),
+        (
+            OsString::from("XENSTORED_RUNDIR"),
+            OsString::from("/elsewhere"),
+        ),
+        (OsString::from("LD_PRELOAD"), OsString::from("/shim.so")),
+    ];
+    let env = c_environment(vars.into_iter(), Path::new("/run/xenstored")).unwrap();
+    let env: Vec<&str> = env.iter().map(|c| c.to_str().unwrap()).collect();
+    assert_eq!(
+        env,
+        [
+            "PATH=/bin",
+            "LD_PRELOAD=/shim.so",
+            "XENSTORED_RUNDIR=/run/xenstored"
+        ]
+    );
+    use std::os::unix::ffi::OsStrExt as _;
+    let nul = Path::new(std::ffi::OsStr::from_bytes(b"/run/x\0y"));
+    assert!(c_environment(std::iter::empty(), nul).is_none());
+}
