@@ -397,7 +397,10 @@ pub fn set_perms(
 }
 
 /// `DIRECTORY_PART <path> <offset>`: the children's names from `offset`
-/// bytes on, after the node's generation.
+/// bytes on, after the node's generation. Only the part that reaches the
+/// end of the list closes it with an empty name (a second NUL), as C
+/// xenstored does: libxenstore's `xs_directory_part` adds each reply's
+/// length to the next offset and stops at the first part ending "\0\0".
 pub fn directory_part(
     store: &mut Store,
     ctx: &Ctx<'_>,
@@ -431,7 +434,9 @@ pub fn directory_part(
         len += name.len();
     }
     out.extend_from_slice(&list[offset..offset + len]);
-    out.push(0);
+    if offset + len == list.len() {
+        out.push(0);
+    }
     Ok(out)
 }
 
