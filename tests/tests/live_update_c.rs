@@ -30,6 +30,25 @@ fn c_target(dir: &Path) -> Option<std::path::PathBuf> {
     }
 }
 
+/// mock-xen, and xenstored-lite on it with the shim preloaded (for the C
+/// it will exec); `None` when C cannot run here (the test skips).
+fn start_under_shim(dir: &Path) -> Option<(MockXen, Daemon)> {
+    let shim = c_target(dir)?;
+    let hv = MockXen::start(dir);
+    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
+    let daemon = Daemon::start_env(dir, &["--mock-xen", hv.socket.to_str().unwrap()], &env);
+    Some((hv, daemon))
+}
+
+/// What a tool printed, stdout then stderr.
+fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn ls(daemon: &Daemon) -> String {
     let out = daemon.tool("xenstore-ls", &["-f", "-p", "/"]);
     assert!(out.status.success(), "xenstore-ls: {out:?}");
@@ -43,16 +62,9 @@ fn exe(pid: u32) -> std::path::PathBuf {
 #[test]
 fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(shim) = c_target(dir.path()) else {
+    let Some((_hv, mut daemon)) = start_under_shim(dir.path()) else {
         return;
     };
-    let hv = MockXen::start(dir.path());
-    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
-    let mut daemon = Daemon::start_env(
-        dir.path(),
-        &["--mock-xen", hv.socket.to_str().unwrap()],
-        &env,
-    );
     let pid = daemon.pid();
 
     let mut a = client(&daemon.socket);
@@ -79,11 +91,7 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     let tx = t.transaction_start().unwrap();
     t.write(tx, "/tool/t", b"in-tx").unwrap();
     let out = daemon.tool(XENSTORE_CONTROL, &["live-update", "-t", "2", C_XENSTORED]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = printed(&out);
     assert!(!out.status.success(), "with a transaction open: {said}");
     // xenstore-control asks again while the answer is BUSY, and gives up
     // (with -a) when its -t is over; the daemon says why in its log.
@@ -134,26 +142,15 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
 #[test]
 fn test_live_update_to_c_refuses_a_depth_watch_and_serves_on() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(shim) = c_target(dir.path()) else {
+    let Some((_hv, mut daemon)) = start_under_shim(dir.path()) else {
         return;
     };
-    let hv = MockXen::start(dir.path());
-    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
-    let mut daemon = Daemon::start_env(
-        dir.path(),
-        &["--mock-xen", hv.socket.to_str().unwrap()],
-        &env,
-    );
     let pid = daemon.pid();
     let mut w = client(&daemon.socket);
     w.watch_depth("/deep", "d", 1).unwrap();
     let _ = w.next_watch_event().unwrap();
     let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = printed(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("/deep") && said.contains("depth"),

@@ -479,9 +479,14 @@ impl C417Stream {
     /// The stream's bytes, checked by [`check_c417`] before they are
     /// returned.
     pub fn to_bytes(&self) -> Result<Vec<u8>, C417Refusal> {
+        self.to_checked_bytes().map(|(bytes, _)| bytes)
+    }
+
+    /// [`C417Stream::to_bytes`], with what [`check_c417`] found in them.
+    pub fn to_checked_bytes(&self) -> Result<(Vec<u8>, C417Summary), C417Refusal> {
         let bytes = self.stream.to_bytes().map_err(C417Refusal::Encode)?;
-        check_c417(&bytes)?;
-        Ok(bytes)
+        let summary = check_c417(&bytes)?;
+        Ok((bytes, summary))
     }
 }
 

@@ -195,10 +195,7 @@ impl Daemon {
         {
             return CHandOver::Busy(format!("connection {conn} is reconnecting its ring"));
         }
-        let ok = Message {
-            header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
-            payload: b"OK\0".to_vec(),
-        };
+        let ok = ok_reply(header);
         let stream = self.export_stream(Version::V2, Some((session.conn, &ok)));
         let strict = C417Options::default();
         let converted = match c417::to_c417(&stream, &strict) {
@@ -228,15 +225,7 @@ impl Daemon {
             );
         }
         // The exact bytes handed over must pass the model of C's rules.
-        let checked = converted
-            .stream
-            .to_bytes()
-            .map_err(C417Refusal::Encode)
-            .and_then(|b| {
-                let summary = c417::check_c417(&b)?;
-                Ok((b, summary))
-            });
-        let (bytes, summary) = match checked {
+        let (bytes, summary) = match converted.to_checked_bytes() {
             Ok(c) => c,
             Err(e) => return CHandOver::Refused(HandOverError::from(e).into()),
         };
@@ -272,11 +261,9 @@ impl Daemon {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
-            .chain(cmdline.args.iter().map(OsString::as_os_str))
-            .map(|a| CString::new(a.as_bytes()))
-            .collect();
-        let (Ok(argv), Some(env)) = (argv, c_environment(std::env::vars_os(), &self.rundir)) else {
+        let argv = exec_argv(&session.binary, &cmdline.args);
+        let (Some(argv), Some(env)) = (argv, c_environment(std::env::vars_os(), &self.rundir))
+        else {
             let _ = std::fs::remove_file(self.state_path());
             return CHandOver::Refused(HandOverError::NulInArgument.into());
         };
@@ -365,10 +352,7 @@ impl Daemon {
         version: Version,
     ) -> HandOverError {
         let t0 = Instant::now();
-        let ok = Message {
-            header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
-            payload: b"OK\0".to_vec(),
-        };
+        let ok = ok_reply(header);
         let size = match self.write_state(version, Some((session.conn, &ok))) {
             Ok(n) => n,
             Err(e) => return HandOverError::State(e),
@@ -379,11 +363,7 @@ impl Daemon {
             session.binary.display()
         );
         let args = new_args(&self.exec_args, session.cmdline.as_deref());
-        let argv: Result<Vec<CString>, _> = std::iter::once(session.binary.as_os_str())
-            .chain(args.iter().map(OsString::as_os_str))
-            .map(|a| CString::new(a.as_bytes()))
-            .collect();
-        let Ok(argv) = argv else {
+        let Some(argv) = exec_argv(&session.binary, &args) else {
             return HandOverError::NulInArgument;
         };
         self.exec_passing_fds(&session.binary, || nix::unistd::execv(&argv[0], &argv))
@@ -410,4 +390,21 @@ pub(super) fn c_environment(
     dir.extend_from_slice(rundir.as_os_str().as_bytes());
     env.push(CString::new(dir).ok()?);
     Some(env)
+}
+
+/// The `OK` to `live-update -s` (`header`'s), queued last on the asking
+/// connection for the new process to deliver.
+fn ok_reply(header: Header) -> Message {
+    Message {
+        header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
+        payload: b"OK\0".to_vec(),
+    }
+}
+
+/// `binary` and its arguments for `execv`; `None` if one holds a NUL.
+fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<Vec<CString>> {
+    std::iter::once(binary.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| CString::new(a.as_bytes()).ok())
+        .collect()
 }
