@@ -402,7 +402,7 @@ fn ok_reply(header: Header) -> Message {
 }
 
 /// `binary` and its arguments for `execv`; `None` if one holds a NUL.
-fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<Vec<CString>> {
+pub(super) fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<Vec<CString>> {
     std::iter::once(binary.as_os_str())
         .chain(args.iter().map(OsString::as_os_str))
         .map(|a| CString::new(a.as_bytes()).ok())

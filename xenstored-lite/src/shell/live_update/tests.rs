@@ -1686,3 +1686,23 @@ fn test_c_environment_keeps_ours_and_names_our_run_directory() {
     let nul = Path::new(std::ffi::OsStr::from_bytes(b"/run/x\0y"));
     assert!(c_environment(std::iter::empty(), nul).is_none());
 }
+
+#[test]
+fn test_exec_argv_is_the_binary_then_its_arguments_and_refuses_a_nul() {
+    use super::handover::exec_argv;
+    use std::os::unix::ffi::OsStrExt as _;
+    let args = [
+        OsString::from("-U"),
+        OsString::from("-E"),
+        OsString::from("900"),
+    ];
+    let argv = exec_argv(Path::new("/usr/lib/xen-4.17/bin/xenstored"), &args).unwrap();
+    let argv: Vec<&str> = argv.iter().map(|c| c.to_str().unwrap()).collect();
+    assert_eq!(argv, ["/usr/lib/xen-4.17/bin/xenstored", "-U", "-E", "900"]);
+    let argv = exec_argv(Path::new("/bin/x"), &[]).unwrap();
+    assert_eq!(argv.len(), 1);
+    let nul = OsString::from(std::ffi::OsStr::from_bytes(b"-c\0x"));
+    assert!(exec_argv(Path::new("/bin/x"), &[nul]).is_none());
+    let nul = Path::new(std::ffi::OsStr::from_bytes(b"/bin\0x"));
+    assert!(exec_argv(nul, &[]).is_none());
+}
