@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use xenring::codec::Decoder;
-use xenring::{DomId, Message};
+use xenring::{DomId, Message, MsgType};
 
 use crate::engine::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
@@ -30,6 +30,9 @@ struct StateConn {
     /// Cut off (protocol violation): ignored until released.
     dead: bool,
     domid: Option<DomId>,
+    /// Whole requests held while [`ShellState::holding`] (a TRANSACTION_START
+    /// and whatever the connection sent after it), encoded, in order.
+    held: Vec<u8>,
 }
 
 impl StateConn {
@@ -40,6 +43,7 @@ impl StateConn {
             out_off: 0,
             dead: false,
             domid,
+            held: Vec::new(),
         }
     }
 }
@@ -47,7 +51,8 @@ impl StateConn {
 /// A connection's pending bytes, for a migration stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// A partly received request.
+    /// Requests received, not carried out: whole held ones (see
+    /// [`ShellState::holding`]), then at most one partly received.
     pub in_data: Vec<u8>,
     /// Bytes not yet written: the rest of a partly written message, then
     /// every message queued.
@@ -73,6 +78,12 @@ pub struct ShellState {
     /// then (replay must take it at the same point); otherwise it changed
     /// nothing, and a stalled ring retried every turn records nothing.
     popped: bool,
+    /// New TRANSACTION_STARTs are held, not carried out (a `Hold` event):
+    /// while a live update to C xenstored waits for open transactions to
+    /// end, as C itself does. A connection with a held request is read no
+    /// further; its held requests travel in the stream as complete
+    /// requests for C to answer, or are carried out when holding ends.
+    holding: bool,
 }
 
 impl ShellState {
@@ -84,6 +95,7 @@ impl ShellState {
             recorder,
             last_request: None,
             popped: false,
+            holding: false,
         }
     }
 
@@ -143,9 +155,25 @@ impl ShellState {
         self.conns.get(&conn).and_then(|c| c.domid)
     }
 
-    /// Whether the engine takes another request from `conn` now.
+    /// Whether the engine takes another request from `conn` now (not
+    /// while `conn` has a held request).
     pub fn accepts_requests(&self, conn: ConnId) -> bool {
-        self.engine.accepts_requests(conn)
+        self.conns.get(&conn).is_none_or(|c| c.held.is_empty())
+            && self.engine.accepts_requests(conn)
+    }
+
+    /// Whether new TRANSACTION_STARTs are held ([`BoundaryEvent::Hold`]).
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The connections with held requests.
+    pub fn held_conns(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.held.is_empty())
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     /// Connections the engine takes requests from again because of what
@@ -210,6 +238,12 @@ impl ShellState {
     ) -> Result<Applied, ApplyError> {
         match &event {
             BoundaryEvent::Start { .. } | BoundaryEvent::HandOver => {}
+            BoundaryEvent::Hold { on } => {
+                self.holding = *on;
+                if !*on {
+                    self.release_held(on_request);
+                }
+            }
             BoundaryEvent::Restore { stream, outcomes } => {
                 let parsed = Stream::parse(stream).map_err(ApplyError::Stream)?;
                 let outcome = self.take_over(&parsed, outcomes)?;
@@ -307,10 +341,45 @@ impl ShellState {
             let Some(msg) = c.decoder.decode(&mut input)? else {
                 return Ok(());
             };
-            self.engine.handle(Input::Request { conn, msg: &msg });
-            on_request(&self.engine, conn, domid, &msg);
-            if let Some(last) = &mut self.last_request {
-                last.insert(conn, msg);
+            if self.holding
+                && (!c.held.is_empty() || msg.header.msg_type == MsgType::TransactionStart as u32)
+            {
+                // Order is kept: once one is held, the rest wait behind it.
+                msg.encode_into(&mut c.held);
+                continue;
+            }
+            self.request(conn, domid, msg, on_request);
+        }
+    }
+
+    fn request(
+        &mut self,
+        conn: ConnId,
+        domid: Option<DomId>,
+        msg: Message,
+        on_request: OnRequest<'_>,
+    ) {
+        self.engine.handle(Input::Request { conn, msg: &msg });
+        on_request(&self.engine, conn, domid, &msg);
+        if let Some(last) = &mut self.last_request {
+            last.insert(conn, msg);
+        }
+    }
+
+    /// Holding ended: every connection's held requests are carried out,
+    /// in order, as if they had just arrived.
+    fn release_held(&mut self, on_request: OnRequest<'_>) {
+        for conn in self.held_conns() {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let held = std::mem::take(&mut c.held);
+            let domid = c.domid;
+            let mut input = &held[..];
+            let mut decoder = Decoder::new();
+            // Each was decoded once already: they decode again whole.
+            while let Ok(Some(msg)) = decoder.decode(&mut input) {
+                self.request(conn, domid, msg, on_request);
             }
         }
     }
@@ -383,8 +452,11 @@ impl ShellState {
         if let Some(msg) = extra {
             msg.encode_into(&mut out_data);
         }
+        // Held requests first (complete), then the partial one after them.
+        let mut in_data = c.held.clone();
+        in_data.extend_from_slice(&c.decoder.partial());
         Some(Pending {
-            in_data: c.decoder.partial(),
+            in_data,
             out_data,
             out_resp_len,
         })
@@ -594,7 +666,8 @@ pub fn engine_input(event: &BoundaryEvent<'_>) -> Option<Input<'static>> {
         | BoundaryEvent::Input { .. }
         | BoundaryEvent::Output { .. }
         | BoundaryEvent::Answer { .. }
-        | BoundaryEvent::HandOver => return None,
+        | BoundaryEvent::HandOver
+        | BoundaryEvent::Hold { .. } => return None,
     })
 }
 

@@ -125,4 +125,11 @@ pub enum BoundaryEvent<'a> {
     },
     /// The process exec'd a new binary (live update); a `Start` follows.
     HandOver,
+    /// New TRANSACTION_STARTs are held (`on`), as while a live update to
+    /// C xenstored waits for open transactions to end, or no longer held
+    /// (`!on`): the held requests are then carried out, in order.
+    Hold {
+        /// Whether holding begins (true) or ends (false).
+        on: bool,
+    },
 }

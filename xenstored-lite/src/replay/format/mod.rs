@@ -46,6 +46,7 @@ mod kind {
     pub const DOMAIN_STATE: u8 = 11;
     pub const ANSWER: u8 = 12;
     pub const HAND_OVER: u8 = 13;
+    pub const HOLD: u8 = 14;
 }
 
 #[cfg(test)]

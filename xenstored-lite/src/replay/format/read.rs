@@ -267,6 +267,11 @@ impl<'a> Reader<'a> {
                 }
             }
             kind::HAND_OVER => BoundaryEvent::HandOver,
+            kind::HOLD => match p.u8("hold")? {
+                0 => BoundaryEvent::Hold { on: false },
+                1 => BoundaryEvent::Hold { on: true },
+                _ => return Err(p.bad("hold (not 0 or 1)")),
+            },
             other => {
                 return Err(FormatError::UnknownKind {
                     index: self.index,

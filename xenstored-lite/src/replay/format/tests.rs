@@ -63,6 +63,8 @@ fn all_kinds() -> Vec<BoundaryEvent<'static>> {
             answer: Answer::Error(XsErrno::EINVAL),
         },
         BoundaryEvent::HandOver,
+        BoundaryEvent::Hold { on: true },
+        BoundaryEvent::Hold { on: false },
     ]
 }
 
@@ -156,6 +158,10 @@ fn test_bad_input_is_a_typed_error() {
     data.extend_from_slice(&[kind::CLOSE, 5, 0, 0, 0, 1, 0, 0, 0, 9]);
     let err = read_all(&data).unwrap_err();
     assert!(err.to_string().contains("left over"), "{err}");
+    let mut data = header().to_vec();
+    data.extend_from_slice(&[kind::HOLD, 1, 0, 0, 0, 2]);
+    let err = read_all(&data).unwrap_err();
+    assert!(err.to_string().contains("bad hold"), "{err}");
 }
 
 proptest! {

@@ -139,6 +139,10 @@ pub fn encode(event: &BoundaryEvent<'_>, out: &mut Vec<u8>) {
             kind::ANSWER
         }
         BoundaryEvent::HandOver => kind::HAND_OVER,
+        BoundaryEvent::Hold { on } => {
+            out.push(u8::from(*on));
+            kind::HOLD
+        }
     };
     let len = u32::try_from(out.len() - start - 5).unwrap_or(u32::MAX);
     out[start] = k;

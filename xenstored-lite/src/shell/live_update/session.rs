@@ -18,6 +18,7 @@ use super::{new_args, DRY_RUN_DIR};
 use crate::engine::ConnId;
 use crate::migration::Version;
 use crate::replay::format::{Answer, BoundaryEvent};
+use crate::shell::access_log::AccessLog;
 use crate::shell::Daemon;
 
 /// How long the new binary's dry run may take before the update is refused.
@@ -40,7 +41,16 @@ pub(in crate::shell) struct Session {
     pub(super) c_start: Option<(Header, StartOptions)>,
     /// When the first `-s` for C was answered BUSY (open transactions).
     pub(super) c_wait_since: Option<Instant>,
+    /// While waiting for C: new TRANSACTION_STARTs are held until then at
+    /// the latest; an asker that stops polling (`-s` again) by then loses
+    /// the session, so that held clients are never held for ever.
+    pub(super) c_hold_until: Option<Instant>,
 }
+
+/// How long past `-t` a hand-over to C waits for the next `-s` before it
+/// gives up and lets held TRANSACTION_STARTs through (xenstore-control
+/// asks again every second).
+pub(super) const C_HOLD_GRACE: Duration = Duration::from_secs(10);
 
 /// `-s` received: the dry run is under way.
 #[derive(Debug)]
@@ -267,6 +277,7 @@ impl Daemon {
             c_version,
             c_start: None,
             c_wait_since: None,
+            c_hold_until: None,
         });
         "OK".to_string()
     }
@@ -356,6 +367,7 @@ impl Daemon {
     }
 
     fn end_session(&mut self, mut s: Session) {
+        self.hold(false);
         if let Some(start) = &mut s.start {
             let _ = start.child.kill();
             let _ = start.child.wait();
@@ -364,12 +376,42 @@ impl Daemon {
         }
     }
 
+    /// Holds new TRANSACTION_STARTs (`on`) or carries out the held ones
+    /// and takes requests again (`!on`): recorded, so replay does the same.
+    pub(super) fn hold(&mut self, on: bool) {
+        if self.core.holding() == on {
+            return;
+        }
+        let held = self.core.held_conns();
+        if !on && !held.is_empty() {
+            tracing::info!(
+                "live-update: {} held TRANSACTION_START(s) carried out now",
+                held.len()
+            );
+        }
+        let last_time = self.last_time;
+        let log = &mut self.access_log;
+        let result = self.core.apply(
+            BoundaryEvent::Hold { on },
+            &mut |engine, conn, domid, msg| {
+                AccessLog::request(log, last_time, engine, conn, domid, msg);
+            },
+        );
+        debug_assert!(result.is_ok(), "a Hold failed: {result:?}");
+        // Read again (rings) and listened to again (sockets) next turn.
+        for conn in held {
+            if self.conns.contains_key(&conn) {
+                self.dirty.insert(conn);
+            }
+        }
+    }
+
     /// Whether a dry run or a hand-over to C is under way (the loop then
-    /// polls for its end).
+    /// polls for its end, or for the end of holding).
     pub(in crate::shell) fn live_update_pending(&self) -> bool {
         self.live_update
             .as_ref()
-            .is_some_and(|s| s.start.is_some() || s.c_start.is_some())
+            .is_some_and(|s| s.start.is_some() || s.c_start.is_some() || s.c_hold_until.is_some())
     }
 
     /// Moves a started update on: at the end of a loop turn, between
@@ -388,6 +430,17 @@ impl Daemon {
         }
         if let Some((header, opts)) = session.c_start.take() {
             return self.c_poll(header, opts);
+        }
+        if session.c_hold_until.is_some_and(|t| Instant::now() >= t) {
+            tracing::warn!(
+                "live-update: no -s again within {} s of -t's end; the update to C is \
+                 abandoned and held TRANSACTION_STARTs go through",
+                C_HOLD_GRACE.as_secs()
+            );
+            if let Some(s) = self.live_update.take() {
+                self.end_session(s);
+            }
+            return;
         }
         let limit = session.dry_run_limit;
         let Some(start) = &mut session.start else {
@@ -450,7 +503,15 @@ impl Daemon {
                 let since = *session.c_wait_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < opts.timeout {
                     tracing::info!("live-update: BUSY: {why}");
+                    if session.c_hold_until.is_none() {
+                        tracing::info!(
+                            "live-update: new TRANSACTION_STARTs are held until the hand-over \
+                             (they go to C as whole requests) or the refusal"
+                        );
+                    }
+                    session.c_hold_until = Some(since + opts.timeout + C_HOLD_GRACE);
                     self.live_update = Some(session);
+                    self.hold(true);
                     self.core.apply_infallible(BoundaryEvent::Answer {
                         conn,
                         header,

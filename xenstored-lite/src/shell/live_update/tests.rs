@@ -1514,6 +1514,7 @@ fn c_session(d: &mut Daemon, c: &Client, binary: &Path, cmdline: Option<&str>) {
         c_version: Some((4, 17)),
         c_start: None,
         c_wait_since: None,
+        c_hold_until: None,
     });
 }
 
@@ -1705,4 +1706,129 @@ fn test_exec_argv_is_the_binary_then_its_arguments_and_refuses_a_nul() {
     assert!(exec_argv(Path::new("/bin/x"), &[nul]).is_none());
     let nul = Path::new(std::ffi::OsStr::from_bytes(b"/bin\0x"));
     assert!(exec_argv(nul, &[]).is_none());
+}
+
+// --- Held TRANSACTION_STARTs while a hand-over to C waits for open
+// transactions (C's own rule; C carries no transaction).
+
+/// A daemon with a transaction open on `t` and an update to C answered
+/// BUSY for it: new TRANSACTION_STARTs are held from now on.
+fn c_waiting(w: &mut World) -> (Client, Client, u32) {
+    let mut c = w.connect();
+    let mut t = w.connect();
+    let d = &mut w.daemon;
+    let tx = t.ok(d, MsgType::TransactionStart, 0, b"\0".to_vec());
+    let tx: u32 = text(&tx).parse().unwrap();
+    let binary = w.dir.path().join("no-such-c");
+    let d = &mut w.daemon;
+    c_session(d, &c, &binary, None);
+    assert_eq!(c.live_update(d, &["-s", "-t", "60"]), "BUSY");
+    assert!(d.core.holding());
+    (c, t, tx)
+}
+
+/// `b` sends a TRANSACTION_START and a READ behind it; both are held.
+fn held_pair(d: &mut Daemon, b: &mut Client) -> (u32, u32) {
+    let start = b.send(MsgType::TransactionStart, 0, b"\0".to_vec());
+    let read = b.send(MsgType::Read, 0, build_args(&[b"/held"]));
+    let id = b.id;
+    until(d, "the requests held", |d| {
+        d.core.held_conns().contains(&id)
+    });
+    // A few turns more: still held, nothing answered.
+    for _ in 0..5 {
+        d.turn(Some(1)).unwrap();
+    }
+    b.no_answer_yet(start);
+    b.no_answer_yet(read);
+    (start, read)
+}
+
+#[test]
+fn test_to_c_busy_holds_new_transaction_starts_and_what_follows_then_refusal_lets_them_go() {
+    let mut w = World::new();
+    let (mut c, _t, _tx) = c_waiting(&mut w);
+    let mut b = w.connect();
+    let mut other = w.connect();
+    let d = &mut w.daemon;
+    other.ok(d, MsgType::Write, 0, build_path_value(b"/held", b"v"));
+    let (start, read) = held_pair(d, &mut b);
+    // Only connections that asked for a transaction are held.
+    assert_eq!(other.ok(d, MsgType::Read, 0, build_args(&[b"/held"])), b"v");
+    assert_eq!(d.core.held_conns(), [b.id]);
+    // They would go to C as whole requests in the connection's data.
+    let stream = d.export_stream(Version::V2, None);
+    let mut expected = Vec::new();
+    Message::new(MsgType::TransactionStart, start, 0, b"\0".to_vec())
+        .unwrap()
+        .encode_into(&mut expected);
+    Message::new(MsgType::Read, read, 0, build_args(&[b"/held"]))
+        .unwrap()
+        .encode_into(&mut expected);
+    assert_eq!(conn_record(&stream, b.id).in_data, expected);
+    // -t over: refused; the held requests are carried out, in order.
+    let answer = c.live_update(d, &["-s", "-t", "0"]);
+    assert!(answer.contains("long running transactions"), "{answer}");
+    assert!(!d.core.holding());
+    let m = b.answer(d, start);
+    assert_eq!(m.header.msg_type, MsgType::TransactionStart.raw());
+    let m = b.answer(d, read);
+    assert_eq!(m.payload, b"v");
+    assert!(d.core.held_conns().is_empty());
+    // And the connection is read again.
+    assert_eq!(b.ok(d, MsgType::Read, 0, build_args(&[b"/held"])), b"v");
+}
+
+#[test]
+fn test_to_c_held_requests_pass_the_model_once_the_open_transaction_ends() {
+    let mut w = World::new();
+    let (mut c, mut t, tx) = c_waiting(&mut w);
+    let mut b = w.connect();
+    let d = &mut w.daemon;
+    let (start, _read) = held_pair(d, &mut b);
+    // The open transaction's own requests are not held: it can end.
+    t.ok(d, MsgType::TransactionEnd, tx, b"T\0".to_vec());
+    let stream = d.export_stream(Version::V2, None);
+    let converted = crate::migration::c417::to_c417(&stream, &Default::default())
+        .expect("nothing open any more");
+    let (bytes, _) = converted.to_checked_bytes().expect("C 4.17 takes it");
+    let parsed = Stream::parse(&bytes).unwrap();
+    let held = conn_record(&parsed, b.id);
+    let mut input = &held.in_data[..];
+    let mut dec = Decoder::new();
+    let first = dec.decode(&mut input).unwrap().unwrap();
+    assert_eq!(
+        (first.header.msg_type, first.header.req_id),
+        (MsgType::TransactionStart.raw(), start)
+    );
+    assert!(dec.decode(&mut input).unwrap().is_some());
+    // The hand-over goes as far as the exec (which fails here) and,
+    // undone, lets the held requests go.
+    let answer = c.live_update(d, &["-s", "-t", "60"]);
+    assert!(answer.contains("Error activating new binary"), "{answer}");
+    assert!(!d.core.holding());
+    assert_eq!(
+        b.answer(d, start).header.msg_type,
+        MsgType::TransactionStart.raw()
+    );
+}
+
+#[test]
+fn test_to_c_an_asker_that_stops_polling_does_not_hold_clients_for_ever() {
+    let mut w = World::new();
+    let (_c, _t, _tx) = c_waiting(&mut w);
+    let mut b = w.connect();
+    let d = &mut w.daemon;
+    let deadline = d.live_update.as_ref().unwrap().c_hold_until.unwrap();
+    assert!(deadline >= Instant::now() + Duration::from_secs(60));
+    let (start, read) = held_pair(d, &mut b);
+    // As if -t and the grace had passed with no -s again.
+    d.live_update.as_mut().unwrap().c_hold_until = Some(Instant::now());
+    assert_eq!(
+        b.answer(d, start).header.msg_type,
+        MsgType::TransactionStart.raw()
+    );
+    b.answer(d, read);
+    assert!(d.live_update.is_none());
+    assert!(!d.core.holding());
 }
