@@ -9,8 +9,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use tests::c_daemon::{build_shim, skip, C_XENSTORED};
-use tests::{client, have, wait_until, Daemon, MockXen, XENSTORE_CONTROL};
+use tests::{client, connect, have, run_tool, wait_until, Daemon, MockXen, XENSTORE_CONTROL};
+use xenring::codec::Decoder;
 use xenring::perms::{Perm, PermKind};
+use xenring::{Message, MsgType};
 
 /// C xenstored and its shim, or why the test cannot run here.
 fn c_target(dir: &Path) -> Option<std::path::PathBuf> {
@@ -137,6 +139,102 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     assert_eq!(a.read(0, "/tool/w").unwrap(), b"after");
     let mut fresh = client(&daemon.socket);
     assert_eq!(fresh.read(0, "/tool/b").unwrap(), b"2");
+}
+
+/// One xs_wire message on a raw connection.
+fn send_raw(s: &mut std::os::unix::net::UnixStream, ty: MsgType, req: u32, tx: u32, p: &[u8]) {
+    use std::io::Write as _;
+    let m = Message::new(ty, req, tx, p.to_vec()).expect("a small message");
+    s.write_all(&m.to_bytes()).expect("writing to the daemon");
+}
+
+/// The next whole message on a raw connection.
+fn recv_raw(s: &mut std::os::unix::net::UnixStream) -> Message {
+    use std::io::Read as _;
+    let mut dec = Decoder::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).expect("a reply within the bound");
+        assert!(n > 0, "the daemon closed the connection");
+        let mut input = &buf[..n];
+        if let Some(m) = dec.decode(&mut input).expect("a well-formed reply") {
+            assert!(input.is_empty(), "one reply at a time here");
+            return m;
+        }
+    }
+}
+
+#[test]
+fn test_live_update_to_c_holds_a_new_transaction_start_for_c_to_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_hv, daemon)) = start_under_shim(dir.path()) else {
+        return;
+    };
+    let pid = daemon.pid();
+    let mut t = client(&daemon.socket);
+    let tx = t.transaction_start().unwrap();
+    // The update waits (BUSY) for t's transaction, up to -t 60.
+    let socket = daemon.socket.clone();
+    let update = std::thread::spawn(move || {
+        run_tool(
+            &socket,
+            XENSTORE_CONTROL,
+            &["live-update", "-t", "60", C_XENSTORED],
+        )
+    });
+    wait_until("the update to hold new transactions", || {
+        daemon
+            .log_text()
+            .contains("new TRANSACTION_STARTs are held")
+    });
+    // A new transaction asked for now is held, not answered ...
+    let mut h = connect(&daemon.socket);
+    send_raw(&mut h, MsgType::TransactionStart, 7, 0, b"\0");
+    // Were it carried out, h's transaction would keep the update BUSY
+    // until -t ran out, and the update would be refused.
+    h.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    let mut probe = [0u8; 1];
+    assert!(
+        std::io::Read::read(&mut h, &mut probe).is_err(),
+        "a held TRANSACTION_START got an answer from us"
+    );
+    h.set_read_timeout(Some(tests::LIMIT)).unwrap();
+    // ... and once t's transaction ends, the update happens and C answers it.
+    t.write(tx, "/tool/t", b"1").unwrap();
+    t.transaction_end(tx, true).unwrap();
+    let out = update.join().expect("the xenstore-control thread");
+    assert!(
+        out.status.success(),
+        "live-update after the transaction ended: {}\nlog:\n{}",
+        printed(&out),
+        daemon.log_text()
+    );
+    wait_until("C xenstored in the daemon's process", || {
+        exe(pid) == Path::new(C_XENSTORED)
+    });
+    let reply = recv_raw(&mut h);
+    assert_eq!(
+        (reply.header.msg_type, reply.header.req_id),
+        (MsgType::TransactionStart.raw(), 7),
+        "C answers the held request: {reply:?}"
+    );
+    let id: u32 =
+        String::from_utf8_lossy(reply.payload.strip_suffix(b"\0").unwrap_or(&reply.payload))
+            .parse()
+            .expect("a transaction id");
+    assert_ne!(id, 0);
+    // A real transaction of C's: a write in it, committed.
+    send_raw(&mut h, MsgType::Write, 8, id, b"/tool/held\0yes");
+    assert_eq!(recv_raw(&mut h).header.msg_type, MsgType::Write.raw());
+    send_raw(&mut h, MsgType::TransactionEnd, 9, id, b"T\0");
+    assert_eq!(
+        recv_raw(&mut h).header.msg_type,
+        MsgType::TransactionEnd.raw()
+    );
+    let mut fresh = client(&daemon.socket);
+    assert_eq!(fresh.read(0, "/tool/held").unwrap(), b"yes");
+    assert_eq!(fresh.read(0, "/tool/t").unwrap(), b"1");
 }
 
 #[test]
