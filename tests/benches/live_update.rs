@@ -13,9 +13,6 @@
 //! `--bench` (as `cargo test --all-targets` runs it) it does the same at a
 //! small size, once.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mock_xen::Toolstack;
@@ -23,12 +20,12 @@ use tests::{
     create_guest, guest_client, live_update, wait_until, Daemon, LiveUpdateOutcome,
     LiveUpdateRecord, MockXen, LIMIT,
 };
-use xenring::codec::build_path_value;
-use xenring::{Client, MsgType, Perm, PermKind};
 
-#[path = "../../xenstored-lite/benches/common/population.rs"]
-mod population;
-use population::{domain_nodes, COMMON, FIRST_DOMID};
+mod common;
+use common::load::{
+    add_watches, domain_nodes, populate, watch_paths, COMMON, FIRST_DOMID, LOADERS,
+};
+use common::probe::{longest_gap, Prober};
 
 /// What to set up.
 struct Size {
@@ -55,102 +52,9 @@ const QUICK: Size = Size {
     updates: 1,
 };
 
-/// Connections loading the store.
-const LOADERS: u32 = 4;
-/// Requests in flight per loading connection.
-const WINDOW: usize = 128;
 /// Replies the prober must get from the new process before the next
 /// update.
 const AFTER_REPLIES: usize = 2_000;
-
-/// Writes domains `FIRST_DOMID..FIRST_DOMID + domains` over `LOADERS`
-/// connections, `WINDOW` requests in flight on each; returns the nodes
-/// written.
-fn populate(daemon: &Daemon, domains: u32) -> usize {
-    let mut dom0 = daemon.client();
-    for p in COMMON {
-        dom0.write(0, p, b"").unwrap();
-    }
-    let written = Arc::new(AtomicUsize::new(COMMON.len()));
-    let loaders: Vec<_> = (0..LOADERS)
-        .map(|l| {
-            let mut c = daemon.client();
-            let written = Arc::clone(&written);
-            std::thread::spawn(move || {
-                let mut in_flight = VecDeque::new();
-                let mut n = 0;
-                let wait = |c: &mut Client<_>, in_flight: &mut VecDeque<u32>| {
-                    let id = in_flight.pop_front().unwrap();
-                    c.wait_reply(id).unwrap();
-                };
-                for d in (FIRST_DOMID..FIRST_DOMID + domains).filter(|d| d % LOADERS == l) {
-                    for (i, (path, v)) in domain_nodes(d).into_iter().enumerate() {
-                        if in_flight.len() == WINDOW {
-                            wait(&mut c, &mut in_flight);
-                        }
-                        let payload = build_path_value(path.as_bytes(), v.as_bytes());
-                        in_flight.push_back(c.submit(MsgType::Write, 0, &payload).unwrap());
-                        n += 1;
-                        if i == 0 {
-                            // The home: the domain's own, dom0 may read it
-                            // (what its children inherit).
-                            let domid = u16::try_from(d).unwrap();
-                            let mut payload = xenring::codec::build_args(&[path.as_bytes()]);
-                            payload.extend(xenring::perms::format_perm_list(&[
-                                Perm::new(PermKind::None, domid),
-                                Perm::new(PermKind::Read, 0),
-                            ]));
-                            if in_flight.len() == WINDOW {
-                                wait(&mut c, &mut in_flight);
-                            }
-                            in_flight.push_back(c.submit(MsgType::SetPerms, 0, &payload).unwrap());
-                        }
-                    }
-                }
-                while !in_flight.is_empty() {
-                    wait(&mut c, &mut in_flight);
-                }
-                written.fetch_add(n, SeqCst);
-            })
-        })
-        .collect();
-    for l in loaders {
-        l.join().unwrap();
-    }
-    written.load(SeqCst)
-}
-
-/// The watches connection `i` holds (absolute paths for sockets).
-fn watch_paths(i: usize, n: usize, domains: u32) -> Vec<String> {
-    (0..n)
-        .map(|k| {
-            let d = FIRST_DOMID + u32::try_from((i * n + k) % domains as usize).unwrap();
-            match k % 5 {
-                0 => format!("/local/domain/{d}/device/vbd/51712/state"),
-                1 => format!("/local/domain/{d}/device/vif/0/state"),
-                2 => format!("/local/domain/0/backend/vbd/{d}/51712/state"),
-                3 => format!("/local/domain/{d}/control/shutdown"),
-                _ => format!("/local/domain/0/backend/vif/{d}/0"),
-            }
-        })
-        .collect()
-}
-
-/// Registers `paths` as watches on `c`, pipelined.
-fn add_watches<T: std::io::Read + std::io::Write>(c: &mut Client<T>, paths: &[String], tag: usize) {
-    let ids: Vec<u32> = paths
-        .iter()
-        .enumerate()
-        .map(|(k, p)| {
-            let token = format!("w{tag}-{k}");
-            let payload = xenring::codec::build_args(&[p.as_bytes(), token.as_bytes()]);
-            c.submit(MsgType::Watch, 0, &payload).unwrap()
-        })
-        .collect();
-    for id in ids {
-        c.wait_reply(id).unwrap();
-    }
-}
 
 /// One update as measured.
 struct Measured {
@@ -184,7 +88,7 @@ fn main() {
     println!("live update: {}", binary.display());
 
     let t = Instant::now();
-    let written = populate(&daemon, domains);
+    let written = populate(&daemon, domains, true);
     println!(
         "  loaded {written} nodes ({domains} domains x {per_domain}) in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -232,27 +136,11 @@ fn main() {
     );
 
     // The prober: READs back to back, every reply timestamped.
-    let replies = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let prober = {
-        let mut c = daemon.client();
-        c.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
-        let (replies, stop) = (Arc::clone(&replies), Arc::clone(&stop));
-        let path = format!("/local/domain/{FIRST_DOMID}/name");
-        std::thread::spawn(move || {
-            let want = c.read(0, &path).unwrap();
-            let mut stamps = Vec::with_capacity(1 << 20);
-            while !stop.load(SeqCst) {
-                assert_eq!(c.read(0, &path).unwrap(), want);
-                stamps.push(Instant::now());
-                replies.fetch_add(1, SeqCst);
-            }
-            stamps
-        })
-    };
-    wait_until("the prober's first replies", || {
-        replies.load(SeqCst) >= AFTER_REPLIES
-    });
+    let prober = Prober::start(
+        &daemon.socket,
+        &format!("/local/domain/{FIRST_DOMID}/name"),
+        AFTER_REPLIES,
+    );
 
     let mut control = daemon.client();
     control.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
@@ -264,28 +152,19 @@ fn main() {
         assert_eq!(outcome, LiveUpdateOutcome::Done, "{}", daemon.log_text());
         assert!(daemon.running());
         assert_eq!(daemon.pid(), pid);
-        let after = replies.load(SeqCst) + AFTER_REPLIES;
-        wait_until("the prober's replies from the new process", || {
-            replies.load(SeqCst) >= after
-        });
+        prober.wait_more(AFTER_REPLIES);
         wait_until("the restore's log line", || {
             daemon.live_updates().restored == k
         });
         windows.push((start, ok, Instant::now()));
     }
-    stop.store(true, SeqCst);
-    let stamps = prober.join().unwrap();
+    let stamps = prober.finish();
     let log = daemon.live_updates();
 
     let mut results = Vec::new();
     for (k, &(start, ok, end)) in windows.iter().enumerate() {
         // Consecutive replies around the update: the longest gap.
-        let (a, b) = stamps
-            .windows(2)
-            .filter(|w| w[1] > start && w[0] < end)
-            .map(|w| (w[0], w[1]))
-            .max_by_key(|&(a, b)| b - a)
-            .expect("replies around the update");
+        let (a, b) = longest_gap(&stamps, start, end);
         results.push(Measured {
             blackout: b - a,
             before: a.saturating_duration_since(start),

@@ -1,0 +1,4 @@
+//! What the benchmarks of this crate share.
+
+pub mod load;
+pub mod probe;
