@@ -491,7 +491,7 @@ impl C417Stream {
 }
 
 /// What [`check_c417`] found in an accepted stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct C417Summary {
     /// Ring connection records.
     pub rings: usize,
@@ -501,7 +501,17 @@ pub struct C417Summary {
     pub nodes: usize,
     /// Watch records.
     pub watches: usize,
+    /// Permission entries after a node's owner that name a domain C 4.17
+    /// does not know when it reads the node: C drops them without a word
+    /// (the node's other permissions stay). Only domains with no ring
+    /// left are so named, so no running guest loses access.
+    pub dropped_perms: usize,
+    /// The first few of them: the node's path and the domain.
+    pub dropped_perm_examples: Vec<(String, DomId)>,
 }
+
+/// How many dropped permission entries [`C417Summary`] names.
+pub const DROPPED_PERM_EXAMPLES: usize = 8;
 
 /// Checks that `c`'s pending output is its half-sent message's rest
 /// (`out-resp-len` octets) then whole `xs_wire` messages, as C queues it.
@@ -1215,6 +1225,15 @@ pub fn check_c417(bytes: &[u8]) -> Result<C417Summary, C417Refusal> {
                     });
                 }
                 check_tree(&mut paths, index, &n.path)?;
+                for p in n.perms.iter().skip(1) {
+                    let domid = p.perm.domid;
+                    if domid != 0 && !rings.contains_key(&domid) {
+                        summary.dropped_perms += 1;
+                        if summary.dropped_perm_examples.len() < DROPPED_PERM_EXAMPLES {
+                            summary.dropped_perm_examples.push((n.path.clone(), domid));
+                        }
+                    }
+                }
                 summary.nodes += 1;
             }
             // The framing check refused these types already.

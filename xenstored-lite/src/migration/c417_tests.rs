@@ -132,6 +132,7 @@ fn test_c_written_stream_passes_the_model() {
             sockets: 2,
             nodes: 16,
             watches: 2,
+            ..Default::default()
         }
     );
 }
@@ -146,6 +147,7 @@ fn test_good_stream_passes_the_model() {
             sockets: 1,
             nodes: 5,
             watches: 1,
+            ..Default::default()
         }
     );
 }
@@ -1409,4 +1411,49 @@ mod engine_states {
             }
         }
     }
+}
+
+#[test]
+fn test_the_model_counts_permissions_c_drops_for_domains_it_does_not_know() {
+    let mut records = good_records();
+    // /local/domain/5/x: owned by 5 (its ring is there), readable by 5
+    // (known: kept), by 9 (no ring: C drops it) and by dom0 (kept).
+    let perms = vec![
+        NodePerm::new(Perm::new(PermKind::None, 5)),
+        NodePerm::new(Perm::new(PermKind::Read, 5)),
+        NodePerm::new(Perm::new(PermKind::Read, 9)),
+        NodePerm::new(Perm::new(PermKind::Read, 0)),
+    ];
+    records.push(Record::Node(NodeData {
+        conn_id: 0,
+        tx_id: 0,
+        access: Access::NONE,
+        perms,
+        path: "/local/domain/5/x".to_string(),
+        value: Vec::new(),
+    }));
+    // The owner alone is never counted (an unknown owner is refused).
+    let summary = check(records.clone()).unwrap();
+    assert_eq!(summary.dropped_perms, 1);
+    assert_eq!(
+        summary.dropped_perm_examples,
+        [("/local/domain/5/x".to_string(), 9)]
+    );
+    // Past the examples' bound only the count grows.
+    for k in 0..DROPPED_PERM_EXAMPLES + 2 {
+        records.push(Record::Node(NodeData {
+            conn_id: 0,
+            tx_id: 0,
+            access: Access::NONE,
+            perms: vec![
+                NodePerm::new(Perm::new(PermKind::None, 0)),
+                NodePerm::new(Perm::new(PermKind::Write, 12)),
+            ],
+            path: format!("/local/domain/5/y{k}"),
+            value: Vec::new(),
+        }));
+    }
+    let summary = check(records).unwrap();
+    assert_eq!(summary.dropped_perms, DROPPED_PERM_EXAMPLES + 3);
+    assert_eq!(summary.dropped_perm_examples.len(), DROPPED_PERM_EXAMPLES);
 }
