@@ -552,6 +552,42 @@ fn parent_of(path: &str) -> Option<&str> {
     Some(if cut == 0 { "/" } else { &path[..cut] })
 }
 
+/// `nodes` (parents before children, as [`check_tree`] let them through)
+/// reordered depth first: each node followed by its subtree, siblings in
+/// the order they came. C 4.17 adds each restored node to its parent's
+/// children list by rewriting the parent's record in its TDB database;
+/// level-by-level order (what our writer exports) rewrites every parent
+/// across the whole restore and fragments TDB's free list, so C's restore
+/// slows down faster than the store grows (8× C's own update at 120,000
+/// nodes, BENCHMARKS.md). Depth first is the order C's own dump uses.
+fn depth_first(nodes: Vec<NodeData>) -> Vec<NodeData> {
+    let order = {
+        let mut children: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut roots = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            match parent_of(&n.path) {
+                Some(parent) => children.entry(parent).or_default().push(i),
+                None => roots.push(i),
+            }
+        }
+        let mut order = Vec::with_capacity(nodes.len());
+        let mut stack: Vec<usize> = roots.into_iter().rev().collect();
+        while let Some(i) = stack.pop() {
+            order.push(i);
+            if let Some(kids) = children.get(nodes[i].path.as_str()) {
+                stack.extend(kids.iter().rev());
+            }
+        }
+        order
+    };
+    let mut slots: Vec<Option<NodeData>> = nodes.into_iter().map(Some).collect();
+    let mut out: Vec<NodeData> = order.into_iter().filter_map(|i| slots[i].take()).collect();
+    // None is left (check_tree refused orphans); were one left, it would
+    // still go over, after the rest, and never be dropped.
+    out.extend(slots.into_iter().flatten());
+    out
+}
+
 /// Whether `path` needs a parent (it is not `/` nor a special node).
 fn needs_parent(path: &str) -> bool {
     path != "/" && !path.starts_with('@')
@@ -864,6 +900,7 @@ pub fn to_c417(stream: &Stream, opts: &C417Options) -> Result<C417Stream, C417Re
         });
     }
 
+    let nodes = depth_first(nodes);
     let mut records = Vec::with_capacity(1 + conns.len() + nodes.len());
     records.push(Record::Global(global));
     for c in conns {

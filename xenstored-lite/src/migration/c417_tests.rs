@@ -1457,3 +1457,48 @@ fn test_the_model_counts_permissions_c_drops_for_domains_it_does_not_know() {
     assert_eq!(summary.dropped_perms, DROPPED_PERM_EXAMPLES + 3);
     assert_eq!(summary.dropped_perm_examples.len(), DROPPED_PERM_EXAMPLES);
 }
+
+#[test]
+fn test_nodes_go_to_c_depth_first_with_siblings_in_their_order() {
+    // Our writer's order: level by level, siblings in creation order (b
+    // before a), the special nodes last.
+    let mut records = vec![global(), ring(1, 0, DOMID_INVALID, 2)];
+    for p in [
+        "/",
+        "/b",
+        "/a",
+        "/b/y",
+        "/a/x",
+        "/a/w",
+        "/a/x/z",
+        "/b/y/q",
+        "@releaseDomain",
+    ] {
+        records.push(node(p, 0));
+    }
+    let converted = to_c417(&stream(Version::V2, records), &C417Options::default()).unwrap();
+    let paths: Vec<&str> = converted
+        .stream
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Node(n) => Some(n.path.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/",
+            "/b",
+            "/b/y",
+            "/b/y/q",
+            "/a",
+            "/a/x",
+            "/a/x/z",
+            "/a/w",
+            "@releaseDomain"
+        ]
+    );
+    check_c417(&converted.to_bytes().unwrap()).unwrap();
+}
