@@ -202,14 +202,7 @@ fn test_export_then_restore_round_trips_the_engine_state() {
     };
     assert_eq!(nodes(&again), nodes(&e));
     // The fixture's own nodes, in the exported order, are what C wrote.
-    let fixture_nodes: Vec<&str> = stream
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Node(n) => Some(n.path.as_str()),
-            _ => None,
-        })
-        .collect();
+    let fixture_nodes: Vec<&str> = stream.nodes().map(|n| n.path.as_str()).collect();
     let exported: Vec<String> = records
         .iter()
         .filter_map(|r| match r {

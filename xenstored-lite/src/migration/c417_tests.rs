@@ -1477,15 +1477,7 @@ fn test_nodes_go_to_c_depth_first_with_siblings_in_their_order() {
         records.push(node(p, 0));
     }
     let converted = to_c417(&stream(Version::V2, records), &C417Options::default()).unwrap();
-    let paths: Vec<&str> = converted
-        .stream
-        .records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Node(n) => Some(n.path.as_str()),
-            _ => None,
-        })
-        .collect();
+    let paths: Vec<&str> = converted.stream.nodes().map(|n| n.path.as_str()).collect();
     assert_eq!(
         paths,
         [

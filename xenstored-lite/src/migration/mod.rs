@@ -171,6 +171,14 @@ impl Stream {
         })
     }
 
+    /// The stream's `NODE_DATA` records, in stream order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeData> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Node(n) => Some(n),
+            _ => None,
+        })
+    }
+
     /// Parses a stream; see [`parse()`].
     pub fn parse(input: &[u8]) -> Result<Self, MigrationError> {
         parse(input)
