@@ -22,9 +22,7 @@ use tests::{
 };
 
 mod common;
-use common::load::{
-    add_watches, domain_nodes, populate, watch_paths, COMMON, FIRST_DOMID, LOADERS,
-};
+use common::load::{add_watches, load_store, watch_paths, FIRST_DOMID, LOADERS};
 use common::probe::{longest_gap, Prober};
 
 /// What to set up.
@@ -77,8 +75,6 @@ fn main() {
     let size = if quick { QUICK } else { FULL };
     // The binaries of this very tree (in release under `cargo bench`):
     // `tests::bin` builds them before the first use.
-    let per_domain = domain_nodes(FIRST_DOMID).len();
-    let domains = u32::try_from((size.nodes - COMMON.len()).div_ceil(per_domain)).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let hv = MockXen::start(dir.path());
@@ -87,12 +83,7 @@ fn main() {
     let binary = tests::bin("xenstored-lite");
     println!("live update: {}", binary.display());
 
-    let t = Instant::now();
-    let written = populate(&daemon, domains, true);
-    println!(
-        "  loaded {written} nodes ({domains} domains x {per_domain}) in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    let domains = load_store(&daemon, size.nodes, true);
 
     // 1,000 connections with 10 watches each.
     let t = Instant::now();

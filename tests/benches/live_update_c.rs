@@ -26,7 +26,7 @@ use tests::c_daemon::{build_shim, C_XENSTORED};
 use tests::{live_update, Daemon, LiveUpdateOutcome, MockXen};
 
 mod common;
-use common::load::{add_watches, domain_nodes, populate, watch_paths, COMMON, FIRST_DOMID};
+use common::load::{add_watches, load_store, watch_paths, FIRST_DOMID};
 use common::probe::{longest_gap, Prober};
 
 /// What to set up.
@@ -87,8 +87,6 @@ fn main() {
         }
     };
     raise_fd_limit();
-    let per_domain = domain_nodes(FIRST_DOMID).len();
-    let domains = u32::try_from((size.nodes - COMMON.len()).div_ceil(per_domain)).unwrap();
 
     let hv = MockXen::start(dir.path());
     let mock = hv.socket.to_str().unwrap().to_string();
@@ -98,12 +96,7 @@ fn main() {
     let lite = tests::bin("xenstored-lite");
     println!("live update with C: {} and {C_XENSTORED}", lite.display());
 
-    let t = Instant::now();
-    let written = populate(&daemon, domains, false);
-    println!(
-        "  loaded {written} nodes ({domains} domains x {per_domain}) in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    let domains = load_store(&daemon, size.nodes, false);
     let t = Instant::now();
     let mut idle = Vec::new();
     for i in 0..size.sockets {

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tests::Daemon;
 use xenring::codec::build_path_value;
@@ -110,4 +111,18 @@ pub fn add_watches<T: std::io::Read + std::io::Write>(
     for id in ids {
         c.wait_reply(id).unwrap();
     }
+}
+
+/// Loads about `nodes` nodes ([`populate`], whole domains) and says how
+/// long it took; returns the number of domains.
+pub fn load_store(daemon: &Daemon, nodes: usize, owned: bool) -> u32 {
+    let per_domain = domain_nodes(FIRST_DOMID).len();
+    let domains = u32::try_from((nodes - COMMON.len()).div_ceil(per_domain)).unwrap();
+    let t = Instant::now();
+    let written = populate(daemon, domains, owned);
+    println!(
+        "  loaded {written} nodes ({domains} domains x {per_domain}) in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    domains
 }
