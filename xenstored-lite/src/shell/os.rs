@@ -373,18 +373,15 @@ pub fn spawn_prepared(prog: &PreparedExec) -> nix::Result<nix::unistd::Pid> {
     }
 }
 
-/// A pidfd (`pidfd_open(2)`) for this process: a descriptor that becomes
-/// readable when the process ends, whatever program it runs by then.
-pub fn pidfd_of_self() -> io::Result<OwnedFd> {
+/// A pidfd (`pidfd_open(2)`) for process `pid` (this one, for the
+/// live-update guardian): a descriptor that becomes readable when the
+/// process ends, whatever program it runs by then.
+pub fn pidfd_of(pid: u32) -> io::Result<OwnedFd> {
+    let pid = nix::libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new
     // descriptor or -1; it touches no memory of ours.
-    let fd = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_pidfd_open,
-            nix::libc::getpid(),
-            0 as nix::libc::c_uint,
-        )
-    };
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0 as nix::libc::c_uint) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -433,8 +430,15 @@ mod tests {
     }
 
     #[test]
+    fn test_pidfd_of_a_process_that_does_not_exist_is_refused() {
+        // Above pid_max (at most 2^22 on Linux).
+        assert!(pidfd_of(i32::MAX as u32).is_err());
+        assert!(pidfd_of(u32::MAX).is_err());
+    }
+
+    #[test]
     fn test_pidfd_of_self_is_open_and_adopted_once_open() {
-        let fd = pidfd_of_self().unwrap();
+        let fd = pidfd_of(std::process::id()).unwrap();
         assert!(fd_is_open(fd.as_raw_fd()));
         let raw = fd.into_raw_fd();
         let adopted = adopt_pidfd(raw).unwrap();

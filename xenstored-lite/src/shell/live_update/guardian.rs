@@ -22,7 +22,7 @@
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags};
@@ -220,33 +220,46 @@ pub fn main(args: &[OsString]) -> Result<(), GuardianError> {
         watch.c_pid,
         watch.state.display()
     );
+    match watch_until_decided(&pidfd, &watch.state, watch.limit)? {
+        Verdict::Wait => Ok(()), // not returned
+        Verdict::Taken => {
+            tracing::debug!(
+                "live-update: {} is gone: the hand-over is over; guardian exits",
+                watch.state.display()
+            );
+            Ok(())
+        }
+        Verdict::GaveUp => {
+            tracing::warn!(
+                "live-update: guardian: C xenstored (pid {}) has neither read {} nor \
+                     ended in {} s; leaving it alone",
+                watch.c_pid,
+                watch.state.display(),
+                watch.limit.as_secs()
+            );
+            Ok(())
+        }
+        Verdict::RollBack => Err(roll_back(&watch, &argv, &env)),
+    }
+}
+
+/// Looks at the process of `pidfd` and at `state` until [`decide`] says
+/// something else than [`Verdict::Wait`].
+fn watch_until_decided(
+    pidfd: &OwnedFd,
+    state: &Path,
+    limit: Duration,
+) -> Result<Verdict, GuardianError> {
     let t0 = Instant::now();
     let mut ended = false;
     loop {
         if !ended {
-            ended = ended_within(&pidfd, LOOK_EVERY)?;
+            ended = ended_within(pidfd, LOOK_EVERY)?;
         }
-        let present = watch.state.symlink_metadata().is_ok();
-        match decide(ended, present, t0.elapsed(), watch.limit) {
+        let present = state.symlink_metadata().is_ok();
+        match decide(ended, present, t0.elapsed(), limit) {
             Verdict::Wait => {}
-            Verdict::Taken => {
-                tracing::debug!(
-                    "live-update: {} is gone: the hand-over is over; guardian exits",
-                    watch.state.display()
-                );
-                return Ok(());
-            }
-            Verdict::GaveUp => {
-                tracing::warn!(
-                    "live-update: guardian: C xenstored (pid {}) has neither read {} nor \
-                     ended in {} s; leaving it alone",
-                    watch.c_pid,
-                    watch.state.display(),
-                    watch.limit.as_secs()
-                );
-                return Ok(());
-            }
-            Verdict::RollBack => return Err(roll_back(&watch, &argv, &env)),
+            verdict => return Ok(verdict),
         }
     }
 }
@@ -367,6 +380,81 @@ mod tests {
             "killed by signal 11 (SIGSEGV, core dumped)"
         );
         assert_eq!(describe_wait_status(0x7e), "killed by signal 126 (unknown)");
+    }
+
+    /// A child that runs until killed, and a pidfd for it.
+    fn child() -> (std::process::Child, OwnedFd) {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pidfd = os::pidfd_of(child.id()).unwrap();
+        (child, pidfd)
+    }
+
+    #[test]
+    fn test_ended_within_sees_the_process_end() {
+        let (mut c, pidfd) = child();
+        assert!(!ended_within(&pidfd, 0).unwrap());
+        c.kill().unwrap();
+        // Ended, not yet reaped: the pidfd is readable.
+        assert!(ended_within(&pidfd, u16::MAX).unwrap());
+        c.wait().unwrap();
+        assert!(ended_within(&pidfd, 0).unwrap());
+    }
+
+    #[test]
+    fn test_watch_until_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state_dump");
+        let (mut c, pidfd) = child();
+        // Alive, no state: taken.
+        assert_eq!(
+            watch_until_decided(&pidfd, &state, LIMIT).unwrap(),
+            Verdict::Taken
+        );
+        std::fs::write(&state, b"x").unwrap();
+        // Alive, state there, no time left: gave up.
+        assert_eq!(
+            watch_until_decided(&pidfd, &state, Duration::ZERO).unwrap(),
+            Verdict::GaveUp
+        );
+        // Ended with the state there: roll back (also with no time left).
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert_eq!(
+            watch_until_decided(&pidfd, &state, Duration::ZERO).unwrap(),
+            Verdict::RollBack
+        );
+        assert_eq!(
+            watch_until_decided(&pidfd, &state, LIMIT).unwrap(),
+            Verdict::RollBack
+        );
+    }
+
+    #[test]
+    fn test_main_refuses_a_bad_command_line_or_a_closed_pidfd() {
+        assert!(matches!(main(&[]), Err(GuardianError::Usage)));
+        // Above any descriptor this process can have open.
+        let mut w = watch();
+        w.pidfd = i32::MAX;
+        let args = w.to_args();
+        assert!(matches!(
+            main(&args[1..]),
+            Err(GuardianError::NoPidfd(i32::MAX))
+        ));
+    }
+
+    #[test]
+    fn test_to_cstrings_refuses_a_nul() {
+        assert_eq!(
+            to_cstrings([OsString::from("a=b")]).unwrap(),
+            [CString::new("a=b").unwrap()]
+        );
+        assert!(matches!(
+            to_cstrings([OsString::from("a"), OsString::from("a\0b")]),
+            Err(GuardianError::Nul)
+        ));
     }
 
     fn stat(state: &str, exit_code: i32) -> String {

@@ -309,7 +309,7 @@ impl Daemon {
     /// this process and our own command line (with `-U`) and environment
     /// to come back with.
     fn prepare_guardian(&self) -> Result<GuardianStart, GuardianSetupError> {
-        let pidfd = os::pidfd_of_self().map_err(GuardianSetupError::Pidfd)?;
+        let pidfd = os::pidfd_of(std::process::id()).map_err(GuardianSetupError::Pidfd)?;
         let argv0 = std::env::args_os()
             .next()
             .unwrap_or_else(|| OsString::from("xenstored-lite"));
@@ -522,4 +522,56 @@ pub(super) fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<V
         .chain(args.iter().map(OsString::as_os_str))
         .map(|a| CString::new(a.as_bytes()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod guardian_start_tests {
+    use super::*;
+
+    fn start_of(script: &str) -> GuardianStart {
+        let c = |s: &str| CString::new(s).unwrap();
+        GuardianStart {
+            prog: os::PreparedExec::new(
+                c("/bin/sh"),
+                vec![c("sh"), c("-c"), c(script)],
+                Vec::new(),
+            ),
+            pidfd: os::pidfd_of(std::process::id()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn test_the_guardian_starts_when_its_starter_exits_0() {
+        assert!(start_of("exit 0").start().is_ok());
+        assert!(matches!(
+            start_of("exit 3").start(),
+            Err(GuardianStartError::Ended(WaitStatus::Exited(_, 3)))
+        ));
+    }
+
+    #[test]
+    fn test_the_guardian_gets_the_pidfd_and_c_does_not() {
+        let g = start_of("");
+        let fd = g.pidfd.as_raw_fd();
+        // The starter sees the pidfd open at its number (fd 3+ in sh).
+        let check = start_of(&format!("test -e /proc/self/fd/{fd}"));
+        let check = GuardianStart {
+            prog: check.prog,
+            pidfd: g.pidfd,
+        };
+        assert!(check.start().is_ok());
+        // Afterwards it is close-on-exec again: C does not inherit it.
+        assert!(evtchn::fd::is_cloexec(std::os::fd::AsFd::as_fd(&check.pidfd)).unwrap());
+    }
+
+    #[test]
+    fn test_exec_argv_all_keeps_argv0_and_refuses_a_nul() {
+        let args = [OsString::from("a"), OsString::from("b c")];
+        assert_eq!(
+            exec_argv_all(&args).unwrap(),
+            [CString::new("a").unwrap(), CString::new("b c").unwrap()]
+        );
+        assert!(exec_argv_all(&[OsString::from("a\0b")]).is_none());
+        assert_eq!(exec_argv_all(&[]).unwrap(), Vec::<CString>::new());
+    }
 }
