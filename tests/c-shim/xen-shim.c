@@ -22,6 +22,13 @@
  *     file of zeros (dom0's ring, which nobody uses): both are files the
  *     shim creates in $XSL_SHIM_DIR (default $XENSTORED_RUNDIR, else /tmp).
  *
+ * Fault injection (test only, for the live-update roll-back test in
+ * tests/tests/live_update_c.rs): with XSL_SHIM_FAIL_STATE_READ=1 in its
+ * environment, a process named "xenstored" (C xenstored, not
+ * xenstored-lite, which inherits the same environment) that opens a path
+ * ending in "/state_dump" exits at once with status 70: C dies after the
+ * exec and before it has read the state a live update left it.
+ *
  * The few Xen types it needs are declared here: the test needs no Xen
  * headers (libxen-dev). Only the start of xc_dominfo_t matters, since the
  * daemon reads no field past the flags word.
@@ -107,6 +114,26 @@ static const char *redirect(const char *path, char *buf, size_t len)
 	return buf;
 }
 
+/* The fault injection above: ends C as it opens the live-update state. */
+static void maybe_fail_state_read(const char *path)
+{
+	const char *on = getenv("XSL_SHIM_FAIL_STATE_READ");
+	size_t len = path ? strlen(path) : 0;
+	static const char tail[] = "/state_dump";
+
+	if (!on || strcmp(on, "1") || strcmp(program_invocation_short_name, "xenstored"))
+		return;
+	if (len >= sizeof(tail) - 1 && !strcmp(path + len - (sizeof(tail) - 1), tail)) {
+		static const char msg[] =
+			"xen-shim: XSL_SHIM_FAIL_STATE_READ=1: exiting before the state is read\n";
+
+		if (write(2, msg, sizeof(msg) - 1) < 0) {
+			/* Nothing to do: the exit below is the point. */
+		}
+		_exit(70);
+	}
+}
+
 int open(const char *path, int flags, ...)
 {
 	static int (*real_open)(const char *, int, ...);
@@ -122,6 +149,7 @@ int open(const char *path, int flags, ...)
 		mode = va_arg(ap, mode_t);
 		va_end(ap);
 	}
+	maybe_fail_state_read(path);
 	return real_open(redirect(path, buf, sizeof(buf)), flags, mode);
 }
 
@@ -132,6 +160,7 @@ FILE *fopen(const char *path, const char *how)
 
 	if (!real_fopen)
 		real_fopen = dlsym(RTLD_NEXT, "fopen");
+	maybe_fail_state_read(path);
 	return real_fopen(redirect(path, buf, sizeof(buf)), how);
 }
 

@@ -35,11 +35,60 @@ fn c_target(dir: &Path) -> Option<std::path::PathBuf> {
 /// mock-xen, and xenstored-lite on it with the shim preloaded (for the C
 /// it will exec); `None` when C cannot run here (the test skips).
 fn start_under_shim(dir: &Path) -> Option<(MockXen, Daemon)> {
+    start_under_shim_with(dir, &[], &[])
+}
+
+/// [`start_under_shim`] with more arguments and environment variables.
+fn start_under_shim_with(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &OsStr)],
+) -> Option<(MockXen, Daemon)> {
     let shim = c_target(dir)?;
     let hv = MockXen::start(dir);
-    let env: [(&str, &OsStr); 1] = [("LD_PRELOAD", shim.as_os_str())];
-    let daemon = Daemon::start_env(dir, &["--mock-xen", hv.socket.to_str().unwrap()], &env);
+    let mut all_env: Vec<(&str, &OsStr)> = vec![("LD_PRELOAD", shim.as_os_str())];
+    all_env.extend_from_slice(env);
+    let mut all_args = vec!["--mock-xen", hv.socket.to_str().unwrap()];
+    all_args.extend_from_slice(args);
+    let daemon = Daemon::start_env(dir, &all_args, &all_env);
     Some((hv, daemon))
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// The pid a log line `... (pid N) <after>` names, the last such line.
+fn pid_in_log(log: &str, before: &str) -> Option<u32> {
+    log.lines().rev().find_map(|l| {
+        let rest = &l[l.find(before)? + before.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .find(|s| !s.is_empty())?
+            .parse()
+            .ok()
+    })
+}
+
+/// Kills a process the test did not spawn (xenstored-lite brought back
+/// by a guardian) when dropped.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// What a tool printed, stdout then stderr.
@@ -128,6 +177,17 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     wait_until("C to take the state", || {
         !daemon.rundir.join("state_dump").exists()
     });
+    // The guardian of the hand-over saw the state taken and exits (no
+    // process of it left behind).
+    let guardian = pid_in_log(&daemon.log_text(), "guardian (pid ")
+        .unwrap_or_else(|| panic!("no guardian in the log:\n{}", daemon.log_text()));
+    assert_ne!(guardian, pid);
+    wait_until("the guardian to exit", || !alive(guardian));
+    assert!(
+        !daemon.log_text().contains("rolling back"),
+        "{}",
+        daemon.log_text()
+    );
 
     // Everything there, permissions included; clients keep their
     // connections; the queued event arrives, and C fires new ones.
@@ -261,4 +321,81 @@ fn test_live_update_to_c_refuses_a_depth_watch_and_serves_on() {
     let mut c = client(&daemon.socket);
     c.write(0, "/deep/x", b"1").unwrap();
     assert_eq!(w.next_watch_event().unwrap().path, "/deep/x");
+}
+
+#[test]
+fn test_live_update_to_c_rolls_back_when_c_dies_before_reading_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("xenstored.pid");
+    let fail: &OsStr = OsStr::new("1");
+    let Some((_hv, mut daemon)) = start_under_shim_with(
+        dir.path(),
+        &["--pid-file", pid_file.to_str().unwrap()],
+        &[("XSL_SHIM_FAIL_STATE_READ", fail)],
+    ) else {
+        return;
+    };
+    let pid = daemon.pid();
+    let ours = exe(pid);
+    assert_eq!(ours, tests::bin("xenstored-lite"));
+
+    let mut a = client(&daemon.socket);
+    a.write(0, "/tool/a", b"1").unwrap();
+    a.write(0, "/tool/b", b"2").unwrap();
+    a.set_perms(
+        0,
+        "/tool/b",
+        &[Perm {
+            kind: PermKind::None,
+            domid: 0,
+        }],
+    )
+    .unwrap();
+    let mut w = client(&daemon.socket);
+    w.watch("/tool/w", "tok").unwrap();
+    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    let before = ls(&daemon);
+
+    // C is exec'd and dies as it opens the state (the shim's fault): the
+    // guardian brings xenstored-lite back, which answers the update OK.
+    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
+    assert!(
+        out.status.success(),
+        "xenstore-control live-update: {out:?}\nlog:\n{}",
+        daemon.log_text()
+    );
+    wait_until("the log to say why it rolled back", || {
+        daemon.log_text().contains("live-update: restored")
+            && daemon.log_text().contains("rolling back")
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "C xenstored (pid {pid}) died before it read the state (exit status 70)"
+        )),
+        "{log}"
+    );
+    let back = pid_in_log(&log, "guardian (pid ").expect("the guardian's pid");
+    let _kill = KillOnDrop(back);
+    assert!(
+        log.contains(&format!("pid changes from {pid} to {back}")),
+        "{log}"
+    );
+    // The daemon serving is xenstored-lite in the guardian's process, and
+    // its pid file says so; the old process (C) is gone.
+    assert_eq!(exe(back), ours);
+    wait_until("the pid file to name the new process", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == back.to_string())
+    });
+    assert!(!daemon.running());
+
+    // Everything there, permissions included; the clients keep their
+    // connections and the watch fires.
+    assert_eq!(ls(&daemon), before);
+    assert!(!daemon.rundir.join("state_dump").exists());
+    assert_eq!(a.read(0, "/tool/a").unwrap(), b"1");
+    a.write(0, "/tool/w", b"after").unwrap();
+    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    let mut fresh = client(&daemon.socket);
+    assert_eq!(fresh.read(0, "/tool/b").unwrap(), b"2");
 }

@@ -16,6 +16,7 @@ use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
 use xenstored_lite::migration::{MigrationError, Stream};
 use xenstored_lite::replay::player::{self, Options};
+use xenstored_lite::shell::live_update_guardian as guardian;
 use xenstored_lite::shell::os::{self, ForkError};
 use xenstored_lite::shell::platform::{Platform, PlatformError};
 use xenstored_lite::shell::state::TakeOverError;
@@ -181,9 +182,9 @@ fn finish_detach(ready: std::fs::File) {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.verbose {
+/// Logs to stderr at `verbose`'s level (or `RUST_LOG`'s).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -196,6 +197,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == guardian::FLAG) {
+        // The guardian of a live update to C xenstored (started by the
+        // daemon itself, with a command line of its own).
+        init_logging(0);
+        return match guardian::main(&args[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xenstored-lite: live-update guardian: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -26,6 +26,7 @@ pub mod state;
 mod systemd;
 mod transport;
 
+pub use live_update::guardian as live_update_guardian;
 pub use live_update::target as live_update_target;
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
 pub use systemd::notify_ready as notify_systemd_ready;

@@ -21,7 +21,9 @@
 //!   async-signal-safe.
 //! * **fork.** The daemon forks only while it is the process's one thread
 //!   ([`fork_single_threaded`] checks it), so the child's copy of that
-//!   thread is the whole process.
+//!   thread is the whole process; but for [`spawn_prepared`] (the
+//!   live-update guardian's start), whose child only calls `execve` on
+//!   what was built before the fork, or `_exit`.
 //!
 //! It also makes the files and directories that must not follow the
 //! umask (all safe code): every socket client is the privileged domain,
@@ -36,9 +38,10 @@
 //! this daemon made them 0644 under the usual umask, and an upgrade must
 //! not keep a world-readable copy of the store).
 
+use std::ffi::CString;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -317,11 +320,134 @@ pub fn fork_single_threaded() -> Result<ForkResult, ForkError> {
     Ok(unsafe { nix::unistd::fork() }?)
 }
 
+/// A program and its arguments and environment, made ready for `execve`
+/// before a fork ([`spawn_prepared`]): the child of a process that may
+/// have other threads (the recording's writer) must not allocate.
+#[derive(Debug)]
+pub struct PreparedExec {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl PreparedExec {
+    /// `path` run with `argv` (its `argv[0]` first) in `env`.
+    pub fn new(path: CString, argv: Vec<CString>, env: Vec<CString>) -> Self {
+        Self { path, argv, env }
+    }
+}
+
+/// Forks a child that only execs `prog` (or exits 127 if that fails);
+/// returns its pid. Safe while other threads exist: everything the child
+/// uses is built before the fork and it calls only `execve` and `_exit`,
+/// which are async-signal-safe. The child inherits every descriptor
+/// without close-on-exec.
+pub fn spawn_prepared(prog: &PreparedExec) -> nix::Result<nix::unistd::Pid> {
+    let argv: Vec<*const nix::libc::c_char> = prog
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let env: Vec<*const nix::libc::c_char> = prog
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    // SAFETY: the child runs only `execve` on pointers into `prog`, `argv`
+    // and `env` (built above, alive until this function returns, and the
+    // child's copy of them until it execs) and `_exit`, both
+    // async-signal-safe, so no lock another thread held at the fork is
+    // ever taken in the child.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            // SAFETY: null-terminated arrays of pointers to NUL-terminated
+            // strings (above); `_exit` ends the child if `execve` returns.
+            unsafe {
+                nix::libc::execve(prog.path.as_ptr(), argv.as_ptr(), env.as_ptr());
+                nix::libc::_exit(127)
+            }
+        }
+    }
+}
+
+/// A pidfd (`pidfd_open(2)`) for process `pid` (this one, for the
+/// live-update guardian): a descriptor that becomes readable when the
+/// process ends, whatever program it runs by then.
+pub fn pidfd_of(pid: u32) -> io::Result<OwnedFd> {
+    let pid = nix::libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor or -1; it touches no memory of ours.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0 as nix::libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(nix::libc::EBADF))?;
+    // SAFETY: a descriptor the kernel just returned to us, owned by nothing
+    // else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes over the pidfd `fd` the live update's guardian was started with
+/// (named on its command line; inherited and owned by nothing else in this
+/// process): `None` if it is not open.
+pub(crate) fn adopt_pidfd(fd: RawFd) -> Option<OwnedFd> {
+    if !fd_is_open(fd) {
+        return None;
+    }
+    // SAFETY: open, inherited and owned by nothing else in this process
+    // (module doc: adoption); the guardian adopts it once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsRawFd, IntoRawFd};
 
     use super::*;
+
+    fn prepared(path: &str, args: &[&str]) -> PreparedExec {
+        let c = |s: &str| CString::new(s).unwrap();
+        PreparedExec::new(c(path), args.iter().map(|a| c(a)).collect(), vec![c("X=1")])
+    }
+
+    fn exit_of(prog: &PreparedExec) -> nix::sys::wait::WaitStatus {
+        let child = spawn_prepared(prog).unwrap();
+        nix::sys::wait::waitpid(child, None).unwrap()
+    }
+
+    #[test]
+    fn test_spawn_prepared_execs_with_argv_and_env_or_exits_127() {
+        use nix::sys::wait::WaitStatus::Exited;
+        // The test harness has other threads: the point of this spawn.
+        let sh = prepared("/bin/sh", &["sh", "-c", "test \"$X$0\" = 1sh && exit 3"]);
+        assert!(matches!(exit_of(&sh), Exited(_, 3)));
+        let missing = prepared("/nonexistent/binary", &["x"]);
+        assert!(matches!(exit_of(&missing), Exited(_, 127)));
+    }
+
+    #[test]
+    fn test_pidfd_of_a_process_that_does_not_exist_is_refused() {
+        // Above pid_max (at most 2^22 on Linux).
+        assert!(pidfd_of(i32::MAX as u32).is_err());
+        assert!(pidfd_of(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn test_pidfd_of_self_is_open_and_adopted_once_open() {
+        let fd = pidfd_of(std::process::id()).unwrap();
+        assert!(fd_is_open(fd.as_raw_fd()));
+        let raw = fd.into_raw_fd();
+        let adopted = adopt_pidfd(raw).unwrap();
+        assert_eq!(adopted.as_raw_fd(), raw);
+        // (Not checked closed after the drop: another test's thread may
+        // reuse the number at once.)
+        drop(adopted);
+        assert!(adopt_pidfd(-1).is_none());
+    }
 
     #[test]
     fn test_fork_is_refused_while_other_threads_exist() {

@@ -5,17 +5,18 @@
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use evtchn::VIRQ_DOM_EXC;
+use nix::sys::wait::{waitpid, WaitStatus};
 use xenring::{DomId, Header, Message, MsgType};
 
 use super::session::{CHandOver, Session, StartOptions};
 use super::target::{c_command_line, CArgsError, CQuotas};
-use super::{new_args, STATE_FILE};
+use super::{guardian, new_args, STATE_FILE};
 use crate::engine::ConnId;
 use crate::migration::c417::{self, C417Options, C417Refusal};
 use crate::migration::{
@@ -23,7 +24,7 @@ use crate::migration::{
     RingLocation, SocketConn, Stream, Version, WriteError, DOMID_INVALID,
 };
 use crate::replay::format::BoundaryEvent;
-use crate::shell::os::set_cloexec;
+use crate::shell::os::{self, set_cloexec};
 use crate::shell::transport::Endpoint;
 use crate::shell::Daemon;
 
@@ -290,12 +291,30 @@ impl Daemon {
             let _ = std::fs::remove_file(self.state_path());
             return CHandOver::Refused(HandOverError::NulInArgument.into());
         };
+        let guardian = match self.prepare_guardian() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                tracing::warn!(
+                    "live-update: no guardian ({e}): if C xenstored fails before it reads the \
+                     state, nothing brings xenstored-lite back"
+                );
+                None
+            }
+        };
         let features: Vec<_> = self
             .conns
             .values()
             .map(|c| c.transport.withdraw_features())
             .collect();
         let why = self.exec_passing_fds(&session.binary, || {
+            if let Some(g) = &guardian {
+                if let Err(e) = g.start() {
+                    tracing::warn!(
+                        "live-update: the guardian did not start ({e}): if C xenstored fails \
+                         before it reads the state, nothing brings xenstored-lite back"
+                    );
+                }
+            }
             nix::unistd::execve(&argv[0], &argv, &env)
         });
         // Still here: undo.
@@ -306,6 +325,41 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(self.state_path());
         CHandOver::Refused(why.into())
+    }
+
+    /// The guardian of the hand-over to C ([`guardian`]), made ready to
+    /// start: this binary again, on the same state file, with the pidfd of
+    /// this process and our own command line (with `-U`) and environment
+    /// to come back with.
+    fn prepare_guardian(&self) -> Result<GuardianStart, GuardianSetupError> {
+        let pidfd = os::pidfd_of(std::process::id()).map_err(GuardianSetupError::Pidfd)?;
+        let argv0 = std::env::args_os()
+            .next()
+            .unwrap_or_else(|| OsString::from("xenstored-lite"));
+        let mut restore = vec![argv0.clone()];
+        restore.extend(new_args(&self.exec_args, None));
+        let watch = guardian::Watch {
+            pidfd: pidfd.as_raw_fd(),
+            c_pid: std::process::id().try_into().unwrap_or(i32::MAX),
+            state: self.state_path(),
+            limit: guardian::LIMIT,
+            restore,
+        };
+        let mut args = vec![argv0];
+        args.extend(watch.to_args());
+        let argv = exec_argv_all(&args).ok_or(GuardianSetupError::Nul)?;
+        let env = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).map_err(|_| GuardianSetupError::Nul)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GuardianStart {
+            prog: os::PreparedExec::new(c"/proc/self/exe".to_owned(), argv, env),
+            pidfd,
+        })
     }
 
     /// Unbinds VIRQ_DOM_EXC (the new process binds it itself on the
@@ -424,10 +478,123 @@ fn ok_reply(header: Header) -> Message {
     }
 }
 
+/// Why the guardian of a hand-over to C cannot be made ready.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GuardianSetupError {
+    /// No pidfd of this process (a kernel before 5.3?).
+    #[error("pidfd_open: {0}")]
+    Pidfd(#[source] io::Error),
+    /// Our command line or environment holds a NUL byte.
+    #[error("an argument or variable contains a NUL byte")]
+    Nul,
+}
+
+/// Why the guardian did not start.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GuardianStartError {
+    /// Its pidfd cannot be passed down.
+    #[error("cannot pass its pidfd down: {0}")]
+    PassDown(#[source] io::Error),
+    /// fork(2) failed.
+    #[error("fork: {0}")]
+    Fork(#[source] nix::Error),
+    /// Its starter cannot be waited for.
+    #[error("waitpid: {0}")]
+    Wait(#[source] nix::Error),
+    /// Its starter did not end well (127: the exec failed).
+    #[error("it ended with {0:?}")]
+    Ended(WaitStatus),
+}
+
+/// The guardian, ready to start: nothing is allocated between the fork
+/// and the exec.
+pub(super) struct GuardianStart {
+    prog: os::PreparedExec,
+    pidfd: OwnedFd,
+}
+
+impl GuardianStart {
+    /// Starts it with every descriptor of ours that has close-on-exec
+    /// cleared (the handed-over ones, by then) and the pidfd, and waits
+    /// until its starter has put it in the background.
+    fn start(&self) -> Result<(), GuardianStartError> {
+        let fd = self.pidfd.as_raw_fd();
+        set_cloexec(fd, false).map_err(GuardianStartError::PassDown)?;
+        let child = os::spawn_prepared(&self.prog);
+        // C must not inherit it.
+        let _ = set_cloexec(fd, true);
+        let child = child.map_err(GuardianStartError::Fork)?;
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(other) => Err(GuardianStartError::Ended(other)),
+            Err(e) => Err(GuardianStartError::Wait(e)),
+        }
+    }
+}
+
+/// `args` (`argv[0]` first) for `execve`; `None` if one holds a NUL.
+fn exec_argv_all(args: &[OsString]) -> Option<Vec<CString>> {
+    args.iter()
+        .map(|a| CString::new(a.as_bytes()).ok())
+        .collect()
+}
+
 /// `binary` and its arguments for `execv`; `None` if one holds a NUL.
 pub(super) fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<Vec<CString>> {
     std::iter::once(binary.as_os_str())
         .chain(args.iter().map(OsString::as_os_str))
         .map(|a| CString::new(a.as_bytes()).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod guardian_start_tests {
+    use super::*;
+
+    fn start_of(script: &str) -> GuardianStart {
+        let c = |s: &str| CString::new(s).unwrap();
+        GuardianStart {
+            prog: os::PreparedExec::new(
+                c("/bin/sh"),
+                vec![c("sh"), c("-c"), c(script)],
+                Vec::new(),
+            ),
+            pidfd: os::pidfd_of(std::process::id()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn test_the_guardian_starts_when_its_starter_exits_0() {
+        assert!(start_of("exit 0").start().is_ok());
+        assert!(matches!(
+            start_of("exit 3").start(),
+            Err(GuardianStartError::Ended(WaitStatus::Exited(_, 3)))
+        ));
+    }
+
+    #[test]
+    fn test_the_guardian_gets_the_pidfd_and_c_does_not() {
+        let g = start_of("");
+        let fd = g.pidfd.as_raw_fd();
+        // The starter sees the pidfd open at its number (fd 3+ in sh).
+        let check = start_of(&format!("test -e /proc/self/fd/{fd}"));
+        let check = GuardianStart {
+            prog: check.prog,
+            pidfd: g.pidfd,
+        };
+        assert!(check.start().is_ok());
+        // Afterwards it is close-on-exec again: C does not inherit it.
+        assert!(evtchn::fd::is_cloexec(std::os::fd::AsFd::as_fd(&check.pidfd)).unwrap());
+    }
+
+    #[test]
+    fn test_exec_argv_all_keeps_argv0_and_refuses_a_nul() {
+        let args = [OsString::from("a"), OsString::from("b c")];
+        assert_eq!(
+            exec_argv_all(&args).unwrap(),
+            [CString::new("a").unwrap(), CString::new("b c").unwrap()]
+        );
+        assert!(exec_argv_all(&[OsString::from("a\0b")]).is_none());
+        assert_eq!(exec_argv_all(&[]).unwrap(), Vec::<CString>::new());
+    }
 }

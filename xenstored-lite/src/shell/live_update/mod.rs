@@ -26,6 +26,7 @@
 
 use std::ffi::OsString;
 
+pub mod guardian;
 mod handover;
 mod restore;
 mod session;
