@@ -513,6 +513,30 @@ pub struct C417Summary {
 /// How many dropped permission entries [`C417Summary`] names.
 pub const DROPPED_PERM_EXAMPLES: usize = 8;
 
+impl C417Summary {
+    /// What to tell the operator of the permission entries C will drop,
+    /// if any: their number and the first few nodes.
+    pub fn dropped_perms_note(&self) -> Option<String> {
+        if self.dropped_perms == 0 {
+            return None;
+        }
+        let examples: Vec<String> = self
+            .dropped_perm_examples
+            .iter()
+            .map(|(path, domid)| alloc::format!("{path} (domain {domid})"))
+            .collect();
+        let more = self.dropped_perms > examples.len();
+        Some(alloc::format!(
+            "C xenstored 4.17 will drop {} permission entr{} naming domains that have no ring \
+             (it keeps only those of domains it knows): {}{}",
+            self.dropped_perms,
+            if self.dropped_perms == 1 { "y" } else { "ies" },
+            examples.join(", "),
+            if more { ", ..." } else { "" }
+        ))
+    }
+}
+
 /// Checks that `c`'s pending output is its half-sent message's rest
 /// (`out-resp-len` octets) then whole `xs_wire` messages, as C queues it.
 fn whole_output(index: usize, c: &ConnectionData) -> Result<(), C417Refusal> {

@@ -1439,6 +1439,12 @@ fn test_the_model_counts_permissions_c_drops_for_domains_it_does_not_know() {
         summary.dropped_perm_examples,
         [("/local/domain/5/x".to_string(), 9)]
     );
+    assert_eq!(
+        summary.dropped_perms_note().unwrap(),
+        "C xenstored 4.17 will drop 1 permission entry naming domains that have no ring (it \
+         keeps only those of domains it knows): /local/domain/5/x (domain 9)"
+    );
+    assert_eq!(check(good_records()).unwrap().dropped_perms_note(), None);
     // Past the examples' bound only the count grows.
     for k in 0..DROPPED_PERM_EXAMPLES + 2 {
         records.push(Record::Node(NodeData {
@@ -1456,6 +1462,12 @@ fn test_the_model_counts_permissions_c_drops_for_domains_it_does_not_know() {
     let summary = check(records).unwrap();
     assert_eq!(summary.dropped_perms, DROPPED_PERM_EXAMPLES + 3);
     assert_eq!(summary.dropped_perm_examples.len(), DROPPED_PERM_EXAMPLES);
+    let note = summary.dropped_perms_note().unwrap();
+    assert!(note.contains("drop 11 permission entries"), "{note}");
+    assert!(
+        note.ends_with("/local/domain/5/y6 (domain 12), ..."),
+        "{note}"
+    );
 }
 
 #[test]

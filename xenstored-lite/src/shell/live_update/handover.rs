@@ -230,28 +230,8 @@ impl Daemon {
             Ok(c) => c,
             Err(e) => return CHandOver::Refused(HandOverError::from(e).into()),
         };
-        if summary.dropped_perms > 0 {
-            let examples: Vec<String> = summary
-                .dropped_perm_examples
-                .iter()
-                .map(|(path, domid)| format!("{path} (domain {domid})"))
-                .collect();
-            tracing::warn!(
-                "live-update: C xenstored 4.17 will drop {} permission entr{} naming domains \
-                 that have no ring (it keeps only those of domains it knows): {}{}",
-                summary.dropped_perms,
-                if summary.dropped_perms == 1 {
-                    "y"
-                } else {
-                    "ies"
-                },
-                examples.join(", "),
-                if summary.dropped_perms > examples.len() {
-                    ", ..."
-                } else {
-                    ""
-                }
-            );
+        if let Some(note) = summary.dropped_perms_note() {
+            tracing::warn!("live-update: {note}");
         }
         let quotas = CQuotas::from_config(self.core.engine().config(), true);
         let cmdline = match c_command_line(&quotas, session.cmdline.as_deref()) {

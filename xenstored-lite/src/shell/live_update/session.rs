@@ -383,9 +383,10 @@ impl Daemon {
             return;
         }
         let held = self.core.held_conns();
-        if !on && !held.is_empty() {
+        if !on {
             tracing::info!(
-                "live-update: {} held TRANSACTION_START(s) carried out now",
+                "live-update: TRANSACTION_STARTs no longer held; {} connection(s) with held \
+                 requests carried out now",
                 held.len()
             );
         }
