@@ -1724,6 +1724,9 @@ fn c_waiting(w: &mut World) -> (Client, Client, u32) {
     c_session(d, &c, &binary, None);
     assert_eq!(c.live_update(d, &["-s", "-t", "60"]), "BUSY");
     assert!(d.core.holding());
+    // Between two -s the loop keeps looking (for the end of holding).
+    assert!(d.live_update.as_ref().unwrap().c_start.is_none());
+    assert!(d.live_update_pending());
     (c, t, tx)
 }
 
