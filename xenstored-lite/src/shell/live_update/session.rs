@@ -383,7 +383,12 @@ impl Daemon {
             return;
         }
         let held = self.core.held_conns();
-        if !on {
+        if on {
+            tracing::info!(
+                "live-update: new TRANSACTION_STARTs are held until the hand-over (they go to C \
+                 as whole requests) or the refusal"
+            );
+        } else {
             tracing::info!(
                 "live-update: TRANSACTION_STARTs no longer held; {} connection(s) with held \
                  requests carried out now",
@@ -504,12 +509,6 @@ impl Daemon {
                 let since = *session.c_wait_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < opts.timeout {
                     tracing::info!("live-update: BUSY: {why}");
-                    if session.c_hold_until.is_none() {
-                        tracing::info!(
-                            "live-update: new TRANSACTION_STARTs are held until the hand-over \
-                             (they go to C as whole requests) or the refusal"
-                        );
-                    }
                     session.c_hold_until = Some(since + opts.timeout + C_HOLD_GRACE);
                     self.live_update = Some(session);
                     self.hold(true);
