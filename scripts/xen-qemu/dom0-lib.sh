@@ -192,24 +192,27 @@ destroy_guest() {
 # "STARTS ENDS LOOP_OK EAGAIN RETRIES LOOP_BAD": the guest's transaction
 # starts and ends, its loop transactions (those touching data/loop/) that
 # committed, its EAGAIN replies, its retries, and loop transactions that
-# ended other than committed.
+# ended other than committed. Keyed by transaction id, not connection: a
+# live update renumbers connections (the access log's "conn" changes)
+# while a transaction open across it keeps its id, and the guest has one
+# ring.
 guest_transactions() {
   awk -v d="$1" '
     $4 == "domid" && $5 == d {
-      c = $3; ty = $6; tx = $8
+      ty = $6; tx = $8
       r = $0; sub(/^.* -> /, "", r)
       p = (NF >= 11) ? $9 : ""
-      if (r ~ /EAGAIN/) { eagain++; retry[c] = 1; print "EAGAIN: " $0 }
+      if (r ~ /EAGAIN/) { eagain++; retry = 1; print "EAGAIN: " $0 }
       if (ty == "XS_TRANSACTION_START") {
         starts++
-        if (retry[c]) { retries++; retry[c] = 0; print "RETRY:  " $0 }
+        if (retry) { retries++; retry = 0; print "RETRY:  " $0 }
       } else if (ty == "XS_TRANSACTION_END") {
         ends++
-        if ((c " " tx) in loop) {
+        if (tx in loop) {
           if (r == "OK" && p == "T") ok++; else { bad++; print "LOOP TRANSACTION NOT COMMITTED: " $0 }
-          delete loop[c " " tx]
+          delete loop[tx]
         }
-      } else if (tx != 0 && p ~ /^data\/loop\//) loop[c " " tx] = 1
+      } else if (tx != 0 && p ~ /^data\/loop\//) loop[tx] = 1
     }
     END { printf "%d %d %d %d %d %d\n", starts, ends, ok, eagain, retries, bad }
   ' "$ACCESS_LOG"
