@@ -106,18 +106,15 @@ fn ls(daemon: &Daemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn exe(pid: u32) -> std::path::PathBuf {
-    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
-}
-
-#[test]
-fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((_hv, mut daemon)) = start_under_shim(dir.path()) else {
-        return;
-    };
-    let pid = daemon.pid();
-
+/// Nodes `/tool/a` = 1 and `/tool/b` = 2 (dom0's, no access for others)
+/// written by the first client returned, and the second watching
+/// `/tool/w` (its first event read).
+fn tool_nodes_and_watcher(
+    daemon: &Daemon,
+) -> (
+    xenring::Client<std::os::unix::net::UnixStream>,
+    xenring::Client<std::os::unix::net::UnixStream>,
+) {
     let mut a = client(&daemon.socket);
     a.write(0, "/tool/a", b"1").unwrap();
     a.write(0, "/tool/b", b"2").unwrap();
@@ -133,6 +130,22 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     let mut w = client(&daemon.socket);
     w.watch("/tool/w", "tok").unwrap();
     assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    (a, w)
+}
+
+fn exe(pid: u32) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+#[test]
+fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((_hv, mut daemon)) = start_under_shim(dir.path()) else {
+        return;
+    };
+    let pid = daemon.pid();
+
+    let (mut a, mut w) = tool_nodes_and_watcher(&daemon);
     // An event for w that it has not read when the update happens.
     a.write(0, "/tool/w", b"before").unwrap();
 
@@ -339,21 +352,7 @@ fn test_live_update_to_c_rolls_back_when_c_dies_before_reading_the_state() {
     let ours = exe(pid);
     assert_eq!(ours, tests::bin("xenstored-lite"));
 
-    let mut a = client(&daemon.socket);
-    a.write(0, "/tool/a", b"1").unwrap();
-    a.write(0, "/tool/b", b"2").unwrap();
-    a.set_perms(
-        0,
-        "/tool/b",
-        &[Perm {
-            kind: PermKind::None,
-            domid: 0,
-        }],
-    )
-    .unwrap();
-    let mut w = client(&daemon.socket);
-    w.watch("/tool/w", "tok").unwrap();
-    assert_eq!(w.next_watch_event().unwrap().path, "/tool/w");
+    let (mut a, mut w) = tool_nodes_and_watcher(&daemon);
     let before = ls(&daemon);
 
     // C is exec'd and dies as it opens the state (the shim's fault): the
