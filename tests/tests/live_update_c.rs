@@ -106,6 +106,16 @@ fn ls(daemon: &Daemon) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `xenstore-control live-update` to C, which must report success.
+fn update_to_c_ok(daemon: &Daemon) {
+    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
+    assert!(
+        out.status.success(),
+        "xenstore-control live-update: {out:?}\nlog:\n{}",
+        daemon.log_text()
+    );
+}
+
 /// Nodes `/tool/a` = 1 and `/tool/b` = 2 (dom0's, no access for others)
 /// written by the first client returned, and the second watching
 /// `/tool/w` (its first event read).
@@ -175,12 +185,7 @@ fn test_live_update_to_c_keeps_store_clients_and_queued_events() {
     t.transaction_end(tx, true).unwrap();
 
     let before = ls(&daemon);
-    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
-    assert!(
-        out.status.success(),
-        "xenstore-control live-update: {out:?}\nlog:\n{}",
-        daemon.log_text()
-    );
+    update_to_c_ok(&daemon);
     // The same process, now C xenstored.
     assert!(daemon.running(), "exited:\n{}", daemon.log_text());
     assert_eq!(daemon.pid(), pid);
@@ -357,12 +362,7 @@ fn test_live_update_to_c_rolls_back_when_c_dies_before_reading_the_state() {
 
     // C is exec'd and dies as it opens the state (the shim's fault): the
     // guardian brings xenstored-lite back, which answers the update OK.
-    let out = daemon.tool(XENSTORE_CONTROL, &["live-update", C_XENSTORED]);
-    assert!(
-        out.status.success(),
-        "xenstore-control live-update: {out:?}\nlog:\n{}",
-        daemon.log_text()
-    );
+    update_to_c_ok(&daemon);
     wait_until("the log to say why it rolled back", || {
         daemon.log_text().contains("live-update: restored")
             && daemon.log_text().contains("rolling back")

@@ -337,24 +337,23 @@ impl PreparedExec {
     }
 }
 
+/// Pointers to `strings` and a final null, as `execve` takes them.
+fn null_terminated(strings: &[CString]) -> Vec<*const nix::libc::c_char> {
+    strings
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 /// Forks a child that only execs `prog` (or exits 127 if that fails);
 /// returns its pid. Safe while other threads exist: everything the child
 /// uses is built before the fork and it calls only `execve` and `_exit`,
 /// which are async-signal-safe. The child inherits every descriptor
 /// without close-on-exec.
 pub fn spawn_prepared(prog: &PreparedExec) -> nix::Result<nix::unistd::Pid> {
-    let argv: Vec<*const nix::libc::c_char> = prog
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let env: Vec<*const nix::libc::c_char> = prog
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let argv = null_terminated(&prog.argv);
+    let env = null_terminated(&prog.env);
     // SAFETY: the child runs only `execve` on pointers into `prog`, `argv`
     // and `env` (built above, alive until this function returns, and the
     // child's copy of them until it execs) and `_exit`, both
