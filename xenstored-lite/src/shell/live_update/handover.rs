@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -329,12 +329,7 @@ impl Daemon {
         args.extend(watch.to_args());
         let argv = exec_argv_all(&args).ok_or(GuardianSetupError::Nul)?;
         let env = std::env::vars_os()
-            .map(|(k, v)| {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).map_err(|_| GuardianSetupError::Nul)
-            })
+            .map(|(k, v)| env_entry(&k, &v).ok_or(GuardianSetupError::Nul))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(GuardianStart {
             prog: os::PreparedExec::new(c"/proc/self/exe".to_owned(), argv, env),
@@ -436,17 +431,20 @@ pub(super) fn c_environment(
 ) -> Option<Vec<CString>> {
     let mut env: Vec<CString> = vars
         .filter(|(k, _)| k != "XENSTORED_RUNDIR")
-        .filter_map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).ok()
-        })
+        .filter_map(|(k, v)| env_entry(&k, &v))
         .collect();
     let mut dir = b"XENSTORED_RUNDIR=".to_vec();
     dir.extend_from_slice(rundir.as_os_str().as_bytes());
     env.push(CString::new(dir).ok()?);
     Some(env)
+}
+
+/// `KEY=VALUE` for `execve`'s environment; `None` if either holds a NUL.
+fn env_entry(key: &std::ffi::OsStr, value: &std::ffi::OsStr) -> Option<CString> {
+    let mut kv = key.as_bytes().to_vec();
+    kv.push(b'=');
+    kv.extend_from_slice(value.as_bytes());
+    CString::new(kv).ok()
 }
 
 /// The `OK` to `live-update -s` (`header`'s), queued last on the asking
@@ -521,10 +519,9 @@ fn exec_argv_all(args: &[OsString]) -> Option<Vec<CString>> {
 
 /// `binary` and its arguments for `execv`; `None` if one holds a NUL.
 pub(super) fn exec_argv(binary: &std::path::Path, args: &[OsString]) -> Option<Vec<CString>> {
-    std::iter::once(binary.as_os_str())
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| CString::new(a.as_bytes()).ok())
-        .collect()
+    let mut all = vec![binary.as_os_str().to_os_string()];
+    all.extend_from_slice(args);
+    exec_argv_all(&all)
 }
 
 #[cfg(test)]
