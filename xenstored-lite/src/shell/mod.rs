@@ -209,6 +209,8 @@ pub struct Daemon {
     clock_base: u64,
     /// Start the journal anew with a snapshot past this many octets.
     journal_limit: u64,
+    /// A snapshot being made (`crash.rs`).
+    snapshot_job: Option<crash::SnapshotJob>,
 }
 
 /// How long the listener stays out of epoll when accept fails and the
@@ -352,6 +354,7 @@ impl Daemon {
             unreleased: BTreeSet::new(),
             clock_base: 0,
             journal_limit: config.journal.unwrap_or(u64::MAX),
+            snapshot_job: None,
         };
         Ok(daemon)
     }
