@@ -343,6 +343,17 @@ fn describe(event: &BoundaryEvent<'_>) -> String {
 }
 
 impl Replayed {
+    /// What the replay did so far.
+    pub fn summary(&self) -> &RecoverySummary {
+        &self.summary
+    }
+
+    /// The replayed state (tests).
+    #[cfg(test)]
+    pub(super) fn core_mut(&mut self) -> &mut ShellState {
+        &mut self.core
+    }
+
     /// Reads the crash journal at `path` and applies it to a state around
     /// `engine` (see the module's documentation). Nothing outside the
     /// journal is touched yet.

@@ -19,6 +19,8 @@
 
 mod access_log;
 mod crash;
+#[cfg(test)]
+mod crash_tests;
 pub mod journal;
 mod live_update;
 #[allow(unsafe_code)]
@@ -26,6 +28,8 @@ pub mod os;
 pub mod platform;
 pub mod state;
 mod systemd;
+#[cfg(test)]
+mod test_world;
 mod transport;
 
 pub use crash::{RecoveryError, RecoverySummary, Replayed};
