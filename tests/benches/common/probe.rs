@@ -1,14 +1,16 @@
-//! The prober of the live-update benchmarks: one connection issuing READs
-//! back to back and timestamping every reply, and the longest gap between
-//! consecutive replies around an update (its blackout).
+//! The prober of the live-update and crash benchmarks: one connection (a
+//! socket, or a guest's ring) issuing READs back to back and timestamping
+//! every reply, and the longest gap between consecutive replies around an
+//! update or a crash (its blackout).
 
-use std::path::Path;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use tests::{client, wait_until, LIMIT};
+use tests::wait_until;
+use xenring::Client;
 
 /// A running prober.
 pub struct Prober {
@@ -18,13 +20,16 @@ pub struct Prober {
 }
 
 impl Prober {
-    /// Starts reading `path` over the daemon's `socket`, every reply
-    /// checked against the first; returns once `first` replies came.
-    pub fn start(socket: &Path, path: &str, first: usize) -> Self {
+    /// Starts reading `path` over `c` (a socket client with bounded waits,
+    /// as `Daemon::client` makes, or a guest's), every reply checked
+    /// against the first; returns once `first` replies came.
+    pub fn start<T: Read + Write + Send + 'static>(
+        mut c: Client<T>,
+        path: &str,
+        first: usize,
+    ) -> Self {
         let replies = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut c = client(socket);
-        c.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
         let (r, s) = (Arc::clone(&replies), Arc::clone(&stop));
         let path = path.to_string();
         let thread = std::thread::spawn(move || {
