@@ -1,0 +1,756 @@
+//! Crash journal benchmark (prints figures; not a timed test): what the
+//! journal costs a loaded daemon, and how fast a daemon killed with
+//! `kill -9` is back with everything.
+//!
+//! `cargo bench -p tests --bench crash_journal` builds the release
+//! binaries and, in run directories on a tmpfs (`/dev/shm`, or
+//! `CRASH_DIR`), does two things:
+//!
+//! 1. **Throughput, journal on vs off, side by side.** Two machines, each
+//!    a `mock-xen --socket` and a `xenstored-lite --mock-xen`, one with
+//!    `--journal=on` and one with `--journal=off`, both loaded with the
+//!    toolstack population of the live-update bench (120,000 nodes,
+//!    `CRASH_NODES=N` for another size). Every round (`CRASH_ROUNDS`,
+//!    default 7) runs the same load on each in turn, alternating which
+//!    goes first, for 3 s: 4 dom0 socket clients with 32 requests in
+//!    flight each (60 % READ, 30 % WRITE of the node's own value, 10 %
+//!    DIRECTORY of a domain's home, on random nodes of the population)
+//!    and 4 guests over mock-xen rings writing a node of their home and
+//!    reading it back, one request at a time. Requests answered per
+//!    second, and the daemon's CPU time per request
+//!    (`/proc/PID/task/*/schedstat`).
+//! 2. **Recovery.** On the journal-on machine, 1,000 connections (50
+//!    guests over rings: the 4 busy ones, a prober, 45 idle with 10
+//!    watches each; 949 idle sockets with 10 watches each; dom0's), then
+//!    `CRASH_KILLS` times (default 3): `kill -9` the daemon and start it
+//!    again at once with the same command line, while the busy guests
+//!    keep writing and reading back and the prober guest issues READs
+//!    back to back, timestamping every reply. Reported: the daemon's own
+//!    `crash recovery: ... in N ms`, the time from the restart to the
+//!    prober's first reply and to the first reply on a new socket
+//!    connection, the prober's longest gap across kill and restart. After
+//!    each recovery the store holds as many nodes as before (`memreport`),
+//!    every node of the population reads back its value, `check` is OK,
+//!    and the sockets reconnect and watch again.
+//!
+//! `CRASH_CALIBRATE=1` runs the throughput rounds with the journal off on
+//! both machines, and stops there: how far apart two identical machines
+//! come out on this host.
+//!
+//! Without `--bench` (as `cargo test --all-targets` runs it) it does the
+//! same at a small size, once.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mock_xen::{Connector, Guest, Toolstack};
+use tests::{create_guest, guest_client, reply_text, wait_until, Daemon, MockXen, LIMIT};
+use xenring::codec::{build_args, build_path_value};
+use xenring::{Client, MsgType};
+
+mod common;
+use common::load::{domain_nodes, idle_sockets, load_store, raise_fd_limit, FIRST_DOMID, LOADERS};
+use common::probe::{longest_gap, Prober};
+use common::rings::{assert_guests_kept, watched_guest};
+
+/// What to set up.
+struct Size {
+    nodes: usize,
+    /// Connections at a crash: guests over rings, idle sockets, dom0's.
+    connections: usize,
+    /// Guests over rings at a crash, the busy ones and the prober among
+    /// them.
+    guests: usize,
+    /// Guests writing and reading back, in the throughput rounds and
+    /// across the crashes.
+    busy_guests: usize,
+    /// Socket clients of the throughput rounds.
+    socket_clients: usize,
+    /// Requests each socket client keeps in flight.
+    window: usize,
+    rounds: usize,
+    round: Duration,
+    kills: usize,
+}
+
+const FULL: Size = Size {
+    nodes: 120_000,
+    connections: 1_000,
+    guests: 50,
+    busy_guests: 4,
+    socket_clients: 4,
+    window: 32,
+    rounds: 7,
+    round: Duration::from_secs(3),
+    kills: 3,
+};
+
+const QUICK: Size = Size {
+    nodes: 2_000,
+    connections: 30,
+    guests: 4,
+    busy_guests: 2,
+    socket_clients: 2,
+    window: 8,
+    rounds: 1,
+    round: Duration::from_millis(300),
+    kills: 1,
+};
+
+/// Watches each idle connection holds.
+const WATCHES: usize = 10;
+/// Replies the prober must get from the new process before the next step.
+const AFTER_REPLIES: usize = 2_000;
+/// The node the busy guests write and read back, in their homes.
+const BUSY_NODE: &str = "data/bench";
+/// The node the prober guest reads, in its home.
+const PROBE_NODE: &str = "data/probe";
+/// Distinct nodes the socket clients pick from.
+const TARGETS: usize = 4_096;
+
+/// The daemons' logs, shown when something panics.
+static LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// `1234567.8` as `1,234,568`.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A panic anywhere (a guest that lost a reply, a check) shows the last
+/// lines of each daemon's log too.
+fn show_logs_on_panic() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if let Ok(logs) = LOGS.try_lock() {
+            for p in logs.iter() {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                if text.is_empty() {
+                    continue; // a machine gone, or a daemon that said nothing
+                }
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+                eprintln!("--- last lines of {}:\n{tail}", p.display());
+            }
+        }
+    }));
+}
+
+/// A mock-xen, a daemon on it with the population loaded, and the busy
+/// guests (fields drop in this order: the processes before their
+/// directory).
+struct Machine {
+    daemon: Daemon,
+    guests: Vec<Client<Guest>>,
+    dom0: Client<UnixStream>,
+    ts: Toolstack,
+    connector: Connector,
+    args: Vec<String>,
+    domains: u32,
+    _hv: MockXen,
+    dir: tempfile::TempDir,
+}
+
+impl Machine {
+    /// A machine called `name` running `--journal=<journal>`.
+    fn start(name: &str, journal: &str, base: &Path, size: &Size) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("crash-journal-{name}-"))
+            .tempdir_in(base)
+            .unwrap();
+        let hv = MockXen::start(dir.path());
+        let args = vec![
+            "--mock-xen".to_string(),
+            hv.socket.to_str().unwrap().to_string(),
+            format!("--journal={journal}"),
+        ];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let daemon = Daemon::start(dir.path(), &argv);
+        LOGS.lock().unwrap().push(daemon.log.clone());
+        println!(
+            "journal {name}: xenstored-lite -N {} (pid {}), run directory {}",
+            argv.join(" "),
+            daemon.pid(),
+            daemon.rundir.display()
+        );
+        let domains = load_store(&daemon, size.nodes, true);
+        let connector = hv.connector();
+        let ts = Toolstack::open(&connector).unwrap();
+        let mut dom0 = daemon.client();
+        let guests = (0..size.busy_guests)
+            .map(|g| watched_guest(&ts, &connector, &mut dom0, WATCHES, g))
+            .collect();
+        Self {
+            daemon,
+            guests,
+            dom0,
+            ts,
+            connector,
+            args,
+            domains,
+            _hv: hv,
+            dir,
+        }
+    }
+
+    /// `kill -9` the daemon, then start it again with the same command
+    /// line (its log so far kept as `xenstored.log.<k>`): when it was
+    /// killed and when restarted.
+    fn crash(&mut self, k: usize) -> (Instant, Instant) {
+        let killed = Instant::now();
+        self.daemon.proc.child.kill().unwrap(); // SIGKILL
+        self.daemon.proc.child.wait().unwrap();
+        let kept = self.dir.path().join(format!("xenstored.log.{k}"));
+        std::fs::rename(&self.daemon.log, kept).unwrap();
+        let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let restarted = Instant::now();
+        self.daemon = Daemon::start(self.dir.path(), &argv);
+        (killed, restarted)
+    }
+}
+
+/// CPU time of every thread of a process so far.
+fn cpu_time(pid: u32) -> Duration {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(ns)
+}
+
+/// A node the socket clients ask about: its path, its value (what a WRITE
+/// writes again, so the population stays checkable) and its domain's home.
+struct Target {
+    path: String,
+    value: String,
+    home: String,
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn targets(domains: u32) -> Arc<Vec<Target>> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15;
+    let list = (0..TARGETS)
+        .map(|_| {
+            let d = FIRST_DOMID + u32::try_from(xorshift(&mut rng) % u64::from(domains)).unwrap();
+            let nodes = domain_nodes(d);
+            let k = usize::try_from(xorshift(&mut rng)).unwrap() % nodes.len();
+            let (path, value) = nodes[k].clone();
+            Target {
+                path,
+                value,
+                home: format!("/local/domain/{d}"),
+            }
+        })
+        .collect();
+    Arc::new(list)
+}
+
+/// A socket client's load until `stop`: `window` requests in flight;
+/// returns the replies it counted.
+fn socket_load(
+    mut c: Client<UnixStream>,
+    targets: &[Target],
+    mut rng: u64,
+    window: usize,
+    go: &Barrier,
+    stop: &AtomicBool,
+) -> u64 {
+    let mut in_flight = std::collections::VecDeque::with_capacity(window);
+    let mut answered = 0;
+    go.wait();
+    while !stop.load(SeqCst) {
+        while in_flight.len() < window {
+            let r = xorshift(&mut rng);
+            let t = &targets[usize::try_from(r >> 8).unwrap() % targets.len()];
+            let (ty, payload) = match r % 10 {
+                0..=5 => (MsgType::Read, build_args(&[t.path.as_bytes()])),
+                6..=8 => (
+                    MsgType::Write,
+                    build_path_value(t.path.as_bytes(), t.value.as_bytes()),
+                ),
+                _ => (MsgType::Directory, build_args(&[t.home.as_bytes()])),
+            };
+            in_flight.push_back(c.submit(ty, 0, &payload).unwrap());
+        }
+        c.wait_reply(in_flight.pop_front().unwrap()).unwrap();
+        answered += 1;
+    }
+    for id in in_flight {
+        c.wait_reply(id).unwrap();
+    }
+    answered
+}
+
+/// Guests writing [`BUSY_NODE`] and reading it back until `stop`, each
+/// reply checked; each thread returns its guest and the replies it got.
+type BusyGuests = Vec<JoinHandle<(Client<Guest>, u64)>>;
+
+fn busy_guests(
+    guests: Vec<Client<Guest>>,
+    go: &Arc<Barrier>,
+    stop: &Arc<AtomicBool>,
+) -> BusyGuests {
+    guests
+        .into_iter()
+        .map(|mut c| {
+            let (go, stop) = (Arc::clone(go), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                go.wait();
+                while !stop.load(SeqCst) {
+                    let v = n.to_string();
+                    c.write(0, BUSY_NODE, v.as_bytes()).unwrap();
+                    let back = c.read(0, BUSY_NODE).unwrap();
+                    assert_eq!(back, v.as_bytes(), "a guest reads back what it wrote");
+                    n += 2;
+                }
+                (c, n)
+            })
+        })
+        .collect()
+}
+
+fn join_guests(threads: BusyGuests) -> (Vec<Client<Guest>>, u64) {
+    let mut total = 0;
+    let guests = threads
+        .into_iter()
+        .map(|t| {
+            let (c, n) = t.join().unwrap();
+            total += n;
+            c
+        })
+        .collect();
+    (guests, total)
+}
+
+/// One machine's part of a throughput round.
+struct Round {
+    socket_replies: u64,
+    guest_replies: u64,
+    secs: f64,
+    cpu: Duration,
+}
+
+impl Round {
+    fn requests(&self) -> f64 {
+        (self.socket_replies + self.guest_replies) as f64
+    }
+
+    fn rate(&self) -> f64 {
+        self.requests() / self.secs
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:>9} /s (sockets {:>9}, guests {:>7}), daemon CPU {:.2} us/request",
+            thousands(self.rate()),
+            thousands(self.socket_replies as f64 / self.secs),
+            thousands(self.guest_replies as f64 / self.secs),
+            self.cpu.as_secs_f64() * 1e6 / self.requests()
+        )
+    }
+}
+
+fn load_round(m: &mut Machine, size: &Size, targets: &Arc<Vec<Target>>, seed: u64) -> Round {
+    let stop = Arc::new(AtomicBool::new(false));
+    let go = Arc::new(Barrier::new(size.socket_clients + m.guests.len() + 1));
+    let sockets: Vec<JoinHandle<u64>> = (0..size.socket_clients)
+        .map(|i| {
+            let c = m.daemon.client();
+            let (targets, go, stop) = (Arc::clone(targets), Arc::clone(&go), Arc::clone(&stop));
+            let (window, rng) = (size.window, seed * 64 + i as u64 + 1);
+            std::thread::spawn(move || socket_load(c, &targets, rng, window, &go, &stop))
+        })
+        .collect();
+    let guests = busy_guests(std::mem::take(&mut m.guests), &go, &stop);
+    let pid = m.daemon.pid();
+    go.wait();
+    let (t0, cpu0) = (Instant::now(), cpu_time(pid));
+    std::thread::sleep(size.round);
+    stop.store(true, SeqCst);
+    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_time(pid) - cpu0);
+    let socket_replies = sockets.into_iter().map(|t| t.join().unwrap()).sum();
+    let (guests, guest_replies) = join_guests(guests);
+    m.guests = guests;
+    Round {
+        socket_replies,
+        guest_replies,
+        secs,
+        cpu,
+    }
+}
+
+/// What the daemon's `memreport` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Report {
+    nodes: u64,
+    watches: u64,
+    connections: u64,
+}
+
+/// The daemon's `memreport`, written to a file in `dir` (the reply itself
+/// would be too long: a line per domain).
+fn memreport<T: Read + Write>(dom0: &mut Client<T>, dir: &Path) -> Report {
+    let file = dir.join("memreport.txt");
+    let _ = std::fs::remove_file(&file);
+    let answer = dom0
+        .control(&["memreport", file.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(reply_text(&answer), "OK");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in memreport: {text}"))
+    };
+    Report {
+        nodes: field("nodes"),
+        watches: field("watches"),
+        connections: field("connections"),
+    }
+}
+
+/// Reads every node of the population back (a domain's nodes in flight
+/// at once), each value checked; returns how many.
+fn verify_population<T: Read + Write>(c: &mut Client<T>, domains: u32) -> usize {
+    let mut checked = 0;
+    for d in FIRST_DOMID..FIRST_DOMID + domains {
+        let nodes = domain_nodes(d);
+        let ids: Vec<u32> = nodes
+            .iter()
+            .map(|(p, _)| c.submit(MsgType::Read, 0, &build_args(&[p.as_bytes()])))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, (path, value)) in ids.into_iter().zip(&nodes) {
+            let reply = c.wait_reply(id).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(reply.payload, value.as_bytes(), "{path}");
+            checked += 1;
+        }
+    }
+    checked
+}
+
+/// The files of the daemon's journal directory and their sizes.
+fn journal_files(rundir: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(rundir.join("journal"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().ok()?.len(),
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The daemon's `crash recovery: ... in N ms` line and its N.
+fn recovery_line(log: &str) -> Option<(String, f64)> {
+    let line = log.lines().find(|l| l.contains("crash recovery: "))?;
+    let at = line.rfind(" in ")?;
+    let n = line[at + 4..]
+        .trim_end()
+        .strip_suffix(" ms")?
+        .parse()
+        .ok()?;
+    Some((line.trim().to_string(), n))
+}
+
+/// When a new socket connection is first answered.
+fn socket_answers(socket: &Path) -> Instant {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Ok(s) = UnixStream::connect(socket) {
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            // Any answer counts, an error reply too.
+            match Client::new(s).read(0, "/local/domain/0") {
+                Ok(_) | Err(xenring::Error::Xs(_)) => return Instant::now(),
+                Err(_) => {}
+            }
+        }
+        assert!(Instant::now() < deadline, "the socket never answered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
+    let targets = targets(on.domains);
+    println!(
+        "throughput: {} rounds of {:.1} s on each, alternating; {} socket clients x {} in \
+         flight, {} guests over rings one request at a time",
+        size.rounds,
+        size.round.as_secs_f64(),
+        size.socket_clients,
+        size.window,
+        on.guests.len()
+    );
+    let (mut rates_on, mut rates_off) = (Vec::new(), Vec::new());
+    for r in 0..size.rounds {
+        // Who goes first alternates.
+        let order = if r % 2 == 0 {
+            ["off", "on"]
+        } else {
+            ["on", "off"]
+        };
+        for (i, journal) in order.into_iter().enumerate() {
+            let (m, rates) = if journal == "on" {
+                (&mut *on, &mut rates_on)
+            } else {
+                (&mut *off, &mut rates_off)
+            };
+            let round = load_round(m, size, &targets, r as u64);
+            let label = if i == 0 {
+                format!("round {}:", r + 1)
+            } else {
+                String::new()
+            };
+            println!("  {label:<9} {journal:>3} {}", round.line());
+            rates.push(round.rate());
+        }
+    }
+    let ratios: Vec<f64> = rates_on
+        .iter()
+        .zip(&rates_off)
+        .map(|(a, b)| a / b)
+        .collect();
+    let (m_on, m_off) = (median(rates_on), median(rates_off));
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  median: journal on {} /s, off {} /s: on/off {:.3} (rounds {lo:.3}-{hi:.3}; goal >= 0.95)",
+        thousands(m_on),
+        thousands(m_off),
+        m_on / m_off
+    );
+    for (name, m) in [("on", &*on), ("off", &*off)] {
+        let files = journal_files(&m.daemon.rundir);
+        println!("  journal {name}: files {files:?}");
+    }
+}
+
+/// One crash as measured.
+struct Crash {
+    killed: Instant,
+    restarted: Instant,
+    socket: Instant,
+    end: Instant,
+    daemon_ms: f64,
+    journal: Vec<(String, u64)>,
+    reconnect: Duration,
+}
+
+fn recovery(mut m: Machine, size: &Size) {
+    let t = Instant::now();
+    while m.guests.len() + 1 < size.guests {
+        let tag = m.guests.len();
+        m.guests.push(watched_guest(
+            &m.ts,
+            &m.connector,
+            &mut m.dom0,
+            WATCHES,
+            tag,
+        ));
+    }
+    let rec = create_guest(&m.ts, &mut m.dom0);
+    let mut probe = guest_client(&m.connector, &rec);
+    probe.write(0, PROBE_NODE, b"probe").unwrap();
+    let idle_n = size.connections - size.guests - 1;
+    let mut idle = idle_sockets(&m.daemon, idle_n, WATCHES, m.domains, size.guests);
+    let before = memreport(&mut m.dom0, m.dir.path());
+    println!(
+        "recovery: {} connections at each crash: {} guests over rings ({} busy writing and \
+         reading back, 1 prober, {} idle with {WATCHES} watches each), {idle_n} idle sockets \
+         with {WATCHES} watches each, dom0's (set up in {:.2} s; the {LOADERS} loaders are \
+         closed); memreport: {before:?}",
+        size.connections,
+        size.guests,
+        size.busy_guests,
+        size.guests - size.busy_guests - 1,
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let population = verify_population(&mut m.dom0, m.domains);
+    println!(
+        "  {population} population nodes read back in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let prober = Prober::start(probe, PROBE_NODE, AFTER_REPLIES);
+    let (go, stop) = (
+        Arc::new(Barrier::new(size.busy_guests + 1)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let busy: Vec<Client<Guest>> = m.guests.drain(..size.busy_guests).collect();
+    let busy = busy_guests(busy, &go, &stop);
+    go.wait();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut crashes = Vec::new();
+    for k in 1..=size.kills {
+        let journal = journal_files(&m.daemon.rundir);
+        let (killed, restarted) = m.crash(k);
+        let socket = socket_answers(&m.daemon.socket);
+        wait_until("the daemon's crash recovery line", || {
+            recovery_line(&m.daemon.log_text()).is_some()
+        });
+        prober.wait_more(AFTER_REPLIES);
+        let end = Instant::now();
+        let (line, daemon_ms) = recovery_line(&m.daemon.log_text()).unwrap();
+        println!("  crash {k}: {line}");
+        for l in m.daemon.log_text().lines() {
+            let l = l.trim();
+            if l != line
+                && (l.contains("journal") || l.contains("recover") || l.contains("snapshot"))
+            {
+                println!("    log: {l}");
+            }
+        }
+
+        // Everything is there, and the sockets come back.
+        drop(idle);
+        m.dom0 = m.daemon.client();
+        let after = memreport(&mut m.dom0, m.dir.path());
+        assert_eq!(
+            after.nodes, before.nodes,
+            "nodes after crash {k}: {after:?}"
+        );
+        assert_eq!(
+            reply_text(&m.dom0.control(&["check"]).unwrap()).trim(),
+            "OK"
+        );
+        let t = Instant::now();
+        assert_eq!(verify_population(&mut m.dom0, m.domains), population);
+        let verified = t.elapsed();
+        let t = Instant::now();
+        idle = idle_sockets(&m.daemon, idle_n, WATCHES, m.domains, size.guests);
+        let reconnect = t.elapsed();
+        let back = memreport(&mut m.dom0, m.dir.path());
+        println!(
+            "    after: memreport {after:?}; {population} nodes read back in {:.2} s; \
+             {idle_n} sockets reconnected with their watches in {:.2} s: {back:?}",
+            verified.as_secs_f64(),
+            reconnect.as_secs_f64()
+        );
+        assert_eq!(back, before, "after crash {k} and the sockets' return");
+        crashes.push(Crash {
+            killed,
+            restarted,
+            socket,
+            end,
+            daemon_ms,
+            journal,
+            reconnect,
+        });
+    }
+    stop.store(true, SeqCst);
+    let (busy, replies) = join_guests(busy);
+    m.guests.extend(busy);
+    assert_guests_kept(&mut m.guests);
+    let stamps = prober.finish();
+    println!(
+        "  the {} busy guests got {replies} replies, each read back what it had written",
+        size.busy_guests
+    );
+
+    let mut gaps = Vec::new();
+    for (k, c) in crashes.iter().enumerate() {
+        let (a, b) = longest_gap(&stamps, c.killed, c.end);
+        gaps.push(ms(b - a));
+        println!(
+            "  crash {}: daemon's recovery {:>6.1} ms | restart to a guest's reply {:>6.1} ms, \
+             to a new socket's {:>6.1} ms | longest gap a guest saw {:>6.1} ms (kill to \
+             restart {:.1} ms) | journal at the kill {:?} | sockets back in {:.2} s",
+            k + 1,
+            c.daemon_ms,
+            ms(b.saturating_duration_since(c.restarted)),
+            ms(c.socket.saturating_duration_since(c.restarted)),
+            ms(b - a),
+            ms(c.restarted - c.killed),
+            c.journal,
+            c.reconnect.as_secs_f64()
+        );
+    }
+    let daemon: Vec<f64> = crashes.iter().map(|c| c.daemon_ms).collect();
+    println!(
+        "  median over {} crashes: daemon's recovery {:.1} ms, longest gap {:.1} ms \
+         ({} nodes, {} connections; goal <= 1 s)",
+        crashes.len(),
+        median(daemon),
+        median(gaps),
+        before.nodes,
+        size.connections
+    );
+}
+
+fn main() {
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let mut size = if quick { QUICK } else { FULL };
+    size.nodes = env_or("CRASH_NODES", size.nodes);
+    size.rounds = env_or("CRASH_ROUNDS", size.rounds).max(1);
+    size.kills = env_or("CRASH_KILLS", size.kills).max(1);
+    let base = PathBuf::from(std::env::var_os("CRASH_DIR").unwrap_or_else(|| "/dev/shm".into()));
+    let tmpfs = nix::sys::statfs::statfs(&base)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    raise_fd_limit(); // 1,000 connections
+    show_logs_on_panic();
+    println!(
+        "crash journal: {} in {} ({})",
+        tests::bin("xenstored-lite").display(),
+        base.display(),
+        if tmpfs { "tmpfs" } else { "not a tmpfs" }
+    );
+
+    // CRASH_CALIBRATE=1: the machine called "on" runs without a journal
+    // too, and only the throughput is measured: the noise floor of the
+    // ratio on this machine.
+    let calibrate = std::env::var("CRASH_CALIBRATE").as_deref() == Ok("1");
+    let mut off = Machine::start("off", "off", &base, &size);
+    let mut on = Machine::start("on", if calibrate { "off" } else { "on" }, &base, &size);
+    throughput(&mut on, &mut off, &size);
+    drop(off);
+    if calibrate {
+        println!("  (calibration: both machines ran --journal=off)");
+        return;
+    }
+    recovery(on, &size);
+}
