@@ -194,8 +194,9 @@ impl Machine {
             format!("--journal={journal}"),
         ];
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Where Daemon::start logs, known before it is up.
+        LOGS.lock().unwrap().push(dir.path().join("xenstored.log"));
         let daemon = Daemon::start(dir.path(), &argv);
-        LOGS.lock().unwrap().push(daemon.log.clone());
         println!(
             "journal {name}: xenstored-lite -N {} (pid {}), run directory {}",
             argv.join(" "),
