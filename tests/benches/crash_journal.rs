@@ -485,16 +485,20 @@ fn journal_files(rundir: &Path) -> Vec<(String, u64)> {
     files
 }
 
-/// The daemon's `crash recovery: ... in N ms` line and its N.
+/// The daemon's `crash recovery: ... in N ms` line and its N (other
+/// `crash recovery:` lines come before it).
 fn recovery_line(log: &str) -> Option<(String, f64)> {
-    let line = log.lines().find(|l| l.contains("crash recovery: "))?;
-    let at = line.rfind(" in ")?;
-    let n = line[at + 4..]
-        .trim_end()
-        .strip_suffix(" ms")?
-        .parse()
-        .ok()?;
-    Some((line.trim().to_string(), n))
+    log.lines()
+        .filter(|l| l.contains("crash recovery: "))
+        .find_map(|line| {
+            let at = line.rfind(" in ")?;
+            let n = line[at + 4..]
+                .trim_end()
+                .strip_suffix(" ms")?
+                .parse()
+                .ok()?;
+            Some((line.trim().to_string(), n))
+        })
 }
 
 /// When a new socket connection is first answered.
@@ -640,9 +644,7 @@ fn recovery(mut m: Machine, size: &Size) {
         println!("  crash {k}: {line}");
         for l in m.daemon.log_text().lines() {
             let l = l.trim();
-            if l != line
-                && (l.contains("journal") || l.contains("recover") || l.contains("snapshot"))
-            {
+            if l != line && (l.contains("crash recovery") || l.contains("crash journal")) {
                 println!("    log: {l}");
             }
         }
