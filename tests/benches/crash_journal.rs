@@ -106,6 +106,8 @@ const QUICK: Size = Size {
 const WATCHES: usize = 10;
 /// Replies the prober must get from the new process before the next step.
 const AFTER_REPLIES: usize = 2_000;
+/// How long the prober goes on after a recovery before the checks.
+const STEADY: Duration = Duration::from_secs(1);
 /// The node the busy guests write and read back, in their homes.
 const BUSY_NODE: &str = "data/bench";
 /// The node the prober guest reads, in its home.
@@ -171,6 +173,8 @@ fn show_logs_on_panic() {
 struct Machine {
     daemon: Daemon,
     guests: Vec<Client<Guest>>,
+    /// The prober's guest (reading [`PROBE_NODE`]), while no prober runs.
+    probe: Option<Client<Guest>>,
     dom0: Client<UnixStream>,
     ts: Toolstack,
     connector: Connector,
@@ -210,9 +214,13 @@ impl Machine {
         let guests = (0..size.busy_guests)
             .map(|g| watched_guest(&ts, &connector, &mut dom0, WATCHES, g))
             .collect();
+        let rec = create_guest(&ts, &mut dom0);
+        let mut probe = guest_client(&connector, &rec);
+        probe.write(0, PROBE_NODE, b"probe").unwrap();
         Self {
             daemon,
             guests,
+            probe: Some(probe),
             dom0,
             ts,
             connector,
@@ -363,9 +371,12 @@ fn join_guests(threads: BusyGuests) -> (Vec<Client<Guest>>, u64) {
 /// One machine's part of a throughput round.
 struct Round {
     socket_replies: u64,
+    /// The busy guests' and the prober's.
     guest_replies: u64,
     secs: f64,
     cpu: Duration,
+    /// The prober's longest wait for a reply.
+    gap: Duration,
 }
 
 impl Round {
@@ -379,11 +390,13 @@ impl Round {
 
     fn line(&self) -> String {
         format!(
-            "{:>9} /s (sockets {:>9}, guests {:>7}), daemon CPU {:.2} us/request",
+            "{:>9} /s (sockets {:>9}, guests {:>7}), daemon CPU {:.2} us/request, a guest's \
+             longest wait {:.1} ms",
             thousands(self.rate()),
             thousands(self.socket_replies as f64 / self.secs),
             thousands(self.guest_replies as f64 / self.secs),
-            self.cpu.as_secs_f64() * 1e6 / self.requests()
+            self.cpu.as_secs_f64() * 1e6 / self.requests(),
+            ms(self.gap)
         )
     }
 }
@@ -400,20 +413,26 @@ fn load_round(m: &mut Machine, size: &Size, targets: &Arc<Vec<Target>>, seed: u6
         })
         .collect();
     let guests = busy_guests(std::mem::take(&mut m.guests), &go, &stop);
+    let prober = Prober::start(m.probe.take().unwrap(), PROBE_NODE, 1);
     let pid = m.daemon.pid();
     go.wait();
     let (t0, cpu0) = (Instant::now(), cpu_time(pid));
     std::thread::sleep(size.round);
     stop.store(true, SeqCst);
-    let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_time(pid) - cpu0);
+    let (t1, cpu) = (Instant::now(), cpu_time(pid) - cpu0);
     let socket_replies = sockets.into_iter().map(|t| t.join().unwrap()).sum();
-    let (guests, guest_replies) = join_guests(guests);
+    let (guests, busy_replies) = join_guests(guests);
     m.guests = guests;
+    let (stamps, probe) = prober.finish();
+    m.probe = Some(probe);
+    let (a, b) = longest_gap(&stamps, t0, t1);
+    let probed = stamps.iter().filter(|&&t| t > t0 && t <= t1).count() as u64;
     Round {
         socket_replies,
-        guest_replies,
-        secs,
+        guest_replies: busy_replies + probed,
+        secs: (t1 - t0).as_secs_f64(),
         cpu,
+        gap: b - a,
     }
 }
 
@@ -530,6 +549,7 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
         on.guests.len()
     );
     let (mut rates_on, mut rates_off) = (Vec::new(), Vec::new());
+    let (mut gaps_on, mut gaps_off) = (Vec::new(), Vec::new());
     for r in 0..size.rounds {
         // Who goes first alternates.
         let order = if r % 2 == 0 {
@@ -538,10 +558,10 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
             ["on", "off"]
         };
         for (i, journal) in order.into_iter().enumerate() {
-            let (m, rates) = if journal == "on" {
-                (&mut *on, &mut rates_on)
+            let (m, rates, gaps) = if journal == "on" {
+                (&mut *on, &mut rates_on, &mut gaps_on)
             } else {
-                (&mut *off, &mut rates_off)
+                (&mut *off, &mut rates_off, &mut gaps_off)
             };
             let round = load_round(m, size, &targets, r as u64);
             let label = if i == 0 {
@@ -551,6 +571,7 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
             };
             println!("  {label:<9} {journal:>3} {}", round.line());
             rates.push(round.rate());
+            gaps.push(ms(round.gap));
         }
     }
     let ratios: Vec<f64> = rates_on
@@ -566,6 +587,15 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
         thousands(m_on),
         thousands(m_off),
         m_on / m_off
+    );
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  a guest's longest wait in a round, median (max): journal on {:.1} ms ({:.1}), \
+         off {:.1} ms ({:.1})",
+        median(gaps_on.clone()),
+        max(&gaps_on),
+        median(gaps_off.clone()),
+        max(&gaps_off)
     );
     for (name, m) in [("on", &*on), ("off", &*off)] {
         let files = journal_files(&m.daemon.rundir);
@@ -596,9 +626,6 @@ fn recovery(mut m: Machine, size: &Size) {
             tag,
         ));
     }
-    let rec = create_guest(&m.ts, &mut m.dom0);
-    let mut probe = guest_client(&m.connector, &rec);
-    probe.write(0, PROBE_NODE, b"probe").unwrap();
     let idle_n = size.connections - size.guests - 1;
     let mut idle = idle_sockets(&m.daemon, idle_n, WATCHES, m.domains, size.guests);
     let before = memreport(&mut m.dom0, m.dir.path());
@@ -620,7 +647,7 @@ fn recovery(mut m: Machine, size: &Size) {
         t.elapsed().as_secs_f64()
     );
 
-    let prober = Prober::start(probe, PROBE_NODE, AFTER_REPLIES);
+    let prober = Prober::start(m.probe.take().unwrap(), PROBE_NODE, AFTER_REPLIES);
     let (go, stop) = (
         Arc::new(Barrier::new(size.busy_guests + 1)),
         Arc::new(AtomicBool::new(false)),
@@ -639,6 +666,7 @@ fn recovery(mut m: Machine, size: &Size) {
             recovery_line(&m.daemon.log_text()).is_some()
         });
         prober.wait_more(AFTER_REPLIES);
+        std::thread::sleep(STEADY); // what comes after the recovery
         let end = Instant::now();
         let (line, daemon_ms) = recovery_line(&m.daemon.log_text()).unwrap();
         println!("  crash {k}: {line}");
@@ -689,37 +717,49 @@ fn recovery(mut m: Machine, size: &Size) {
     let (busy, replies) = join_guests(busy);
     m.guests.extend(busy);
     assert_guests_kept(&mut m.guests);
-    let stamps = prober.finish();
+    let (stamps, _) = prober.finish();
     println!(
         "  the {} busy guests got {replies} replies, each read back what it had written",
         size.busy_guests
     );
 
-    let mut gaps = Vec::new();
+    let (mut gaps, mut longest) = (Vec::new(), Vec::new());
     for (k, c) in crashes.iter().enumerate() {
+        // The gap across the crash: the last reply before the restart to
+        // the first after; and the longest the prober saw from the kill to
+        // STEADY after the recovery.
+        let first = stamps.partition_point(|&t| t <= c.restarted);
+        let (before, after) = (stamps[first - 1], stamps[first]);
         let (a, b) = longest_gap(&stamps, c.killed, c.end);
-        gaps.push(ms(b - a));
+        gaps.push(ms(after - before));
+        longest.push(ms(b - a));
         println!(
             "  crash {}: daemon's recovery {:>6.1} ms | restart to a guest's reply {:>6.1} ms, \
-             to a new socket's {:>6.1} ms | longest gap a guest saw {:>6.1} ms (kill to \
-             restart {:.1} ms) | journal at the kill {:?} | sockets back in {:.2} s",
+             to a new socket's {:>6.1} ms | a guest's gap across it {:>6.1} ms (kill to \
+             restart {:.1} ms); longest to {} s after: {:.1} ms, from {:+.1} ms after the \
+             restart | journal at the kill {:?} | sockets back in {:.2} s",
             k + 1,
             c.daemon_ms,
-            ms(b.saturating_duration_since(c.restarted)),
+            ms(after - c.restarted),
             ms(c.socket.saturating_duration_since(c.restarted)),
-            ms(b - a),
+            ms(after - before),
             ms(c.restarted - c.killed),
+            STEADY.as_secs(),
+            ms(b - a),
+            ms(a.saturating_duration_since(c.restarted))
+                - ms(c.restarted.saturating_duration_since(a)),
             c.journal,
             c.reconnect.as_secs_f64()
         );
     }
     let daemon: Vec<f64> = crashes.iter().map(|c| c.daemon_ms).collect();
     println!(
-        "  median over {} crashes: daemon's recovery {:.1} ms, longest gap {:.1} ms \
-         ({} nodes, {} connections; goal <= 1 s)",
+        "  median over {} crashes: daemon's recovery {:.1} ms, a guest's gap across the crash \
+         {:.1} ms, longest gap {:.1} ms ({} nodes, {} connections; goal <= 1 s)",
         crashes.len(),
         median(daemon),
         median(gaps),
+        median(longest),
         before.nodes,
         size.connections
     );

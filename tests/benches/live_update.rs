@@ -140,7 +140,7 @@ fn main() {
         });
         windows.push((start, ok, Instant::now()));
     }
-    let stamps = prober.finish();
+    let (stamps, _) = prober.finish();
     let log = daemon.live_updates();
 
     let mut results = Vec::new();

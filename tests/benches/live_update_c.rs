@@ -137,7 +137,7 @@ fn main() {
         prober.wait_more(AFTER_REPLIES);
         windows.push((name, start, ok, Instant::now()));
     }
-    let stamps = prober.finish();
+    let (stamps, _) = prober.finish();
 
     let mut reference = None;
     for &(name, start, ok, end) in &windows {

@@ -12,22 +12,18 @@ use std::time::Instant;
 use tests::wait_until;
 use xenring::Client;
 
-/// A running prober.
-pub struct Prober {
+/// A running prober over a `Client<T>`.
+pub struct Prober<T> {
     replies: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Instant>>,
+    thread: JoinHandle<(Vec<Instant>, Client<T>)>,
 }
 
-impl Prober {
+impl<T: Read + Write + Send + 'static> Prober<T> {
     /// Starts reading `path` over `c` (a socket client with bounded waits,
     /// as `Daemon::client` makes, or a guest's), every reply checked
     /// against the first; returns once `first` replies came.
-    pub fn start<T: Read + Write + Send + 'static>(
-        mut c: Client<T>,
-        path: &str,
-        first: usize,
-    ) -> Self {
+    pub fn start(mut c: Client<T>, path: &str, first: usize) -> Self {
         let replies = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (Arc::clone(&replies), Arc::clone(&stop));
@@ -40,7 +36,7 @@ impl Prober {
                 stamps.push(Instant::now());
                 r.fetch_add(1, SeqCst);
             }
-            stamps
+            (stamps, c)
         });
         let p = Self {
             replies,
@@ -57,8 +53,8 @@ impl Prober {
         wait_until("the prober's replies", || self.replies.load(SeqCst) >= want);
     }
 
-    /// Stops it: every reply's time, oldest first.
-    pub fn finish(self) -> Vec<Instant> {
+    /// Stops it: every reply's time, oldest first, and its client.
+    pub fn finish(self) -> (Vec<Instant>, Client<T>) {
         self.stop.store(true, SeqCst);
         self.thread.join().unwrap()
     }
