@@ -40,6 +40,7 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does the
 //! same at a small size, once.
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -114,6 +115,9 @@ const BUSY_NODE: &str = "data/bench";
 const PROBE_NODE: &str = "data/probe";
 /// Distinct nodes the socket clients pick from.
 const TARGETS: usize = 4_096;
+
+/// The daemons' log level: info, and the journal's snapshots (debug).
+const LOG_ENV: [(&str, &str); 1] = [("RUST_LOG", "info,xenstored_lite::shell::crash=debug")];
 
 /// The daemons' logs, shown when something panics.
 static LOGS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -192,15 +196,20 @@ impl Machine {
             .tempdir_in(base)
             .unwrap();
         let hv = MockXen::start(dir.path());
-        let args = vec![
+        let mut args = vec![
             "--mock-xen".to_string(),
             hv.socket.to_str().unwrap().to_string(),
             format!("--journal={journal}"),
         ];
+        if let (Some(limit), "on") = (std::env::var_os("CRASH_JOURNAL_LIMIT"), journal) {
+            // An experiment: snapshots further apart (or never).
+            args.push(format!("--journal-limit={}", limit.to_string_lossy()));
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         // Where Daemon::start logs, known before it is up.
         LOGS.lock().unwrap().push(dir.path().join("xenstored.log"));
-        let daemon = Daemon::start(dir.path(), &argv);
+        let daemon =
+            Daemon::start_env(dir.path(), &argv, &LOG_ENV.map(|(k, v)| (k, OsStr::new(v))));
         println!(
             "journal {name}: xenstored-lite -N {} (pid {}), run directory {}",
             argv.join(" "),
@@ -242,7 +251,8 @@ impl Machine {
         std::fs::rename(&self.daemon.log, kept).unwrap();
         let argv: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let restarted = Instant::now();
-        self.daemon = Daemon::start(self.dir.path(), &argv);
+        let env = LOG_ENV.map(|(k, v)| (k, OsStr::new(v)));
+        self.daemon = Daemon::start_env(self.dir.path(), &argv, &env);
         (killed, restarted)
     }
 }
@@ -520,6 +530,19 @@ fn recovery_line(log: &str) -> Option<(String, f64)> {
         })
 }
 
+/// The journal's snapshots a daemon's log reports (`crash journal:
+/// snapshot of N octets in M ms`, at debug level): their octets and ms.
+fn snapshots(log: &str) -> Vec<(u64, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("crash journal: snapshot of ")? + 27..];
+            let (octets, rest) = rest.split_once(" octets in ")?;
+            let ms = rest.trim_end().strip_suffix(" ms")?.parse().ok()?;
+            Some((octets.parse().ok()?, ms))
+        })
+        .collect()
+}
+
 /// When a new socket connection is first answered.
 fn socket_answers(socket: &Path) -> Instant {
     let deadline = Instant::now() + LIMIT;
@@ -539,6 +562,7 @@ fn socket_answers(socket: &Path) -> Instant {
 
 fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
     let targets = targets(on.domains);
+    let snaps_before = snapshots(&on.daemon.log_text()).len();
     println!(
         "throughput: {} rounds of {:.1} s on each, alternating; {} socket clients x {} in \
          flight, {} guests over rings one request at a time",
@@ -597,6 +621,21 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
         median(gaps_off.clone()),
         max(&gaps_off)
     );
+    let snaps = snapshots(&on.daemon.log_text()).split_off(snaps_before);
+    if !snaps.is_empty() {
+        let times: Vec<f64> = snaps.iter().map(|&(_, t)| t).collect();
+        let octets = snaps.iter().map(|&(o, _)| o).max().unwrap_or(0);
+        println!(
+            "  journal on: {} snapshots during the {:.1} s of load it got, {:.0} ms each \
+             (median; {:.0}-{:.0}), of up to {} octets",
+            snaps.len(),
+            size.round.as_secs_f64() * size.rounds as f64,
+            median(times.clone()),
+            times.iter().copied().fold(f64::INFINITY, f64::min),
+            times.iter().copied().fold(0.0, f64::max),
+            thousands(octets as f64)
+        );
+    }
     for (name, m) in [("on", &*on), ("off", &*off)] {
         let files = journal_files(&m.daemon.rundir);
         println!("  journal {name}: files {files:?}");
@@ -672,7 +711,11 @@ fn recovery(mut m: Machine, size: &Size) {
         println!("  crash {k}: {line}");
         for l in m.daemon.log_text().lines() {
             let l = l.trim();
-            if l != line && (l.contains("crash recovery") || l.contains("crash journal")) {
+            let snapshot = l.contains("snapshot of");
+            if l != line
+                && !snapshot
+                && (l.contains("crash recovery") || l.contains("crash journal"))
+            {
                 println!("    log: {l}");
             }
         }
