@@ -16,26 +16,35 @@
 //!    flight each (60 % READ, 30 % WRITE of the node's own value, 10 %
 //!    DIRECTORY of a domain's home, on random nodes of the population)
 //!    and 4 guests over mock-xen rings writing a node of their home and
-//!    reading it back, one request at a time. Requests answered per
-//!    second, and the daemon's CPU time per request
-//!    (`/proc/PID/task/*/schedstat`).
+//!    reading it back, one request at a time, and a prober guest issuing
+//!    READs back to back. Requests answered per second, the daemon's CPU
+//!    time per request (`/proc/PID/task/*/schedstat`), the prober's
+//!    longest wait for a reply, and the journal's snapshots (the daemons
+//!    log them: `RUST_LOG` sets the journal's module to debug, on both).
 //! 2. **Recovery.** On the journal-on machine, 1,000 connections (50
-//!    guests over rings: the 4 busy ones, a prober, 45 idle with 10
+//!    guests over rings: the 4 busy ones, the prober, 45 idle with 10
 //!    watches each; 949 idle sockets with 10 watches each; dom0's), then
-//!    `CRASH_KILLS` times (default 3): `kill -9` the daemon and start it
+//!    `CRASH_KILLS` times (default 4): `kill -9` the daemon and start it
 //!    again at once with the same command line, while the busy guests
-//!    keep writing and reading back and the prober guest issues READs
-//!    back to back, timestamping every reply. Reported: the daemon's own
-//!    `crash recovery: ... in N ms`, the time from the restart to the
-//!    prober's first reply and to the first reply on a new socket
-//!    connection, the prober's longest gap across kill and restart. After
-//!    each recovery the store holds as many nodes as before (`memreport`),
+//!    keep writing and reading back and the prober issues READs,
+//!    timestamping every reply. The kills alternate between just after a
+//!    snapshot (the journal is a snapshot and little else) and just
+//!    before one (the journal near its limit): the two ends of what a
+//!    recovery reads. Reported: the daemon's own `crash recovery: ... in
+//!    N ms`, the time from the restart to the prober's first reply and to
+//!    the first reply on a new socket connection, the prober's gap across
+//!    kill and restart, and its longest gap until 1 s after. After each
+//!    recovery the store holds as many nodes as before (`memreport`),
 //!    every node of the population reads back its value, `check` is OK,
-//!    and the sockets reconnect and watch again.
+//!    and the sockets reconnect and watch again (as many watches as
+//!    before).
 //!
 //! `CRASH_CALIBRATE=1` runs the throughput rounds with the journal off on
 //! both machines, and stops there: how far apart two identical machines
-//! come out on this host.
+//! come out on this host. `CRASH_JOURNAL_LIMIT=BYTES` gives the
+//! journal-on daemon the hidden `--journal-limit` (an experiment: how
+//! much of the cost is the snapshots, and what a longer journal costs a
+//! recovery).
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does the
 //! same at a small size, once.
@@ -77,6 +86,8 @@ struct Size {
     rounds: usize,
     round: Duration,
     kills: usize,
+    /// How long a crash waits for the journal to be where it wants it.
+    journal_wait: Duration,
 }
 
 const FULL: Size = Size {
@@ -88,7 +99,8 @@ const FULL: Size = Size {
     window: 32,
     rounds: 7,
     round: Duration::from_secs(3),
-    kills: 3,
+    kills: 4,
+    journal_wait: Duration::from_secs(10),
 };
 
 const QUICK: Size = Size {
@@ -101,6 +113,7 @@ const QUICK: Size = Size {
     rounds: 1,
     round: Duration::from_millis(300),
     kills: 1,
+    journal_wait: Duration::ZERO,
 };
 
 /// Watches each idle connection holds.
@@ -644,6 +657,8 @@ fn throughput(on: &mut Machine, off: &mut Machine, size: &Size) {
 
 /// One crash as measured.
 struct Crash {
+    /// Killed just after a snapshot (else just before one).
+    after_snapshot: bool,
     killed: Instant,
     restarted: Instant,
     socket: Instant,
@@ -698,6 +713,20 @@ fn recovery(mut m: Machine, size: &Size) {
 
     let mut crashes = Vec::new();
     for k in 1..=size.kills {
+        // The journal's two extremes, in turn: a snapshot and little else
+        // (just after one), or as long as it gets (just before one).
+        let after_snapshot = k % 2 == 1;
+        let log = m.daemon.log.clone();
+        let snaps = snapshots(&std::fs::read_to_string(&log).unwrap()).len();
+        let full = journal_limit().saturating_sub(384 << 10);
+        let rec = xenstored_lite::shell::journal::path_in(&m.daemon.rundir);
+        let timely = wait_at_most(size.journal_wait, || {
+            if after_snapshot {
+                snapshots(&std::fs::read_to_string(&log).unwrap()).len() > snaps
+            } else {
+                std::fs::metadata(&rec).map_or(0, |f| f.len()) >= full
+            }
+        });
         let journal = journal_files(&m.daemon.rundir);
         let (killed, restarted) = m.crash(k);
         let socket = socket_answers(&m.daemon.socket);
@@ -746,7 +775,14 @@ fn recovery(mut m: Machine, size: &Size) {
             reconnect.as_secs_f64()
         );
         assert_eq!(back, before, "after crash {k} and the sockets' return");
+        if !timely {
+            println!(
+                "    (the journal did not get there within {:?}: killed then)",
+                size.journal_wait
+            );
+        }
         crashes.push(Crash {
+            after_snapshot,
             killed,
             restarted,
             socket,
@@ -777,11 +813,12 @@ fn recovery(mut m: Machine, size: &Size) {
         gaps.push(ms(after - before));
         longest.push(ms(b - a));
         println!(
-            "  crash {}: daemon's recovery {:>6.1} ms | restart to a guest's reply {:>6.1} ms, \
+            "  crash {} ({} a snapshot): daemon's recovery {:>6.1} ms | restart to a guest's reply {:>6.1} ms, \
              to a new socket's {:>6.1} ms | a guest's gap across it {:>6.1} ms (kill to \
              restart {:.1} ms); longest to {} s after: {:.1} ms, from {:+.1} ms after the \
              restart | journal at the kill {:?} | sockets back in {:.2} s",
             k + 1,
+            if c.after_snapshot { "after" } else { "before" },
             c.daemon_ms,
             ms(after - c.restarted),
             ms(c.socket.saturating_duration_since(c.restarted)),
@@ -795,17 +832,48 @@ fn recovery(mut m: Machine, size: &Size) {
             c.reconnect.as_secs_f64()
         );
     }
-    let daemon: Vec<f64> = crashes.iter().map(|c| c.daemon_ms).collect();
-    println!(
-        "  median over {} crashes: daemon's recovery {:.1} ms, a guest's gap across the crash \
-         {:.1} ms, longest gap {:.1} ms ({} nodes, {} connections; goal <= 1 s)",
-        crashes.len(),
-        median(daemon),
-        median(gaps),
-        median(longest),
-        before.nodes,
-        size.connections
-    );
+    for kind in [true, false] {
+        let of: Vec<usize> = (0..crashes.len())
+            .filter(|&k| crashes[k].after_snapshot == kind)
+            .collect();
+        if of.is_empty() {
+            continue;
+        }
+        let pick = |v: &[f64]| median(of.iter().map(|&k| v[k]).collect());
+        let daemon: Vec<f64> = crashes.iter().map(|c| c.daemon_ms).collect();
+        println!(
+            "  median of {} crashes {} a snapshot: daemon's recovery {:.1} ms, a guest's gap \
+             across the crash {:.1} ms, longest gap {:.1} ms ({} nodes, {} connections; goal \
+             <= 1 s)",
+            of.len(),
+            if kind { "after" } else { "before" },
+            pick(&daemon),
+            pick(&gaps),
+            pick(&longest),
+            before.nodes,
+            size.connections
+        );
+    }
+}
+
+/// The journal length at which the journal-on daemon snapshots.
+fn journal_limit() -> u64 {
+    std::env::var("CRASH_JOURNAL_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(xenstored_lite::cli::JOURNAL_LIMIT)
+}
+
+/// Polls `cond` for at most `limit`; whether it came true.
+fn wait_at_most(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
 }
 
 fn main() {
