@@ -348,6 +348,14 @@ impl Replayed {
         &self.summary
     }
 
+    /// The replay alone of a journal held in memory, touching nothing
+    /// else (no file continued: a panic is not marked) — the fuzz target's
+    /// way in.
+    pub fn from_bytes(engine: Engine, data: &[u8]) -> Result<Self, RecoveryError> {
+        let (events, _) = read_events(Path::new("(in memory)"), data)?;
+        replay(engine, events)
+    }
+
     /// The replayed state (tests).
     #[cfg(test)]
     pub(super) fn core_mut(&mut self) -> &mut ShellState {
