@@ -428,3 +428,36 @@ fn test_a_clean_stop_removes_the_journal() {
         Err(XsError::Xs(XsErrno::ENOENT))
     ));
 }
+
+// ---------------------------------------------------------------------------
+// 4. A domain that died while the daemon was down.
+
+#[test]
+fn test_a_domain_destroyed_while_the_daemon_was_dead_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = MockXen::start(dir.path());
+    let args = args(&hv, &[]);
+    let mut daemon = start(dir.path(), &args);
+    let ts = Toolstack::open(&hv.connector()).unwrap();
+    let mut dom0 = socket_client(&daemon.socket);
+    let gone = create_guest(&ts, &mut dom0);
+    let stays = create_guest(&ts, &mut dom0);
+    let mut g = guest_client(&hv.connector(), &stays);
+    g.write(0, "data/x", b"1").unwrap();
+    let mut doomed = guest_client(&hv.connector(), &gone);
+    doomed.write(0, "data/y", b"2").unwrap();
+    drop(dom0);
+    kill9(&mut daemon);
+    ts.destroy(gone.info.domid).unwrap();
+    daemon = start(dir.path(), &args);
+    let line = recovered(&daemon);
+    assert!(line.contains("1 rings (1 gone)"), "{line}");
+    let mut dom0 = socket_client(&daemon.socket);
+    assert!(!dom0.is_domain_introduced(gone.info.domid).unwrap());
+    assert!(matches!(
+        dom0.read(0, &format!("/local/domain/{}/data/y", gone.info.domid)),
+        Err(XsError::Xs(XsErrno::ENOENT))
+    ));
+    assert!(dom0.is_domain_introduced(stays.info.domid).unwrap());
+    assert_eq!(g.read(0, "data/x").unwrap(), b"1");
+}
