@@ -158,6 +158,12 @@ fn release(page: &RingPage<'_>, q: &Indices, n: u32) -> Result<(), Error> {
     }
     if n > 0 {
         page.store_index(q.cons, cons.wrapping_add(n), Ordering::Release);
+        // Our store of `cons`, then our next load of `prod`, against the
+        // producer's store of `prod`, then its load of `cons` to decide
+        // whether to notify (Linux's xenbus): with a full fence on both
+        // sides, either it sees the space released and notifies, or our
+        // next look sees what it wrote.
+        fence(Ordering::SeqCst);
     }
     Ok(())
 }
@@ -208,7 +214,10 @@ impl<'a> ServerEnd<'a> {
     }
 
     /// Releases `n` request bytes copied by [`ServerEnd::peek`]: publishes
-    /// `req_cons + n`. More than is queued is an error and changes nothing.
+    /// `req_cons + n`, then fences, so that a look at `req_prod` after it
+    /// sees any request the guest wrote without notifying us (it notifies
+    /// only when it finds `req_cons` caught up). More than is queued is an
+    /// error and changes nothing.
     pub fn release(&self, n: u32) -> Result<(), Error> {
         release(&self.page, &REQ, n)
     }

@@ -443,8 +443,14 @@ impl Daemon {
                 continue;
             };
             match c.transport.release_reads() {
-                Ok(true) => self.notify(conn),
-                Ok(false) => {}
+                Ok(released) => {
+                    if released.was_full {
+                        self.notify(conn);
+                    }
+                    if released.more {
+                        self.dirty.insert(conn);
+                    }
+                }
                 Err(e) => self.fail(conn, &Failure::Transport(e)),
             }
         }

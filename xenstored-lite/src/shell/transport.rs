@@ -77,6 +77,16 @@ pub(super) enum Received {
     Closed,
 }
 
+/// What [`Transport::release_reads`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Released {
+    /// The queue had been full: the guest may wait for the space (notify
+    /// it).
+    pub(super) was_full: bool,
+    /// Requests wait that came after the reads released (read again).
+    pub(super) more: bool,
+}
+
 /// How a transport failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum TransportError {
@@ -208,18 +218,22 @@ impl Transport {
     }
 
     /// Lets the guest have the space of what [`Transport::read`] read (a
-    /// ring's `req_cons` moves on); returns whether the queue had been full
-    /// (the guest may wait for the space: notify it). Nothing for a socket.
-    pub(super) fn release_reads(&mut self) -> Result<bool, TransportError> {
+    /// ring's `req_cons` moves on). Nothing for a socket.
+    pub(super) fn release_reads(&mut self) -> Result<Released, TransportError> {
         match self {
             Self::Ring(r) if r.unreleased > 0 => {
                 let n = std::mem::take(&mut r.unreleased);
                 // The guest may have filled the ring since the last read.
                 let full = matches!(r.end().readable(), Ok(RING_SIZE_U32));
                 r.end().release(n)?;
-                Ok(std::mem::take(&mut r.was_full) || full)
+                Ok(Released {
+                    was_full: std::mem::take(&mut r.was_full) || full,
+                    // Written while we held the space: Linux's xenbus
+                    // notified no one (it found `req_cons` behind).
+                    more: r.end().readable()? > 0,
+                })
             }
-            _ => Ok(false),
+            _ => Ok(Released::default()),
         }
     }
 
@@ -353,12 +367,22 @@ mod tests {
         assert_eq!(guest.writable().unwrap(), RING_SIZE_U32 - 5);
         assert_eq!(t.journaled_indices(), Some((5, 0)));
         assert_eq!(t.ring_indices(), Some((0, 5, 0, 0)));
-        assert!(!t.release_reads().unwrap(), "the ring was never full");
+        assert_eq!(
+            t.release_reads().unwrap(),
+            Released::default(),
+            "the ring was never full"
+        );
         assert_eq!(guest.writable().unwrap(), RING_SIZE_U32);
         assert_eq!(t.journaled_indices(), Some((5, 0)));
         // Nothing more to release.
-        assert!(!t.release_reads().unwrap());
-        assert_eq!(t.ring_indices(), Some((5, 5, 0, 0)));
+        assert_eq!(t.release_reads().unwrap(), Released::default());
+        // Written while the reads were held: the release says so.
+        assert_eq!(guest.write(b"ab").unwrap(), 2);
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(2));
+        assert_eq!(guest.write(b"cd").unwrap(), 2);
+        let r = t.release_reads().unwrap();
+        assert!(r.more && !r.was_full, "{r:?}");
+        assert_eq!(t.ring_indices(), Some((7, 9, 0, 0)));
     }
 
     #[test]
@@ -373,12 +397,15 @@ mod tests {
         let rest = (RING_SIZE_U32 - 500) as usize;
         assert_eq!(guest.write(&vec![2u8; 2000]).unwrap(), rest);
         assert_eq!(t.read(&mut buf).unwrap(), Received::Data(rest));
-        assert!(t.release_reads().unwrap(), "the guest must be told");
+        assert!(
+            t.release_reads().unwrap().was_full,
+            "the guest must be told"
+        );
         // Full only after the last read, before the release.
         assert_eq!(guest.write(&[3u8; 100]).unwrap(), 100);
         assert_eq!(t.read(&mut buf).unwrap(), Received::Data(100));
         assert_eq!(guest.write(&vec![4u8; 2000]).unwrap(), rest + 400);
-        assert!(t.release_reads().unwrap(), "full at the release");
+        assert!(t.release_reads().unwrap().was_full, "full at the release");
     }
 
     #[test]
@@ -401,7 +428,7 @@ mod tests {
         assert_eq!(t.read(&mut buf).unwrap(), Received::Data(3));
         t.complete_reconnect();
         assert_eq!(t.journaled_indices(), Some((0, 0)));
-        assert!(!t.release_reads().unwrap());
+        assert_eq!(t.release_reads().unwrap(), Released::default());
         assert_eq!(t.ring_indices(), Some((0, 0, 0, 0)));
     }
 }
