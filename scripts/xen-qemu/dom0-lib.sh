@@ -88,6 +88,16 @@ select_guest() {
   D=${2:-}
 }
 
+# xl_list_works [NAME...]: xl list answers and lists Domain-0 and each NAME.
+xl_list_works() {
+  timeout 30 xl list > /tmp/xl.out 2>&1 || fail "xl list: $(cat /tmp/xl.out)"
+  for xl_name in Domain-0 "$@"; do
+    awk 'NR > 1 { print $1 }' /tmp/xl.out | grep -qx "$xl_name" \
+      || fail "xl list has no $xl_name: $(cat /tmp/xl.out)"
+  done
+  xq_log "xl list: $(awk 'NR > 1 { printf "%s(%s) ", $1, $2 }' /tmp/xl.out)"
+}
+
 # second_guest_cfg NAME: a copy of /guest/guest.cfg for a guest named NAME
 # (the same kernel and initramfs, so the same loop), printed as its path.
 second_guest_cfg() {
