@@ -119,6 +119,49 @@ fn as_index(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(RING_SIZE_U32)
 }
 
+/// Consumer side without releasing: copies out what is queued `ahead`
+/// bytes past our published `cons` (bytes already copied and not yet
+/// released), as much as fits in `buf`.
+fn peek(page: &RingPage<'_>, q: &Indices, ahead: u32, buf: &mut [u8]) -> Result<usize, Error> {
+    let cons = page.load_index(q.cons, Ordering::Relaxed);
+    let prod = page.load_index(q.prod, Ordering::Acquire);
+    let used = queued(q.queue, prod, cons)?;
+    // `ahead` is ours, but the guest may have rewritten `cons` meanwhile:
+    // never beyond what is queued.
+    let avail = used.checked_sub(ahead).ok_or(Error::IndexOverrun {
+        queue: q.queue,
+        prod,
+        cons: cons.wrapping_add(ahead),
+    })?;
+    let want = buf.len().min(avail as usize);
+    let start = cons.wrapping_add(ahead);
+    let mut done = 0;
+    while done < want {
+        let idx = start.wrapping_add(as_index(done));
+        done += page.copy_out(q.queue, idx, &mut buf[done..want]);
+    }
+    Ok(done)
+}
+
+/// Releases `n` consumed bytes to the producer (`cons += n`), at most what
+/// is queued.
+fn release(page: &RingPage<'_>, q: &Indices, n: u32) -> Result<(), Error> {
+    let cons = page.load_index(q.cons, Ordering::Relaxed);
+    let prod = page.load_index(q.prod, Ordering::Acquire);
+    let used = queued(q.queue, prod, cons)?;
+    if n > used {
+        return Err(Error::IndexOverrun {
+            queue: q.queue,
+            prod,
+            cons: cons.wrapping_add(n),
+        });
+    }
+    if n > 0 {
+        page.store_index(q.cons, cons.wrapping_add(n), Ordering::Release);
+    }
+    Ok(())
+}
+
 fn queued_now(page: &RingPage<'_>, q: &Indices) -> Result<u32, Error> {
     let cons = page.load_index(q.cons, Ordering::Relaxed);
     let prod = page.load_index(q.prod, Ordering::Acquire);
@@ -153,6 +196,34 @@ impl<'a> ServerEnd<'a> {
     /// queued).
     pub fn read(&self, buf: &mut [u8]) -> Result<usize, Error> {
         consume(&self.page, &REQ, buf)
+    }
+
+    /// Copies request bytes into `buf` without releasing them: the bytes
+    /// start `ahead` octets past the published `req_cons` (those already
+    /// copied and not yet released with [`ServerEnd::release`]). A server
+    /// that must record what it read before the guest may reuse the space
+    /// (a crash journal) reads so. Returns the number copied.
+    pub fn peek(&self, ahead: u32, buf: &mut [u8]) -> Result<usize, Error> {
+        peek(&self.page, &REQ, ahead, buf)
+    }
+
+    /// Releases `n` request bytes copied by [`ServerEnd::peek`]: publishes
+    /// `req_cons + n`. More than is queued is an error and changes nothing.
+    pub fn release(&self, n: u32) -> Result<(), Error> {
+        release(&self.page, &REQ, n)
+    }
+
+    /// The four indices as the page has them now: `(req_cons, req_prod,
+    /// rsp_cons, rsp_prod)`, unchecked (a crash recovery compares them with
+    /// what it recorded).
+    pub fn indices(&self) -> (u32, u32, u32, u32) {
+        let p = &self.page;
+        (
+            p.load_index(RingIndex::ReqCons, Ordering::Relaxed),
+            p.load_index(RingIndex::ReqProd, Ordering::Acquire),
+            p.load_index(RingIndex::RspCons, Ordering::Acquire),
+            p.load_index(RingIndex::RspProd, Ordering::Relaxed),
+        )
     }
 
     /// Copies as much of `data` into the response queue as fits, and
@@ -304,6 +375,35 @@ mod tests {
         page.store_index(RingIndex::ReqProd, req.1, Ordering::Relaxed);
         page.store_index(RingIndex::RspCons, rsp.0, Ordering::Relaxed);
         page.store_index(RingIndex::RspProd, rsp.1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn test_peek_leaves_the_space_to_the_guest_until_released() {
+        let page = OwnedPage::new();
+        let start = u32::MAX - 2;
+        set_indices(&page.ring(), (start, start), (7, 9));
+        let guest = GuestEnd::new(page.ring());
+        let server = ServerEnd::new(page.ring());
+        assert_eq!(guest.write(b"abcdef").unwrap(), 6);
+        let mut got = [0u8; 4];
+        assert_eq!(server.peek(0, &mut got).unwrap(), 4);
+        assert_eq!(&got, b"abcd");
+        assert_eq!(server.peek(4, &mut got).unwrap(), 2);
+        assert_eq!(&got[..2], b"ef");
+        assert_eq!(server.peek(6, &mut got).unwrap(), 0);
+        // Nothing released yet: the guest still sees six bytes queued.
+        assert_eq!(server.readable().unwrap(), 6);
+        assert_eq!(server.indices(), (start, start.wrapping_add(6), 7, 9));
+        // Beyond what is queued: refused, nothing changes.
+        assert!(server.peek(7, &mut got).is_err());
+        assert!(server.release(7).is_err());
+        assert_eq!(server.readable().unwrap(), 6);
+        server.release(4).unwrap();
+        assert_eq!(server.readable().unwrap(), 2);
+        assert_eq!(server.peek(0, &mut got).unwrap(), 2);
+        assert_eq!(&got[..2], b"ef");
+        server.release(2).unwrap();
+        assert_eq!(server.indices().0, start.wrapping_add(6));
     }
 
     #[test]

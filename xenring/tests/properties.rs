@@ -112,6 +112,43 @@ fn transfer(
     got
 }
 
+/// Plays a stream through the request queue with a server that peeks in
+/// `reads`-sized chunks and releases what it peeked only every `every`
+/// reads (as a server with a crash journal does); returns what came out.
+fn transfer_deferred(
+    data: &[u8],
+    start: u32,
+    writes: &[usize],
+    reads: &[usize],
+    every: usize,
+) -> Vec<u8> {
+    let page = OwnedPage::new();
+    set_all_indices(&page, (start, start), (start, start));
+    let guest = GuestEnd::new(page.ring());
+    let server = ServerEnd::new(page.ring());
+    let (mut sent, mut ahead) = (0, 0u32);
+    let mut got = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 4096];
+    for round in 0..100_000 {
+        if got.len() == data.len() {
+            break;
+        }
+        let end = (sent + writes[round % writes.len()]).min(data.len());
+        sent += guest.write(&data[sent..end]).expect("consistent indices");
+        let r = reads[round % reads.len()];
+        let n = server
+            .peek(ahead, &mut buf[..r])
+            .expect("consistent indices");
+        got.extend_from_slice(&buf[..n]);
+        ahead += u32::try_from(n).expect("a ring's worth");
+        if round % every == 0 {
+            server.release(ahead).expect("peeked bytes are queued");
+            ahead = 0;
+        }
+    }
+    got
+}
+
 fn message_strategy() -> impl Strategy<Value = Message> {
     (any::<u32>(), any::<u32>(), any::<u32>(), bytes(4096)).prop_map(|(ty, req, tx, payload)| {
         Message::with_raw_type(ty, req, tx, payload).expect("payload within limit")
@@ -130,6 +167,18 @@ proptest! {
         request_queue in any::<bool>(),
     ) {
         let got = transfer(&data, start, &writes, &reads, request_queue);
+        prop_assert_eq!(got, data);
+    }
+
+    #[test]
+    fn prop_ring_peek_then_release_every_byte_once_in_order(
+        data in bytes(6000),
+        start in prop_oneof![Just(u32::MAX), (u32::MAX - 3000)..=u32::MAX, any::<u32>()],
+        writes in prop::collection::vec(1usize..1500, 1..16),
+        reads in prop::collection::vec(1usize..1500, 1..16),
+        every in 1usize..5,
+    ) {
+        let got = transfer_deferred(&data, start, &writes, &reads, every);
         prop_assert_eq!(got, data);
     }
 

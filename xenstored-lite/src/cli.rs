@@ -190,6 +190,22 @@ pub struct Cli {
     /// Test-only: change the Nth reply (to show that --replay catches it).
     #[arg(long = "test-alter-reply", value_name = "N", hide = true)]
     pub test_alter_reply: Option<u64>,
+
+    /// Test-only: a WRITE of exactly PATH panics the engine (to show that
+    /// a crash recovery skips the request that crashed it).
+    #[arg(long = "test-panic-on-write", value_name = "PATH", hide = true)]
+    pub test_panic_on_write: Option<String>,
+
+    /// Keep a crash journal in the run directory, so that the daemon
+    /// started again with the same command line after a crash carries on
+    /// where it was: auto (when the run directory is on tmpfs or ramfs),
+    /// on, or off.
+    #[arg(long = "journal", value_name = "WHEN", default_value = "auto")]
+    pub journal: String,
+
+    /// Start the crash journal anew with a snapshot once it is this long.
+    #[arg(long = "journal-limit", value_name = "BYTES", hide = true)]
+    pub journal_limit: Option<u64>,
 }
 
 /// A command-line value that does not make sense.
@@ -223,6 +239,22 @@ impl Cli {
         }
     }
 
+    /// Whether to keep a crash journal (`--journal`), and how long it may
+    /// grow before a snapshot starts it anew.
+    pub fn journal(&self) -> Result<Option<u64>, UsageError> {
+        let on = match self.journal.as_str() {
+            "on" => true,
+            "off" => false,
+            "auto" => on_memory_fs(&self.rundir()),
+            other => {
+                return Err(UsageError(format!(
+                    "--journal {other:?}: expected auto, on or off"
+                )))
+            }
+        };
+        Ok(on.then(|| self.journal_limit.unwrap_or(JOURNAL_LIMIT)))
+    }
+
     /// The platform to run on.
     pub fn platform_choice(&self) -> Result<PlatformChoice, UsageError> {
         if let Some(path) = &self.mock_xen {
@@ -245,6 +277,7 @@ impl Cli {
         let mut config = Config {
             priv_domid: self.priv_domid,
             test_alter_reply: self.test_alter_reply,
+            test_panic_on_write: self.test_panic_on_write.clone(),
             keep_orphans: self.keep_orphans,
             ..Config::default()
         };
@@ -314,6 +347,25 @@ impl Cli {
         }
         Ok(config)
     }
+}
+
+/// How long the crash journal grows before a snapshot starts it anew: a
+/// recovery replays at most about this much.
+pub const JOURNAL_LIMIT: u64 = 16 << 20;
+
+/// Whether `dir` (or, if it does not exist yet, its nearest parent that
+/// does) is on tmpfs or ramfs: memory that outlives a process crash and
+/// makes a write without fsync enough.
+fn on_memory_fs(dir: &std::path::Path) -> bool {
+    use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+    /// ramfs (`linux/magic.h`), which nix does not name.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    dir.ancestors()
+        .find_map(|d| statfs(d).ok())
+        .is_some_and(|fs| {
+            let t = fs.filesystem_type();
+            t == TMPFS_MAGIC || t == RAMFS_MAGIC
+        })
 }
 
 #[cfg(test)]

@@ -16,12 +16,14 @@ use xenstored_lite::engine::Config;
 use xenstored_lite::engine::Engine;
 use xenstored_lite::migration::{MigrationError, Stream};
 use xenstored_lite::replay::player::{self, Options};
+use xenstored_lite::shell::journal;
 use xenstored_lite::shell::live_update_guardian as guardian;
 use xenstored_lite::shell::os::{self, ForkError};
 use xenstored_lite::shell::platform::{Platform, PlatformError};
 use xenstored_lite::shell::state::TakeOverError;
 use xenstored_lite::shell::{
-    check_stream, notify_systemd_ready, Daemon, RestoreFailure, SetupError, ShellConfig, STATE_FILE,
+    check_stream, notify_systemd_ready, Daemon, RecoveryError, Replayed, RestoreFailure,
+    SetupError, ShellConfig, STATE_FILE,
 };
 
 /// Why the daemon did not start.
@@ -63,6 +65,9 @@ enum StartError {
     /// A live update's state cannot be taken over.
     #[error("live update: cannot restore the state: {0}")]
     Restore(#[source] RestoreFailure),
+    /// A crash journal cannot be served.
+    #[error("crash recovery: {0}")]
+    Recover(#[source] RecoveryError),
     /// The daemon cannot be set up.
     #[error("cannot serve {}: {source}", socket.display())]
     Serve {
@@ -285,6 +290,7 @@ fn dry_run(
 fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = cli.engine_config()?;
     let choice = cli.platform_choice()?;
+    let journal = cli.journal()?;
     let socket = cli.socket_path();
     if let Some(state) = &cli.dry_run {
         return dry_run(cli, state.as_deref(), config);
@@ -338,6 +344,16 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         rundir: rundir.clone(),
         exec_args: std::env::args_os().skip(1).collect(),
         record_dir: cli.replay_record.clone(),
+        journal,
+    };
+    if shell.journal.is_some() {
+        journal::install_panic_hook();
+    }
+    // A crash journal left by a daemon that did not stop cleanly: what to
+    // carry on from (read before anything else is set up).
+    let replayed = match &state {
+        None => recoverable(&shell, &config),
+        Some(_) => None,
     };
     let mut daemon = match &state {
         Some((bytes, stream)) => {
@@ -349,12 +365,19 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             daemon
         }
-        None => Daemon::new(Engine::new(config), platform, &shell).map_err(|source| {
-            StartError::Serve {
-                socket: socket.clone(),
-                source,
+        None => match replayed {
+            Some(replayed) => {
+                Daemon::recover(replayed, platform, &shell)
+                    .map_err(StartError::Recover)?
+                    .0
             }
-        })?,
+            None => Daemon::new(Engine::new(config), platform, &shell).map_err(|source| {
+                StartError::Serve {
+                    socket: socket.clone(),
+                    source,
+                }
+            })?,
+        },
     };
     if let Some(pid_file) = &cli.pid_file {
         std::fs::write(pid_file, format!("{}\n", std::process::id())).map_err(|source| {
@@ -376,6 +399,44 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         daemon.turn(Some(1000))?;
     }
     daemon.log_recording_totals();
+    daemon.remove_journal();
     tracing::info!("stopping");
     Ok(())
+}
+
+/// The crash journal in the run directory, read and applied, if the
+/// journal is kept and a daemon left one (it did not stop cleanly). One
+/// that cannot be used is moved aside, with the reason logged, and the
+/// daemon starts with an empty store rather than not at all.
+fn recoverable(shell: &ShellConfig, config: &Config) -> Option<Replayed> {
+    let path = journal::path_in(&shell.rundir);
+    if !path.metadata().is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
+    if shell.journal.is_none() {
+        tracing::warn!(
+            "a crash journal is in {}, but the journal is off (--journal): not recovered",
+            path.display()
+        );
+        return None;
+    }
+    tracing::info!(
+        "crash recovery: the last daemon did not stop cleanly; carrying on from {}",
+        path.display()
+    );
+    match Replayed::read(Engine::new(config.clone()), &path) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let aside = path.with_extension("rec.unusable");
+            let moved = std::fs::rename(&path, &aside);
+            tracing::error!(
+                "crash recovery: {e}; the journal {}, and the daemon starts with an empty store",
+                match moved {
+                    Ok(()) => format!("is kept as {}", aside.display()),
+                    Err(e) => format!("cannot be moved aside ({e})"),
+                }
+            );
+            None
+        }
+    }
 }

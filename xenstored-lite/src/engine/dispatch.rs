@@ -235,6 +235,15 @@ impl Engine {
         };
         self.requests += 1;
         let hdr = msg.header;
+        if let Some(path) = &self.config.test_panic_on_write {
+            if hdr.msg_type == MsgType::Write as u32
+                && split_first_arg(&msg.payload).is_some_and(|(p, _)| p == path.as_bytes())
+            {
+                // The test-only fault (`--test-panic-on-write`): a bug in
+                // the engine, as a crash recovery must survive one.
+                panic!("test fault: a WRITE of {path}");
+            }
+        }
         let who = self.who(c);
         let Some(entry) = lookup(hdr.msg_type) else {
             return self.reply_err(conn, &hdr, XsErrno::ENOSYS);

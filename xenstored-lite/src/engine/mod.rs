@@ -108,6 +108,10 @@ pub struct Config {
     /// octet of its payload changed, so that replay's verify mode can be
     /// shown to catch a change in behaviour. Never set in production.
     pub test_alter_reply: Option<u64>,
+    /// Test-only (`--test-panic-on-write PATH`): a WRITE of exactly PATH
+    /// panics the engine, as a bug would (the crash journal's tests).
+    /// Never set in production.
+    pub test_panic_on_write: Option<String>,
     /// When a domain dies or is released, give the nodes it created
     /// outside its home to the privileged domain instead of deleting them
     /// (`--keep-orphans`, C's `-K`; off by default: kept nodes let a guest
@@ -129,6 +133,7 @@ impl Default for Config {
             max_priv_event_bytes: 16 << 20,
             guest_log_interval_ms: 10_000,
             test_alter_reply: None,
+            test_panic_on_write: None,
             keep_orphans: false,
             throttle: ThrottleConfig::default(),
         }

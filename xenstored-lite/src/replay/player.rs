@@ -296,7 +296,7 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
 
 /// What replay checks before applying an event: an `Output` must be what
 /// the replayed state offers to write (verify mode), and is counted.
-fn observe(
+pub(crate) fn observe(
     s: &mut ShellState,
     event: &BoundaryEvent<'_>,
     index: u64,

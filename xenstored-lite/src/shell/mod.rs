@@ -18,6 +18,8 @@
 #![deny(unsafe_code)]
 
 mod access_log;
+mod crash;
+pub mod journal;
 mod live_update;
 #[allow(unsafe_code)]
 pub mod os;
@@ -26,6 +28,7 @@ pub mod state;
 mod systemd;
 mod transport;
 
+pub use crash::{RecoveryError, RecoverySummary, Replayed};
 pub use live_update::guardian as live_update_guardian;
 pub use live_update::target as live_update_target;
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
@@ -67,6 +70,9 @@ pub struct ShellConfig {
     /// Record everything that crosses the platform boundary into this
     /// directory (`--replay-record=DIR`).
     pub record_dir: Option<PathBuf>,
+    /// Keep a crash journal in the run directory (`--journal`), and start
+    /// it anew with a snapshot once it is this many octets long.
+    pub journal: Option<u64>,
 }
 
 /// Why the daemon could not be set up. Each says only its cause (the
@@ -93,6 +99,14 @@ pub enum SetupError {
     /// The epoll set cannot be made or filled.
     #[error("{0}")]
     Epoll(#[source] io::Error),
+    /// The crash journal cannot be created.
+    #[error("cannot keep a crash journal in {}: {source}", path.display())]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
 
 /// The recording's file name in its directory.
@@ -187,6 +201,14 @@ pub struct Daemon {
     accept_refused_total: u64,
     /// The listener is out of epoll until then.
     accept_paused: Option<Instant>,
+    /// Rings read since their reads were last released to the guest (the
+    /// journal holds what was read first: [`Daemon::sync_point`]).
+    unreleased: BTreeSet<ConnId>,
+    /// The clock's value at start (a recovered daemon goes on from the
+    /// journal's last time, so that the engine's time never goes back).
+    clock_base: u64,
+    /// Start the journal anew with a snapshot past this many octets.
+    journal_limit: u64,
 }
 
 /// How long the listener stays out of epoll when accept fails and the
@@ -222,19 +244,39 @@ impl Daemon {
         config: &ShellConfig,
     ) -> Result<Self, SetupError> {
         let listener = bind_listener(&config.socket).map_err(SetupError::Listen)?;
-        let mut daemon = Self::with_listener(engine, platform, config, listener, false)?;
+        let journal = Self::new_journal(config)?;
+        let core = ShellState::new(engine, None);
+        let mut daemon = Self::with_core(core, platform, config, listener, false, journal, true)?;
         if daemon.platform.serve_local_ring {
             daemon.serve_local_ring();
         }
         Ok(daemon)
     }
 
-    fn with_listener(
-        engine: Engine,
+    /// A new crash journal in the run directory, if one is kept.
+    fn new_journal(config: &ShellConfig) -> Result<Option<journal::Journal>, SetupError> {
+        if config.journal.is_none() {
+            return Ok(None);
+        }
+        let path = journal::path_in(&config.rundir);
+        let made = path
+            .parent()
+            .map_or(Ok(()), |dir| os::create_dirs(dir, RECORD_DIR_MODE))
+            .and_then(|()| journal::Journal::create(&path));
+        match made {
+            Ok(j) => Ok(Some(j)),
+            Err(source) => Err(SetupError::Journal { path, source }),
+        }
+    }
+
+    fn with_core(
+        mut core: ShellState,
         mut platform: Platform,
         config: &ShellConfig,
         listener: UnixListener,
         continue_recording: bool,
+        journal: Option<journal::Journal>,
+        record_start: bool,
     ) -> Result<Self, SetupError> {
         let recorder = match &config.record_dir {
             Some(dir) => {
@@ -249,14 +291,11 @@ impl Daemon {
             }
             None => None,
         };
-        let mut core = ShellState::new(engine, recorder);
-        core.record(&BoundaryEvent::Start {
-            args: config
-                .exec_args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-        });
+        core.set_recorder(recorder);
+        core.set_journal(journal);
+        if record_start {
+            core.record(&start_event(config));
+        }
         let virq = match platform.evtchn.bind_virq(VIRQ_DOM_EXC) {
             Ok(port) => Some(port),
             Err(e) => {
@@ -310,6 +349,9 @@ impl Daemon {
             accept_refusing: false,
             accept_refused_total: 0,
             accept_paused: None,
+            unreleased: BTreeSet::new(),
+            clock_base: 0,
+            journal_limit: config.journal.unwrap_or(u64::MAX),
         };
         Ok(daemon)
     }
@@ -323,6 +365,7 @@ impl Daemon {
                         conn,
                         kind: ConnectKind::Ring(0),
                     });
+                    self.journal_ring(conn);
                     tracing::info!("serving dom0's own ring (xsd_kva) on port {port}");
                 }
                 Err(e) => tracing::warn!("cannot bind dom0's xenstore port: {e}"),
@@ -355,18 +398,65 @@ impl Daemon {
 
     /// Milliseconds since start: the only clock the daemon reads.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_base.saturating_add(elapsed)
+    }
+
+    /// Records where `conn`'s ring indices stand (a journal's base for a
+    /// ring attached, reset or recovered).
+    fn journal_ring(&mut self, conn: ConnId) {
+        if self.core.journal().is_none() {
+            return;
+        }
+        let Some((req_cons, rsp_prod)) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.transport.journaled_indices())
+        else {
+            return;
+        };
+        self.core.record(&BoundaryEvent::RingIndices {
+            conn,
+            req_cons,
+            rsp_prod,
+        });
+    }
+
+    /// Before anything the recorded events caused is visible: the journal
+    /// is written out, then what was read from rings is released to the
+    /// guests (a guest whose queue was full is told).
+    fn sync_point(&mut self) {
+        if let Some(j) = self.core.journal() {
+            if j.needs_sync() {
+                j.sync();
+            }
+        }
+        for conn in std::mem::take(&mut self.unreleased) {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            match c.transport.release_reads() {
+                Ok(true) => self.notify(conn),
+                Ok(false) => {}
+                Err(e) => self.fail(conn, &Failure::Transport(e)),
+            }
+        }
     }
 
     fn add_ring(&mut self, page: Box<dyn ForeignPage>, port: Port, domid: DomId) -> ConnId {
         let conn = self.alloc_conn();
+        self.add_ring_as(conn, page, port, domid);
+        conn
+    }
+
+    /// Serves `page` of `domid` on local `port` as connection `conn`.
+    fn add_ring_as(&mut self, conn: ConnId, page: Box<dyn ForeignPage>, port: Port, domid: DomId) {
         self.ports.insert(port, conn);
         self.conns.insert(
             conn,
             Conn::new(Transport::Ring(Ring::new(page, port, domid))),
         );
         self.dirty.insert(conn);
-        conn
     }
 
     /// Lets go of a ring's transport that will not be served (its domain
@@ -443,6 +533,7 @@ impl Daemon {
             // Between requests: the one point where a hand-over may happen.
             self.live_update_poll();
         }
+        self.maybe_snapshot();
         Ok(())
     }
 
@@ -715,12 +806,15 @@ impl Daemon {
         };
         if c.transport.reconnect_requested() {
             self.core.apply_infallible(BoundaryEvent::Reset { conn });
-            c.transport.complete_reconnect();
+            self.unreleased.remove(&conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.transport.complete_reconnect();
+            }
+            self.journal_ring(conn);
             self.notify(conn);
             return;
         }
         let mut buf = [0u8; 8192];
-        let mut consumed_full = false;
         loop {
             if !self.core.accepts_requests(conn) {
                 break;
@@ -729,24 +823,21 @@ impl Daemon {
                 return;
             };
             let (n, last) = match c.transport.read(&mut buf) {
-                Ok(Received::Data { n, was_full }) => {
-                    consumed_full |= was_full;
-                    (n, false)
-                }
+                Ok(Received::Data(n)) => (n, false),
                 Ok(Received::Last(n)) => (n, true),
                 Ok(Received::Empty) => break,
                 Ok(Received::Closed) => return self.close(conn),
                 Err(e) => return self.fail(conn, &Failure::Transport(e)),
             };
+            if c.transport.port().is_some() {
+                self.unreleased.insert(conn);
+            }
             if let Err(e) = self.feed(conn, &buf[..n]) {
                 return self.fail(conn, &Failure::Protocol(e));
             }
             if last {
                 break;
             }
-        }
-        if consumed_full {
-            self.notify(conn);
         }
     }
 
@@ -796,8 +887,14 @@ impl Daemon {
     }
 
     /// Runs until nothing more can be done without waiting: rings read,
-    /// actions carried out, output written.
+    /// actions carried out, output written; what was read from rings is
+    /// then released to the guests.
     fn settle(&mut self) {
+        self.settle_turns();
+        self.sync_point();
+    }
+
+    fn settle_turns(&mut self) {
         for _ in 0..64 {
             let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
             for &conn in &dirty {
@@ -841,6 +938,13 @@ impl Daemon {
     /// Writes what is queued for `conn`; returns whether the connection can
     /// accept more requests it had stopped taking (so it needs reading).
     fn flush(&mut self, conn: ConnId) -> bool {
+        if self
+            .core
+            .journal()
+            .is_some_and(journal::Journal::needs_sync)
+        {
+            self.sync_point();
+        }
         let before = self.core.accepts_requests(conn);
         let mut wrote = false;
         while let Some(pending) = self.core.next_output(conn) {
@@ -879,7 +983,13 @@ impl Daemon {
     }
 
     fn do_actions(&mut self) {
-        for action in self.core.take_actions() {
+        let actions = self.core.take_actions();
+        self.carry_out(actions);
+    }
+
+    /// Carries out the engine's `actions`.
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        for action in actions {
             match action {
                 Action::Introduce {
                     token,
@@ -890,6 +1000,9 @@ impl Daemon {
                     let result = self.introduce(domid, mfn, port);
                     self.core
                         .apply_infallible(BoundaryEvent::Introduced { token, result });
+                    if let Ok(conn) = result {
+                        self.journal_ring(conn);
+                    }
                 }
                 Action::Release { conn, domid } => {
                     tracing::info!("domain {domid} released");
@@ -992,6 +1105,18 @@ impl Daemon {
             _ => self.unique_ids.remove(&domid),
         };
         Ok(self.add_ring(page, port, domid))
+    }
+}
+
+/// The event that starts a process's part of a recording: its command
+/// line.
+fn start_event(config: &ShellConfig) -> BoundaryEvent<'static> {
+    BoundaryEvent::Start {
+        args: config
+            .exec_args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
     }
 }
 

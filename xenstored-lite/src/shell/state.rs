@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 
 use xenring::codec::Decoder;
-use xenring::{DomId, Message, MsgType};
+use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
 use crate::engine::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
 use crate::migration::{ConnSpec, MigrationError, Record, Stream};
 use crate::replay::format::{Answer, BoundaryEvent, ConnectKind, Outcome, Recorder};
+use crate::shell::journal::{Applying, Journal};
 
 #[derive(Debug)]
 struct StateConn {
@@ -84,6 +85,11 @@ pub struct ShellState {
     /// further; its held requests travel in the stream as complete
     /// requests for C to answer, or are carried out when holding ends.
     holding: bool,
+    /// The crash journal, if kept (`shell::journal`).
+    journal: Option<Journal>,
+    /// A crash recovery's replay: this request of this connection crashed
+    /// the daemon; it is answered with `EIO` instead of carried out.
+    skip: Option<(ConnId, Header)>,
 }
 
 impl ShellState {
@@ -96,7 +102,44 @@ impl ShellState {
             last_request: None,
             popped: false,
             holding: false,
+            journal: None,
+            skip: None,
         }
+    }
+
+    /// Journals every event from now on to `journal`.
+    pub fn set_journal(&mut self, journal: Option<Journal>) {
+        self.journal = journal;
+    }
+
+    /// The crash journal, if kept.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Takes the crash journal away (a clean stop removes it).
+    pub fn take_journal(&mut self) -> Option<Journal> {
+        self.journal.take()
+    }
+
+    /// Records to `recorder` from now on (a recovered state keeps
+    /// recording).
+    pub fn set_recorder(&mut self, recorder: Option<Recorder>) {
+        self.recorder = recorder;
+    }
+
+    /// Answers `conn`'s next request with `header` with `EIO` instead of
+    /// carrying it out (it crashed the daemon: a recovery's replay).
+    pub fn skip_request(&mut self, request: Option<(ConnId, Header)>) {
+        self.skip = request;
+    }
+
+    /// Every connection: its domain (a ring) and whether it was cut off.
+    pub fn connections(&self) -> Vec<(ConnId, Option<DomId>, bool)> {
+        self.conns
+            .iter()
+            .map(|(&id, c)| (id, c.domid, c.dead))
+            .collect()
     }
 
     /// Keeps each connection's last request (replay's divergence reports).
@@ -216,14 +259,30 @@ impl ShellState {
         event: BoundaryEvent<'_>,
         on_request: OnRequest<'_>,
     ) -> Result<Applied, ApplyError> {
-        self.record(&event);
-        self.carry_out(event, on_request)
+        let number = self.record(&event);
+        if number.is_some() {
+            Applying::event(number);
+        }
+        let result = self.carry_out(event, on_request);
+        if number.is_some() {
+            Applying::event(None);
+        }
+        result
     }
 
     /// [`ShellState::apply`]'s first half alone: records `event` (when
     /// recording). Applying `Start` or `HandOver` changes nothing else, so
     /// the shell marks them with this.
-    pub fn record(&mut self, event: &BoundaryEvent<'_>) {
+    pub fn record(&mut self, event: &BoundaryEvent<'_>) -> Option<u64> {
+        if let Some(r) = &mut self.recorder {
+            r.record(event);
+        }
+        self.journal.as_ref().map(|j| j.record(event))
+    }
+
+    /// Records `event` in the recording only, not in the crash journal (a
+    /// recovered process's start, which the journal goes on without).
+    pub fn record_recording_only(&mut self, event: &BoundaryEvent<'_>) {
         if let Some(r) = &mut self.recorder {
             r.record(event);
         }
@@ -237,7 +296,10 @@ impl ShellState {
         on_request: OnRequest<'_>,
     ) -> Result<Applied, ApplyError> {
         match &event {
-            BoundaryEvent::Start { .. } | BoundaryEvent::HandOver => {}
+            BoundaryEvent::Start { .. }
+            | BoundaryEvent::HandOver
+            | BoundaryEvent::RingIndices { .. }
+            | BoundaryEvent::Fatal { .. } => {}
             BoundaryEvent::Hold { on } => {
                 self.holding = *on;
                 if !*on {
@@ -341,6 +403,15 @@ impl ShellState {
             let Some(msg) = c.decoder.decode(&mut input)? else {
                 return Ok(());
             };
+            if self.skip == Some((conn, msg.header)) {
+                self.skip = None;
+                tracing::warn!(
+                    "crash recovery: connection {conn}: request type {} id {} transaction {} crashed the daemon; answered EIO, not carried out",
+                    msg.header.msg_type, msg.header.req_id, msg.header.tx_id
+                );
+                self.engine.answer_error(conn, &msg.header, XsErrno::EIO);
+                continue;
+            }
             if self.holding
                 && (!c.held.is_empty() || msg.header.msg_type == MsgType::TransactionStart as u32)
             {
@@ -359,7 +430,9 @@ impl ShellState {
         msg: Message,
         on_request: OnRequest<'_>,
     ) {
+        Applying::request(Some((conn, msg.header)));
         self.engine.handle(Input::Request { conn, msg: &msg });
+        Applying::request(None);
         on_request(&self.engine, conn, domid, &msg);
         if let Some(last) = &mut self.last_request {
             last.insert(conn, msg);
@@ -414,11 +487,15 @@ impl ShellState {
         let n = n.min(c.out.len() - c.out_off);
         // Whether an Output event is due: see `popped`.
         if n > 0 || self.popped {
+            let event = BoundaryEvent::Output {
+                conn,
+                bytes: &c.out[c.out_off..c.out_off + n],
+            };
             if let Some(r) = &mut self.recorder {
-                r.record(&BoundaryEvent::Output {
-                    conn,
-                    bytes: &c.out[c.out_off..c.out_off + n],
-                });
+                r.record(&event);
+            }
+            if let Some(j) = &self.journal {
+                j.record(&event);
             }
         }
         self.advance(conn, n);
@@ -667,7 +744,9 @@ pub fn engine_input(event: &BoundaryEvent<'_>) -> Option<Input<'static>> {
         | BoundaryEvent::Output { .. }
         | BoundaryEvent::Answer { .. }
         | BoundaryEvent::HandOver
-        | BoundaryEvent::Hold { .. } => return None,
+        | BoundaryEvent::Hold { .. }
+        | BoundaryEvent::RingIndices { .. }
+        | BoundaryEvent::Fatal { .. } => return None,
     })
 }
 

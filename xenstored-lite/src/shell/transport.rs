@@ -33,13 +33,25 @@ pub(super) struct Ring {
     page: Box<dyn ForeignPage>,
     port: Port,
     domid: DomId,
+    /// Request octets read and not yet released to the guest
+    /// ([`Transport::release_reads`]): the crash journal holds them first.
+    unreleased: u32,
+    /// The request queue was full when reading began: the guest may wait
+    /// for the space a release makes.
+    was_full: bool,
 }
 
 impl Ring {
     /// Serves `page` of `domid`, signalled on local `port`: advertises the
     /// features we implement (reconnection, the error word).
     pub(super) fn new(page: Box<dyn ForeignPage>, port: Port, domid: DomId) -> Self {
-        let ring = Self { page, port, domid };
+        let ring = Self {
+            page,
+            port,
+            domid,
+            unreleased: 0,
+            was_full: false,
+        };
         ring.end()
             .advertise(ServerFeatures::RECONNECTION | ServerFeatures::ERROR);
         ring
@@ -54,14 +66,8 @@ impl Ring {
 /// What a read got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Received {
-    /// `n` bytes; more may follow at once. `was_full`: the ring was full
-    /// before, so the guest may wait for the space now made.
-    Data {
-        /// Bytes read.
-        n: usize,
-        /// The ring was full before this read.
-        was_full: bool,
-    },
+    /// `n` bytes; more may follow at once.
+    Data(usize),
     /// `n` bytes, the last there are for now (a socket's short read: it is
     /// reported readable again if anything is left).
     Last(usize),
@@ -164,8 +170,10 @@ impl Transport {
     }
 
     /// Completes the reconnection the guest asked for (queues emptied).
-    pub(super) fn complete_reconnect(&self) {
+    pub(super) fn complete_reconnect(&mut self) {
         if let Self::Ring(r) = self {
+            r.unreleased = 0;
+            r.was_full = false;
             r.end().complete_reconnect();
         }
     }
@@ -177,20 +185,69 @@ impl Transport {
                 match s.read(buf) {
                     Ok(0) => return Ok(Received::Closed),
                     Ok(n) if n < buf.len() => return Ok(Received::Last(n)),
-                    Ok(n) => return Ok(Received::Data { n, was_full: false }),
+                    Ok(n) => return Ok(Received::Data(n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Empty),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(TransportError::Socket(e)),
                 }
             },
             Self::Ring(r) => {
-                let end = r.end();
-                let was_full = matches!(end.readable(), Ok(RING_SIZE_U32));
-                match end.read(buf)? {
+                if r.unreleased == 0 {
+                    r.was_full = matches!(r.end().readable(), Ok(RING_SIZE_U32));
+                }
+                match r.end().peek(r.unreleased, buf)? {
                     0 => Ok(Received::Empty),
-                    n => Ok(Received::Data { n, was_full }),
+                    n => {
+                        // At most a ring's worth is ever queued.
+                        r.unreleased += u32::try_from(n).unwrap_or(RING_SIZE_U32);
+                        Ok(Received::Data(n))
+                    }
                 }
             }
+        }
+    }
+
+    /// Lets the guest have the space of what [`Transport::read`] read (a
+    /// ring's `req_cons` moves on); returns whether the queue had been full
+    /// (the guest may wait for the space: notify it). Nothing for a socket.
+    pub(super) fn release_reads(&mut self) -> Result<bool, TransportError> {
+        match self {
+            Self::Ring(r) if r.unreleased > 0 => {
+                let n = std::mem::take(&mut r.unreleased);
+                r.end().release(n)?;
+                Ok(std::mem::take(&mut r.was_full))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A ring's indices as its page has them: `(req_cons, req_prod,
+    /// rsp_cons, rsp_prod)`.
+    pub(super) fn ring_indices(&self) -> Option<(u32, u32, u32, u32)> {
+        match self {
+            Self::Ring(r) => Some(r.end().indices()),
+            Self::Socket(_) => None,
+        }
+    }
+
+    /// Where a ring's journaled indices stand: `req_cons` once what was
+    /// read is released, and `rsp_prod`.
+    pub(super) fn journaled_indices(&self) -> Option<(u32, u32)> {
+        match self {
+            Self::Ring(r) => {
+                let (cons, _, _, prod) = r.end().indices();
+                Some((cons.wrapping_add(r.unreleased), prod))
+            }
+            Self::Socket(_) => None,
+        }
+    }
+
+    /// Releases `n` request octets a crash recovery found journaled and not
+    /// yet released by the crashed process.
+    pub(super) fn release_journaled(&self, n: u32) -> Result<(), TransportError> {
+        match self {
+            Self::Ring(r) => Ok(r.end().release(n)?),
+            Self::Socket(_) => Ok(()),
         }
     }
 

@@ -132,4 +132,28 @@ pub enum BoundaryEvent<'a> {
         /// Whether holding begins (true) or ends (false).
         on: bool,
     },
+    /// Where a ring's indices stand (a crash journal's base for it): our
+    /// `req_cons` after the bytes read so far, and our `rsp_prod` after
+    /// the bytes written so far. Written when a ring is attached, reset or
+    /// recovered, and in a snapshot; later `Input`s and `Output`s of the
+    /// connection move them on. Changes no state.
+    RingIndices {
+        /// The connection.
+        conn: ConnId,
+        /// `req_cons` once the reads recorded so far are released.
+        req_cons: u32,
+        /// `rsp_prod` after the writes recorded so far.
+        rsp_prod: u32,
+    },
+    /// Applying event number `event` of this file (counted from 0 after the
+    /// header) panicked the daemon: in `request`, the request of `conn`
+    /// with this header, else the event itself. Written by the panic hook;
+    /// a crash recovery skips what it names (a request is answered with an
+    /// error) so that it does not crash again. Changes no state.
+    Fatal {
+        /// The event that crashed.
+        event: u64,
+        /// The request being carried out, if it was one.
+        request: Option<(ConnId, Header)>,
+    },
 }

@@ -47,6 +47,8 @@ mod kind {
     pub const ANSWER: u8 = 12;
     pub const HAND_OVER: u8 = 13;
     pub const HOLD: u8 = 14;
+    pub const RING_INDICES: u8 = 15;
+    pub const FATAL: u8 = 16;
 }
 
 #[cfg(test)]

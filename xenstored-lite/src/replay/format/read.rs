@@ -80,6 +80,13 @@ impl<'a> Payload<'a> {
         self.take(n, what)
     }
 
+    fn header(&mut self) -> Result<Header, FormatError> {
+        let raw = self.take(xenring::wire::HEADER_SIZE, "header")?;
+        let mut h = [0u8; xenring::wire::HEADER_SIZE];
+        h.copy_from_slice(raw);
+        Ok(Header::from_bytes(&h))
+    }
+
     fn rest(&mut self) -> &'a [u8] {
         let r = self.data.get(self.pos..).unwrap_or_default();
         self.pos = self.data.len();
@@ -248,10 +255,7 @@ impl<'a> Reader<'a> {
             }
             kind::ANSWER => {
                 let conn = p.u32("connection")?;
-                let raw = p.take(xenring::wire::HEADER_SIZE, "header")?;
-                let mut h = [0u8; xenring::wire::HEADER_SIZE];
-                h.copy_from_slice(raw);
-                let header = Header::from_bytes(&h);
+                let header = p.header()?;
                 let answer = match p.u8("answer kind")? {
                     0 => Answer::Text(
                         String::from_utf8(p.rest().to_vec())
@@ -272,6 +276,20 @@ impl<'a> Reader<'a> {
                 1 => BoundaryEvent::Hold { on: true },
                 _ => return Err(p.bad("hold (not 0 or 1)")),
             },
+            kind::RING_INDICES => BoundaryEvent::RingIndices {
+                conn: p.u32("connection")?,
+                req_cons: p.u32("req_cons")?,
+                rsp_prod: p.u32("rsp_prod")?,
+            },
+            kind::FATAL => {
+                let event = p.u64("event")?;
+                let request = match p.u8("request present")? {
+                    0 => None,
+                    1 => Some((p.u32("connection")?, p.header()?)),
+                    _ => return Err(p.bad("request present (not 0 or 1)")),
+                };
+                BoundaryEvent::Fatal { event, request }
+            }
             other => {
                 return Err(FormatError::UnknownKind {
                     index: self.index,

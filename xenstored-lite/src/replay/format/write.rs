@@ -143,6 +143,27 @@ pub fn encode(event: &BoundaryEvent<'_>, out: &mut Vec<u8>) {
             out.push(u8::from(*on));
             kind::HOLD
         }
+        BoundaryEvent::RingIndices {
+            conn,
+            req_cons,
+            rsp_prod,
+        } => {
+            put_u32(out, *conn);
+            put_u32(out, *req_cons);
+            put_u32(out, *rsp_prod);
+            kind::RING_INDICES
+        }
+        BoundaryEvent::Fatal { event, request } => {
+            out.extend_from_slice(&event.to_le_bytes());
+            if let Some((conn, header)) = request {
+                out.push(1);
+                put_u32(out, *conn);
+                out.extend_from_slice(&header.to_bytes());
+            } else {
+                out.push(0);
+            }
+            kind::FATAL
+        }
     };
     let len = u32::try_from(out.len() - start - 5).unwrap_or(u32::MAX);
     out[start] = k;

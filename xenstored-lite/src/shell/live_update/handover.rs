@@ -286,6 +286,17 @@ impl Daemon {
             .values()
             .map(|c| c.transport.withdraw_features())
             .collect();
+        // C keeps no journal: a later start of ours must not carry on from
+        // this one (the guardian's rollback restores from the state file).
+        let journal = self.core.journal().map(|j| j.path().to_path_buf());
+        let aside = journal
+            .as_ref()
+            .map(|p| p.with_extension("rec.handed-to-c"));
+        if let (Some(from), Some(to)) = (&journal, &aside) {
+            if let Err(e) = std::fs::rename(from, to) {
+                tracing::warn!("live-update: cannot move the crash journal aside: {e}");
+            }
+        }
         let why = self.exec_passing_fds(&session.binary, || {
             if let Some(g) = &guardian {
                 if let Err(e) = g.start() {
@@ -298,6 +309,9 @@ impl Daemon {
             nix::unistd::execve(&argv[0], &argv, &env)
         });
         // Still here: undo.
+        if let (Some(from), Some(to)) = (&aside, &journal) {
+            let _ = std::fs::rename(from, to);
+        }
         for (c, had) in self.conns.values().zip(features) {
             if let Some(had) = had {
                 c.transport.restore_features(had);
@@ -354,6 +368,9 @@ impl Daemon {
             }
         }
         self.core.record(&BoundaryEvent::HandOver);
+        if let Some(j) = self.core.journal() {
+            j.sync();
+        }
         self.log_recording_totals();
         let passed = fds.iter().try_for_each(|&fd| {
             set_cloexec(fd, false).map_err(|source| HandOverError::PassDown { fd, source })

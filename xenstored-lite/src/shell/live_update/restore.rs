@@ -44,7 +44,7 @@ pub enum RestoreFailure {
 
 /// Why a ring of the stream cannot be served again.
 #[derive(Debug, thiserror::Error)]
-enum RingRestoreError {
+pub(in crate::shell) enum RingRestoreError {
     /// Dom0's own ring (xsd_kva) cannot be mapped.
     #[error("cannot map dom0's own ring: {0}")]
     LocalRing(#[source] gnttab::Error),
@@ -158,7 +158,9 @@ impl Daemon {
                 })?
             }
         };
-        let mut daemon = Self::with_listener(engine, platform, config, listener, true)
+        let journal = Self::new_journal(config).map_err(RestoreFailure::Setup)?;
+        let core = ShellState::new(engine, None);
+        let mut daemon = Self::with_core(core, platform, config, listener, true, journal, true)
             .map_err(RestoreFailure::Setup)?;
         let mut summary = RestoreSummary::default();
         let alive: Option<BTreeMap<DomId, Option<u64>>> = daemon.platform.dominfo_list().map(|l| {
@@ -253,6 +255,7 @@ impl Daemon {
             .map(|(&id, _)| id)
             .collect();
         for id in rings {
+            daemon.journal_ring(id);
             // The guest may have written while nobody read, or wait for
             // space we made: look, and tell it.
             daemon.dirty.insert(id);
@@ -284,6 +287,17 @@ impl Daemon {
         r: &RingConn,
         loc: Option<RingLocation>,
     ) -> Result<ConnId, RingRestoreError> {
+        let (page, port) = self.attach_ring(r, loc)?;
+        Ok(self.add_ring(page, port, r.domid))
+    }
+
+    /// Maps `r`'s ring (dom0's own when it is dom0's without a location,
+    /// else grant ref 1, else the mfn of `loc`) and gets its local port.
+    pub(in crate::shell) fn attach_ring(
+        &mut self,
+        r: &RingConn,
+        loc: Option<RingLocation>,
+    ) -> Result<(Box<dyn gnttab::ForeignPage>, Port), RingRestoreError> {
         let domid = r.domid;
         let (page, remote_port) =
             if domid == 0 && loc.is_none() {
@@ -323,6 +337,6 @@ impl Daemon {
                 .bind_interdomain(domid, Port::new(remote))
                 .map_err(|source| RingRestoreError::Bind { remote, source })?
         };
-        Ok(self.add_ring(page, port, domid))
+        Ok((page, port))
     }
 }

@@ -43,6 +43,7 @@ fn shell_config(dir: &Path) -> ShellConfig {
         rundir: dir.to_path_buf(),
         exec_args: vec![OsString::from("-N")],
         record_dir: None,
+        journal: None,
     }
 }
 

@@ -1,0 +1,310 @@
+//! The crash journal: every event the shell state applies, in the
+//! recording's format (`replay::format`), written with one `write(2)` to
+//! `$XENSTORED_RUNDIR/journal/xenstored-lite.rec` before anything those
+//! events caused is visible: before any transport write (a reply, a watch
+//! event) and before a ring's `req_cons` releases what was read. A process
+//! crash leaves the page cache as it was, so no `fsync` is needed on the
+//! tmpfs a run directory is (a host crash kills the guests anyway).
+//!
+//! `Output` events (what a transport took) may wait for the next write:
+//! they only follow effects already visible, and a recovery reads how far
+//! each ring's responses really went from its page.
+//!
+//! A snapshot (the migration stream as a `Restore` event, then where each
+//! ring's indices stand) starts a new file, written beside the old one and
+//! renamed over it, so the journal's length — and a recovery's time — stay
+//! bounded.
+//!
+//! A panic marks the journal: the hook ([`on_panic`]) writes what is
+//! buffered and a `Fatal` event naming the event being applied and the
+//! request being carried out ([`Applying`]), so that a recovery skips that
+//! request instead of crashing on it again.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use xenring::Header;
+
+use crate::engine::ConnId;
+use crate::replay::format::{encode, header, BoundaryEvent, HEADER_LEN};
+
+/// The journal's directory in the run directory (a recording directory:
+/// `--replay=$XENSTORED_RUNDIR/journal` replays it).
+pub const JOURNAL_DIR: &str = "journal";
+
+/// Buffered octets that are written out even when no effect waits.
+const BUFFER_MAX: usize = 256 * 1024;
+
+/// What the journal file holds and what waits to be written.
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    buf: Vec<u8>,
+    /// Events in the file and the buffer (the next event's number).
+    events: u64,
+    /// Octets in the file.
+    written: u64,
+    /// An event other than an `Output` waits in the buffer.
+    inputs_pending: bool,
+    /// A write failed (logged once).
+    failed: bool,
+}
+
+impl Inner {
+    fn write_out(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        match self.file.write_all(&self.buf) {
+            Ok(()) => self.written += self.buf.len() as u64,
+            Err(e) => {
+                if !self.failed {
+                    tracing::error!(
+                        "crash journal: write failed: {e}; a crash from now on loses state"
+                    );
+                    self.failed = true;
+                }
+            }
+        }
+        self.buf.clear();
+        self.inputs_pending = false;
+    }
+}
+
+/// The journal of a running daemon.
+#[derive(Debug)]
+pub struct Journal {
+    shared: Arc<Mutex<Inner>>,
+    path: PathBuf,
+}
+
+/// The journal the panic hook writes to.
+static ACTIVE: Mutex<Option<Arc<Mutex<Inner>>>> = Mutex::new(None);
+
+/// A request: its connection and header.
+type RequestId = (ConnId, Header);
+
+thread_local! {
+    /// The event being applied and the request being carried out.
+    static APPLYING: Cell<(Option<u64>, Option<RequestId>)> = const { Cell::new((None, None)) };
+}
+
+/// Marks what is being applied, for [`on_panic`].
+#[derive(Debug)]
+pub struct Applying;
+
+impl Applying {
+    /// Event number `event` is being applied.
+    pub fn event(event: Option<u64>) {
+        APPLYING.with(|a| a.set((event, None)));
+    }
+
+    /// `conn`'s request with `header` is being carried out (`None`: done).
+    pub fn request(request: Option<RequestId>) {
+        APPLYING.with(|a| {
+            let (event, _) = a.get();
+            a.set((event, request));
+        });
+    }
+
+    fn get() -> (Option<u64>, Option<RequestId>) {
+        APPLYING.with(Cell::get)
+    }
+}
+
+/// The journal's file in `rundir`.
+pub fn path_in(rundir: &Path) -> PathBuf {
+    rundir.join(JOURNAL_DIR).join(crate::shell::RECORDING_FILE)
+}
+
+fn lock(shared: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Journal {
+    /// A new, empty journal at `path` (replacing any).
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let file = new_file(path, &header())?;
+        Ok(Self::around(
+            path,
+            Inner {
+                file,
+                buf: Vec::with_capacity(BUFFER_MAX),
+                events: 0,
+                written: HEADER_LEN as u64,
+                inputs_pending: false,
+                failed: false,
+            },
+        ))
+    }
+
+    /// The journal at `path` continued after its first `valid` octets
+    /// (`events` complete events; anything after them, an event cut by
+    /// the crash, is cut off).
+    pub fn resume(path: &Path, valid: u64, events: u64) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        file.set_len(valid)?;
+        let mut file = file;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(valid))?;
+        Ok(Self::around(
+            path,
+            Inner {
+                file,
+                buf: Vec::with_capacity(BUFFER_MAX),
+                events,
+                written: valid,
+                inputs_pending: false,
+                failed: false,
+            },
+        ))
+    }
+
+    fn around(path: &Path, inner: Inner) -> Self {
+        let shared = Arc::new(Mutex::new(inner));
+        *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&shared));
+        Self {
+            shared,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event`; returns its number in the file.
+    pub fn record(&self, event: &BoundaryEvent<'_>) -> u64 {
+        let mut j = lock(&self.shared);
+        encode(event, &mut j.buf);
+        if !matches!(event, BoundaryEvent::Output { .. }) {
+            j.inputs_pending = true;
+        }
+        let n = j.events;
+        j.events += 1;
+        if j.buf.len() >= BUFFER_MAX {
+            j.write_out();
+        }
+        n
+    }
+
+    /// Whether events wait that must reach the file before any effect.
+    pub fn needs_sync(&self) -> bool {
+        lock(&self.shared).inputs_pending
+    }
+
+    /// Writes out what is buffered.
+    pub fn sync(&self) {
+        lock(&self.shared).write_out();
+    }
+
+    /// Octets in the file and the buffer.
+    pub fn len(&self) -> u64 {
+        let j = lock(&self.shared);
+        j.written + j.buf.len() as u64
+    }
+
+    /// Whether the journal holds no event.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.shared).events == 0
+    }
+
+    /// Starts the file anew with `events` (`count` of them, encoded: a
+    /// snapshot), written beside it and renamed over it; what was
+    /// buffered is written to the old file first.
+    pub fn rotate(&self, events: &[u8], count: u64) -> io::Result<()> {
+        let mut j = lock(&self.shared);
+        j.write_out();
+        let tmp = self.path.with_extension("rec.new");
+        let mut bytes = Vec::with_capacity(HEADER_LEN + events.len());
+        bytes.extend_from_slice(&header());
+        bytes.extend_from_slice(events);
+        let file = new_file(&tmp, &bytes)?;
+        std::fs::rename(&tmp, &self.path)?;
+        j.file = file;
+        j.written = bytes.len() as u64;
+        j.events = count;
+        Ok(())
+    }
+
+    /// The daemon stops cleanly (or hands over to a daemon without a
+    /// journal): the journal goes, so that no later start recovers it.
+    pub fn remove(self) {
+        self.forget();
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "cannot remove the crash journal {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+    }
+
+    /// The panic hook no longer writes to this journal.
+    fn forget(&self) {
+        let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        if active
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, &self.shared))
+        {
+            *active = None;
+        }
+    }
+}
+
+/// `bytes` as the content of a new private file at `path`, open for
+/// appending.
+fn new_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    let mut file = crate::shell::os::open_private(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true),
+        path,
+    )?;
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
+/// The panic hook's part: writes out what is buffered and, if an event
+/// was being applied, a `Fatal` event naming it and its request. Does
+/// nothing if the journal is in use (the panic came from inside it).
+pub fn on_panic() {
+    let Ok(active) = ACTIVE.try_lock() else {
+        return;
+    };
+    let Some(shared) = active.as_ref() else {
+        return;
+    };
+    let Ok(mut j) = shared.try_lock() else {
+        return;
+    };
+    if let (Some(event), request) = Applying::get() {
+        encode(&BoundaryEvent::Fatal { event, request }, &mut j.buf);
+        j.events += 1;
+        tracing::error!(
+            "crash journal: event {event}{} panicked; a recovery skips it",
+            match request {
+                Some((conn, h)) => format!(
+                    " (connection {conn}, request type {} id {} transaction {})",
+                    h.msg_type, h.req_id, h.tx_id
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    j.write_out();
+}
+
+/// Installs the panic hook: [`on_panic`], then the default hook's message.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        on_panic();
+        default(info);
+    }));
+}
