@@ -29,6 +29,7 @@ fail() {
   plain_log 2>/dev/null
   xq_log "---- access log (last 60 requests) ----"
   tail -60 "$ACCESS_LOG" 2>/dev/null
+  [ -n "$D" ] && { xq_log "---- access log: guest $D's last 30 requests ----"; grep " domid $D " "$ACCESS_LOG" 2>/dev/null | tail -30; }
   xq_log "---- guest console ($GUEST_CONSOLE) ----"
   sed 's/^/  guest| /' "$GUEST_CONSOLE" 2>/dev/null
   xq_log "---- processes ----"
