@@ -440,6 +440,10 @@ impl Daemon {
                 Ok(false) => {}
                 Err(e) => self.fail(conn, &Failure::Transport(e)),
             }
+            // Linux's xenbus signals a request only if it finds req_cons
+            // caught up with what it wrote before: one written while these
+            // bytes were held back came without an event. Read again.
+            self.dirty.insert(conn);
         }
     }
 
