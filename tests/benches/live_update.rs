@@ -16,14 +16,12 @@
 use std::time::{Duration, Instant};
 
 use mock_xen::Toolstack;
-use tests::{
-    create_guest, guest_client, live_update, wait_until, Daemon, LiveUpdateOutcome,
-    LiveUpdateRecord, MockXen, LIMIT,
-};
+use tests::{live_update, wait_until, Daemon, LiveUpdateOutcome, LiveUpdateRecord, MockXen, LIMIT};
 
 mod common;
-use common::load::{add_watches, load_store, watch_paths, FIRST_DOMID, LOADERS};
+use common::load::{idle_sockets, load_store, raise_fd_limit, FIRST_DOMID, LOADERS};
 use common::probe::{longest_gap, Prober};
+use common::rings::{assert_guests_kept, watched_guest};
 
 /// What to set up.
 struct Size {
@@ -76,6 +74,7 @@ fn main() {
     // The binaries of this very tree (in release under `cargo bench`):
     // `tests::bin` builds them before the first use.
 
+    raise_fd_limit(); // 1,000 connections
     let dir = tempfile::tempdir().unwrap();
     let hv = MockXen::start(dir.path());
     let mut daemon = Daemon::start(dir.path(), &["--mock-xen", hv.socket.to_str().unwrap()]);
@@ -92,29 +91,21 @@ fn main() {
     let mut dom0 = daemon.client();
     let mut guests = Vec::new();
     for g in 0..size.guests {
-        let rec = create_guest(&ts, &mut dom0);
-        let mut c = guest_client(&connector, &rec);
-        c.write(0, "device/vbd/51712/state", b"4").unwrap();
-        let paths: Vec<String> = (0..size.watches_per_conn)
-            .map(|k| match k {
-                0 => "control/shutdown".to_string(),
-                1 => "device".to_string(),
-                _ => format!("device/vbd/{}/state", 51712 + 16 * k),
-            })
-            .collect();
-        add_watches(&mut c, &paths, g);
-        guests.push(c);
+        guests.push(watched_guest(
+            &ts,
+            &connector,
+            &mut dom0,
+            size.watches_per_conn,
+            g,
+        ));
     }
-    let mut idle = Vec::new();
-    for i in 0..size.idle_sockets {
-        let mut c = daemon.client();
-        add_watches(
-            &mut c,
-            &watch_paths(i, size.watches_per_conn, domains),
-            size.guests + i,
-        );
-        idle.push(c);
-    }
+    let mut idle = idle_sockets(
+        &daemon,
+        size.idle_sockets,
+        size.watches_per_conn,
+        domains,
+        size.guests,
+    );
     // The prober and the updater are connections too.
     let conns = guests.len() + idle.len() + 2 + LOADERS as usize;
     let watches = (guests.len() + idle.len()) * size.watches_per_conn;
@@ -128,7 +119,7 @@ fn main() {
 
     // The prober: READs back to back, every reply timestamped.
     let prober = Prober::start(
-        &daemon.socket,
+        daemon.client(),
         &format!("/local/domain/{FIRST_DOMID}/name"),
         AFTER_REPLIES,
     );
@@ -149,7 +140,7 @@ fn main() {
         });
         windows.push((start, ok, Instant::now()));
     }
-    let stamps = prober.finish();
+    let (stamps, _) = prober.finish();
     let log = daemon.live_updates();
 
     let mut results = Vec::new();
@@ -197,9 +188,7 @@ fn main() {
         tests::reply_text(&dom0.control(&["check"]).unwrap()).trim(),
         "OK"
     );
-    for c in &mut guests {
-        assert_eq!(c.read(0, "device/vbd/51712/state").unwrap(), b"4");
-    }
+    assert_guests_kept(&mut guests);
     for c in idle.iter_mut().take(10) {
         c.read(0, "/local/domain/0").unwrap();
     }

@@ -25,8 +25,12 @@ use std::time::{Duration, Instant};
 use tests::c_daemon::{build_shim, C_XENSTORED};
 use tests::{live_update, Daemon, LiveUpdateOutcome, MockXen};
 
-mod common;
-use common::load::{add_watches, load_store, watch_paths, FIRST_DOMID};
+/// The shared modules this bench uses (no guest rings under C).
+mod common {
+    pub mod load;
+    pub mod probe;
+}
+use common::load::{idle_sockets, load_store, raise_fd_limit, FIRST_DOMID};
 use common::probe::{longest_gap, Prober};
 
 /// What to set up.
@@ -54,15 +58,6 @@ const AFTER_REPLIES: usize = 2_000;
 
 fn exe(pid: u32) -> std::path::PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
-}
-
-/// Lets this process (and the daemons it starts) open as many files as
-/// the hard limit allows: 1,000 connections pass the usual 1,024.
-fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }
 
 fn main() {
@@ -98,12 +93,7 @@ fn main() {
 
     let domains = load_store(&daemon, size.nodes, false);
     let t = Instant::now();
-    let mut idle = Vec::new();
-    for i in 0..size.sockets {
-        let mut c = daemon.client();
-        add_watches(&mut c, &watch_paths(i, size.watches_per_conn, domains), i);
-        idle.push(c);
-    }
+    let mut idle = idle_sockets(&daemon, size.sockets, size.watches_per_conn, domains, 0);
     println!(
         "  {} socket connections with {} watches, in {:.2} s",
         idle.len(),
@@ -116,7 +106,7 @@ fn main() {
     let lines_before = listing_before.stdout.split(|&b| b == b'\n').count();
 
     let prober = Prober::start(
-        &daemon.socket,
+        daemon.client(),
         &format!("/local/domain/{FIRST_DOMID}/name"),
         AFTER_REPLIES,
     );
@@ -147,7 +137,7 @@ fn main() {
         prober.wait_more(AFTER_REPLIES);
         windows.push((name, start, ok, Instant::now()));
     }
-    let stamps = prober.finish();
+    let (stamps, _) = prober.finish();
 
     let mut reference = None;
     for &(name, start, ok, end) in &windows {

@@ -1,8 +1,9 @@
-//! Loading a store as a toolstack would for the live-update benchmarks
-//! (`live_update` and `live_update_c`): the nodes of many domains over
-//! pipelined connections, and watches on them.
+//! Loading a store as a toolstack would for the benchmarks of this crate
+//! (`live_update`, `live_update_c`, `crash_journal`): the nodes of many
+//! domains over pipelined connections, and watches on them.
 
 use std::collections::VecDeque;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,6 +111,34 @@ pub fn add_watches<T: std::io::Read + std::io::Write>(
         .collect();
     for id in ids {
         c.wait_reply(id).unwrap();
+    }
+}
+
+/// Opens `n` socket connections holding `watches` watches each on the
+/// nodes of the `domains` loaded ([`watch_paths`]), tokens tagged from
+/// `first_tag` on: idle toolstack processes.
+pub fn idle_sockets(
+    daemon: &Daemon,
+    n: usize,
+    watches: usize,
+    domains: u32,
+    first_tag: usize,
+) -> Vec<Client<UnixStream>> {
+    (0..n)
+        .map(|i| {
+            let mut c = daemon.client();
+            add_watches(&mut c, &watch_paths(i, watches, domains), first_tag + i);
+            c
+        })
+        .collect()
+}
+
+/// Lets this process (and the daemons it starts) open as many files as
+/// the hard limit allows: 1,000 connections pass the usual 1,024.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -1,30 +1,31 @@
-//! The prober of the live-update benchmarks: one connection issuing READs
-//! back to back and timestamping every reply, and the longest gap between
-//! consecutive replies around an update (its blackout).
+//! The prober of the live-update and crash benchmarks: one connection (a
+//! socket, or a guest's ring) issuing READs back to back and timestamping
+//! every reply, and the longest gap between consecutive replies around an
+//! update or a crash (its blackout).
 
-use std::path::Path;
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use tests::{client, wait_until, LIMIT};
+use tests::wait_until;
+use xenring::Client;
 
-/// A running prober.
-pub struct Prober {
+/// A running prober over a `Client<T>`.
+pub struct Prober<T> {
     replies: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Instant>>,
+    thread: JoinHandle<(Vec<Instant>, Client<T>)>,
 }
 
-impl Prober {
-    /// Starts reading `path` over the daemon's `socket`, every reply
-    /// checked against the first; returns once `first` replies came.
-    pub fn start(socket: &Path, path: &str, first: usize) -> Self {
+impl<T: Read + Write + Send + 'static> Prober<T> {
+    /// Starts reading `path` over `c` (a socket client with bounded waits,
+    /// as `Daemon::client` makes, or a guest's), every reply checked
+    /// against the first; returns once `first` replies came.
+    pub fn start(mut c: Client<T>, path: &str, first: usize) -> Self {
         let replies = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let mut c = client(socket);
-        c.get_ref().set_read_timeout(Some(LIMIT)).unwrap();
         let (r, s) = (Arc::clone(&replies), Arc::clone(&stop));
         let path = path.to_string();
         let thread = std::thread::spawn(move || {
@@ -35,7 +36,7 @@ impl Prober {
                 stamps.push(Instant::now());
                 r.fetch_add(1, SeqCst);
             }
-            stamps
+            (stamps, c)
         });
         let p = Self {
             replies,
@@ -52,8 +53,8 @@ impl Prober {
         wait_until("the prober's replies", || self.replies.load(SeqCst) >= want);
     }
 
-    /// Stops it: every reply's time, oldest first.
-    pub fn finish(self) -> Vec<Instant> {
+    /// Stops it: every reply's time, oldest first, and its client.
+    pub fn finish(self) -> (Vec<Instant>, Client<T>) {
         self.stop.store(true, SeqCst);
         self.thread.join().unwrap()
     }

@@ -74,7 +74,7 @@ pub(super) struct Held {
 
 /// The engine's side of watch-event back-pressure: which request caused
 /// which events.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct EventHolds {
     /// The next request number.
     next: u64,
@@ -92,7 +92,7 @@ pub(super) struct EventHolds {
 
 /// What a connection's log lines stand for that has not been written yet,
 /// and when the last was.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct LogLimit {
     /// When the last line for this connection was written.
     pub(super) last: Option<Time>,
@@ -105,7 +105,7 @@ pub(super) struct LogLimit {
 }
 
 /// What the engine knows of one connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Conn {
     /// What is at the other end.
     pub(super) kind: ConnKind,

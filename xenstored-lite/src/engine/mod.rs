@@ -258,8 +258,19 @@ pub enum Action {
     },
 }
 
+/// [`Engine::counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// The next introduction's token.
+    pub next_token: u64,
+    /// Replies queued so far.
+    pub replies: u64,
+    /// The id each connection's next TRANSACTION_START tries first.
+    pub next_tx: Vec<(ConnId, u32)>,
+}
+
 /// The engine.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Engine {
     config: Config,
     store: Store,
@@ -371,6 +382,35 @@ impl Engine {
     /// Registered watches.
     pub fn watch_count(&self) -> usize {
         self.watches.len()
+    }
+
+    /// What a migration stream does not carry and a reply depends on
+    /// (the next transaction id of each connection, the next
+    /// introduction's token, the replies counted): a crash journal's
+    /// snapshot keeps them, so that the events after it replay as they
+    /// happened.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            next_token: self.next_token,
+            replies: self.replies,
+            next_tx: self.conns.iter().map(|(&id, c)| (id, c.next_tx)).collect(),
+        }
+    }
+
+    /// Transactions open on all connections.
+    pub fn open_transaction_count(&self) -> usize {
+        self.open_transactions
+    }
+
+    /// Sets [`Engine::counters`] (after a restore of the same state).
+    pub fn set_counters(&mut self, counters: &Counters) {
+        self.next_token = counters.next_token;
+        self.replies = counters.replies;
+        for &(id, next) in &counters.next_tx {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.next_tx = next;
+            }
+        }
     }
 
     /// Feeds one input.

@@ -34,6 +34,7 @@ use crate::replay::format::{
 };
 use crate::replay::player;
 use crate::shell::journal::{Applying, Journal};
+use crate::shell::live_update::stream_of;
 use crate::shell::state::{ApplyError, ShellState};
 use crate::shell::{bind_listener, start_event, Daemon, SetupError, ShellConfig};
 
@@ -342,6 +343,17 @@ fn describe(event: &BoundaryEvent<'_>) -> String {
 }
 
 impl Replayed {
+    /// What the replay did so far.
+    pub fn summary(&self) -> &RecoverySummary {
+        &self.summary
+    }
+
+    /// The replayed state (tests).
+    #[cfg(test)]
+    pub(super) fn core_mut(&mut self) -> &mut ShellState {
+        &mut self.core
+    }
+
     /// Reads the crash journal at `path` and applies it to a state around
     /// `engine` (see the module's documentation). Nothing outside the
     /// journal is touched yet.
@@ -555,52 +567,53 @@ impl Daemon {
         }
     }
 
-    /// At the end of a turn: a journal past its limit starts anew with a
-    /// snapshot, unless a live update is under way or output waits (a
-    /// restored output buffer is one block where the engine had a queue);
-    /// past twice its limit it does so whatever waits.
+    /// At the end of a turn: a snapshot being made is written once it is
+    /// ready; a journal grown past its limit (and past four times the last
+    /// snapshot: their cost stays a fraction of the journal's) gets one,
+    /// unless a live update is under way, or output waits (a restored
+    /// output buffer is one block where the engine had a queue, and keeps
+    /// no watch-event back-pressure), or a transaction is open (a restored
+    /// one is rebuilt from the nodes it touched); past twice that length
+    /// it gets one whatever waits.
     pub(super) fn maybe_snapshot(&mut self) {
-        let Some(len) = self.core.journal().map(Journal::len) else {
+        let Some((len, base)) = self.core.journal().map(|j| (j.len(), j.base_len())) else {
             return;
         };
-        if len < self.journal_limit || self.live_update.is_some() || self.core.holding() {
+        if self.snapshot_job.is_some() {
+            self.finish_snapshot();
             return;
         }
-        let waiting = self.conns.keys().any(|&c| self.core.has_buffered_output(c));
-        if waiting && len < self.journal_limit.saturating_mul(2) {
+        let due = self.journal_limit.max(base.saturating_mul(4));
+        let grown = len.saturating_sub(base);
+        if grown < due || self.live_update.is_some() || self.core.holding() {
             return;
         }
-        self.snapshot();
+        let waiting = self.core.engine().open_transaction_count() > 0
+            || !self.core.conns_with_output().is_empty()
+            || self.conns.keys().any(|&c| self.core.has_buffered_output(c));
+        if waiting && grown < due.saturating_mul(2) {
+            return;
+        }
+        self.start_snapshot();
     }
 
-    /// Starts the journal anew: this process's start, the whole state as a
-    /// `Restore`, the time, where each ring's indices stand.
-    pub(super) fn snapshot(&mut self) {
-        let t0 = Instant::now();
+    /// Takes the snapshot's moment: what the shell holds (connections,
+    /// ring indices, counters, time) and a copy of the engine (its store
+    /// is persistent: a copy is cheap) go to a thread that writes the
+    /// stream, while the loop serves on and the journal keeps what comes
+    /// after this moment for the new file.
+    pub(super) fn start_snapshot(&mut self) {
         self.sync_point();
-        let stream = self.export_stream(Version::V2, None);
-        let bytes = match stream.to_bytes() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("crash journal: cannot write a snapshot: {e}");
-                return;
-            }
-        };
-        let mut events = Vec::with_capacity(bytes.len() + 4096);
-        let mut count = 0u64;
-        let mut add = |e: &BoundaryEvent<'_>| {
-            encode(e, &mut events);
-            count += 1;
-        };
-        add(&start_event_of(&self.exec_args));
-        add(&BoundaryEvent::Restore {
-            stream: &bytes,
-            outcomes: outcomes_of(&stream),
-        });
-        add(&BoundaryEvent::Time(self.last_time));
+        let (records, map) = self.export_connections(None);
+        let engine = self.core.engine().clone();
+        let mut head = vec![
+            start_event_of(&self.exec_args),
+            BoundaryEvent::Counters(engine.counters()),
+            BoundaryEvent::Time(self.last_time),
+        ];
         for (&conn, c) in &self.conns {
             if let Some((req_cons, rsp_prod)) = c.transport.journaled_indices() {
-                add(&BoundaryEvent::RingIndices {
+                head.push(BoundaryEvent::RingIndices {
                     conn,
                     req_cons,
                     rsp_prod,
@@ -610,13 +623,80 @@ impl Daemon {
         let Some(j) = self.core.journal() else {
             return;
         };
-        match j.rotate(&events, count) {
-            Ok(()) => tracing::debug!(
-                "crash journal: snapshot of {} octets in {} ms",
-                events.len(),
-                t0.elapsed().as_millis()
+        j.begin_tail();
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("xsl-snapshot".into())
+            .spawn(move || {
+                let mut records = records;
+                records.extend(engine.export_records(&map));
+                let stream = stream_of(Version::V2, records);
+                let _ = tx.send(snapshot_events(&stream, head));
+            });
+        match spawned {
+            Ok(_) => {
+                self.snapshot_job = Some(SnapshotJob {
+                    done: rx,
+                    started: Instant::now(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!("crash journal: cannot start a snapshot: {e}");
+                j.drop_tail();
+            }
+        }
+    }
+
+    /// Writes the snapshot being made, if it is ready: the new file is the
+    /// snapshot and what was journaled since its moment. One whose events
+    /// since have grown past the limit is given up (the next is begun).
+    pub(super) fn finish_snapshot(&mut self) {
+        let Some(job) = &self.snapshot_job else {
+            return;
+        };
+        let Some(j) = self.core.journal() else {
+            self.snapshot_job = None;
+            return;
+        };
+        let ready = match job.done.try_recv() {
+            Ok(ready) => ready,
+            Err(crossbeam::channel::TryRecvError::Empty) => {
+                if j.tail_len() as u64 > self.journal_limit.saturating_mul(4) {
+                    tracing::warn!("crash journal: a snapshot took too long; begun again");
+                    j.drop_tail();
+                    self.snapshot_job = None;
+                }
+                return;
+            }
+            Err(crossbeam::channel::TryRecvError::Disconnected) => {
+                Err("the snapshot's thread ended without one".to_string())
+            }
+        };
+        let started = job.started;
+        self.snapshot_job = None;
+        match ready.and_then(|(events, count)| {
+            j.rotate(&events, count)
+                .map(|()| events.len())
+                .map_err(|e| format!("cannot start it anew: {e}"))
+        }) {
+            Ok(n) => tracing::debug!(
+                "crash journal: snapshot of {n} octets in {} ms",
+                started.elapsed().as_millis()
             ),
-            Err(e) => tracing::warn!("crash journal: cannot start it anew: {e}"),
+            Err(e) => {
+                j.drop_tail();
+                tracing::warn!("crash journal: no snapshot: {e}");
+            }
+        }
+    }
+
+    /// Makes a snapshot now and writes it (tests).
+    #[cfg(test)]
+    pub(super) fn snapshot_now(&mut self) {
+        self.start_snapshot();
+        while self.snapshot_job.is_some() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            self.finish_snapshot();
         }
     }
 
@@ -638,6 +718,44 @@ fn start_event_of(args: &[std::ffi::OsString]) -> BoundaryEvent<'static> {
         record_dir: None,
         journal: None,
     })
+}
+
+/// A snapshot being made by its thread.
+#[derive(Debug)]
+pub(super) struct SnapshotJob {
+    /// The snapshot's events, encoded, and how many; or why there are none.
+    done: crossbeam::channel::Receiver<Result<(Vec<u8>, u64), String>>,
+    started: Instant,
+}
+
+/// A snapshot's events: the process's start, the stream as a `Restore`,
+/// then `after` (counters, time, ring indices).
+fn snapshot_events(
+    stream: &crate::migration::Stream,
+    after: Vec<BoundaryEvent<'static>>,
+) -> Result<(Vec<u8>, u64), String> {
+    let bytes = stream.to_bytes().map_err(|e| e.to_string())?;
+    let mut events = Vec::with_capacity(bytes.len() + 4096);
+    let mut count = 0u64;
+    let mut rest = after.into_iter();
+    // The start first, then the state, then what applies to it.
+    if let Some(start) = rest.next() {
+        encode(&start, &mut events);
+        count += 1;
+    }
+    encode(
+        &BoundaryEvent::Restore {
+            stream: &bytes,
+            outcomes: outcomes_of(stream),
+        },
+        &mut events,
+    );
+    count += 1;
+    for e in rest {
+        encode(&e, &mut events);
+        count += 1;
+    }
+    Ok((events, count))
 }
 
 /// Every connection of `stream` as what it is now (sockets and rings keep

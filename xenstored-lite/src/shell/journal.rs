@@ -49,8 +49,13 @@ struct Inner {
     written: u64,
     /// An event other than an `Output` waits in the buffer.
     inputs_pending: bool,
+    /// Octets of the snapshot the file starts with (0: none).
+    base: u64,
     /// A write failed (logged once).
     failed: bool,
+    /// While a snapshot is being made: the events recorded since its
+    /// moment, for the new file ([`Journal::begin_tail`]), and how many.
+    tail: Option<(Vec<u8>, u64)>,
 }
 
 impl Inner {
@@ -136,7 +141,9 @@ impl Journal {
                 events: 0,
                 written: HEADER_LEN as u64,
                 inputs_pending: false,
+                base: 0,
                 failed: false,
+                tail: None,
             },
         ))
     }
@@ -157,7 +164,9 @@ impl Journal {
                 events,
                 written: valid,
                 inputs_pending: false,
+                base: 0,
                 failed: false,
+                tail: None,
             },
         ))
     }
@@ -179,7 +188,13 @@ impl Journal {
     /// Appends `event`; returns its number in the file.
     pub fn record(&self, event: &BoundaryEvent<'_>) -> u64 {
         let mut j = lock(&self.shared);
+        let before = j.buf.len();
         encode(event, &mut j.buf);
+        let Inner { buf, tail, .. } = &mut *j;
+        if let Some((bytes, count)) = tail {
+            bytes.extend_from_slice(&buf[before..]);
+            *count += 1;
+        }
         if !matches!(event, BoundaryEvent::Output { .. }) {
             j.inputs_pending = true;
         }
@@ -212,22 +227,47 @@ impl Journal {
         lock(&self.shared).events == 0
     }
 
+    /// A snapshot's moment: from now on, events recorded are also kept
+    /// for the file [`Journal::rotate`] starts.
+    pub fn begin_tail(&self) {
+        lock(&self.shared).tail = Some((Vec::new(), 0));
+    }
+
+    /// Octets recorded since [`Journal::begin_tail`].
+    pub fn tail_len(&self) -> usize {
+        lock(&self.shared).tail.as_ref().map_or(0, |(b, _)| b.len())
+    }
+
+    /// The snapshot is not to be: events are no longer kept for it.
+    pub fn drop_tail(&self) {
+        lock(&self.shared).tail = None;
+    }
+
     /// Starts the file anew with `events` (`count` of them, encoded: a
-    /// snapshot), written beside it and renamed over it; what was
+    /// snapshot made at [`Journal::begin_tail`]'s moment) and the events
+    /// recorded since, written beside it and renamed over it; what was
     /// buffered is written to the old file first.
     pub fn rotate(&self, events: &[u8], count: u64) -> io::Result<()> {
         let mut j = lock(&self.shared);
         j.write_out();
+        let (tail, tail_count) = j.tail.take().unwrap_or_default();
         let tmp = self.path.with_extension("rec.new");
-        let mut bytes = Vec::with_capacity(HEADER_LEN + events.len());
+        let mut bytes = Vec::with_capacity(HEADER_LEN + events.len() + tail.len());
         bytes.extend_from_slice(&header());
         bytes.extend_from_slice(events);
+        bytes.extend_from_slice(&tail);
         let file = new_file(&tmp, &bytes)?;
         std::fs::rename(&tmp, &self.path)?;
         j.file = file;
         j.written = bytes.len() as u64;
-        j.events = count;
+        j.events = count + tail_count;
+        j.base = (HEADER_LEN + events.len()) as u64;
         Ok(())
+    }
+
+    /// Octets of the file's first snapshot (0: none).
+    pub fn base_len(&self) -> u64 {
+        lock(&self.shared).base
     }
 
     /// The daemon stops cleanly (or hands over to a daemon without a

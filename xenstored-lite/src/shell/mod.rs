@@ -19,6 +19,8 @@
 
 mod access_log;
 mod crash;
+#[cfg(test)]
+mod crash_tests;
 pub mod journal;
 mod live_update;
 #[allow(unsafe_code)]
@@ -26,6 +28,8 @@ pub mod os;
 pub mod platform;
 pub mod state;
 mod systemd;
+#[cfg(test)]
+mod test_world;
 mod transport;
 
 pub use crash::{RecoveryError, RecoverySummary, Replayed};
@@ -209,6 +213,8 @@ pub struct Daemon {
     clock_base: u64,
     /// Start the journal anew with a snapshot past this many octets.
     journal_limit: u64,
+    /// A snapshot being made (`crash.rs`).
+    snapshot_job: Option<crash::SnapshotJob>,
 }
 
 /// How long the listener stays out of epoll when accept fails and the
@@ -352,6 +358,7 @@ impl Daemon {
             unreleased: BTreeSet::new(),
             clock_base: 0,
             journal_limit: config.journal.unwrap_or(u64::MAX),
+            snapshot_job: None,
         };
         Ok(daemon)
     }

@@ -300,6 +300,7 @@ impl ShellState {
             | BoundaryEvent::HandOver
             | BoundaryEvent::RingIndices { .. }
             | BoundaryEvent::Fatal { .. } => {}
+            BoundaryEvent::Counters(c) => self.engine.set_counters(c),
             BoundaryEvent::Hold { on } => {
                 self.holding = *on;
                 if !*on {
@@ -746,6 +747,7 @@ pub fn engine_input(event: &BoundaryEvent<'_>) -> Option<Input<'static>> {
         | BoundaryEvent::HandOver
         | BoundaryEvent::Hold { .. }
         | BoundaryEvent::RingIndices { .. }
+        | BoundaryEvent::Counters(_)
         | BoundaryEvent::Fatal { .. } => return None,
     })
 }

@@ -9,7 +9,7 @@
 
 use xenring::{DomId, Header, XsErrno};
 
-use crate::engine::ConnId;
+use crate::engine::{ConnId, Counters};
 
 /// What kind of connection a [`BoundaryEvent::Connect`] opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,9 @@ pub enum BoundaryEvent<'a> {
         /// `rsp_prod` after the writes recorded so far.
         rsp_prod: u32,
     },
+    /// The engine's [`Counters`] (a crash journal's snapshot, after its
+    /// `Restore`): what the stream does not carry.
+    Counters(Counters),
     /// Applying event number `event` of this file (counted from 0 after the
     /// header) panicked the daemon: in `request`, the request of `conn`
     /// with this header, else the event itself. Written by the panic hook;

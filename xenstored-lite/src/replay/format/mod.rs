@@ -49,6 +49,7 @@ mod kind {
     pub const HOLD: u8 = 14;
     pub const RING_INDICES: u8 = 15;
     pub const FATAL: u8 = 16;
+    pub const COUNTERS: u8 = 17;
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use xenring::{Header, XsErrno};
 use super::error::FormatError;
 use super::event::{Answer, BoundaryEvent, ConnectKind, Outcome};
 use super::{kind, HEADER_LEN, MAGIC, PAYLOAD_MAX, VERSION};
+use crate::engine::Counters;
 
 /// Reads events from a whole recording in memory.
 #[derive(Debug)]
@@ -281,6 +282,20 @@ impl<'a> Reader<'a> {
                 req_cons: p.u32("req_cons")?,
                 rsp_prod: p.u32("rsp_prod")?,
             },
+            kind::COUNTERS => {
+                let next_token = p.u64("next token")?;
+                let replies = p.u64("replies")?;
+                let n = p.u32("connection count")?;
+                let mut next_tx = Vec::new();
+                for _ in 0..n {
+                    next_tx.push((p.u32("connection")?, p.u32("next transaction id")?));
+                }
+                BoundaryEvent::Counters(Counters {
+                    next_token,
+                    replies,
+                    next_tx,
+                })
+            }
             kind::FATAL => {
                 let event = p.u64("event")?;
                 let request = match p.u8("request present")? {

@@ -153,6 +153,16 @@ pub fn encode(event: &BoundaryEvent<'_>, out: &mut Vec<u8>) {
             put_u32(out, *rsp_prod);
             kind::RING_INDICES
         }
+        BoundaryEvent::Counters(c) => {
+            out.extend_from_slice(&c.next_token.to_le_bytes());
+            out.extend_from_slice(&c.replies.to_le_bytes());
+            put_u32(out, u32::try_from(c.next_tx.len()).unwrap_or(u32::MAX));
+            for &(conn, next) in &c.next_tx {
+                put_u32(out, conn);
+                put_u32(out, next);
+            }
+            kind::COUNTERS
+        }
         BoundaryEvent::Fatal { event, request } => {
             out.extend_from_slice(&event.to_le_bytes());
             if let Some((conn, header)) = request {

@@ -106,6 +106,18 @@ impl Daemon {
     /// down, every live connection with the bytes pending on it, then the
     /// engine's records. Reads only: nothing is taken from any queue.
     pub fn export_stream(&mut self, version: Version, reply: Option<(ConnId, &Message)>) -> Stream {
+        let (mut records, map) = self.export_connections(reply);
+        records.extend(self.core.export_records(&map));
+        stream_of(version, records)
+    }
+
+    /// The part of [`Daemon::export_stream`] that is the shell's: the
+    /// descriptors and every live connection with its pending bytes; and
+    /// the connections' numbers in the stream, for the engine's records.
+    pub(in crate::shell) fn export_connections(
+        &mut self,
+        reply: Option<(ConnId, &Message)>,
+    ) -> (Vec<Record>, BTreeMap<ConnId, u32>) {
         let mut records = vec![Record::Global(GlobalData {
             rw_socket_fd: self.listener.as_raw_fd(),
             evtchn_fd: self.platform.evtchn.handle_fd(),
@@ -159,18 +171,7 @@ impl Daemon {
                 ring,
             }));
         }
-        records.extend(self.core.export_records(&map));
-        Stream {
-            header: StreamHeader {
-                version,
-                endian: if cfg!(target_endian = "big") {
-                    Endian::Big
-                } else {
-                    Endian::Little
-                },
-            },
-            records,
-        }
+        (records, map)
     }
 
     /// The hand-over to C xenstored 4.17 (`session.c_version`): the state
@@ -436,6 +437,21 @@ impl Daemon {
             return HandOverError::NulInArgument;
         };
         self.exec_passing_fds(&session.binary, || nix::unistd::execv(&argv[0], &argv))
+    }
+}
+
+/// A stream of this build's endianness.
+pub(in crate::shell) fn stream_of(version: Version, records: Vec<Record>) -> Stream {
+    Stream {
+        header: StreamHeader {
+            version,
+            endian: if cfg!(target_endian = "big") {
+                Endian::Big
+            } else {
+                Endian::Little
+            },
+        },
+        records,
     }
 }
 

@@ -32,6 +32,7 @@ mod restore;
 mod session;
 pub mod target;
 
+pub(super) use handover::stream_of;
 pub use handover::StateWriteError;
 pub use restore::{check_stream, RestoreFailure, RestoreSummary};
 pub(super) use session::Session;
