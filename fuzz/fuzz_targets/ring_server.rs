@@ -18,7 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let server = ServerEnd::new(ring);
     let mut buf = [0u8; 2048];
     for op in ops.chunks(5) {
-        let arg = op.get(1..5).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let arg = op
+            .get(1..5)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         match op[0] % 7 {
             0 => {
                 let len = (arg as usize) % buf.len();

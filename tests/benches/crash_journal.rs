@@ -100,7 +100,7 @@ const FULL: Size = Size {
     rounds: 7,
     round: Duration::from_secs(3),
     kills: 4,
-    journal_wait: Duration::from_secs(10),
+    journal_wait: Duration::from_secs(40),
 };
 
 const QUICK: Size = Size {
@@ -550,7 +550,7 @@ fn snapshots(log: &str) -> Vec<(u64, f64)> {
         .filter_map(|l| {
             let rest = &l[l.find("crash journal: snapshot of ")? + 27..];
             let (octets, rest) = rest.split_once(" octets in ")?;
-            let ms = rest.trim_end().strip_suffix(" ms")?.parse().ok()?;
+            let ms = rest.split(" ms").next()?.trim().parse().ok()?;
             Some((octets.parse().ok()?, ms))
         })
         .collect()
@@ -718,7 +718,12 @@ fn recovery(mut m: Machine, size: &Size) {
         let after_snapshot = k % 2 == 1;
         let log = m.daemon.log.clone();
         let snaps = snapshots(&std::fs::read_to_string(&log).unwrap()).len();
-        let full = journal_limit().saturating_sub(384 << 10);
+        // A snapshot comes once the journal has grown past the limit and
+        // twice the last snapshot (which the file begins with).
+        let base = snapshots(&std::fs::read_to_string(&log).unwrap())
+            .last()
+            .map_or(0, |&(octets, _)| octets + 16);
+        let full = (base + journal_limit().max(2 * base)).saturating_sub(384 << 10);
         let rec = xenstored_lite::shell::journal::path_in(&m.daemon.rundir);
         let timely = wait_at_most(size.journal_wait, || {
             if after_snapshot {

@@ -151,6 +151,17 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Sets its flag when dropped: client threads that watch it stop when the
+/// main thread is done, or has panicked.
+#[derive(Debug)]
+pub struct SetOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A child process killed when dropped.
 #[derive(Debug)]
 pub struct Proc {

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mock_xen::{Guest, Toolstack};
-use tests::{create_guest, guest_client, reply_text, wait_until, Daemon, MockXen, LIMIT};
+use tests::{
+    create_guest, guest_client, reply_text, wait_until, Daemon, MockXen, SetOnDrop, LIMIT,
+};
 use xenring::{Client, Error as XsError, XsErrno};
 
 type Sock = Client<UnixStream>;
@@ -89,18 +91,9 @@ const SOCKETS: usize = 2;
 const MIN_PROGRESS: u64 = 40;
 
 struct Load {
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     /// Requests answered, per guest.
     progress: Vec<AtomicU64>,
-}
-
-/// Stops the clients when the main thread is done, or has panicked.
-struct StopOnDrop(Arc<Load>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop.store(true, SeqCst);
-    }
 }
 
 #[derive(Debug)]
@@ -228,10 +221,10 @@ fn test_ten_kills_under_load_guests_notice_nothing() {
     drop(dom0);
 
     let load = Arc::new(Load {
-        stop: AtomicBool::new(false),
+        stop: Arc::new(AtomicBool::new(false)),
         progress: (0..GUESTS).map(|_| AtomicU64::new(0)).collect(),
     });
-    let stop = StopOnDrop(Arc::clone(&load));
+    let stop = SetOnDrop(Arc::clone(&load.stop));
     let mut guests = Vec::new();
     for (idx, rec) in records.iter().cloned().enumerate() {
         let (connector, load) = (connector.clone(), Arc::clone(&load));

@@ -25,13 +25,14 @@ use xenstored_lite::replay::player;
 use xenstored_lite::shell::state::ShellState;
 
 /// The targets, as named in `fuzz/Cargo.toml`.
-const TARGETS: [&str; 7] = [
+const TARGETS: [&str; 8] = [
     "decoder",
     "ring_server",
     "engine",
     "migration",
     "c417_model",
     "recording",
+    "crash_journal",
     "stub_cmdline",
 ];
 
@@ -425,6 +426,55 @@ fn recording_corpus() -> BTreeMap<String, Vec<u8>> {
     BTreeMap::from([("busy-session".to_string(), s.events)])
 }
 
+/// A journal as a crashed daemon leaves it: a busy session with a ring's
+/// indices and counters, then a request marked fatal; it replays with the
+/// request skipped.
+fn crash_journal_corpus() -> BTreeMap<String, Vec<u8>> {
+    let (mut s, dom0, guest) = Session::busy();
+    let mut events = std::mem::take(&mut s.events);
+    let add = |events: &mut Vec<u8>, e: &BoundaryEvent<'_>| format::encode(e, events);
+    add(
+        &mut events,
+        &BoundaryEvent::RingIndices {
+            conn: guest,
+            req_cons: 0,
+            rsp_prod: 0,
+        },
+    );
+    add(
+        &mut events,
+        &BoundaryEvent::Counters(s.state.engine().counters()),
+    );
+    let poison = msg(MsgType::Write, 77, 0, build_path_value(b"/p", b"v"));
+    // The poisoned request's event is the next one.
+    let index = {
+        let file = [format::header().as_slice(), &events].concat();
+        let mut r = format::Reader::new(&file).expect("a header");
+        while let Ok(format::Next::Event(_)) = r.next_event() {}
+        r.events_read()
+    };
+    add(
+        &mut events,
+        &BoundaryEvent::Input {
+            conn: dom0,
+            bytes: &poison.to_bytes(),
+        },
+    );
+    add(
+        &mut events,
+        &BoundaryEvent::Fatal {
+            event: index,
+            request: Some((dom0, poison.header)),
+        },
+    );
+    let mut file = format::header().to_vec();
+    file.extend_from_slice(&events);
+    let r = xenstored_lite::shell::Replayed::from_bytes(Engine::new(Config::default()), &file)
+        .expect("the journal replays");
+    assert_eq!(r.summary().skipped, 1);
+    BTreeMap::from([("busy-then-fatal".to_string(), events)])
+}
+
 fn migration_corpus() -> BTreeMap<String, Vec<u8>> {
     let (s, dom0, _) = Session::busy();
     let mut records = vec![Record::Global(GlobalData {
@@ -571,6 +621,7 @@ fn corpus() -> Corpus {
         ("migration", migration_corpus()),
         ("c417_model", c417_corpus()),
         ("recording", recording_corpus()),
+        ("crash_journal", crash_journal_corpus()),
         ("stub_cmdline", stub_cmdline_corpus()),
     ])
 }

@@ -25,13 +25,7 @@ fn journaled() -> World {
 
 /// Drops the daemon as a crash would and starts another on its journal.
 fn crash_and_recover(w: World) -> (World, RecoverySummary) {
-    let World {
-        dir,
-        hv,
-        ts,
-        daemon,
-    } = w;
-    drop(daemon);
+    let (dir, hv, ts) = w.kill_daemon();
     let path = journal::path_in(dir.path());
     let replayed = Replayed::read(Engine::new(Config::default()), &path).unwrap();
     let platform = Platform::mock(&mock_xen::Connector::remote(hv.path())).unwrap();

@@ -320,6 +320,11 @@ pub fn on_panic() {
     let Some(shared) = active.as_ref() else {
         return;
     };
+    mark_fatal(shared);
+}
+
+/// [`on_panic`] on the journal `shared`.
+fn mark_fatal(shared: &Mutex<Inner>) {
     let Ok(mut j) = shared.try_lock() else {
         return;
     };
@@ -347,4 +352,139 @@ pub fn install_panic_hook() {
         on_panic();
         default(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::format::{Next, Reader};
+
+    fn events_in(path: &Path) -> Vec<String> {
+        let data = std::fs::read(path).unwrap();
+        let mut r = Reader::new(&data).unwrap();
+        let mut out = Vec::new();
+        while let Ok(Next::Event(e)) = r.next_event() {
+            out.push(format!("{e:?}"));
+        }
+        out
+    }
+
+    fn input(bytes: &[u8]) -> BoundaryEvent<'_> {
+        BoundaryEvent::Input { conn: 3, bytes }
+    }
+
+    #[test]
+    fn test_inputs_wait_for_sync_and_outputs_do_not_ask_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.rec");
+        let j = Journal::create(&path).unwrap();
+        assert!(j.is_empty());
+        assert_eq!(j.len(), HEADER_LEN as u64);
+        assert_eq!(
+            j.record(&BoundaryEvent::Output {
+                conn: 3,
+                bytes: b"r"
+            }),
+            0
+        );
+        assert!(!j.needs_sync(), "an Output alone asks for no write");
+        assert_eq!(j.record(&input(b"abc")), 1);
+        assert!(j.needs_sync());
+        assert!(!j.is_empty());
+        let len = j.len();
+        assert!(len > HEADER_LEN as u64);
+        // Nothing is written before the sync.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_LEN as u64);
+        j.sync();
+        assert!(!j.needs_sync());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(j.len(), len);
+        assert_eq!(events_in(&path).len(), 2);
+    }
+
+    #[test]
+    fn test_rotate_starts_the_file_with_the_snapshot_then_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.rec");
+        let j = Journal::create(&path).unwrap();
+        j.record(&input(b"old"));
+        j.begin_tail();
+        assert_eq!(j.tail_len(), 0);
+        j.record(&input(b"after"));
+        assert!(j.tail_len() > 0);
+        let mut snap = Vec::new();
+        encode(&BoundaryEvent::Time(7), &mut snap);
+        j.rotate(&snap, 1).unwrap();
+        assert_eq!(j.base_len(), (HEADER_LEN + snap.len()) as u64);
+        assert_eq!(j.tail_len(), 0, "the tail went into the new file");
+        let seen = events_in(&path);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].contains("Time(7)"), "{seen:?}");
+        assert!(seen[1].contains("Input"), "{seen:?}");
+        // Numbering goes on after the snapshot and the tail.
+        assert_eq!(j.record(&input(b"next")), 2);
+        j.sync();
+        assert_eq!(events_in(&path).len(), 3);
+        // A dropped tail keeps nothing for the next file.
+        j.begin_tail();
+        j.record(&input(b"x"));
+        j.drop_tail();
+        assert_eq!(j.tail_len(), 0);
+        j.rotate(&snap, 1).unwrap();
+        assert_eq!(events_in(&path).len(), 1);
+    }
+
+    #[test]
+    fn test_resume_cuts_a_torn_event_and_numbers_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.rec");
+        let j = Journal::create(&path).unwrap();
+        j.record(&input(b"whole"));
+        j.sync();
+        let valid = j.len();
+        j.record(&input(b"torn by the crash"));
+        j.sync();
+        drop(j);
+        let full = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(full - 3)
+            .unwrap();
+        let j = Journal::resume(&path, valid, 1).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), valid);
+        assert_eq!(j.record(&input(b"after")), 1);
+        j.sync();
+        let seen = events_in(&path);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(j.len(), std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn test_the_panic_hook_writes_the_buffer_and_marks_the_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.rec");
+        let j = Journal::create(&path).unwrap();
+        let n = j.record(&input(b"req"));
+        let header = Header::from_bytes(&[0; xenring::wire::HEADER_SIZE]);
+        // (The hook itself writes to the journal of the process; tests
+        // running side by side each have their own.)
+        Applying::event(Some(n));
+        Applying::request(Some((3, header)));
+        mark_fatal(&j.shared);
+        Applying::event(None);
+        let seen = events_in(&path);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[1].contains("Fatal { event: 0, request: Some((3"),
+            "{seen:?}"
+        );
+        assert_eq!(j.record(&input(b"next")), 2);
+        // Not applying anything: only the buffer is written.
+        mark_fatal(&j.shared);
+        assert_eq!(events_in(&path).len(), 3);
+        j.remove();
+        assert!(!path.exists());
+    }
 }

@@ -71,20 +71,21 @@ impl World {
 
     /// A client on the socket, once the daemon has accepted it.
     pub(crate) fn connect(&mut self) -> Client {
-        let stream = UnixStream::connect(self.path("socket")).unwrap();
-        stream.set_nonblocking(true).unwrap();
-        let before: Vec<ConnId> = self.daemon.conns.keys().copied().collect();
-        until(&mut self.daemon, "the client accepted", |d| {
-            d.conns.len() > before.len()
-        });
-        let id = self
-            .daemon
-            .conns
-            .keys()
-            .copied()
-            .find(|id| !before.contains(id))
-            .unwrap();
-        Client::new(stream, id)
+        let socket = self.path("socket");
+        connect_to(&mut self.daemon, &socket)
+    }
+
+    /// The world without its daemon, dropped as a process that dies (its
+    /// hypervisor connection closes: mock-xen closes its ports).
+    pub(crate) fn kill_daemon(self) -> (tempfile::TempDir, ServerThread, Toolstack) {
+        let World {
+            dir,
+            hv,
+            ts,
+            daemon,
+        } = self;
+        drop(daemon);
+        (dir, hv, ts)
     }
 
     /// A guest created, given its home and introduced by `dom0`.
@@ -114,6 +115,21 @@ impl World {
         dom0.ok(&mut self.daemon, MsgType::Introduce, 0, build_args(&args));
         rec
     }
+}
+
+/// A client on `daemon`'s socket at `socket`, once it has been accepted.
+pub(crate) fn connect_to(d: &mut Daemon, socket: &Path) -> Client {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream.set_nonblocking(true).unwrap();
+    let before: Vec<ConnId> = d.conns.keys().copied().collect();
+    until(d, "the client accepted", |d| d.conns.len() > before.len());
+    let id = d
+        .conns
+        .keys()
+        .copied()
+        .find(|id| !before.contains(id))
+        .unwrap();
+    Client::new(stream, id)
 }
 
 /// Turns `daemon` until `cond` holds (within [`LIMIT`]).

@@ -192,9 +192,9 @@ impl Transport {
                 }
             },
             Self::Ring(r) => {
-                if r.unreleased == 0 {
-                    r.was_full = matches!(r.end().readable(), Ok(RING_SIZE_U32));
-                }
+                // Full at any read (what we hold unreleased counts): the
+                // guest may be waiting for the space a release makes.
+                r.was_full |= matches!(r.end().readable(), Ok(RING_SIZE_U32));
                 match r.end().peek(r.unreleased, buf)? {
                     0 => Ok(Received::Empty),
                     n => {
@@ -214,8 +214,10 @@ impl Transport {
         match self {
             Self::Ring(r) if r.unreleased > 0 => {
                 let n = std::mem::take(&mut r.unreleased);
+                // The guest may have filled the ring since the last read.
+                let full = matches!(r.end().readable(), Ok(RING_SIZE_U32));
                 r.end().release(n)?;
-                Ok(std::mem::take(&mut r.was_full))
+                Ok(std::mem::take(&mut r.was_full) || full)
             }
             _ => Ok(false),
         }
@@ -301,5 +303,105 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use xenring::page::OwnedPage;
+    use xenring::GuestEnd;
+
+    use super::*;
+
+    /// A heap page standing in for a mapped ring, shared with the test's
+    /// guest end.
+    #[derive(Clone)]
+    struct Page(Arc<OwnedPage>);
+
+    impl std::fmt::Debug for Page {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Page")
+        }
+    }
+
+    impl ForeignPage for Page {
+        fn ring(&self) -> xenring::RingPage<'_> {
+            self.0.ring()
+        }
+    }
+
+    fn ring() -> (Transport, Page) {
+        let page = Page(Arc::new(OwnedPage::new()));
+        let t = Transport::Ring(Ring::new(Box::new(page.clone()), Port::new(5), 2));
+        (t, page)
+    }
+
+    #[test]
+    fn test_reads_are_held_until_released() {
+        let (mut t, page) = ring();
+        let guest = GuestEnd::new(page.0.ring());
+        assert_eq!(guest.write(b"hello").unwrap(), 5);
+        let mut buf = [0u8; 3];
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(3));
+        assert_eq!(&buf, b"hel");
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(2));
+        assert_eq!(&buf[..2], b"lo");
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Empty);
+        // Read, not released: the guest's space is still taken.
+        assert_eq!(guest.writable().unwrap(), RING_SIZE_U32 - 5);
+        assert_eq!(t.journaled_indices(), Some((5, 0)));
+        assert_eq!(t.ring_indices(), Some((0, 5, 0, 0)));
+        assert!(!t.release_reads().unwrap(), "the ring was never full");
+        assert_eq!(guest.writable().unwrap(), RING_SIZE_U32);
+        assert_eq!(t.journaled_indices(), Some((5, 0)));
+        // Nothing more to release.
+        assert!(!t.release_reads().unwrap());
+        assert_eq!(t.ring_indices(), Some((5, 5, 0, 0)));
+    }
+
+    #[test]
+    fn test_a_ring_that_filled_while_reads_were_held_is_reported_full() {
+        let (mut t, page) = ring();
+        let guest = GuestEnd::new(page.0.ring());
+        let mut buf = [0u8; 2048];
+        // Not full at the first read...
+        assert_eq!(guest.write(&[1u8; 500]).unwrap(), 500);
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(500));
+        // ...then the guest fills what is left and waits for space.
+        let rest = (RING_SIZE_U32 - 500) as usize;
+        assert_eq!(guest.write(&vec![2u8; 2000]).unwrap(), rest);
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(rest));
+        assert!(t.release_reads().unwrap(), "the guest must be told");
+        // Full only after the last read, before the release.
+        assert_eq!(guest.write(&[3u8; 100]).unwrap(), 100);
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(100));
+        assert_eq!(guest.write(&vec![4u8; 2000]).unwrap(), rest + 400);
+        assert!(t.release_reads().unwrap(), "full at the release");
+    }
+
+    #[test]
+    fn test_recovery_releases_what_the_journal_read() {
+        let (t, page) = ring();
+        let guest = GuestEnd::new(page.0.ring());
+        assert_eq!(guest.write(b"abcdef").unwrap(), 6);
+        t.release_journaled(4).unwrap();
+        assert_eq!(t.ring_indices(), Some((4, 6, 0, 0)));
+        assert!(t.release_journaled(3).is_err(), "more than is queued");
+        assert_eq!(t.ring_indices(), Some((4, 6, 0, 0)));
+    }
+
+    #[test]
+    fn test_a_reconnection_forgets_held_reads() {
+        let (mut t, page) = ring();
+        let guest = GuestEnd::new(page.0.ring());
+        assert_eq!(guest.write(b"abc").unwrap(), 3);
+        let mut buf = [0u8; 8];
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(3));
+        t.complete_reconnect();
+        assert_eq!(t.journaled_indices(), Some((0, 0)));
+        assert!(!t.release_reads().unwrap());
+        assert_eq!(t.ring_indices(), Some((0, 0, 0, 0)));
     }
 }

@@ -715,13 +715,7 @@ fn test_restore_binds_ring_ports_again_without_the_handle() {
     let stream = w.daemon.export_stream(Version::V2, None);
     // The old process and its handle are gone; the new one gets neither
     // listener nor handle (a writer that passes none down).
-    let World {
-        dir,
-        hv,
-        ts,
-        daemon,
-    } = w;
-    drop(daemon);
+    let (dir, hv, ts) = w.kill_daemon();
     let mut stream = stream;
     stream
         .records
@@ -933,17 +927,7 @@ fn test_failed_dry_run_is_refused_with_its_last_line_and_cleans_up() {
 
 /// A client on the socket of the daemon in `dir`.
 fn w_connect(d: &mut Daemon, dir: &tempfile::TempDir) -> Client {
-    let stream = UnixStream::connect(dir.path().join("socket")).unwrap();
-    stream.set_nonblocking(true).unwrap();
-    let before: Vec<ConnId> = d.conns.keys().copied().collect();
-    until(d, "the client accepted", |d| d.conns.len() > before.len());
-    let id = d
-        .conns
-        .keys()
-        .copied()
-        .find(|id| !before.contains(id))
-        .unwrap();
-    Client::new(stream, id)
+    connect_to(d, &dir.path().join("socket"))
 }
 
 #[test]
