@@ -24,6 +24,14 @@
 #             -p` identical), C live-updates back, the guest loops on
 #             without error; destroy and a new guest.
 #             (scripts/xen-qemu/lite-to-c.sh)
+#  crash      xenstored-lite survives its own crash: `kill -9` while the
+#             guest loops (once in one of its transactions, once between
+#             two), started again with the same command line, it recovers
+#             from its journal (--journal=auto, the run directory on a
+#             tmpfs): the loop sees no error, its watch fires, dom0's ring
+#             and tools work; xl list, `xl create` of a second looping
+#             guest, `xl destroy` of both (@releaseDomain, nodes gone); a
+#             clean stop removes the journal.  (scripts/xen-qemu/crash.sh)
 #  deb        the Debian package: dpkg -i in dom0, XENSTORED= in
 #             /etc/default/xen, Debian's /etc/init.d/xen starts it (fork, pid
 #             file), a PV guest over its ring, start-stop-daemon --stop.
@@ -34,7 +42,8 @@
 #             tools through /dev/xen/xenbus, two looping PV guests, xl
 #             destroy of one.                  (scripts/xen-qemu/stubdom.sh)
 #
-#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [lite-to-c] [deb] [stubdom]  # default: all
+#   scripts/xen-qemu-daemon.sh [lite] [c-to-lite] [lite-to-c] [crash] [deb] [stubdom]
+#   (default: all)
 #
 # The image is built by scripts/xen-qemu/build-image.sh into $XENQEMU_DIR
 # (default /var/tmp/xenqemu) when missing or out of date.
@@ -48,7 +57,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/xen-qemu-image.sh"
 TARGET=${XENQEMU_TARGET_DIR:-$ROOT/target/deb-build}
-SCENARIOS=${*:-lite c-to-lite lite-to-c deb stubdom}
+SCENARIOS=${*:-lite c-to-lite lite-to-c crash deb stubdom}
 
 WORK=$(mktemp -d /tmp/xen-qemu-daemon.XXXXXX)
 XENQEMU_CLEANUP="$WORK"
@@ -79,7 +88,7 @@ for scenario in $SCENARIOS; do
   cmd=$ROOT/scripts/xen-qemu/$scenario.sh
   [ -f "$cmd" ] || { echo "unknown scenario $scenario"; exit 2; }
   case $scenario in
-    stubdom) marker="STUBDOM PASS" ;;
+    stubdom | crash) marker="$(echo "$scenario" | tr a-z A-Z) PASS" ;;
     *) marker="LIVE-UPDATE-$(echo "$scenario" | tr a-z A-Z) PASS" ;;
   esac
   log=$WORK/$scenario.console.log

@@ -29,6 +29,7 @@ fail() {
   plain_log 2>/dev/null
   xq_log "---- access log (last 60 requests) ----"
   tail -60 "$ACCESS_LOG" 2>/dev/null
+  [ -n "$D" ] && { xq_log "---- access log: guest $D's last 30 requests ----"; grep " domid $D " "$ACCESS_LOG" 2>/dev/null | tail -30; }
   xq_log "---- guest console ($GUEST_CONSOLE) ----"
   sed 's/^/  guest| /' "$GUEST_CONSOLE" 2>/dev/null
   xq_log "---- processes ----"
@@ -86,6 +87,16 @@ select_guest() {
   GUEST=$1
   GUEST_CONSOLE=/var/log/xen/console/guest-$GUEST.log
   D=${2:-}
+}
+
+# xl_list_works [NAME...]: xl list answers and lists Domain-0 and each NAME.
+xl_list_works() {
+  timeout 30 xl list > /tmp/xl.out 2>&1 || fail "xl list: $(cat /tmp/xl.out)"
+  for xl_name in Domain-0 "$@"; do
+    awk 'NR > 1 { print $1 }' /tmp/xl.out | grep -qx "$xl_name" \
+      || fail "xl list has no $xl_name: $(cat /tmp/xl.out)"
+  done
+  xq_log "xl list: $(awk 'NR > 1 { printf "%s(%s) ", $1, $2 }' /tmp/xl.out)"
 }
 
 # second_guest_cfg NAME: a copy of /guest/guest.cfg for a guest named NAME

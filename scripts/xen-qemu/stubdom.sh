@@ -26,12 +26,6 @@ G1=testguest G2=testguest2
 stub_console() { tr -d '\r' < "$STUB_CONSOLE" 2>/dev/null | sed 's/^/  stub| /'; }
 stub_started() { grep -aq "$STUB_STARTED" "$STUB_CONSOLE" 2>/dev/null; }
 stub_domid() { sed -n 's/^domid:\([0-9][0-9]*\)$/\1/p' /var/run/xen/xenstored.pid 2>/dev/null; }
-# xl_list_works: xl list answers, and lists dom0 and the stub.
-xl_list_works() {
-  timeout 30 xl list > /tmp/xl.out 2>&1 || fail "xl list: $(cat /tmp/xl.out)"
-  awk 'NR > 1 { print $1 }' /tmp/xl.out | grep -qx Domain-0 || fail "xl list has no Domain-0: $(cat /tmp/xl.out)"
-  awk 'NR > 1 { print $1 }' /tmp/xl.out | grep -qx "$STUB_NAME" || fail "xl list has no $STUB_NAME: $(cat /tmp/xl.out)"
-}
 # dom0_watch_works: a dom0 xenstore-watch over dom0's ring sees dom0's write.
 dom0_watch_works() {
   s=$(now)
@@ -68,8 +62,7 @@ xq_log "xen-init-dom0 wrote dom0's entries"
 start_xenconsoled || fail "xenconsoled did not start"
 wait_for 30 "the stub's console ($STUB_CONSOLE) shows no start-up line '$STUB_STARTED'" stub_started
 xq_log "the stub's console: $(grep -a -m1 "$STUB_STARTED" "$STUB_CONSOLE" | tr -d '\r')"
-xl_list_works
-xq_log "xl list: $(awk 'NR > 1 { printf "%s(%s) ", $1, $2 }' /tmp/xl.out)"
+xl_list_works $STUB_NAME
 
 xq_log "STEP 2: dom0's tools through /dev/xen/xenbus"
 [ -e /run/xenstored/socket ] && fail "a xenstore socket exists: dom0's tools would not use the ring"
@@ -93,8 +86,7 @@ select_guest $G1 $D1; poke g1-first; guest_progress 2 "beside $G2"
 select_guest $G2 $D2; poke g2-first; guest_progress 2 "beside $G1"
 dom0_tools_work
 dom0_watch_works
-xl_list_works
-xq_log "xl list: $(awk 'NR > 1 { printf "%s(%s) ", $1, $2 }' /tmp/xl.out)"
+xl_list_works $STUB_NAME
 
 xq_log "STEP 4: xl destroy of $G2; $G1 loops on"
 select_guest $G2 $D2
@@ -104,12 +96,12 @@ select_guest $G1 $D1
 guest_progress 2 "after $G2's destroy"
 poke g1-after
 dom0_tools_work
-xl_list_works
+xl_list_works $STUB_NAME
 end_guest_loop
 start_release_watcher
 destroy_guest
 dom0_tools_work
-xl_list_works
+xl_list_works $STUB_NAME
 
 xq_log "---- guests' consoles ----"
 for g in $G1 $G2; do
