@@ -140,10 +140,8 @@ impl Positions {
                     p.1 = p.1.wrapping_add(len(bytes));
                 }
             }
-            BoundaryEvent::Close { conn } | BoundaryEvent::Reset { conn } => {
-                self.0.remove(&conn);
-            }
-            BoundaryEvent::Restore { .. } => self.0.clear(),
+            // A ring attached, reset or restored has a RingIndices of its
+            // own after it.
             _ => {}
         }
     }
@@ -544,7 +542,8 @@ impl Daemon {
         };
         let ahead = req_cons.wrapping_sub(cons);
         let queued = req_prod.wrapping_sub(cons);
-        if ahead <= queued && queued <= RING_SIZE_U32 {
+        // (A queue longer than a ring is refused by the release itself.)
+        if ahead <= queued {
             if let Err(e) = c.transport.release_journaled(ahead) {
                 tracing::warn!("crash recovery: connection {conn}: {e}");
             }

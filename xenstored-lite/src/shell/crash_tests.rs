@@ -78,6 +78,22 @@ fn test_recovery_releases_journaled_requests_and_skips_written_replies() {
     let mut dom0 = w.connect();
     let rec = w.guest(&mut dom0);
     let mut g = guest_end(&w, &rec);
+    // A first request and its reply, journaled whole: a dom0 request
+    // after it makes the journal write the reply's Output.
+    let first = write_request(6, "data/z", b"0");
+    assert_eq!(g.end().write(&first).unwrap(), first.len());
+    g.notify().unwrap();
+    until(&mut w.daemon, "the first reply", |_| {
+        !replies(&g).is_empty()
+    });
+    let d = rec.info.domid;
+    dom0.ok(
+        &mut w.daemon,
+        MsgType::Read,
+        0,
+        format!("/local/domain/{d}/data/z\0").into_bytes(),
+    );
+    assert!(!w.daemon.core.journal().unwrap().needs_sync());
     let req = write_request(7, "data/a", b"1");
     assert_eq!(g.end().write(&req).unwrap(), req.len());
     g.notify().unwrap();
@@ -117,7 +133,6 @@ fn test_recovery_releases_journaled_requests_and_skips_written_replies() {
     let ids: Vec<u32> = got.iter().map(|m| m.header.req_id).collect();
     assert_eq!(ids, vec![7, 8], "{got:?}");
     let mut dom0 = w.connect();
-    let d = rec.info.domid;
     assert_eq!(
         dom0.ok(
             &mut w.daemon,
@@ -239,5 +254,70 @@ fn test_an_event_marked_fatal_is_skipped_whole() {
         r.summary().events,
         2,
         "Start and Fatal applied, Connect not"
+    );
+}
+
+#[test]
+fn test_a_snapshot_waits_for_the_journal_to_grow_and_for_transactions() {
+    const LIMIT_OCTETS: u64 = 4000;
+    let mut w = World::with(|c| c.journal = Some(LIMIT_OCTETS));
+    let mut dom0 = w.connect();
+    let mut i = 0u32;
+    let mut write = |w: &mut World, dom0: &mut Client, tx: u32| {
+        i += 1;
+        dom0.ok(
+            &mut w.daemon,
+            MsgType::Write,
+            tx,
+            build_path_value(format!("/tool/n{i}").as_bytes(), &[b'v'; 40]),
+        );
+    };
+    let state = |w: &World| {
+        let j = w.daemon.core.journal().unwrap();
+        (j.len(), j.base_len(), w.daemon.snapshot_job.is_some())
+    };
+    // An open transaction holds the snapshot back until twice the limit.
+    let tx_reply = dom0.ok(&mut w.daemon, MsgType::TransactionStart, 0, b"\0".to_vec());
+    let tx: u32 = String::from_utf8_lossy(&tx_reply)
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap();
+    let started = loop {
+        write(&mut w, &mut dom0, 0);
+        let (len, base, job) = state(&w);
+        assert_eq!(base, 0);
+        if job {
+            break len;
+        }
+        assert!(len < 3 * LIMIT_OCTETS, "no snapshot by {len} octets");
+    };
+    assert!(
+        started >= 2 * LIMIT_OCTETS,
+        "a snapshot at {started} octets with a transaction open"
+    );
+    until(&mut w.daemon, "the snapshot written", |d| {
+        d.snapshot_job.is_none()
+    });
+    let (len, base, _) = state(&w);
+    assert!(base > 0 && len >= base, "{len} {base}");
+    dom0.ok(&mut w.daemon, MsgType::TransactionEnd, tx, b"T\0".to_vec());
+    // Nothing in the way: the next comes once the journal has grown past
+    // the limit and twice the snapshot, not before, and not much after.
+    let due = LIMIT_OCTETS.max(2 * base);
+    let grown = loop {
+        write(&mut w, &mut dom0, 0);
+        let (len, now_base, job) = state(&w);
+        if job || now_base != base {
+            break len - base;
+        }
+        assert!(len - base < 2 * due, "no snapshot by {len} octets");
+    };
+    assert!(
+        grown >= due,
+        "a snapshot after {grown} octets (due at {due})"
+    );
+    assert!(
+        grown < due + 1000,
+        "a snapshot after {grown} octets (due at {due})"
     );
 }
