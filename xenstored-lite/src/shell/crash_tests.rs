@@ -321,3 +321,91 @@ fn test_a_snapshot_waits_for_the_journal_to_grow_and_for_transactions() {
         "a snapshot after {grown} octets (due at {due})"
     );
 }
+
+/// Reads what the guest's ring holds into `dec`, telling the daemon of
+/// the space made; returns the whole messages.
+fn drain(g: &mut Guest, dec: &mut xenring::codec::Decoder) -> Vec<Message> {
+    let mut buf = vec![0u8; 4096];
+    let n = g.end().read(&mut buf).unwrap();
+    if n > 0 {
+        g.notify().unwrap();
+    }
+    let mut out = Vec::new();
+    dec.decode_all(&buf[..n], &mut out).unwrap();
+    out
+}
+
+#[test]
+fn test_replies_beyond_a_full_ring_come_once_after_a_crash() {
+    let mut w = journaled();
+    let mut dom0 = w.connect();
+    let rec = w.guest(&mut dom0);
+    let d = rec.info.domid;
+    let value = vec![b'b'; 600];
+    let path = format!("/local/domain/{d}/data/big");
+    dom0.ok(
+        &mut w.daemon,
+        MsgType::Write,
+        0,
+        build_path_value(path.as_bytes(), &value),
+    );
+    let mut g = guest_end(&w, &rec);
+    // Three READs at once; each reply is longer than half the ring.
+    for id in 1..=3 {
+        let m = Message::new(MsgType::Read, id, 0, format!("{path}\0").into_bytes()).unwrap();
+        assert_eq!(g.end().write(&m.to_bytes()).unwrap(), m.wire_len());
+    }
+    g.notify().unwrap();
+    // The ring fills in the turn that answers them: those writes are not
+    // journaled yet, and the rest waits in the daemon.
+    until(&mut w.daemon, "a ring full of replies", |_| {
+        g.end().readable().unwrap() == xenring::page::RING_SIZE_U32
+    });
+    let (mut w, summary) = crash_and_recover(w);
+    assert_eq!(
+        summary.already_written,
+        u64::from(xenring::page::RING_SIZE_U32),
+        "{summary:?}"
+    );
+    let mut dec = xenring::codec::Decoder::new();
+    let mut got = Vec::new();
+    until(&mut w.daemon, "the three replies", |_| {
+        got.extend(drain(&mut g, &mut dec));
+        got.len() >= 3
+    });
+    let ids: Vec<u32> = got.iter().map(|m| m.header.req_id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for m in &got {
+        assert_eq!(m.payload, value, "reply {}", m.header.req_id);
+    }
+    // Nothing after them.
+    for _ in 0..5 {
+        w.daemon.turn(Some(0)).unwrap();
+    }
+    assert!(drain(&mut g, &mut dec).is_empty());
+}
+
+#[test]
+fn test_a_response_index_beyond_a_ring_is_not_trusted() {
+    let mut w = journaled();
+    let mut dom0 = w.connect();
+    let rec = w.guest(&mut dom0);
+    let mut g = guest_end(&w, &rec);
+    let req = write_request(3, "data/a", b"1");
+    assert_eq!(g.end().write(&req).unwrap(), req.len());
+    g.notify().unwrap();
+    until(&mut w.daemon, "the reply", |_| {
+        g.end().readable().unwrap() > 0
+    });
+    // A hostile guest moves the server's rsp_prod far on.
+    let page = g.end().page();
+    let prod = page.load_index(RingIndex::RspProd, Ordering::Acquire);
+    page.store_index(
+        RingIndex::RspProd,
+        prod.wrapping_add(5000),
+        Ordering::Release,
+    );
+    let (_w, summary) = crash_and_recover(w);
+    assert_eq!(summary.already_written, 0, "{summary:?}");
+    assert_eq!(summary.rings, 1, "{summary:?}");
+}
