@@ -304,6 +304,17 @@ pub trait EventChannel: Pollable + Send {
     /// reported again.
     fn unmask(&mut self, ports: &[Port]) -> Result<(), Error>;
 
+    /// Asks for the descriptor from `AsRawFd` to be polled edge-triggered
+    /// (`EPOLLET`) from now on. `true`: the backend agrees, each event is
+    /// then one edge, and [`EventChannel::read_pending`] no longer empties
+    /// the descriptor (a system call saved per wake-up). `false` (the
+    /// default, and `/dev/xen/evtchn`, which is read to learn what fired):
+    /// poll it level-triggered, as before.
+    #[cfg(feature = "std")]
+    fn poll_edge_triggered(&mut self) -> bool {
+        false
+    }
+
     /// The descriptor that *is* the handle: the one a live update passes to
     /// the new program (with close-on-exec cleared) so that every port bound
     /// through it stays bound. For `/dev/xen/evtchn` it is the fd from

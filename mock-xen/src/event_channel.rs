@@ -2,6 +2,14 @@
 //! of Linux's `/dev/xen/evtchn`: a port reported by `read_pending` stays
 //! masked until it is unmasked; the descriptor to poll becomes readable when
 //! something is pending.
+//!
+//! The descriptor is an eventfd that every raise of one of our ports writes
+//! to. Polled level-triggered, it has to be emptied at each wake-up (a
+//! `read` per event); polled edge-triggered
+//! ([`EventChannel::poll_edge_triggered`], and [`EventChannel::wait`]'s own
+//! epoll), each write is one edge and it is never read: one system call per
+//! event fewer on either side of a ring. (Its counter would fill after 2^64
+//! kicks.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -11,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evtchn::{DomId, EventChannel, Port, Virq};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 use crate::conn::{Conn, Connector};
 use crate::error::Error;
@@ -35,6 +44,12 @@ pub struct MockEventChannel {
     slot: u32,
     ports: BTreeSet<u32>,
     routes: BTreeMap<u32, Route>,
+    /// The caller polls `eventfd` edge-triggered: `read_pending` leaves
+    /// it alone.
+    edge: bool,
+    /// [`EventChannel::wait`]'s epoll set, `eventfd` in it edge-triggered
+    /// (made at the first wait).
+    waiter: Option<Epoll>,
 }
 
 fn op_error(op: &'static str, e: Error) -> evtchn::Error {
@@ -66,6 +81,8 @@ impl MockEventChannel {
             slot,
             ports: BTreeSet::new(),
             routes: BTreeMap::new(),
+            edge: false,
+            waiter: None,
         })
     }
 
@@ -93,6 +110,8 @@ impl MockEventChannel {
             slot,
             ports: ports.into_iter().collect(),
             routes: BTreeMap::new(),
+            edge: false,
+            waiter: None,
         };
         // Events raised while nobody was polling stay pending; make sure the
         // new program's first poll sees them.
@@ -161,6 +180,22 @@ impl MockEventChannel {
             }
         }
         Ok(self.routes.get(&port))
+    }
+
+    /// The epoll set [`EventChannel::wait`] sleeps in: `eventfd`,
+    /// edge-triggered (a kick before it was made is reported at once).
+    fn waiter(&mut self) -> io::Result<&Epoll> {
+        if self.waiter.is_none() {
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+            epoll.add(
+                &self.eventfd,
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+            )?;
+            self.waiter = Some(epoll);
+        }
+        self.waiter
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no epoll set"))
     }
 
     fn drain_eventfd(&self) {
@@ -271,7 +306,9 @@ impl EventChannel for MockEventChannel {
     }
 
     fn read_pending(&mut self, out: &mut Vec<Port>) -> Result<(), evtchn::Error> {
-        self.drain_eventfd();
+        if !self.edge {
+            self.drain_eventfd();
+        }
         self.collect(out);
         Ok(())
     }
@@ -299,21 +336,27 @@ impl EventChannel for MockEventChannel {
                     PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut fds = [PollFd::new(self.eventfd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, poll_timeout) {
+            let poll_error = |e: io::Error| evtchn::Error::Poll { source: e };
+            let mut events = [EpollEvent::empty()];
+            // Edge-triggered: a kick since the last wait (or before the set
+            // was made) wakes it once, stale or not; the loop looks again.
+            match self
+                .waiter()
+                .map_err(poll_error)?
+                .wait(&mut events, poll_timeout)
+            {
                 Ok(_) => {}
                 // A signal: report nothing, as the device's poll would.
                 Err(nix::errno::Errno::EINTR) => return Ok(()),
-                Err(e) => {
-                    return Err(evtchn::Error::Poll {
-                        source: io::Error::from(e),
-                    })
-                }
+                Err(e) => return Err(poll_error(io::Error::from(e))),
             }
-            // A kick may be left over from a port reported earlier without
-            // draining: drain, look again, and keep waiting if it was stale.
-            self.drain_eventfd();
         }
+    }
+
+    /// Yes: each raise writes the eventfd, one edge each.
+    fn poll_edge_triggered(&mut self) -> bool {
+        self.edge = true;
+        true
     }
 
     fn unmask(&mut self, ports: &[Port]) -> Result<(), evtchn::Error> {

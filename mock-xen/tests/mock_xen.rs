@@ -410,6 +410,64 @@ fn test_evtchn_port_masked_until_unmasked_then_redelivered() {
     );
 }
 
+/// Whether an edge-triggered epoll set holding `evtchn`'s descriptor
+/// reports it now (without waiting).
+fn edge_ready(epoll: &nix::sys::epoll::Epoll) -> bool {
+    let mut ev = [nix::sys::epoll::EpollEvent::empty()];
+    epoll
+        .wait(&mut ev, nix::sys::epoll::EpollTimeout::ZERO)
+        .unwrap()
+        == 1
+}
+
+#[test]
+fn test_evtchn_edge_triggered_fires_once_per_event_without_reads() {
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, mut dom0) = guest_and_dom0(&connector);
+    assert!(dom0.evtchn.poll_edge_triggered());
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+    // SAFETY: the handle owns the descriptor and outlives this test's use.
+    let fd = unsafe { BorrowedFd::borrow_raw(dom0.evtchn.as_raw_fd()) };
+    epoll
+        .add(
+            fd,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+        )
+        .unwrap();
+    for round in 0..3 {
+        guest.notify().unwrap();
+        assert!(
+            edge_ready(&epoll),
+            "round {round}: the notification is an edge"
+        );
+        let mut fired = Vec::new();
+        dom0.evtchn.read_pending(&mut fired).unwrap();
+        assert_eq!(fired, vec![dom0.port], "round {round}");
+        assert!(!edge_ready(&epoll), "round {round}: one edge per event");
+        dom0.evtchn.unmask(&fired).unwrap();
+    }
+    // Raised while masked: the unmask is a new edge.
+    guest.notify().unwrap();
+    let mut fired = Vec::new();
+    dom0.evtchn.read_pending(&mut fired).unwrap();
+    guest.notify().unwrap();
+    assert!(
+        edge_ready(&epoll),
+        "the first notification's edge (the second, masked, kicks no one)"
+    );
+    assert!(!edge_ready(&epoll));
+    dom0.evtchn.unmask(&fired).unwrap();
+    assert!(
+        edge_ready(&epoll),
+        "pending while masked: re-raised on unmask"
+    );
+    let mut again = Vec::new();
+    dom0.evtchn.read_pending(&mut again).unwrap();
+    assert_eq!(again, vec![dom0.port]);
+}
+
 #[test]
 fn test_closed_peer_port_returns_to_unbound() {
     let connector = Connector::new_local().unwrap();
