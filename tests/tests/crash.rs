@@ -191,9 +191,13 @@ fn socket_work(socket: &Path, idx: usize, load: &Load) -> u64 {
     while !load.stop.load(SeqCst) {
         assert!(Instant::now() < deadline, "socket client {idx}: no end");
         let Some(client) = c.as_mut() else {
-            c = UnixStream::connect(socket)
-                .ok()
-                .map(|_| socket_client(socket));
+            // One connection, used as it is: the daemon may be killed
+            // again at any moment, even between two connects.
+            c = UnixStream::connect(socket).ok().and_then(|s| {
+                s.set_read_timeout(Some(LIMIT)).ok()?;
+                s.set_write_timeout(Some(LIMIT)).ok()?;
+                Some(Client::new(s))
+            });
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
