@@ -11,7 +11,7 @@
 //! an update is the longest gap between two consecutive replies around it:
 //! the last reply of the old process to the first of the new. Without
 //! `--bench` (as `cargo test --all-targets` runs it) it does the same at a
-//! small size, once.
+//! small size, once. `LU_BENCH_NODES=N` sets the number of nodes.
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,15 @@ fn ms(d: Duration) -> f64 {
 
 fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
-    let size = if quick { QUICK } else { FULL };
+    let mut size = if quick { QUICK } else { FULL };
+    // `LU_BENCH_NODES=N` loads N nodes instead (0: connections and watches
+    // alone; 1000000 for the second figure).
+    if let Some(n) = std::env::var("LU_BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        size.nodes = n;
+    }
     // The binaries of this very tree (in release under `cargo bench`):
     // `tests::bin` builds them before the first use.
 

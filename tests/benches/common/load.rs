@@ -146,7 +146,13 @@ pub fn raise_fd_limit() {
 /// long it took; returns the number of domains.
 pub fn load_store(daemon: &Daemon, nodes: usize, owned: bool) -> u32 {
     let per_domain = domain_nodes(FIRST_DOMID).len();
-    let domains = u32::try_from((nodes - COMMON.len()).div_ceil(per_domain)).unwrap();
+    let domains = u32::try_from(
+        nodes
+            .saturating_sub(COMMON.len())
+            .div_ceil(per_domain)
+            .max(1),
+    )
+    .unwrap();
     let t = Instant::now();
     let written = populate(daemon, domains, owned);
     println!(
