@@ -19,7 +19,10 @@ use xenring::{DomId, Perm};
 
 use self::pmap::PMap;
 
+mod image;
 mod pmap;
+
+pub use image::ImageError;
 
 /// A canonical path (absolute, or a special `@` path).
 pub type Path = Arc<str>;

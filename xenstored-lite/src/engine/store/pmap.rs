@@ -405,6 +405,113 @@ fn remove_at<K: Borrow<Q> + Clone, V: Clone, Q: Eq + ?Sized>(
     true
 }
 
+/// One difference between two versions of a map ([`PMap::diff_from`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change<'a, K, V> {
+    /// The key is new, or its value is not the same as before.
+    Set(&'a K, &'a V),
+    /// The key is gone.
+    Removed(&'a K),
+}
+
+impl<K: Eq, V> PMap<K, V> {
+    /// What changed from `old` to `self`, in no particular order: the
+    /// entries set or replaced, and the keys removed. Trie nodes the two
+    /// maps share (`old` a snapshot `self` was changed from) are skipped
+    /// without a look inside, so the cost follows the changes, not the
+    /// size; `same` says whether two values are the same (for `Arc`s,
+    /// `Arc::ptr_eq`, which makes an unchanged value cost nothing either).
+    pub fn diff_from<'a>(
+        &'a self,
+        old: &'a Self,
+        same: &impl Fn(&V, &V) -> bool,
+        out: &mut impl FnMut(Change<'a, K, V>),
+    ) {
+        match (&old.root, &self.root) {
+            (None, None) => {}
+            (Some(o), Some(n)) => diff_nodes(o, n, same, out),
+            (None, Some(n)) => entries_of(&n.slots, &mut |k, v| out(Change::Set(k, v))),
+            (Some(o), None) => entries_of(&o.slots, &mut |k, _| out(Change::Removed(k))),
+        }
+    }
+}
+
+/// Every entry below `slots`.
+fn entries_of<'a, K, V>(slots: &'a [Slot<K, V>], f: &mut impl FnMut(&'a K, &'a V)) {
+    for slot in slots {
+        slot_entries(slot, f);
+    }
+}
+
+fn slot_entries<'a, K, V>(slot: &'a Slot<K, V>, f: &mut impl FnMut(&'a K, &'a V)) {
+    match slot {
+        Slot::Leaf { key, value, .. } => f(key, value),
+        Slot::Collision { entries, .. } => entries.iter().for_each(|(k, v)| f(k, v)),
+        Slot::Branch(sub) => entries_of(&sub.slots, f),
+    }
+}
+
+fn diff_nodes<'a, K: Eq, V>(
+    old: &'a Node<K, V>,
+    new: &'a Node<K, V>,
+    same: &impl Fn(&V, &V) -> bool,
+    out: &mut impl FnMut(Change<'a, K, V>),
+) {
+    if Arc::ptr_eq(&old.slots, &new.slots) {
+        return;
+    }
+    let (mut io, mut inew) = (0usize, 0usize);
+    for pos in 0..32u32 {
+        let bit = 1u32 << pos;
+        let o = (old.bitmap & bit != 0).then(|| {
+            io += 1;
+            &old.slots[io - 1]
+        });
+        let n = (new.bitmap & bit != 0).then(|| {
+            inew += 1;
+            &new.slots[inew - 1]
+        });
+        match (o, n) {
+            (None, None) => {}
+            (Some(o), None) => slot_entries(o, &mut |k, _| out(Change::Removed(k))),
+            (None, Some(n)) => slot_entries(n, &mut |k, v| out(Change::Set(k, v))),
+            (Some(Slot::Branch(o)), Some(Slot::Branch(n))) => diff_nodes(o, n, same, out),
+            (Some(o), Some(n)) => diff_slots(o, n, same, out),
+        }
+    }
+}
+
+/// Two slots at one position, at least one of them not a branch: the
+/// non-branch side holds one entry or a few colliding ones, so looking
+/// each entry of one side up in the other by a scan stays cheap.
+fn diff_slots<'a, K: Eq, V>(
+    old: &'a Slot<K, V>,
+    new: &'a Slot<K, V>,
+    same: &impl Fn(&V, &V) -> bool,
+    out: &mut impl FnMut(Change<'a, K, V>),
+) {
+    let mut before: Vec<(&'a K, &'a V)> = Vec::new();
+    slot_entries(old, &mut |k, v| before.push((k, v)));
+    let mut seen = alloc::vec![false; before.len()];
+    slot_entries(
+        new,
+        &mut |k, v| match before.iter().position(|(ok, _)| *ok == k) {
+            Some(i) => {
+                seen[i] = true;
+                if !same(before[i].1, v) {
+                    out(Change::Set(k, v));
+                }
+            }
+            None => out(Change::Set(k, v)),
+        },
+    );
+    for (i, (k, _)) in before.iter().enumerate() {
+        if !seen[i] {
+            out(Change::Removed(k));
+        }
+    }
+}
+
 /// An iterator over a [`PMap`]'s entries.
 pub struct Iter<'a, K, V> {
     stack: Vec<core::slice::Iter<'a, Slot<K, V>>>,
