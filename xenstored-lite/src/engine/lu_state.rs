@@ -179,8 +179,15 @@ impl Engine {
         records: &[Record],
         conns: &BTreeMap<u32, ConnId>,
     ) -> Result<RestoreReport, RestoreError> {
-        let mut store = Store::new(self.config.priv_domid);
+        // Store images applied before take the place of the stream's nodes.
+        let mut store = self
+            .preloaded
+            .clone()
+            .unwrap_or_else(|| Store::new(self.config.priv_domid));
         let mut report = RestoreReport::default();
+        if self.preloaded.is_some() {
+            report.nodes = store.len();
+        }
         let mut watches = Vec::new();
         let mut quotas = self.config.quotas.clone();
         let mut domain_quotas = self.domain_quotas.clone();
@@ -289,6 +296,7 @@ impl Engine {
             transactions.push((tx.conn, *tx_id, restored));
         }
         self.store = store;
+        self.preloaded = None;
         report.transactions = transactions.len();
         for (conn, tx_id, tx) in transactions {
             if let Some(c) = self.conns.get_mut(&conn) {
@@ -353,20 +361,44 @@ impl Engine {
     /// `TRANSACTION_DATA` record followed by its nodes, their watches,
     /// global and per-domain quotas.
     pub fn export_records(&self, conns: &BTreeMap<ConnId, u32>) -> Vec<Record> {
-        let mut out = Vec::new();
-        let walk = self.store.parents_first();
+        self.export_records_with(conns, true)
+    }
+
+    /// The committed nodes of `store` as stream records: special nodes,
+    /// then the tree parents first.
+    pub fn node_records(store: &Store) -> Vec<Record> {
+        let walk = store.parents_first();
         let (specials, tree): (Vec<_>, Vec<_>) =
             walk.into_iter().partition(|(p, _)| p.starts_with('@'));
-        for (path, node) in specials.into_iter().chain(tree) {
-            out.push(Record::Node(NodeData {
-                conn_id: 0,
-                tx_id: 0,
-                access: Access::NONE,
-                perms: node.perms.iter().map(|p| NodePerm::new(*p)).collect(),
-                path: path.to_string(),
-                value: node.value.to_vec(),
-            }));
-        }
+        specials
+            .into_iter()
+            .chain(tree)
+            .map(|(path, node)| {
+                Record::Node(NodeData {
+                    conn_id: 0,
+                    tx_id: 0,
+                    access: Access::NONE,
+                    perms: node.perms.iter().map(|p| NodePerm::new(*p)).collect(),
+                    path: path.to_string(),
+                    value: node.value.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// [`Engine::export_records`], without the committed nodes when
+    /// `committed` is false (a pre-copy live update sends them as store
+    /// images).
+    pub fn export_records_with(
+        &self,
+        conns: &BTreeMap<ConnId, u32>,
+        committed: bool,
+    ) -> Vec<Record> {
+        let mut out = if committed {
+            Self::node_records(&self.store)
+        } else {
+            Vec::new()
+        };
         for (&conn, &conn_id) in conns {
             let Some(c) = self.conns.get(&conn) else {
                 continue;

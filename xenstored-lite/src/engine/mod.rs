@@ -304,6 +304,9 @@ pub struct Engine {
     open_transactions: usize,
     /// Which unprivileged request caused which queued watch events.
     events: EventHolds,
+    /// The store that store images built (a pre-copy live update), which
+    /// the next restore takes instead of the stream's nodes.
+    preloaded: Option<Store>,
 }
 
 fn reply(hdr: &Header, ty: MsgType, payload: Vec<u8>) -> Message {
@@ -361,6 +364,7 @@ impl Engine {
             write_log: WriteLog::default(),
             open_transactions: 0,
             events: EventHolds::default(),
+            preloaded: None,
         }
     }
 
@@ -372,6 +376,24 @@ impl Engine {
     /// The store (read-only).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Applies a store image ([`BoundaryEvent::StoreImage`]): the first
+    /// builds a whole store, each later one the changes since. The next
+    /// restore takes that store instead of its stream's nodes. On error the
+    /// images applied so far are forgotten.
+    ///
+    /// [`BoundaryEvent::StoreImage`]: crate::replay::format::BoundaryEvent::StoreImage
+    pub fn apply_store_image(&mut self, image: &[u8]) -> Result<(), store::ImageError> {
+        let mut store = self.preloaded.take().unwrap_or_else(Store::empty);
+        store.apply_image(image)?;
+        self.preloaded = Some(store);
+        Ok(())
+    }
+
+    /// Whether store images wait for the next restore.
+    pub fn has_preloaded_store(&self) -> bool {
+        self.preloaded.is_some()
     }
 
     /// Requests handled so far.

@@ -279,6 +279,12 @@ pub fn replay_bytes(data: &[u8], opts: &Options) -> Result<Summary, ReplayError>
                     why: e.to_string(),
                 })
             }
+            Err(ApplyError::StoreImage(e)) => {
+                return Err(ReplayError::Inconsistent {
+                    index,
+                    why: format!("the recorded store image: {e}"),
+                })
+            }
         }
         // Their outcomes are recorded as inputs of their own.
         drop(s.take_actions());

@@ -301,6 +301,10 @@ impl ShellState {
             | BoundaryEvent::RingIndices { .. }
             | BoundaryEvent::Fatal { .. } => {}
             BoundaryEvent::Counters(c) => self.engine.set_counters(c),
+            BoundaryEvent::StoreImage(image) => self
+                .engine
+                .apply_store_image(image)
+                .map_err(ApplyError::StoreImage)?,
             BoundaryEvent::Hold { on } => {
                 self.holding = *on;
                 if !*on {
@@ -708,6 +712,10 @@ pub enum ApplyError {
     /// A `Restore`'s stream could not be taken over.
     #[error(transparent)]
     TakeOver(#[from] TakeOverError),
+    /// A `StoreImage` does not apply (not an image, or not of the store it
+    /// follows).
+    #[error(transparent)]
+    StoreImage(#[from] crate::engine::store::ImageError),
 }
 
 /// The engine input an event is, if it is one by itself: the one place
@@ -748,6 +756,7 @@ pub fn engine_input(event: &BoundaryEvent<'_>) -> Option<Input<'static>> {
         | BoundaryEvent::Hold { .. }
         | BoundaryEvent::RingIndices { .. }
         | BoundaryEvent::Counters(_)
+        | BoundaryEvent::StoreImage(_)
         | BoundaryEvent::Fatal { .. } => return None,
     })
 }

@@ -82,8 +82,11 @@ impl Store {
         for (path, node) in set {
             put_bytes(&mut out, path.as_bytes());
             put_bytes(&mut out, &node.value);
-            out.extend_from_slice(&(node.perms.len() as u16).to_le_bytes());
-            for p in node.perms.iter() {
+            // A SET_PERMS payload (at most 4096 octets) names fewer than
+            // 2,048 entries.
+            let count = u16::try_from(node.perms.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&count.to_le_bytes());
+            for p in node.perms.iter().take(usize::from(count)) {
                 out.push(p.kind.letter());
                 out.extend_from_slice(&p.domid.to_le_bytes());
             }
@@ -273,16 +276,17 @@ mod tests {
         ])
     }
 
-    /// Everything a store shows: nodes with their fields, accounts,
-    /// counters.
-    fn shown(
-        s: &Store,
-    ) -> (
+    /// Nodes with their fields, accounts, counters.
+    type Shown = (
         Vec<(String, Node)>,
         Vec<(u16, super::super::Account)>,
         u64,
         u64,
-    ) {
+    );
+
+    /// Everything a store shows: nodes with their fields, accounts,
+    /// counters.
+    fn shown(s: &Store) -> Shown {
         let mut nodes: Vec<(String, Node)> = s
             .nodes
             .iter()

@@ -148,6 +148,12 @@ pub enum BoundaryEvent<'a> {
     /// The engine's [`Counters`] (a crash journal's snapshot, after its
     /// `Restore`): what the stream does not carry.
     Counters(Counters),
+    /// A store image (`engine::store` `image`): the whole committed store,
+    /// or what changed in it since the previous `StoreImage`. A pre-copy
+    /// live update records these before its `Restore`, whose stream then
+    /// carries no committed node: that `Restore` takes the store they
+    /// built.
+    StoreImage(&'a [u8]),
     /// Applying event number `event` of this file (counted from 0 after the
     /// header) panicked the daemon: in `request`, the request of `conn`
     /// with this header, else the event itself. Written by the panic hook;

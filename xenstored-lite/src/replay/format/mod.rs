@@ -50,6 +50,7 @@ mod kind {
     pub const RING_INDICES: u8 = 15;
     pub const FATAL: u8 = 16;
     pub const COUNTERS: u8 = 17;
+    pub const STORE_IMAGE: u8 = 18;
 }
 
 #[cfg(test)]

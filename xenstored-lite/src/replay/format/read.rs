@@ -296,6 +296,7 @@ impl<'a> Reader<'a> {
                     next_tx,
                 })
             }
+            kind::STORE_IMAGE => BoundaryEvent::StoreImage(p.rest()),
             kind::FATAL => {
                 let event = p.u64("event")?;
                 let request = match p.u8("request present")? {

@@ -63,6 +63,8 @@ fn all_kinds() -> Vec<BoundaryEvent<'static>> {
             answer: Answer::Error(XsErrno::EINVAL),
         },
         BoundaryEvent::HandOver,
+        BoundaryEvent::StoreImage(b"XSLSIMG1 image bytes"),
+        BoundaryEvent::StoreImage(b""),
         BoundaryEvent::Hold { on: true },
         BoundaryEvent::Hold { on: false },
     ]

@@ -163,6 +163,10 @@ pub fn encode(event: &BoundaryEvent<'_>, out: &mut Vec<u8>) {
             }
             kind::COUNTERS
         }
+        BoundaryEvent::StoreImage(image) => {
+            out.extend_from_slice(image);
+            kind::STORE_IMAGE
+        }
         BoundaryEvent::Fatal { event, request } => {
             out.extend_from_slice(&event.to_le_bytes());
             if let Some((conn, header)) = request {
