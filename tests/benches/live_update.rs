@@ -11,7 +11,8 @@
 //! an update is the longest gap between two consecutive replies around it:
 //! the last reply of the old process to the first of the new. Without
 //! `--bench` (as `cargo test --all-targets` runs it) it does the same at a
-//! small size, once. `LU_BENCH_NODES=N` sets the number of nodes.
+//! small size, once. `LU_BENCH_NODES=N` sets the number of nodes;
+//! `LU_BENCH_LOG=1` prints the daemon's live-update log lines.
 
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,16 @@ fn main() {
     }
     let (stamps, _) = prober.finish();
     let log = daemon.live_updates();
+    if std::env::var_os("LU_BENCH_LOG").is_some() {
+        // The daemon's own account of each update, with its time stamps.
+        for line in daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("live-update"))
+        {
+            println!("  | {line}");
+        }
+    }
 
     let mut results = Vec::new();
     for (k, &(start, ok, end)) in windows.iter().enumerate() {

@@ -170,6 +170,19 @@ pub struct Cli {
     )]
     pub dry_run: Option<Option<PathBuf>>,
 
+    /// With -U: a pre-copy live update — the old daemon serves on while
+    /// this process loads the store from the image IMAGE, then sends the
+    /// rest over SOCKET (both inherited descriptors). Set by the old
+    /// daemon, not by hand.
+    #[arg(
+        long = "precopy",
+        value_name = "SOCKET,IMAGE",
+        requires = "live_update",
+        conflicts_with = "dry_run",
+        hide = true
+    )]
+    pub precopy: Option<String>,
+
     /// Record everything the daemon receives and sends, with its clock, into
     /// DIR (DIR/xenstored-lite.rec), to replay it later with --replay. A live
     /// update keeps recording into the same file.

@@ -25,6 +25,7 @@ use xenstored_lite::shell::{
     check_stream, notify_systemd_ready, Daemon, RecoveryError, Replayed, RestoreFailure,
     SetupError, ShellConfig, STATE_FILE,
 };
+use xenstored_lite::shell::{PrecopyError, PrecopyFrozen, PrecopyIncoming, PRECOPY_ARG};
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ enum StartError {
     /// A live update's state cannot be taken over.
     #[error("live update: cannot restore the state: {0}")]
     Restore(#[source] RestoreFailure),
+    /// A pre-copy live update's hand-over failed (the old daemon serves on).
+    #[error("live update (pre-copy): {0}")]
+    Precopy(#[source] PrecopyError),
     /// A crash journal cannot be served.
     #[error("crash recovery: {0}")]
     Recover(#[source] RecoveryError),
@@ -230,6 +234,35 @@ fn main() -> ExitCode {
 }
 
 /// Reads and parses the state a live update left in the run directory.
+/// A pre-copy's take-over, up to the state: the store image loaded into an
+/// engine (or, if it cannot be, an empty engine and the whole state asked
+/// for), then the old daemon's freeze.
+fn precopy_take(
+    incoming: &mut PrecopyIncoming,
+    config: &Config,
+) -> Result<(Engine, Vec<u8>, PrecopyFrozen), StartError> {
+    let t0 = std::time::Instant::now();
+    let mut engine = Engine::new(config.clone());
+    let bulk = incoming.bulk();
+    let loaded = match &bulk {
+        Ok(image) => engine.apply_store_image(image).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match &loaded {
+        Ok(()) => tracing::info!(
+            "live-update: pre-copy: loaded the store image ({} octets) in {} ms",
+            bulk.as_ref().map_or(0, Vec::len),
+            t0.elapsed().as_millis()
+        ),
+        Err(e) => tracing::warn!("live-update: pre-copy: the store image: {e}; asking for it all"),
+    }
+    let frozen = incoming.take(loaded.is_ok()).map_err(StartError::Precopy)?;
+    if !frozen.precopied {
+        engine = Engine::new(config.clone());
+    }
+    Ok((engine, bulk.unwrap_or_default(), frozen))
+}
+
 fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), StartError> {
     let bytes = std::fs::read(path).map_err(|source| StartError::ReadState {
         path: path.to_path_buf(),
@@ -321,10 +354,22 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             path: rundir.clone(),
             source,
         })?;
-    let state = if cli.live_update {
-        Some(read_state(&rundir.join(STATE_FILE))?)
-    } else {
-        None
+    // A pre-copy: the store first (the old daemon serves meanwhile), then
+    // the rest of the state at its freeze.
+    let mut precopy = match &cli.precopy {
+        Some(arg) => Some(PrecopyIncoming::adopt(arg).map_err(StartError::Precopy)?),
+        None => None,
+    };
+    let mut precopied = None;
+    let state = match &mut precopy {
+        Some(incoming) => {
+            let (engine, bulk, frozen) = precopy_take(incoming, &config)?;
+            let taken = Some((frozen.bytes.clone(), frozen.stream.clone()));
+            precopied = Some((engine, bulk, frozen));
+            taken
+        }
+        None if cli.live_update => Some(read_state(&rundir.join(STATE_FILE))?),
+        None => None,
     };
     let mut platform = match &state {
         Some((_, stream)) => {
@@ -342,7 +387,12 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         socket: socket.clone(),
         access_log: cli.trace_file.clone(),
         rundir: rundir.clone(),
-        exec_args: std::env::args_os().skip(1).collect(),
+        // What a live update runs the next binary with: ours, but for the
+        // pre-copy descriptors of this start.
+        exec_args: std::env::args_os()
+            .skip(1)
+            .filter(|a| !a.to_string_lossy().starts_with(PRECOPY_ARG))
+            .collect(),
         record_dir: cli.replay_record.clone(),
         journal,
     };
@@ -356,6 +406,16 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(_) => None,
     };
     let mut daemon = match &state {
+        Some(_) if precopied.is_some() => {
+            let (engine, bulk, frozen) = precopied
+                .take()
+                .ok_or(StartError::Precopy(PrecopyError::Protocol("no state")))?;
+            let restored = Daemon::restore_precopied(engine, platform, &shell, &frozen, &bulk);
+            if let Some(incoming) = &precopy {
+                incoming.finish(restored.is_ok());
+            }
+            restored.map_err(StartError::Restore)?.0
+        }
         Some((bytes, stream)) => {
             let (daemon, _) = Daemon::restore(Engine::new(config), platform, &shell, bytes, stream)
                 .map_err(StartError::Restore)?;

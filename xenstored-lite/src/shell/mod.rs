@@ -13,7 +13,9 @@
 //! hand-over, restore); `access_log.rs` and `systemd.rs` the access log and
 //! the readiness notification; [`state`] the deterministic half; [`platform`]
 //! the backends. `unsafe` is denied in the shell but for [`os`], the one
-//! module that talks to the operating system where Rust cannot check it.
+//! module that talks to the operating system where Rust cannot check it,
+//! and `split`, which splits the process in two for a pre-copy live
+//! update.
 
 #![deny(unsafe_code)]
 
@@ -26,6 +28,8 @@ mod live_update;
 #[allow(unsafe_code)]
 pub mod os;
 pub mod platform;
+#[allow(unsafe_code)]
+mod split;
 pub mod state;
 mod systemd;
 #[cfg(test)]
@@ -34,6 +38,9 @@ mod transport;
 
 pub use crash::{RecoveryError, RecoverySummary, Replayed};
 pub use live_update::guardian as live_update_guardian;
+pub use live_update::precopy::{
+    Frozen as PrecopyFrozen, Incoming as PrecopyIncoming, PrecopyError, PRECOPY_ARG,
+};
 pub use live_update::target as live_update_target;
 pub use live_update::{check_stream, RestoreFailure, RestoreSummary, StateWriteError, STATE_FILE};
 pub use systemd::notify_ready as notify_systemd_ready;
@@ -219,6 +226,10 @@ pub struct Daemon {
     read_buf: Vec<u8>,
     /// What `epoll_wait` fills in ([`EPOLL_EVENTS`] entries).
     events: Vec<EpollEvent>,
+    /// A pre-copy's continuation handed its state over: it ends.
+    handed_over: bool,
+    /// The old daemon's continuation after a pre-copy, until reaped.
+    continuation: Option<live_update::precopy::Continuation>,
 }
 
 /// How long the listener stays out of epoll when accept fails and the
@@ -365,6 +376,8 @@ impl Daemon {
             rundir: config.rundir.clone(),
             exec_args: config.exec_args.clone(),
             live_update: None,
+            handed_over: false,
+            continuation: None,
             last_flush: Instant::now(),
             unique_ids: BTreeMap::new(),
             seen_alive: BTreeSet::new(),
@@ -566,6 +579,9 @@ impl Daemon {
             self.live_update_poll();
         }
         self.maybe_snapshot();
+        if self.continuation.is_some() {
+            self.reap_continuation();
+        }
         Ok(())
     }
 

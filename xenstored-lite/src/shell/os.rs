@@ -109,6 +109,27 @@ pub(crate) fn adopt_listener(fd: RawFd) -> Option<UnixListener> {
     Some(unsafe { UnixListener::from_raw_fd(fd) })
 }
 
+/// Takes over descriptors named by number on the command line (a pre-copy
+/// live update's), each if it is open; else the first that is not.
+pub(crate) fn adopt_fds(fds: &[RawFd]) -> Result<Vec<OwnedFd>, RawFd> {
+    if let Some(&shut) = fds.iter().find(|&&fd| !fd_is_open(fd)) {
+        return Err(shut);
+    }
+    let mut sorted = fds.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != fds.len() {
+        return Err(fds[0]);
+    }
+    Ok(fds
+        .iter()
+        // SAFETY: open, inherited across the exec and owned by nothing else
+        // in this process, each named once (checked above; module doc:
+        // adoption).
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect())
+}
+
 /// Takes over the client socket `fd` a live update passed down, if it is
 /// an open socket (else `None`, and `fd` is left alone).
 pub(crate) fn adopt_socket(fd: RawFd) -> Option<UnixStream> {

@@ -76,6 +76,17 @@ pub(super) enum HandOverError {
     /// The command line given for C would fail it after the exec.
     #[error("C xenstored's command line: {0}")]
     CArgs(#[from] CArgsError),
+    /// A pre-copy's split or exec failed (nothing was handed over).
+    #[error("Error activating new binary {}: {source}", binary.display())]
+    Split {
+        /// The new binary.
+        binary: PathBuf,
+        /// Why.
+        source: crate::shell::split::SplitError,
+    },
+    /// A pre-copy's new process did not take over; this process serves on.
+    #[error("pre-copy: {0}")]
+    Precopy(#[from] super::precopy::PrecopyError),
 }
 
 impl Daemon {
@@ -100,6 +111,34 @@ impl Daemon {
             }
         })?;
         Ok(bytes.len())
+    }
+
+    /// [`Daemon::write_state`] by a thread: the connections and the
+    /// engine's records but the nodes are taken now (cheap), the nodes
+    /// from a snapshot of the store (O(1) to take) by the thread, which
+    /// encodes and writes the file and returns its size.
+    pub(super) fn write_state_in_thread(
+        &mut self,
+        version: Version,
+    ) -> io::Result<std::thread::JoinHandle<Result<usize, StateWriteError>>> {
+        let (mut records, map) = self.export_connections(None);
+        let rest = self.core.engine().export_records_with(&map, false);
+        let store = self.core.engine().store().clone();
+        let path = self.state_path();
+        std::thread::Builder::new()
+            .name("lu-state".into())
+            .spawn(move || {
+                records.extend(crate::engine::Engine::node_records(&store));
+                records.extend(rest);
+                let bytes = stream_of(version, records).to_bytes()?;
+                crate::shell::os::write_private(&path, &bytes).map_err(|source| {
+                    StateWriteError::Io {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Ok(bytes.len())
+            })
     }
 
     /// The whole daemon as a migration stream: the descriptors to pass
@@ -482,7 +521,7 @@ fn env_entry(key: &std::ffi::OsStr, value: &std::ffi::OsStr) -> Option<CString> 
 
 /// The `OK` to `live-update -s` (`header`'s), queued last on the asking
 /// connection for the new process to deliver.
-fn ok_reply(header: Header) -> Message {
+pub(super) fn ok_reply(header: Header) -> Message {
     Message {
         header: Header::new(MsgType::Control, header.req_id, header.tx_id, 3),
         payload: b"OK\0".to_vec(),

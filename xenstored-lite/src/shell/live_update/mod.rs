@@ -19,6 +19,12 @@
 //! If anything fails before the exec, the asking client gets the reason and
 //! the old process goes on serving: nothing was taken from any connection.
 //!
+//! Between two of our binaries that can, the hand-over is a pre-copy
+//! instead ([`precopy`]): the store goes over while the old daemon serves,
+//! and the freeze carries only the connections and what changed since, so
+//! that the blackout does not grow with the store. The dry run's state is
+//! written by a thread from a snapshot of the store either way.
+//!
 //! The conversation is [`session`], writing the state and the exec are
 //! [`handover`], the new process's side is [`restore`], and what the new
 //! binary is (ours or C xenstored 4.17, told without running it) and C's
@@ -28,6 +34,7 @@ use std::ffi::OsString;
 
 pub mod guardian;
 mod handover;
+pub mod precopy;
 mod restore;
 mod session;
 pub mod target;

@@ -13,7 +13,7 @@ use xenring::DomId;
 
 use crate::engine::{Config, ConnId, Engine};
 use crate::migration::{ConnSpec, Record, RingConn, RingLocation, Stream};
-use crate::replay::format::Outcome;
+use crate::replay::format::{BoundaryEvent, Outcome};
 use crate::shell::os::{self, set_cloexec};
 use crate::shell::platform::Platform;
 use crate::shell::state::{ShellState, TakeOverError};
@@ -40,6 +40,9 @@ pub enum RestoreFailure {
     /// The daemon cannot be set up (recording, epoll).
     #[error("cannot set up the daemon: {0}")]
     Setup(#[source] SetupError),
+    /// A pre-copy's image of the store's changes does not apply.
+    #[error("the pre-copy's store changes: {0}")]
+    StoreImage(#[source] crate::shell::state::ApplyError),
 }
 
 /// Why a ring of the stream cannot be served again.
@@ -123,6 +126,10 @@ pub fn check_stream(
     Ok(summary)
 }
 
+/// A restored daemon, what it restored, and what became of each
+/// connection of the stream.
+type Restored = (Daemon, RestoreSummary, Vec<(u32, Outcome)>);
+
 impl Daemon {
     /// The new process's side: takes over the descriptors and state of
     /// `stream`, written by the daemon that exec'd us (this one or C
@@ -134,6 +141,52 @@ impl Daemon {
         bytes: &[u8],
         stream: &Stream,
     ) -> Result<(Self, RestoreSummary), RestoreFailure> {
+        Self::restore_with(engine, platform, config, bytes, stream, None)
+            .map(|(daemon, summary, _)| (daemon, summary))
+    }
+
+    /// [`Daemon::restore`] after a pre-copy: `engine` holds the store of
+    /// the image `bulk` already; `delta`, the changes since, is applied,
+    /// and both are recorded before the `Restore` (replay and the crash
+    /// journal rebuild the store from them); `continuation` is the old
+    /// daemon's process, reaped once it ends.
+    pub fn restore_precopied(
+        engine: Engine,
+        platform: Platform,
+        config: &ShellConfig,
+        frozen: &super::precopy::Frozen,
+        bulk: &[u8],
+    ) -> Result<(Self, RestoreSummary), RestoreFailure> {
+        let images = frozen.precopied.then_some((bulk, frozen.delta.as_slice()));
+        let (mut daemon, summary, outcomes) = Self::restore_with(
+            engine,
+            platform,
+            config,
+            &frozen.bytes,
+            &frozen.stream,
+            images,
+        )?;
+        let answer = frozen.asker.and_then(|(conn_id, header)| {
+            outcomes.iter().find_map(|&(id, o)| match o {
+                Outcome::Socket(c) | Outcome::Ring(c) if id == conn_id => Some((c, header)),
+                _ => None,
+            })
+        });
+        daemon.continuation = Some(super::precopy::Continuation::new(
+            frozen.continuation,
+            answer,
+        ));
+        Ok((daemon, summary))
+    }
+
+    fn restore_with(
+        engine: Engine,
+        platform: Platform,
+        config: &ShellConfig,
+        bytes: &[u8],
+        stream: &Stream,
+        images: Option<(&[u8], &[u8])>,
+    ) -> Result<Restored, RestoreFailure> {
         let t0 = Instant::now();
         let global = stream.global();
         // The old process passed this descriptor down for its listening
@@ -235,6 +288,14 @@ impl Daemon {
                 }
             }
         }
+        if let Some((bulk, delta)) = images {
+            // The engine took `bulk` before (while the old daemon served).
+            daemon.core.record(&BoundaryEvent::StoreImage(bulk));
+            daemon
+                .core
+                .apply(BoundaryEvent::StoreImage(delta), &mut |_, _, _, _| {})
+                .map_err(RestoreFailure::StoreImage)?;
+        }
         let report = daemon.core.restore(bytes, stream, &outcomes)?;
         summary.nodes = report.nodes;
         summary.watches = report.watches;
@@ -277,7 +338,7 @@ impl Daemon {
             summary.gone,
             t0.elapsed().as_millis()
         );
-        Ok((daemon, summary))
+        Ok((daemon, summary, outcomes))
     }
 
     /// Maps a restored ring again and gets its port: the inherited handle

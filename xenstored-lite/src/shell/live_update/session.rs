@@ -45,6 +45,22 @@ pub(in crate::shell) struct Session {
     /// the latest; an asker that stops polling (`-s` again) by then loses
     /// the session, so that held clients are never held for ever.
     pub(super) c_hold_until: Option<Instant>,
+    /// A pre-copy under way (after the dry run).
+    pub(super) precopy: Option<super::precopy::Phase>,
+    /// `-s` received: the dry run's state is being written (by a thread,
+    /// from a snapshot), and the dry run starts when it is.
+    pub(super) dry_state: Option<DryState>,
+}
+
+/// The dry run's state being written.
+#[derive(Debug)]
+pub(super) struct DryState {
+    thread: std::thread::JoinHandle<Result<usize, StateWriteError>>,
+    binary: PathBuf,
+    args: Vec<OsString>,
+    header: Header,
+    opts: StartOptions,
+    since: Instant,
 }
 
 /// How long past `-t` a hand-over to C waits for the next `-s` before it
@@ -120,6 +136,9 @@ enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// The thread writing the state panicked.
+    #[error("live-update: the thread writing the state panicked")]
+    StateThread,
     /// The new binary cannot be started.
     #[error("live-update refused: cannot start {}: {source}", binary.display())]
     Spawn {
@@ -208,6 +227,12 @@ impl Daemon {
                 _ => "Not in live-update session.".to_string(),
             })),
             ["-a"] => Ok(Some(match self.live_update.take() {
+                Some(s) if matches!(s.precopy, Some(super::precopy::Phase::Serving { .. })) => {
+                    // The new binary runs already, under our pid.
+                    self.live_update = Some(s);
+                    "live-update already handing over: the new binary is loading the store."
+                        .to_string()
+                }
                 Some(s) => {
                     tracing::info!("live-update: aborted");
                     self.end_session(s);
@@ -278,6 +303,8 @@ impl Daemon {
             c_start: None,
             c_wait_since: None,
             c_hold_until: None,
+            precopy: None,
+            dry_state: None,
         });
         "OK".to_string()
     }
@@ -293,21 +320,83 @@ impl Daemon {
                 s.c_start = Some((header, opts));
                 return None;
             }
-            Some(s) if s.conn == conn && s.start.is_none() => (
-                s.binary.clone(),
-                new_args(&self.exec_args, s.cmdline.as_deref()),
-            ),
+            Some(s)
+                if s.conn == conn
+                    && s.start.is_none()
+                    && s.precopy.is_none()
+                    && s.dry_state.is_none() =>
+            {
+                (
+                    s.binary.clone(),
+                    new_args(&self.exec_args, s.cmdline.as_deref()),
+                )
+            }
             Some(s) if s.conn == conn => return Some("live-update already starting.".into()),
             _ => return Some("Not in live-update session.".to_string()),
         };
         tracing::info!("live-update: start; dry run of {}", binary.display());
-        match self.start_dry_run(&binary, &args, header, opts) {
-            Ok(()) => None,
-            Err(e) => Some(e.to_string()),
+        // The state is written by a thread from a snapshot (the store is
+        // persistent): the loop serves on meanwhile.
+        match self.write_state_in_thread(opts.version) {
+            Ok(thread) => {
+                if let Some(s) = &mut self.live_update {
+                    s.dry_state = Some(DryState {
+                        thread,
+                        binary,
+                        args,
+                        header,
+                        opts,
+                        since: Instant::now(),
+                    });
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "live-update: cannot start the state's thread ({e}); writing it now"
+                );
+                match self
+                    .write_state(opts.version, None)
+                    .map_err(StartError::from)
+                    .and_then(|_| self.start_dry_run(&binary, &args, header, opts))
+                {
+                    Ok(()) => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }
         }
     }
 
-    /// Writes the state and starts the dry run of `binary`.
+    /// The dry run's state written: the dry run starts (or the update is
+    /// refused).
+    fn dry_state_poll(&mut self, state: DryState) {
+        let conn = self.live_update.as_ref().map_or(0, |s| s.conn);
+        let written = match state.thread.join() {
+            Ok(r) => r.map_err(StartError::from),
+            Err(_) => Err(StartError::StateThread),
+        };
+        let started = written.and_then(|size| {
+            tracing::info!(
+                "live-update: the dry run's state: {size} bytes written in {} ms (by a thread)",
+                state.since.elapsed().as_millis()
+            );
+            self.start_dry_run(&state.binary, &state.args, state.header, state.opts)
+        });
+        if let Err(e) = started {
+            tracing::warn!("{e}");
+            if let Some(s) = self.live_update.take() {
+                self.end_session(s);
+            }
+            self.core.apply_infallible(BoundaryEvent::Answer {
+                conn,
+                header: state.header,
+                answer: Answer::Text(e.to_string()),
+            });
+            self.settle();
+        }
+    }
+
+    /// Starts the dry run of `binary` on the state written.
     fn start_dry_run(
         &mut self,
         binary: &Path,
@@ -315,7 +404,6 @@ impl Daemon {
         header: Header,
         opts: StartOptions,
     ) -> Result<(), StartError> {
-        self.write_state(opts.version, None)?;
         // The dry run gets the state's path in its argument and an empty
         // run directory: a binary that does not know --dry-run (C
         // xenstored ignores it and would go on as a second daemon, taking
@@ -368,6 +456,11 @@ impl Daemon {
 
     fn end_session(&mut self, mut s: Session) {
         self.hold(false);
+        if let Some(d) = s.dry_state.take() {
+            // Its file is removed once written.
+            let _ = d.thread.join();
+            let _ = std::fs::remove_file(self.state_path());
+        }
         if let Some(start) = &mut s.start {
             let _ = start.child.kill();
             let _ = start.child.wait();
@@ -415,9 +508,13 @@ impl Daemon {
     /// Whether a dry run or a hand-over to C is under way (the loop then
     /// polls for its end, or for the end of holding).
     pub(in crate::shell) fn live_update_pending(&self) -> bool {
-        self.live_update
-            .as_ref()
-            .is_some_and(|s| s.start.is_some() || s.c_start.is_some() || s.c_hold_until.is_some())
+        self.live_update.as_ref().is_some_and(|s| {
+            s.start.is_some()
+                || s.dry_state.is_some()
+                || s.c_start.is_some()
+                || s.c_hold_until.is_some()
+                || s.precopy.is_some()
+        })
     }
 
     /// Moves a started update on: at the end of a loop turn, between
@@ -426,6 +523,12 @@ impl Daemon {
         let Some(session) = &mut self.live_update else {
             return;
         };
+        if session.precopy.is_some() {
+            if let Some(s) = self.live_update.take() {
+                self.precopy_poll(s);
+            }
+            return;
+        }
         let conn = session.conn;
         if !self.conns.contains_key(&conn) {
             tracing::warn!("live-update: the connection that asked for it is gone; aborted");
@@ -436,6 +539,16 @@ impl Daemon {
         }
         if let Some((header, opts)) = session.c_start.take() {
             return self.c_poll(header, opts);
+        }
+        if session
+            .dry_state
+            .as_ref()
+            .is_some_and(|d| d.thread.is_finished())
+        {
+            if let Some(d) = session.dry_state.take() {
+                self.dry_state_poll(d);
+            }
+            return;
         }
         if session.c_hold_until.is_some_and(|t| Instant::now() >= t) {
             tracing::warn!(
@@ -487,9 +600,20 @@ impl Daemon {
                 .to_string();
             return self.refuse(conn, header, &Refusal::DryRunFailed { status, last });
         }
-        let Some(session) = self.live_update.take() else {
+        let Some(mut session) = self.live_update.take() else {
             return;
         };
+        match super::precopy::blocker(&session.binary) {
+            None => {
+                session.start = None;
+                self.precopy_begin(&mut session, header, version);
+                if session.precopy.is_some() {
+                    self.live_update = Some(session);
+                    return;
+                }
+            }
+            Some(why) => tracing::info!("live-update: no pre-copy ({why}): a classic hand-over"),
+        }
         let why = self.hand_over(&session, header, version);
         // Only reached when the exec did not happen.
         self.live_update = Some(session);
@@ -534,7 +658,7 @@ impl Daemon {
         }
     }
 
-    fn refuse(&mut self, conn: ConnId, header: Header, why: &Refusal) {
+    pub(super) fn refuse(&mut self, conn: ConnId, header: Header, why: &Refusal) {
         tracing::warn!("live-update refused: {why}");
         // Ends the dry run and removes the state file and its scratch
         // directory (a refused update always had started).

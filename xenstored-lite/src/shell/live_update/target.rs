@@ -43,6 +43,20 @@ use crate::engine::Config;
 pub static LIVE_UPDATE_MARKER: [u8; 64] =
     *b"\0xenstored-lite live-update target: stream v1 v2, 7d1f5c3a9e42\0\0";
 
+/// The marker of our binaries that take a pre-copy live update
+/// (`--precopy=SOCKET,IMAGE`, `live_update::precopy`): one without it gets
+/// the whole state at the freeze, as before.
+#[used]
+pub static PRECOPY_MARKER: [u8; 64] =
+    *b"\0xenstored-lite live-update target: pre-copy v1, 5e0b93d4a7\0\0\0\0\0";
+
+/// Whether `binary` (one of ours: [`identify`] said so) takes a pre-copy
+/// live update. A file that cannot be read does not.
+pub fn takes_precopy(binary: &Path) -> bool {
+    let marker: &[u8] = std::hint::black_box(&PRECOPY_MARKER[..]);
+    std::fs::read(binary).is_ok_and(|data| contains(&data, marker))
+}
+
 /// The only C xenstored version whose live update we know.
 pub const SUPPORTED_C_VERSION: (u32, u32) = (4, 17);
 

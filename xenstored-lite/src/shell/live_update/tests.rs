@@ -1231,6 +1231,8 @@ fn c_session(d: &mut Daemon, c: &Client, binary: &Path, cmdline: Option<&str>) {
         c_start: None,
         c_wait_since: None,
         c_hold_until: None,
+        precopy: None,
+        dry_state: None,
     });
 }
 
