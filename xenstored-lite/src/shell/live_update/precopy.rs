@@ -66,6 +66,11 @@ use crate::shell::Daemon;
 /// `XSL_LU_PRECOPY=0` in the old daemon's environment: no pre-copy.
 pub const PRECOPY_ENV: &str = "XSL_LU_PRECOPY";
 
+/// For tests: `XSL_LU_PRECOPY_MIN_REQUESTS=N` makes the continuation serve
+/// at least N requests after the split before it freezes, so that a test
+/// knows changes were made while the store was being copied.
+pub const MIN_REQUESTS_ENV: &str = "XSL_LU_PRECOPY_MIN_REQUESTS";
+
 /// The new process's argument: `--precopy=SOCKET,IMAGE` (descriptors).
 pub const PRECOPY_ARG: &str = "--precopy";
 
@@ -128,17 +133,28 @@ pub(in crate::shell) enum Phase {
         version: Version,
     },
     /// Split: the continuation serves until the new process is `READY`.
-    Serving {
-        base: Store,
-        sock: OwnedFd,
-        header: Header,
-        version: Version,
-        /// Its copies of the new process's socket end and of the bulk
-        /// image, closed once the split is done.
-        theirs: [RawFd; 2],
-        since: Instant,
-        last_log: Instant,
-    },
+    Serving(Serving),
+}
+
+/// The continuation's pre-copy state.
+#[derive(Debug)]
+pub(in crate::shell) struct Serving {
+    base: Store,
+    sock: OwnedFd,
+    header: Header,
+    version: Version,
+    /// Its copies of the new process's socket end and of the bulk image,
+    /// closed once the split is done.
+    theirs: [RawFd; 2],
+    since: Instant,
+    last_log: Instant,
+    /// `READY` came (with whether the new process has the store).
+    ready: Option<bool>,
+    /// The engine's request count at the split.
+    requests_at_split: u64,
+    /// Requests to serve after the split before the freeze
+    /// ([`MIN_REQUESTS_ENV`]; 0 but in tests).
+    min_requests: u64,
 }
 
 /// The new process's reminder of the old daemon's continuation: reaped
@@ -249,58 +265,66 @@ impl Daemon {
                 };
                 self.precopy_split(session, base, bulk, header, version);
             }
-            Some(Phase::Serving {
-                base,
-                sock,
-                header,
-                version,
-                theirs,
-                since,
-                mut last_log,
-            }) => {
+            Some(Phase::Serving(mut serving)) => {
                 let mut buf = [0u8; 8];
-                let got =
-                    nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT);
+                let got = nix::sys::socket::recv(
+                    serving.sock.as_raw_fd(),
+                    &mut buf,
+                    MsgFlags::MSG_DONTWAIT,
+                );
+                let header = serving.header;
                 match got {
-                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {
-                        if last_log.elapsed() >= Duration::from_secs(10) {
-                            last_log = Instant::now();
-                            tracing::info!(
-                                "live-update: pre-copy: the new process is still loading \
-                                 the store ({} s)",
-                                since.elapsed().as_secs()
-                            );
-                        }
-                        session.precopy = Some(Phase::Serving {
-                            base,
-                            sock,
-                            header,
-                            version,
-                            theirs,
-                            since,
-                            last_log,
-                        });
-                        self.live_update = Some(session);
-                    }
-                    Ok(2) if buf[0] == READY => {
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                    Ok(2) if buf[0] == READY && serving.ready.is_none() => {
                         let have = buf[1] == 1;
                         tracing::info!(
-                            "live-update: pre-copy: the new process loaded the store in {} ms{}; \
-                             freezing",
-                            since.elapsed().as_millis(),
+                            "live-update: pre-copy: the new process loaded the store in {} ms{}",
+                            serving.since.elapsed().as_millis(),
                             if have {
                                 ""
                             } else {
                                 " (it could not: the whole state goes)"
                             }
                         );
-                        self.precopy_freeze(session, &base, &sock, header, version, have);
+                        serving.ready = Some(have);
                     }
-                    Ok(0) => self.precopy_lost(session, header, PrecopyError::Ended),
+                    Ok(0) => return self.precopy_lost(session, header, PrecopyError::Ended),
                     Ok(_) => {
-                        self.precopy_lost(session, header, PrecopyError::Protocol("not READY"))
+                        return self.precopy_lost(
+                            session,
+                            header,
+                            PrecopyError::Protocol("not READY"),
+                        )
                     }
-                    Err(e) => self.precopy_lost(session, header, PrecopyError::Channel(e.into())),
+                    Err(e) => {
+                        return self.precopy_lost(session, header, PrecopyError::Channel(e.into()))
+                    }
+                }
+                let served = self
+                    .core
+                    .engine()
+                    .requests()
+                    .saturating_sub(serving.requests_at_split);
+                match serving.ready {
+                    Some(have) if served >= serving.min_requests => {
+                        tracing::info!(
+                            "live-update: pre-copy: freezing ({served} requests served since \
+                             the split)"
+                        );
+                        self.precopy_freeze(session, &serving, have);
+                    }
+                    _ => {
+                        if serving.last_log.elapsed() >= Duration::from_secs(10) {
+                            serving.last_log = Instant::now();
+                            tracing::info!(
+                                "live-update: pre-copy: waiting for the new process ({} s; \
+                                 {served} requests served since the split)",
+                                serving.since.elapsed().as_secs()
+                            );
+                        }
+                        session.precopy = Some(Phase::Serving(serving));
+                        self.live_update = Some(session);
+                    }
                 }
             }
             None => self.live_update = Some(session),
@@ -354,7 +378,11 @@ impl Daemon {
             vec![theirs.as_raw_fd(), bulk.as_raw_fd()],
         );
         let binary = session.binary.clone();
-        session.precopy = Some(Phase::Serving {
+        let min_requests = std::env::var(MIN_REQUESTS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        session.precopy = Some(Phase::Serving(Serving {
             base,
             sock: ours,
             header,
@@ -362,7 +390,10 @@ impl Daemon {
             theirs: [theirs.as_raw_fd(), bulk.as_raw_fd()],
             since: Instant::now(),
             last_log: Instant::now(),
-        });
+            ready: None,
+            requests_at_split: self.core.engine().requests(),
+            min_requests,
+        }));
         self.live_update = Some(session);
         tracing::info!(
             "live-update: pre-copy: exec {} with the store image; serving on meanwhile",
@@ -385,15 +416,13 @@ impl Daemon {
 
     /// The freeze: the state goes to the new process, which takes over;
     /// else this process takes it back.
-    fn precopy_freeze(
-        &mut self,
-        session: Session,
-        base: &Store,
-        sock: &OwnedFd,
-        header: Header,
-        version: Version,
-        have_bulk: bool,
-    ) {
+    fn precopy_freeze(&mut self, session: Session, serving: &Serving, have_bulk: bool) {
+        let (base, sock, header, version) = (
+            &serving.base,
+            &serving.sock,
+            serving.header,
+            serving.version,
+        );
         let t0 = Instant::now();
         let conn = session.conn;
         // The new process answers `-s` once this one has ended.
@@ -512,8 +541,8 @@ impl Daemon {
 /// closed, the loop until the hand-over (or a signal, or an error).
 fn continue_serving(daemon: &mut Daemon) -> i32 {
     if let Some(session) = &daemon.live_update {
-        if let Some(Phase::Serving { theirs, .. }) = &session.precopy {
-            drop(split::own_copies(theirs));
+        if let Some(Phase::Serving(serving)) = &session.precopy {
+            drop(split::own_copies(&serving.theirs));
         }
     }
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

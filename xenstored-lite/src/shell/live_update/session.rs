@@ -227,7 +227,7 @@ impl Daemon {
                 _ => "Not in live-update session.".to_string(),
             })),
             ["-a"] => Ok(Some(match self.live_update.take() {
-                Some(s) if matches!(s.precopy, Some(super::precopy::Phase::Serving { .. })) => {
+                Some(s) if matches!(s.precopy, Some(super::precopy::Phase::Serving(_))) => {
                     // The new binary runs already, under our pid.
                     self.live_update = Some(s);
                     "live-update already handing over: the new binary is loading the store."
