@@ -185,7 +185,7 @@ fn test_xsl_lu_precopy_0_gives_the_classic_hand_over() {
     let dir = tempfile::tempdir().unwrap();
     let hv = MockXen::start(dir.path());
     let off = std::ffi::OsString::from("0");
-    let mut daemon = start(dir.path(), &hv, &[("XSL_LU_PRECOPY", &off)]);
+    let daemon = start(dir.path(), &hv, &[("XSL_LU_PRECOPY", &off)]);
     let pid = daemon.pid();
     let mut c = socket_client(&daemon.socket);
     for i in 0..100 {
