@@ -534,6 +534,11 @@ impl Daemon {
         let conn = session.conn;
         self.live_update = Some(session);
         self.refuse(conn, header, &HandOverError::Precopy(why).into());
+        // The new process may have begun its journal over ours: start ours
+        // anew from a snapshot (written to a new file, renamed over it).
+        if self.core.journal().is_some() && self.snapshot_job.is_none() {
+            self.start_snapshot();
+        }
     }
 }
 
