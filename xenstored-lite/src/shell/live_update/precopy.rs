@@ -403,15 +403,25 @@ impl Daemon {
         let why = split::exec_leaving_continuation(&plan, continue_serving, self);
         // Only reached when the exec did not happen.
         drop((theirs, bulk));
-        self.refuse(
-            conn,
-            header,
-            &HandOverError::Split {
-                binary,
-                source: why,
+        let session = self.live_update.take();
+        match (why, session) {
+            // The exec itself failed: as a classic exec's failure, refused.
+            (source @ split::SplitError::Exec(_), session) => {
+                self.live_update = session;
+                self.refuse(
+                    conn,
+                    header,
+                    &HandOverError::Split { binary, source }.into(),
+                );
             }
-            .into(),
-        );
+            // Nothing happened (a thread appeared, a call failed): the
+            // classic hand-over instead.
+            (why, Some(mut session)) => {
+                session.precopy = None;
+                self.precopy_classic(session, header, version, &why);
+            }
+            (_, None) => {}
+        }
     }
 
     /// The freeze: the state goes to the new process, which takes over;
