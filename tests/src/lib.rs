@@ -432,6 +432,8 @@ pub fn live_update<T: std::io::Read + std::io::Write>(
 /// One live update as the daemon's log reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LiveUpdateRecord {
+    /// Whether it was a pre-copy (its freeze wrote the state).
+    pub precopy: bool,
     /// Size of the state stream the old process wrote.
     pub stream_bytes: u64,
     /// How long the old process took to write it.
@@ -467,6 +469,7 @@ impl LiveUpdateLog {
                     .and_then(|t| t.split_whitespace().next()?.parse().ok());
                 if let (Some(stream_bytes), Some(write_ms)) = (bytes, ms) {
                     out.updates.push(LiveUpdateRecord {
+                        precopy: rest.contains("(pre-copy freeze"),
                         stream_bytes,
                         write_ms,
                         restore_ms: None,
@@ -586,7 +589,7 @@ mod unit {
 2026-11-21T18:57:15Z INFO x: live-update: wrote 39536 bytes of state in 2 ms; exec /a in b/x
 2026-11-21T18:57:15Z INFO x: xenstored-lite starting on mock-xen
 2026-11-21T18:57:15Z INFO x: live-update: restored 120 nodes, 3 watches, 2 socket and 1 ring connections (0 gone) in 13 ms
-2026-11-21T18:57:16Z INFO x: live-update: wrote 40000 bytes of state in 3 ms; exec /a/x
+2026-11-21T18:57:16Z INFO x: live-update: wrote 40000 bytes of state in 3 ms (pre-copy freeze: 39000 of stream without the committed nodes, 1000 of store changes); waiting
 ";
         let parsed = LiveUpdateLog::parse(log);
         assert_eq!(parsed.restored, 1);
@@ -594,12 +597,14 @@ mod unit {
             parsed.updates,
             vec![
                 LiveUpdateRecord {
+                    precopy: false,
                     stream_bytes: 39536,
                     write_ms: 2.0,
                     restore_ms: Some(13.0),
                     restored_nodes: Some(120),
                 },
                 LiveUpdateRecord {
+                    precopy: true,
                     stream_bytes: 40000,
                     write_ms: 3.0,
                     restore_ms: None,

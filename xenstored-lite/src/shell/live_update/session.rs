@@ -47,6 +47,8 @@ pub(in crate::shell) struct Session {
     pub(super) c_hold_until: Option<Instant>,
     /// A pre-copy under way (after the dry run).
     pub(super) precopy: Option<super::precopy::Phase>,
+    /// The new binary takes a pre-copy (it said so at `-f`).
+    pub(super) precopy_target: bool,
     /// `-s` received: the dry run's state is being written (by a thread,
     /// from a snapshot), and the dry run starts when it is.
     pub(super) dry_state: Option<DryState>,
@@ -197,12 +199,13 @@ pub(super) enum CHandOver {
 /// binary that is given the dry run (ours, or one we cannot tell, which
 /// the dry run then judges). C-like files we cannot hand over to are
 /// refused.
-fn target_kind(binary: &Path) -> Result<Option<(u32, u32)>, TargetError> {
+/// Also whether it takes a pre-copy (ours, with the pre-copy marker).
+fn target_kind(binary: &Path) -> Result<(Option<(u32, u32)>, bool), TargetError> {
     match target::identify(binary) {
-        Ok(Target::XenstoredLite) => Ok(None),
-        Ok(Target::CXenstored { version }) => Ok(Some(version)),
-        Err(TargetError::Script { candidates, .. }) if candidates.is_empty() => Ok(None),
-        Err(TargetError::NotElf { .. } | TargetError::Unknown { .. }) => Ok(None),
+        Ok(Target::XenstoredLite { precopy }) => Ok((None, precopy)),
+        Ok(Target::CXenstored { version }) => Ok((Some(version), false)),
+        Err(TargetError::Script { candidates, .. }) if candidates.is_empty() => Ok((None, false)),
+        Err(TargetError::NotElf { .. } | TargetError::Unknown { .. }) => Ok((None, false)),
         Err(e) => Err(e),
     }
 }
@@ -267,7 +270,7 @@ impl Daemon {
         if self.live_update.is_some() {
             return "live-update session already active.".to_string();
         }
-        let c_version = match std::fs::metadata(binary) {
+        let (c_version, precopy_target) = match std::fs::metadata(binary) {
             // C 4.17's answers word for word (xenstore-control prints
             // them); the details go to the log.
             Err(e) => {
@@ -304,6 +307,7 @@ impl Daemon {
             c_wait_since: None,
             c_hold_until: None,
             precopy: None,
+            precopy_target,
             dry_state: None,
         });
         "OK".to_string()
@@ -603,7 +607,7 @@ impl Daemon {
         let Some(mut session) = self.live_update.take() else {
             return;
         };
-        match super::precopy::blocker(&session.binary) {
+        match super::precopy::blocker(session.precopy_target) {
             None => {
                 session.start = None;
                 self.precopy_begin(&mut session, header, version);

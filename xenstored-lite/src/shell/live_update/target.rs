@@ -45,17 +45,10 @@ pub static LIVE_UPDATE_MARKER: [u8; 64] =
 
 /// The marker of our binaries that take a pre-copy live update
 /// (`--precopy=SOCKET,IMAGE`, `live_update::precopy`): one without it gets
-/// the whole state at the freeze, as before.
+/// the classic hand-over.
 #[used]
 pub static PRECOPY_MARKER: [u8; 64] =
     *b"\0xenstored-lite live-update target: pre-copy v1, 5e0b93d4a7\0\0\0\0\0";
-
-/// Whether `binary` (one of ours: [`identify`] said so) takes a pre-copy
-/// live update. A file that cannot be read does not.
-pub fn takes_precopy(binary: &Path) -> bool {
-    let marker: &[u8] = std::hint::black_box(&PRECOPY_MARKER[..]);
-    std::fs::read(binary).is_ok_and(|data| contains(&data, marker))
-}
 
 /// The only C xenstored version whose live update we know.
 pub const SUPPORTED_C_VERSION: (u32, u32) = (4, 17);
@@ -85,7 +78,11 @@ const MAX_SIZE: u64 = 1 << 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// One of our own binaries (it carries [`LIVE_UPDATE_MARKER`]).
-    XenstoredLite,
+    XenstoredLite {
+        /// It takes a pre-copy live update (it carries
+        /// [`PRECOPY_MARKER`]).
+        precopy: bool,
+    },
     /// Xen's C xenstored (only [`SUPPORTED_C_VERSION`] is returned).
     CXenstored {
         /// Its Xen version (major, minor), from its libxenctrl soname.
@@ -349,7 +346,10 @@ fn classify(path: &Path, data: &[u8], xen_lib: &Path) -> Result<Target, TargetEr
     }
     let marker: &[u8] = std::hint::black_box(&LIVE_UPDATE_MARKER[..]);
     if contains(data, marker) {
-        return Ok(Target::XenstoredLite);
+        let precopy: &[u8] = std::hint::black_box(&PRECOPY_MARKER[..]);
+        return Ok(Target::XenstoredLite {
+            precopy: contains(data, precopy),
+        });
     }
     let version = elf.needed.iter().find_map(|n| libxenctrl_version(n));
     let is_c = contains(data, C_USAGE);

@@ -178,7 +178,17 @@ fn test_identify_marker_in_elf_is_ours() {
     let mut data = ls();
     data.extend_from_slice(&LIVE_UPDATE_MARKER);
     let path = file(dir.path(), "xenstored-lite", &data, 0o755);
-    assert_eq!(identify(&path).unwrap(), Target::XenstoredLite);
+    assert_eq!(
+        identify(&path).unwrap(),
+        Target::XenstoredLite { precopy: false }
+    );
+    let mut both = data.clone();
+    both.extend_from_slice(&PRECOPY_MARKER);
+    let path = file(dir.path(), "xenstored-lite-new", &both, 0o755);
+    assert_eq!(
+        identify(&path).unwrap(),
+        Target::XenstoredLite { precopy: true }
+    );
     // Without it the same ELF is some other program.
     let path = file(dir.path(), "plain", &ls(), 0o755);
     assert!(matches!(identify(&path), Err(TargetError::Unknown { .. })));
@@ -189,7 +199,10 @@ fn test_identify_marker_in_elf_is_ours() {
 #[test]
 fn test_identify_linked_binary_keeps_marker() {
     let exe = std::env::current_exe().unwrap();
-    assert_eq!(identify(&exe).unwrap(), Target::XenstoredLite);
+    assert_eq!(
+        identify(&exe).unwrap(),
+        Target::XenstoredLite { precopy: true }
+    );
 }
 
 #[test]
@@ -277,7 +290,7 @@ fn test_identify_crafted_elf() {
     ours.extend_from_slice(&LIVE_UPDATE_MARKER);
     assert_eq!(
         identify_bytes(&fake_elf(64, m, &ctrl, &ours)).unwrap(),
-        Target::XenstoredLite
+        Target::XenstoredLite { precopy: false }
     );
     // C's strings without libxenctrl: a xenstored of unknown version.
     let err = identify_bytes(&fake_elf(64, m, &["libc.so.6"], &c)).unwrap_err();

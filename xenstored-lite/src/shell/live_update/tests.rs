@@ -1232,6 +1232,7 @@ fn c_session(d: &mut Daemon, c: &Client, binary: &Path, cmdline: Option<&str>) {
         c_wait_since: None,
         c_hold_until: None,
         precopy: None,
+        precopy_target: false,
         dry_state: None,
     });
 }
