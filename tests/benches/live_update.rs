@@ -12,7 +12,8 @@
 //! the last reply of the old process to the first of the new. Without
 //! `--bench` (as `cargo test --all-targets` runs it) it does the same at a
 //! small size, once. `LU_BENCH_NODES=N` sets the number of nodes;
-//! `LU_BENCH_LOG=1` prints the daemon's live-update log lines.
+//! `LU_BENCH_LOG=1` prints the daemon's live-update log lines;
+//! `LU_BENCH_JOURNAL=1` runs both daemons with the crash journal on.
 
 use std::time::{Duration, Instant};
 
@@ -105,11 +106,13 @@ fn scenario(size: &Size, label: &str, env: &[(&str, &str)]) -> Duration {
     let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let dir = tempfile::tempdir().unwrap();
     let hv = MockXen::start(dir.path());
-    let mut daemon = Daemon::start_env(
-        dir.path(),
-        &["--mock-xen", hv.socket.to_str().unwrap()],
-        &env,
-    );
+    let mut args = vec!["--mock-xen", hv.socket.to_str().unwrap()];
+    if std::env::var_os("LU_BENCH_JOURNAL").is_some() {
+        // The crash journal on (in the test directory), as on a host
+        // whose run directory is a tmpfs.
+        args.push("--journal=on");
+    }
+    let mut daemon = Daemon::start_env(dir.path(), &args, &env);
     let pid = daemon.pid();
     let binary = tests::bin("xenstored-lite");
     println!("live update ({label}): {}", binary.display());
