@@ -242,16 +242,38 @@ fn precopy_take(
     config: &Config,
 ) -> Result<(Engine, Vec<u8>, PrecopyFrozen), StartError> {
     let t0 = std::time::Instant::now();
-    let mut engine = Engine::new(config.clone());
     let bulk = incoming.bulk();
-    let loaded = match &bulk {
-        Ok(image) => engine.apply_store_image(image).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // Loaded by a thread of lower priority: the old daemon serves on the
+    // same CPUs meanwhile.
+    let thread_config = config.clone();
+    let loading = std::thread::Builder::new()
+        .name("lu-load".into())
+        .spawn(move || {
+            xenstored_lite::shell::os::lower_this_thread();
+            let mut engine = Engine::new(thread_config);
+            let loaded = match &bulk {
+                Ok(image) => engine.apply_store_image(image).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            (engine, bulk.unwrap_or_default(), loaded)
+        });
+    let (mut engine, bulk, loaded) = match loading.map(std::thread::JoinHandle::join) {
+        Ok(Ok(done)) => done,
+        Ok(Err(_)) => (
+            Engine::new(config.clone()),
+            Vec::new(),
+            Err("the loading thread panicked".to_string()),
+        ),
+        Err(e) => (
+            Engine::new(config.clone()),
+            Vec::new(),
+            Err(format!("cannot start a thread: {e}")),
+        ),
     };
     match &loaded {
         Ok(()) => tracing::info!(
             "live-update: pre-copy: loaded the store image ({} octets) in {} ms",
-            bulk.as_ref().map_or(0, Vec::len),
+            bulk.len(),
             t0.elapsed().as_millis()
         ),
         Err(e) => tracing::warn!("live-update: pre-copy: the store image: {e}; asking for it all"),
@@ -260,7 +282,7 @@ fn precopy_take(
     if !frozen.precopied {
         engine = Engine::new(config.clone());
     }
-    Ok((engine, bulk.unwrap_or_default(), frozen))
+    Ok((engine, bulk, frozen))
 }
 
 fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), StartError> {

@@ -288,6 +288,43 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     SIGNALLED.store(true, Ordering::Relaxed);
 }
 
+/// How much nicer than the serving loop a live update's background work
+/// runs (the dry run, the threads that write the state and the store
+/// image): on a host with few CPUs it must not take the loop's.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Makes the calling thread `BACKGROUND_NICE` nicer (Linux's nice value is
+/// per thread); a failure is logged, not fatal.
+pub fn lower_this_thread() {
+    // SAFETY: gettid and setpriority take and return plain integers.
+    let done = unsafe {
+        let tid = nix::libc::gettid();
+        nix::libc::setpriority(
+            nix::libc::PRIO_PROCESS,
+            u32::try_from(tid).unwrap_or(0),
+            BACKGROUND_NICE,
+        )
+    };
+    if done != 0 {
+        tracing::debug!(
+            "cannot lower a background thread's priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Makes process `pid` (a child just started) `BACKGROUND_NICE` nicer.
+pub fn lower_process(pid: u32) {
+    // SAFETY: setpriority takes and returns plain integers.
+    let done = unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, pid, BACKGROUND_NICE) };
+    if done != 0 {
+        tracing::debug!(
+            "cannot lower process {pid}'s priority: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
 /// Makes each of `signals` set the flag [`signalled`] reads, instead of
 /// its default action.
 pub fn flag_signals(signals: &[Signal]) -> nix::Result<()> {

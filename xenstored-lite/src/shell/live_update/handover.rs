@@ -128,6 +128,7 @@ impl Daemon {
         std::thread::Builder::new()
             .name("lu-state".into())
             .spawn(move || {
+                crate::shell::os::lower_this_thread();
                 records.extend(crate::engine::Engine::node_records(&store));
                 records.extend(rest);
                 let bytes = stream_of(version, records).to_bytes()?;

@@ -206,12 +206,17 @@ impl Daemon {
         header: Header,
         version: Version,
     ) {
-        let _ = std::fs::remove_file(self.state_path());
         let base = self.core.engine().store().clone();
         let snapshot = base.clone();
+        let dry_state = self.state_path();
         let thread = std::thread::Builder::new()
             .name("lu-bulk".into())
-            .spawn(move || split::memfd_with("xenstored-lite-store", &snapshot.image(None)));
+            .spawn(move || {
+                crate::shell::os::lower_this_thread();
+                // The dry run's (as large as the store: not on the loop).
+                let _ = std::fs::remove_file(dry_state);
+                split::memfd_with("xenstored-lite-store", &snapshot.image(None))
+            });
         match thread {
             Ok(thread) => {
                 tracing::info!(

@@ -433,6 +433,7 @@ impl Daemon {
             .spawn();
         match child {
             Ok(child) => {
+                crate::shell::os::lower_process(child.id());
                 if let Some(s) = &mut self.live_update {
                     s.start = Some(Start {
                         header,
