@@ -259,7 +259,7 @@ impl Engine {
             limits: self.limits(&who),
             home: home.as_deref(),
         };
-        let abs = canonical(&ctx, args[0], true)?;
+        let abs = canonical(&ctx, args[0], true)?.into_owned();
         let path = text(args[0])?;
         let token = text(args[1])?;
         if path.len() + token.len() + 2 > xenring::wire::PAYLOAD_MAX {
