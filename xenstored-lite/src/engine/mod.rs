@@ -482,11 +482,21 @@ impl Engine {
     /// owners of the nodes `events` changed can have moved, so only they
     /// are looked at (a transaction's requests look at their own domain).
     fn check_soft_memory(&mut self, events: &[Change]) {
-        let owners: BTreeSet<DomId> = events
-            .iter()
-            .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
-            .filter_map(|p| p.first().map(|owner| owner.domid))
-            .collect();
+        let owners = || {
+            events
+                .iter()
+                .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
+                .filter_map(|p| p.first().map(|owner| owner.domid))
+        };
+        // Mostly one owner (one node written): no set is built for it.
+        let Some(first) = owners().next() else {
+            return;
+        };
+        if owners().all(|d| d == first) {
+            self.soft_memory(first);
+            return;
+        }
+        let owners: BTreeSet<DomId> = owners().collect();
         for d in owners {
             self.soft_memory(d);
         }
