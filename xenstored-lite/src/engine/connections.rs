@@ -442,14 +442,16 @@ impl Engine {
                 msg.header.len = u32::try_from(msg.payload.len()).unwrap_or(u32::MAX);
             }
         }
-        let privileged = match self.conns.get(&conn) {
-            Some(c) => self.who(c).privileged,
-            None => return,
-        };
         let max = self.config.max_queued_bytes;
         let current = self.events.current;
+        let priv_domid = self.config.priv_domid;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
+        };
+        // `who(c).privileged`, without looking up the domain's target.
+        let privileged = match c.kind {
+            ConnKind::Socket => true,
+            ConnKind::Domain(domid) => domid == priv_domid,
         };
         if event && c.has_event(&msg.payload) {
             return; // an identical event is still waiting: one is enough

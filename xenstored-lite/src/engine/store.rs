@@ -557,20 +557,20 @@ impl Store {
     /// snapshot is changed in place). Accounting follows the owner;
     /// `false`, and nothing done, if there is no such node.
     pub fn overwrite(&mut self, path: &str, value: Arc<[u8]>, perms: Arc<[Perm]>) -> bool {
-        let Some(old) = self.nodes.get(path) else {
-            return false;
-        };
-        let (old_owner, old_cost) = (old.owner(), Node::cost(path, &old.value, &old.perms));
-        self.version += 1;
-        let generation = self.next_gen();
         let new_owner = perms.first().map_or(0, |p| p.domid);
         let new_cost = Node::cost(path, &value, &perms);
-        if let Some(slot) = self.nodes.get_mut(path) {
-            let node = Arc::make_mut(slot);
-            node.value = value;
-            node.perms = perms;
-            node.generation = generation;
-        }
+        // One lookup finds it and makes it ours to change.
+        let generation = self.next_generation;
+        let Some(slot) = self.nodes.get_mut(path) else {
+            return false;
+        };
+        let (old_owner, old_cost) = (slot.owner(), Node::cost(path, &slot.value, &slot.perms));
+        let node = Arc::make_mut(slot);
+        node.value = value;
+        node.perms = perms;
+        node.generation = generation;
+        self.version += 1;
+        self.next_generation += 1;
         if accounted(path) {
             if old_owner == new_owner {
                 // One change of the account (the node's charge moves by
