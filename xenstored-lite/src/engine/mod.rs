@@ -21,6 +21,7 @@ mod connections;
 mod control;
 mod dispatch;
 mod domains;
+pub(crate) mod idmap;
 pub mod lu_state;
 pub mod ops;
 pub mod perms;
@@ -43,6 +44,7 @@ use xenring::{DomId, Header, MsgType, XsErrno};
 
 use connections::{Conn, EventHolds};
 use domains::{Domain, PendingIntroduce};
+use idmap::IdMap;
 use ops::{Change, Limits};
 use perms::Who;
 use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
@@ -274,7 +276,7 @@ pub struct Counters {
 pub struct Engine {
     config: Config,
     store: Store,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: IdMap<Conn>,
     domains: BTreeMap<DomId, Domain>,
     domain_quotas: BTreeMap<DomId, DomainQuotas>,
     watches: Watches,
@@ -343,7 +345,7 @@ impl Engine {
         Self {
             config,
             store,
-            conns: BTreeMap::new(),
+            conns: IdMap::new(),
             domains: BTreeMap::new(),
             domain_quotas: BTreeMap::new(),
             watches: Watches::default(),
