@@ -32,6 +32,7 @@ use alloc::vec::Vec;
 use xenring::codec::Message;
 use xenring::{Header, MsgType, XsErrno};
 
+use super::idmap::IdMap;
 use super::perms::Who;
 use super::quota::QuotaKind;
 use super::transactions::Transaction;
@@ -200,7 +201,7 @@ impl Conn {
 
 /// A message left a queue (taken, expired, dropped, or its connection
 /// gone): the counts of the request it belongs to follow.
-fn settle_hold(holds: &mut EventHolds, conns: &mut BTreeMap<ConnId, Conn>, q: &Queued) {
+fn settle_hold(holds: &mut EventHolds, conns: &mut IdMap<Conn>, q: &Queued) {
     let Some(seq) = q.req else {
         return;
     };
@@ -223,7 +224,7 @@ fn settle_hold(holds: &mut EventHolds, conns: &mut BTreeMap<ConnId, Conn>, q: &Q
 }
 
 /// Lets request `seq` go: its source no longer waits for its events.
-fn release_hold(holds: &mut EventHolds, conns: &mut BTreeMap<ConnId, Conn>, seq: u64) {
+fn release_hold(holds: &mut EventHolds, conns: &mut IdMap<Conn>, seq: u64) {
     let Some(h) = holds.held.remove(&seq) else {
         return;
     };
@@ -442,14 +443,16 @@ impl Engine {
                 msg.header.len = u32::try_from(msg.payload.len()).unwrap_or(u32::MAX);
             }
         }
-        let privileged = match self.conns.get(&conn) {
-            Some(c) => self.who(c).privileged,
-            None => return,
-        };
         let max = self.config.max_queued_bytes;
         let current = self.events.current;
+        let priv_domid = self.config.priv_domid;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
+        };
+        // `who(c).privileged`, without looking up the domain's target.
+        let privileged = match c.kind {
+            ConnKind::Socket => true,
+            ConnKind::Domain(domid) => domid == priv_domid,
         };
         if event && c.has_event(&msg.payload) {
             return; // an identical event is still waiting: one is enough

@@ -21,6 +21,7 @@ mod connections;
 mod control;
 mod dispatch;
 mod domains;
+pub(crate) mod idmap;
 pub mod lu_state;
 pub mod ops;
 pub mod perms;
@@ -43,6 +44,7 @@ use xenring::{DomId, Header, MsgType, XsErrno};
 
 use connections::{Conn, EventHolds};
 use domains::{Domain, PendingIntroduce};
+use idmap::IdMap;
 use ops::{Change, Limits};
 use perms::Who;
 use quota::{effective, within, DomainQuotas, QuotaKind, Quotas};
@@ -274,7 +276,7 @@ pub struct Counters {
 pub struct Engine {
     config: Config,
     store: Store,
-    conns: BTreeMap<ConnId, Conn>,
+    conns: IdMap<Conn>,
     domains: BTreeMap<DomId, Domain>,
     domain_quotas: BTreeMap<DomId, DomainQuotas>,
     watches: Watches,
@@ -346,7 +348,7 @@ impl Engine {
         Self {
             config,
             store,
-            conns: BTreeMap::new(),
+            conns: IdMap::new(),
             domains: BTreeMap::new(),
             domain_quotas: BTreeMap::new(),
             watches: Watches::default(),
@@ -504,11 +506,21 @@ impl Engine {
     /// owners of the nodes `events` changed can have moved, so only they
     /// are looked at (a transaction's requests look at their own domain).
     fn check_soft_memory(&mut self, events: &[Change]) {
-        let owners: BTreeSet<DomId> = events
-            .iter()
-            .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
-            .filter_map(|p| p.first().map(|owner| owner.domid))
-            .collect();
+        let owners = || {
+            events
+                .iter()
+                .flat_map(|e| e.perms.iter().chain(e.removed.iter().map(|(_, p)| p)))
+                .filter_map(|p| p.first().map(|owner| owner.domid))
+        };
+        // Mostly one owner (one node written): no set is built for it.
+        let Some(first) = owners().next() else {
+            return;
+        };
+        if owners().all(|d| d == first) {
+            self.soft_memory(first);
+            return;
+        }
+        let owners: BTreeSet<DomId> = owners().collect();
         for d in owners {
             self.soft_memory(d);
         }

@@ -3,7 +3,7 @@
 //! store, a caller and a payload, so that a transaction can run them on its
 //! snapshot and re-run them on the current store at commit.
 
-use alloc::format;
+use alloc::borrow::Cow;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec;
@@ -17,7 +17,7 @@ use xenring::{MsgType, Perm, XsErrno};
 use super::dispatch::store_op;
 use super::perms::{access, Who};
 use super::quota::within;
-use super::store::{parent, Node, Store};
+use super::store::{parent, Listing, Node, Store};
 
 /// A change to the tree, which fires the watches on its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,16 +63,25 @@ pub type OpResult = Result<Vec<u8>, XsErrno>;
 
 /// Turns a path argument into a canonical path (relative paths are allowed
 /// for domain callers only; `@` paths only where `special` is allowed).
-pub fn canonical(ctx: &Ctx<'_>, raw: &[u8], special: bool) -> Result<String, XsErrno> {
+///
+/// An absolute or special path is the argument itself, borrowed; only a
+/// relative one is built (the home, `/`, the argument).
+pub fn canonical<'a>(ctx: &Ctx<'_>, raw: &'a [u8], special: bool) -> Result<Cow<'a, str>, XsErrno> {
     let kind = validate_path(raw).map_err(|_| XsErrno::EINVAL)?;
     // Validated paths are ASCII.
     let text = core::str::from_utf8(raw).map_err(|_| XsErrno::EINVAL)?;
     let path = match kind {
-        PathKind::Absolute => text.to_string(),
-        PathKind::Special if special => text.to_string(),
+        PathKind::Absolute => Cow::Borrowed(text),
+        PathKind::Special if special => Cow::Borrowed(text),
         PathKind::Special => return Err(XsErrno::EINVAL),
         PathKind::Relative => match ctx.home {
-            Some(home) => format!("{home}/{text}"),
+            Some(home) => {
+                let mut path = String::with_capacity(home.len() + 1 + text.len());
+                path.push_str(home);
+                path.push('/');
+                path.push_str(text);
+                Cow::Owned(path)
+            }
             None => return Err(XsErrno::EINVAL),
         },
     };
@@ -175,7 +184,10 @@ pub fn directory(
     if list.as_slice().len() > xenring::wire::PAYLOAD_MAX {
         return Err(XsErrno::E2BIG);
     }
-    Ok(list.as_slice().to_vec())
+    Ok(match list {
+        Listing::Built(list) => list,
+        Listing::Cached(list) => list.to_vec(),
+    })
 }
 
 /// `GET_PERMS <path>` (special paths too).
@@ -254,7 +266,7 @@ fn write(
                 return Err(MEMORY_QUOTA);
             }
         }
-        store.put_node(Arc::from(path), Arc::from(value), Arc::clone(&perms));
+        store.overwrite(path, Arc::from(value), Arc::clone(&perms));
         events.push(Change {
             path: path.to_string(),
             perms: vec![perms],
@@ -387,9 +399,9 @@ pub fn set_perms(
     let old = Arc::clone(&node.perms);
     let value = Arc::clone(&node.value);
     let new: Arc<[Perm]> = Arc::from(perms);
-    store.put_node(Arc::from(path.as_str()), value, Arc::clone(&new));
+    store.put_node(Arc::from(&*path), value, Arc::clone(&new));
     events.push(Change {
-        path,
+        path: path.into_owned(),
         perms: vec![old, new],
         removed: Vec::new(),
     });

@@ -57,7 +57,8 @@ impl Node {
 
     /// The `DIRECTORY` payload: each child's name NUL-terminated.
     pub fn children_payload(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let len = self.children.iter().map(|c| c.len() + 1).sum();
+        let mut out = Vec::with_capacity(len);
         for child in &self.children {
             out.extend_from_slice(child.as_bytes());
             out.push(0);
@@ -551,6 +552,41 @@ impl Store {
             );
         }
         self.nodes.insert(path, Arc::new(node));
+    }
+
+    /// Replaces an existing node's value and permissions, keeping its
+    /// children and creation: what [`Store::put_node`] does to a node that
+    /// exists, without building its path (a node not shared with a
+    /// snapshot is changed in place). Accounting follows the owner;
+    /// `false`, and nothing done, if there is no such node.
+    pub fn overwrite(&mut self, path: &str, value: Arc<[u8]>, perms: Arc<[Perm]>) -> bool {
+        let new_owner = perms.first().map_or(0, |p| p.domid);
+        let new_cost = Node::cost(path, &value, &perms);
+        // One lookup finds it and makes it ours to change.
+        let generation = self.next_generation;
+        let Some(slot) = self.nodes.get_mut(path) else {
+            return false;
+        };
+        let (old_owner, old_cost) = (slot.owner(), Node::cost(path, &slot.value, &slot.perms));
+        let node = Arc::make_mut(slot);
+        node.value = value;
+        node.perms = perms;
+        node.generation = generation;
+        self.version += 1;
+        self.next_generation += 1;
+        if accounted(path) {
+            if old_owner == new_owner {
+                // One change of the account (the node's charge moves by
+                // the difference), as the two below come to.
+                if new_cost != old_cost {
+                    self.charge(old_owner, 0, new_cost as i64 - old_cost as i64);
+                }
+            } else {
+                self.charge(old_owner, -1, -(old_cost as i64));
+                self.charge(new_owner, 1, new_cost as i64);
+            }
+        }
+        true
     }
 
     fn link_child(&mut self, parent: &str, child: &str) {

@@ -489,3 +489,57 @@ fn test_child_iter_len_counts_down_from_both_ends() {
     }
     assert!(it.next().is_none() && it.next_back().is_none());
 }
+
+/// `overwrite` leaves the store `put_node` leaves for a node that exists
+/// (value, permissions, children, creation, generation, accounts,
+/// version), the owner kept or changed, shared with a snapshot or not; a
+/// missing node is left alone.
+#[test]
+fn test_overwrite_is_put_node_of_an_existing_node() {
+    let five = perms(&[(PermKind::None, 5)]);
+    let seven = perms(&[(PermKind::Read, 7), (PermKind::Write, 5)]);
+    let mut base = Store::new(0);
+    put(&mut base, "/a", b"", &five);
+    put(&mut base, "/a/b", b"old value", &five);
+    put(&mut base, "/a/b/c", b"", &five);
+    put(&mut base, "/a/d", b"x", &seven);
+    type Case<'a> = (&'a str, &'a [u8], &'a Arc<[Perm]>);
+    let cases: &[Case<'_>] = &[
+        ("/a/b", b"new", &five),
+        ("/a/b", b"old value", &five),
+        ("/a/b", b"a longer value than before", &five),
+        ("/a/b", b"", &seven),
+        ("/a/d", b"yy", &five),
+        ("@releaseDomain", b"v", &five),
+    ];
+    for &(path, value, p) in cases {
+        for shared in [false, true] {
+            let mut by_put = base.clone();
+            let mut by_overwrite = base.clone();
+            let snapshot = shared.then(|| by_overwrite.clone());
+            put(&mut by_put, path, value, p);
+            assert!(by_overwrite.overwrite(path, Arc::from(value), Arc::clone(p)));
+            let dump = |s: &Store| {
+                let nodes: Vec<_> = s
+                    .parents_first()
+                    .into_iter()
+                    .map(|(p, n)| (p, (*n).clone()))
+                    .collect();
+                (nodes, s.accounts(), s.version())
+            };
+            assert_eq!(dump(&by_overwrite), dump(&by_put), "{path} {shared}");
+            assert!(
+                by_overwrite.check().is_empty(),
+                "{:?}",
+                by_overwrite.check()
+            );
+            if let Some(snapshot) = snapshot {
+                assert_eq!(dump(&snapshot), dump(&base), "the snapshot is left alone");
+            }
+        }
+    }
+    let mut s = base.clone();
+    assert!(!s.overwrite("/a/missing", Arc::from(&b"v"[..]), Arc::clone(&five)));
+    assert!(s.get("/a/missing").is_none());
+    assert_eq!(s.version(), base.version());
+}

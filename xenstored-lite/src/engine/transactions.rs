@@ -800,7 +800,7 @@ fn op_target(ctx: &Ctx<'_>, ty: MsgType, payload: &[u8]) -> Option<(String, bool
     let raw = (target.path)(payload)?;
     canonical(ctx, raw, target.special)
         .ok()
-        .map(|path| (path, target.creates))
+        .map(|path| (path.into_owned(), target.creates))
 }
 
 /// Stream order of a transaction's nodes: special nodes, then the tree,

@@ -61,12 +61,14 @@ pub struct Watch {
 impl Watch {
     /// The event path reported for a change at canonical `event`.
     pub fn event_path(&self, event: &str) -> String {
+        self.reported_path(event).to_string()
+    }
+
+    /// [`Watch::event_path`], borrowed from `event`.
+    pub fn reported_path<'a>(&self, event: &'a str) -> &'a str {
         match &self.relative_prefix {
-            Some(prefix) => event
-                .strip_prefix(prefix.as_str())
-                .unwrap_or(event)
-                .to_string(),
-            None => event.to_string(),
+            Some(prefix) => event.strip_prefix(prefix.as_str()).unwrap_or(event),
+            None => event,
         }
     }
 
@@ -96,6 +98,9 @@ pub struct Watches {
     by_path: HashMap<String, BTreeSet<WatchId>>,
     /// The watched paths, ordered, for the range scan below a removed node.
     paths: BTreeSet<String>,
+    /// How many of `paths` have each length (index): an ancestor of an
+    /// event whose length no watched path has is not hashed and looked up.
+    lengths: Vec<u32>,
     by_key: BTreeMap<(ConnId, String, String), WatchId>,
     next: WatchId,
 }
@@ -113,7 +118,15 @@ impl Watches {
             .entry(watch.abs.clone())
             .or_default()
             .insert(id);
-        self.paths.insert(watch.abs.clone());
+        if self.paths.insert(watch.abs.clone()) {
+            let len = watch.abs.len();
+            if self.lengths.len() <= len {
+                self.lengths.resize(len + 1, 0);
+            }
+            if let Some(n) = self.lengths.get_mut(len) {
+                *n += 1;
+            }
+        }
         self.by_key
             .insert((watch.conn, watch.path.clone(), watch.token.clone()), id);
         self.by_id.insert(id, watch);
@@ -142,7 +155,11 @@ impl Watches {
                 ids.remove(&id);
                 if ids.is_empty() {
                     self.by_path.remove(&w.abs);
-                    self.paths.remove(&w.abs);
+                    if self.paths.remove(&w.abs) {
+                        if let Some(n) = self.lengths.get_mut(w.abs.len()) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
                 }
             }
         }
@@ -197,8 +214,10 @@ impl Watches {
         let mut ids: Vec<WatchId> = Vec::new();
         let mut at = Some(event);
         while let Some(p) = at {
-            if let Some(v) = self.by_path.get(p) {
-                ids.extend(v.iter().copied());
+            if self.lengths.get(p.len()).is_some_and(|&n| n > 0) {
+                if let Some(v) = self.by_path.get(p) {
+                    ids.extend(v.iter().copied());
+                }
             }
             at = parent(p);
         }
@@ -259,7 +278,7 @@ impl Engine {
             limits: self.limits(&who),
             home: home.as_deref(),
         };
-        let abs = canonical(&ctx, args[0], true)?;
+        let abs = canonical(&ctx, args[0], true)?.into_owned();
         let path = text(args[0])?;
         let token = text(args[1])?;
         if path.len() + token.len() + 2 > xenring::wire::PAYLOAD_MAX {
@@ -399,11 +418,21 @@ impl Engine {
 
     pub(super) fn send_event(&mut self, conn: ConnId, path: &str, token: &str) {
         let payload = build_args(&[path.as_bytes(), token.as_bytes()]);
+        self.send_event_payload(conn, payload, path.len());
+    }
+
+    /// Queues the watch event `payload` (its path, NUL, its token, NUL;
+    /// the path `path_len` bytes) for `conn`, unless it is too long to
+    /// send (counted in the log instead).
+    fn send_event_payload(&mut self, conn: ConnId, payload: Vec<u8>, path_len: usize) {
         if payload.len() > xenring::wire::PAYLOAD_MAX {
             let len = payload.len();
+            let path = payload.get(..path_len).unwrap_or_default();
+            // Event paths are validated paths: ASCII.
+            let path = String::from_utf8_lossy(path).into_owned();
             self.note_log(conn, |l| {
                 l.too_long += 1;
-                l.too_long_last = Some((path.to_string(), len));
+                l.too_long_last = Some((path, len));
             });
             return;
         }
@@ -427,12 +456,15 @@ impl Engine {
         perms.iter().any(|p| access(&who, p).read)
     }
 
-    /// Fires the watches an event concerns.
+    /// Fires the watches an event concerns. Each event's payload is built
+    /// once, straight from the watch's path and token.
     pub(super) fn fire(&mut self, event: &Change) {
-        let mut deliveries: Vec<(ConnId, String, String)> = Vec::new();
+        let mut deliveries: Vec<(ConnId, Vec<u8>, usize)> = Vec::new();
         for w in self.watches.matching(&event.path) {
             if self.may_see(w.conn, &event.perms) {
-                deliveries.push((w.conn, w.event_path(&event.path), w.token.clone()));
+                let path = w.reported_path(&event.path);
+                let payload = build_args(&[path.as_bytes(), w.token.as_bytes()]);
+                deliveries.push((w.conn, payload, path.len()));
             }
         }
         if !event.removed.is_empty() {
@@ -446,12 +478,13 @@ impl Engine {
                     .get(w.abs.as_str())
                     .map_or_else(|| event.perms.clone(), |p| vec![Arc::clone(p)]);
                 if self.may_see(w.conn, &perms) {
-                    deliveries.push((w.conn, w.path.clone(), w.token.clone()));
+                    let payload = build_args(&[w.path.as_bytes(), w.token.as_bytes()]);
+                    deliveries.push((w.conn, payload, w.path.len()));
                 }
             }
         }
-        for (conn, path, token) in deliveries {
-            self.send_event(conn, &path, &token);
+        for (conn, payload, path_len) in deliveries {
+            self.send_event_payload(conn, payload, path_len);
         }
     }
 
@@ -574,6 +607,51 @@ mod tests {
         assert!(ws.is_empty());
         assert!(ws.matching("/p").is_empty());
         assert!(ws.paths.is_empty() && ws.by_path.is_empty());
+        assert!(ws.lengths.iter().all(|&n| n == 0));
+    }
+
+    /// The count of watched paths by length follows the paths as watches
+    /// come and go, so that a path sharing its length with one no longer
+    /// watched (or still watched) fires, and one of an unwatched length is
+    /// skipped only when nothing that long is watched.
+    #[test]
+    fn test_watches_lengths_follow_the_watched_paths() {
+        let recount = |ws: &Watches| {
+            let mut want = alloc::vec![0u32; ws.lengths.len()];
+            for p in &ws.paths {
+                want[p.len()] += 1;
+            }
+            assert_eq!(ws.lengths, want);
+        };
+        let mut ws = Watches::default();
+        ws.add(watch(1, "/a/b", "x"));
+        ws.add(watch(2, "/a/b", "y"));
+        ws.add(watch(1, "/a/c", "z"));
+        ws.add(watch(3, "/abcdef", "w"));
+        recount(&ws);
+        assert_eq!(ws.lengths[4], 2, "two paths of 4 bytes, three watches");
+        assert!(ws.remove(1, "/a/b", "x"));
+        recount(&ws);
+        assert_eq!(tokens(&ws.matching("/a/b/q")), ["2:y"]);
+        assert!(ws.remove(2, "/a/b", "y"));
+        recount(&ws);
+        assert!(ws.matching("/a/b/q").is_empty());
+        assert_eq!(
+            tokens(&ws.matching("/a/c")),
+            ["1:z"],
+            "same length, still watched"
+        );
+        ws.remove_conn(1);
+        recount(&ws);
+        assert!(ws.matching("/a/c").is_empty());
+        assert_eq!(tokens(&ws.matching("/abcdef/g/h")), ["3:w"]);
+        ws.add(watch(4, "/", "root"));
+        recount(&ws);
+        assert_eq!(tokens(&ws.matching("/abcdef/g")), ["3:w", "4:root"]);
+        ws.remove_conn(3);
+        ws.remove_conn(4);
+        recount(&ws);
+        assert!(ws.lengths.iter().all(|&n| n == 0));
     }
 
     /// A connection's 20,000 watches on one path go in one

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use xenring::codec::Decoder;
 use xenring::{DomId, Header, Message, MsgType, XsErrno};
 
+use crate::engine::idmap::IdMap;
 use crate::engine::RestoreError;
 use crate::engine::{Action, ConnId, ConnKind, Engine, Input};
 use crate::migration::{ConnSpec, MigrationError, Record, Stream};
@@ -70,7 +71,7 @@ pub type OnRequest<'a> = &'a mut dyn FnMut(&Engine, ConnId, Option<DomId>, &Mess
 #[derive(Debug)]
 pub struct ShellState {
     engine: Engine,
-    conns: BTreeMap<ConnId, StateConn>,
+    conns: IdMap<StateConn>,
     recorder: Option<Recorder>,
     /// Replay: the last request of each connection, for divergence reports.
     last_request: Option<BTreeMap<ConnId, Message>>,
@@ -97,7 +98,7 @@ impl ShellState {
     pub fn new(engine: Engine, recorder: Option<Recorder>) -> Self {
         Self {
             engine,
-            conns: BTreeMap::new(),
+            conns: IdMap::new(),
             recorder,
             last_request: None,
             popped: false,
