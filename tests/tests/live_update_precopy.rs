@@ -140,6 +140,12 @@ fn test_precopy_carries_what_changed_during_the_copy_and_the_journal_recovers_it
     assert_eq!(changes.len(), 1, "one freeze:\n{log}");
     // The image of the changes holds more than its empty header (32).
     assert!(changes[0] > 32, "no change went at the freeze:\n{log}");
+    // Its journal's beginning (the store image) was written while the old
+    // daemon served.
+    assert!(
+        log.contains("the crash journal written ahead ("),
+        "no journal written ahead:\n{log}"
+    );
 
     // The store is what the acknowledged requests made it.
     let mut c = socket_client(&daemon.socket);

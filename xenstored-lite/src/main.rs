@@ -25,7 +25,9 @@ use xenstored_lite::shell::{
     check_stream, notify_systemd_ready, Daemon, RecoveryError, Replayed, RestoreFailure,
     SetupError, ShellConfig, STATE_FILE,
 };
-use xenstored_lite::shell::{PrecopyError, PrecopyFrozen, PrecopyIncoming, PRECOPY_ARG};
+use xenstored_lite::shell::{
+    prewrite_journal, PrecopyError, PrecopyFrozen, PrecopyIncoming, PrewrittenJournal, PRECOPY_ARG,
+};
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
@@ -240,12 +242,14 @@ fn main() -> ExitCode {
 fn precopy_take(
     incoming: &mut PrecopyIncoming,
     config: &Config,
-) -> Result<(Engine, Vec<u8>, PrecopyFrozen), StartError> {
+    shell: &ShellConfig,
+) -> Result<PrecopyTaken, StartError> {
     let t0 = std::time::Instant::now();
     let bulk = incoming.bulk();
     // Loaded by a thread of lower priority: the old daemon serves on the
     // same CPUs meanwhile.
     let thread_config = config.clone();
+    let thread_shell = shell.clone();
     let loading = std::thread::Builder::new()
         .name("lu-load".into())
         .spawn(move || {
@@ -255,19 +259,27 @@ fn precopy_take(
                 Ok(image) => engine.apply_store_image(image).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
-            (engine, bulk.unwrap_or_default(), loaded)
+            let bulk = bulk.unwrap_or_default();
+            // The crash journal's beginning too, while the old daemon serves.
+            let ahead = loaded
+                .is_ok()
+                .then(|| prewrite_journal(&thread_shell, &bulk))
+                .flatten();
+            (engine, bulk, loaded, ahead)
         });
-    let (mut engine, bulk, loaded) = match loading.map(std::thread::JoinHandle::join) {
+    let (mut engine, bulk, loaded, ahead) = match loading.map(std::thread::JoinHandle::join) {
         Ok(Ok(done)) => done,
         Ok(Err(_)) => (
             Engine::new(config.clone()),
             Vec::new(),
             Err("the loading thread panicked".to_string()),
+            None,
         ),
         Err(e) => (
             Engine::new(config.clone()),
             Vec::new(),
             Err(format!("cannot start a thread: {e}")),
+            None,
         ),
     };
     match &loaded {
@@ -282,8 +294,12 @@ fn precopy_take(
     if !frozen.precopied {
         engine = Engine::new(config.clone());
     }
-    Ok((engine, bulk, frozen))
+    Ok((engine, bulk, frozen, ahead))
 }
+
+/// What a pre-copy's take-over brought: the engine with the store, the
+/// store image, the freeze, the journal written ahead.
+type PrecopyTaken = (Engine, Vec<u8>, PrecopyFrozen, Option<PrewrittenJournal>);
 
 fn read_state(path: &Path) -> Result<(Vec<u8>, Stream), StartError> {
     let bytes = std::fs::read(path).map_err(|source| StartError::ReadState {
@@ -376,6 +392,19 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             path: rundir.clone(),
             source,
         })?;
+    let shell = ShellConfig {
+        socket: socket.clone(),
+        access_log: cli.trace_file.clone(),
+        rundir: rundir.clone(),
+        // What a live update runs the next binary with: ours, but for the
+        // pre-copy descriptors of this start.
+        exec_args: std::env::args_os()
+            .skip(1)
+            .filter(|a| !a.to_string_lossy().starts_with(PRECOPY_ARG))
+            .collect(),
+        record_dir: cli.replay_record.clone(),
+        journal,
+    };
     // A pre-copy: the store first (the old daemon serves meanwhile), then
     // the rest of the state at its freeze.
     let mut precopy = match &cli.precopy {
@@ -385,9 +414,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut precopied = None;
     let state = match &mut precopy {
         Some(incoming) => {
-            let (engine, bulk, frozen) = precopy_take(incoming, &config)?;
+            let (engine, bulk, frozen, ahead) = precopy_take(incoming, &config, &shell)?;
             let taken = Some((frozen.bytes.clone(), frozen.stream.clone()));
-            precopied = Some((engine, bulk, frozen));
+            precopied = Some((engine, bulk, frozen, ahead));
             taken
         }
         None if cli.live_update => Some(read_state(&rundir.join(STATE_FILE))?),
@@ -405,19 +434,6 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         platform.serve_local_ring = false;
     }
     tracing::info!("xenstored-lite starting on {}", platform.description);
-    let shell = ShellConfig {
-        socket: socket.clone(),
-        access_log: cli.trace_file.clone(),
-        rundir: rundir.clone(),
-        // What a live update runs the next binary with: ours, but for the
-        // pre-copy descriptors of this start.
-        exec_args: std::env::args_os()
-            .skip(1)
-            .filter(|a| !a.to_string_lossy().starts_with(PRECOPY_ARG))
-            .collect(),
-        record_dir: cli.replay_record.clone(),
-        journal,
-    };
     if shell.journal.is_some() {
         journal::install_panic_hook();
     }
@@ -429,10 +445,11 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut daemon = match &state {
         Some(_) if precopied.is_some() => {
-            let (engine, bulk, frozen) = precopied
+            let (engine, bulk, frozen, ahead) = precopied
                 .take()
                 .ok_or(StartError::Precopy(PrecopyError::Protocol("no state")))?;
-            let restored = Daemon::restore_precopied(engine, platform, &shell, &frozen, &bulk);
+            let restored =
+                Daemon::restore_precopied(engine, platform, &shell, &frozen, &bulk, ahead);
             if let Some(incoming) = &precopy {
                 incoming.finish(restored.is_ok());
             }

@@ -171,6 +171,30 @@ impl Journal {
         ))
     }
 
+    /// Writes a journal's first events ahead, to `path` (a pre-copy's new
+    /// process, while the old daemon still serves and journals into the
+    /// real one): returns its length and event count for
+    /// [`Journal::adopt_prewritten`].
+    pub fn prewrite(path: &Path, events: &[BoundaryEvent<'_>]) -> io::Result<(u64, u64)> {
+        let mut bytes = header().to_vec();
+        for e in events {
+            encode(e, &mut bytes);
+        }
+        new_file(path, &bytes)?;
+        Ok((bytes.len() as u64, events.len() as u64))
+    }
+
+    /// Takes over the journal [`Journal::prewrite`] wrote at `from`: moved
+    /// over `path` (replacing the old daemon's, which holds nothing the
+    /// take-over did not bring) and continued after its `events`. Its
+    /// length counts as a snapshot's (the next is due at twice it).
+    pub fn adopt_prewritten(from: &Path, path: &Path, len: u64, events: u64) -> io::Result<Self> {
+        std::fs::rename(from, path)?;
+        let j = Self::resume(path, len, events)?;
+        lock(&j.shared).base = len;
+        Ok(j)
+    }
+
     fn around(path: &Path, inner: Inner) -> Self {
         let shared = Arc::new(Mutex::new(inner));
         *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&shared));
@@ -371,6 +395,38 @@ mod tests {
 
     fn input(bytes: &[u8]) -> BoundaryEvent<'_> {
         BoundaryEvent::Input { conn: 3, bytes }
+    }
+
+    #[test]
+    fn test_a_journal_written_ahead_replaces_the_old_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.rec");
+        let ahead = dir.path().join("j.rec.precopy");
+        let old = Journal::create(&path).unwrap();
+        old.record(&input(b"old"));
+        old.sync();
+        let first = [
+            BoundaryEvent::Start {
+                args: vec!["-U".into()],
+            },
+            BoundaryEvent::StoreImage(b"XSLSIMG1 bulk"),
+        ];
+        let (len, events) = Journal::prewrite(&ahead, &first).unwrap();
+        assert_eq!(events, 2);
+        assert_eq!(std::fs::metadata(&ahead).unwrap().len(), len);
+        let j = Journal::adopt_prewritten(&ahead, &path, len, events).unwrap();
+        assert!(!ahead.exists());
+        assert_eq!(j.len(), len);
+        assert_eq!(j.base_len(), len, "it counts as a snapshot");
+        assert_eq!(j.record(&input(b"new")), 2, "numbered after the two");
+        j.sync();
+        let seen = events_in(&path);
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[0].starts_with("Start"), "{seen:?}");
+        assert!(seen[1].starts_with("StoreImage"), "{seen:?}");
+        assert!(seen[2].contains("Input"), "{seen:?}");
+        // A file that is not there is not adopted.
+        assert!(Journal::adopt_prewritten(&ahead, &path, len, events).is_err());
     }
 
     #[test]

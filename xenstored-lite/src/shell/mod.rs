@@ -67,7 +67,7 @@ use state::ShellState;
 use transport::{Received, Ring, Transport, TransportError};
 
 /// What the daemon needs to start.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ShellConfig {
     /// The Unix socket to listen on.
     pub socket: PathBuf,
@@ -1168,6 +1168,46 @@ impl Daemon {
 
 /// The event that starts a process's part of a recording: its command
 /// line.
+/// A pre-copy's crash journal written ahead (its `Start` and the store
+/// image), taken over at the restore.
+#[derive(Debug)]
+pub struct PrewrittenJournal {
+    from: PathBuf,
+    len: u64,
+    events: u64,
+}
+
+/// Writes the journal a pre-copy's new process begins with ahead, beside
+/// the real one (`.rec.precopy`): the 10-100 MB of the store image are then
+/// not written during the hand-over. `None` without a journal, or if it
+/// cannot be written (logged; the restore then writes it).
+pub fn prewrite_journal(config: &ShellConfig, bulk: &[u8]) -> Option<PrewrittenJournal> {
+    config.journal?;
+    let path = journal::path_in(&config.rundir);
+    let from = path.with_extension("rec.precopy");
+    let written = path
+        .parent()
+        .map_or(Ok(()), |dir| os::create_dirs(dir, RECORD_DIR_MODE))
+        .and_then(|()| {
+            journal::Journal::prewrite(
+                &from,
+                &[start_event(config), BoundaryEvent::StoreImage(bulk)],
+            )
+        });
+    match written {
+        Ok((len, events)) => Some(PrewrittenJournal { from, len, events }),
+        Err(e) => {
+            tracing::warn!(
+                "live-update: pre-copy: cannot write the journal ahead ({}: {e}); written at \
+                 the hand-over",
+                from.display()
+            );
+            let _ = std::fs::remove_file(&from);
+            None
+        }
+    }
+}
+
 fn start_event(config: &ShellConfig) -> BoundaryEvent<'static> {
     BoundaryEvent::Start {
         args: config

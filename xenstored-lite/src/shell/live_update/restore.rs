@@ -141,7 +141,7 @@ impl Daemon {
         bytes: &[u8],
         stream: &Stream,
     ) -> Result<(Self, RestoreSummary), RestoreFailure> {
-        Self::restore_with(engine, platform, config, bytes, stream, None)
+        Self::restore_with(engine, platform, config, bytes, stream, None, None)
             .map(|(daemon, summary, _)| (daemon, summary))
     }
 
@@ -156,6 +156,7 @@ impl Daemon {
         config: &ShellConfig,
         frozen: &super::precopy::Frozen,
         bulk: &[u8],
+        prewritten: Option<crate::shell::PrewrittenJournal>,
     ) -> Result<(Self, RestoreSummary), RestoreFailure> {
         let images = frozen.precopied.then_some((bulk, frozen.delta.as_slice()));
         let (mut daemon, summary, outcomes) = Self::restore_with(
@@ -165,6 +166,15 @@ impl Daemon {
             &frozen.bytes,
             &frozen.stream,
             images,
+            prewritten.and_then(|p| {
+                if frozen.precopied {
+                    Some(p)
+                } else {
+                    // The whole state came: its journal begins anew.
+                    let _ = std::fs::remove_file(&p.from);
+                    None
+                }
+            }),
         )?;
         let answer = frozen.asker.and_then(|(conn_id, header)| {
             outcomes.iter().find_map(|&(id, o)| match o {
@@ -186,6 +196,7 @@ impl Daemon {
         bytes: &[u8],
         stream: &Stream,
         images: Option<(&[u8], &[u8])>,
+        prewritten: Option<crate::shell::PrewrittenJournal>,
     ) -> Result<Restored, RestoreFailure> {
         let t0 = Instant::now();
         let global = stream.global();
@@ -211,10 +222,38 @@ impl Daemon {
                 })?
             }
         };
-        let journal = Self::new_journal(config).map_err(RestoreFailure::Setup)?;
+        // A pre-copy's journal written ahead holds the Start and the bulk.
+        let adopted = prewritten.and_then(|p| {
+            let path = crate::shell::journal::path_in(&config.rundir);
+            match crate::shell::journal::Journal::adopt_prewritten(&p.from, &path, p.len, p.events)
+            {
+                Ok(j) => {
+                    tracing::info!(
+                        "live-update: the crash journal written ahead ({} octets) taken over",
+                        p.len
+                    );
+                    Some(j)
+                }
+                Err(e) => {
+                    tracing::warn!("live-update: the journal written ahead: {e}; begun anew");
+                    let _ = std::fs::remove_file(&p.from);
+                    None
+                }
+            }
+        });
+        let ahead = adopted.is_some();
+        let journal = match adopted {
+            Some(j) => Some(j),
+            None => Self::new_journal(config).map_err(RestoreFailure::Setup)?,
+        };
         let core = ShellState::new(engine, None);
-        let mut daemon = Self::with_core(core, platform, config, listener, true, journal, true)
+        let mut daemon = Self::with_core(core, platform, config, listener, true, journal, !ahead)
             .map_err(RestoreFailure::Setup)?;
+        if ahead {
+            daemon
+                .core
+                .record_recording_only(&crate::shell::start_event(config));
+        }
         let mut summary = RestoreSummary::default();
         let alive: Option<BTreeMap<DomId, Option<u64>>> = daemon.platform.dominfo_list().map(|l| {
             l.into_iter()
@@ -289,8 +328,15 @@ impl Daemon {
             }
         }
         if let Some((bulk, delta)) = images {
-            // The engine took `bulk` before (while the old daemon served).
-            daemon.core.record(&BoundaryEvent::StoreImage(bulk));
+            // The engine took `bulk` before (while the old daemon served);
+            // a journal written ahead has it.
+            if ahead {
+                daemon
+                    .core
+                    .record_recording_only(&BoundaryEvent::StoreImage(bulk));
+            } else {
+                daemon.core.record(&BoundaryEvent::StoreImage(bulk));
+            }
             daemon
                 .core
                 .apply(BoundaryEvent::StoreImage(delta), &mut |_, _, _, _| {})
