@@ -362,13 +362,7 @@ impl Daemon {
         version: Version,
     ) {
         let conn = session.conn;
-        let pair = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        );
-        let (ours, theirs) = match pair {
+        let (ours, theirs) = match channel() {
             Ok(p) => p,
             Err(e) => return self.precopy_classic(session, header, version, &e),
         };
@@ -584,6 +578,17 @@ fn continue_serving(daemon: &mut Daemon) -> i32 {
         0
     }));
     run.unwrap_or(101)
+}
+
+/// The socket between the two processes: messages keep their bounds, and
+/// the descriptors they carry stay with them.
+fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
 }
 
 fn send(sock: &OwnedFd, data: &[u8], fds: &[RawFd]) -> Result<(), PrecopyError> {
@@ -891,13 +896,7 @@ mod tests {
 
     #[test]
     fn test_the_bulk_and_the_freeze_cross_the_socket() {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = channel().unwrap();
         let bulk = split::memfd_with("t", b"bulk bytes").unwrap();
         let mut incoming = Incoming {
             sock: theirs,
@@ -986,13 +985,7 @@ mod tests {
 
     #[test]
     fn test_a_failed_take_over_is_told_back() {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (ours, theirs) = channel().unwrap();
         let incoming = Incoming {
             sock: theirs,
             bulk: None,
