@@ -25,7 +25,7 @@ cd "$ROOT"
 
 SECONDS_PER_TARGET=${1:-60}
 shift || true
-ALL=(decoder ring_server engine migration c417_model recording crash_journal stub_cmdline)
+ALL=(decoder ring_server engine migration c417_model recording crash_journal stub_cmdline store_image)
 if [ $# -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL[@]}"); fi
 case $SECONDS_PER_TARGET in
   '' | *[!0-9]*) echo "fuzz: SECONDS must be a number, not '$SECONDS_PER_TARGET'" >&2; exit 2 ;;

@@ -25,7 +25,7 @@ use xenstored_lite::replay::player;
 use xenstored_lite::shell::state::ShellState;
 
 /// The targets, as named in `fuzz/Cargo.toml`.
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "decoder",
     "ring_server",
     "engine",
@@ -34,6 +34,7 @@ const TARGETS: [&str; 8] = [
     "recording",
     "crash_journal",
     "stub_cmdline",
+    "store_image",
 ];
 
 /// `target -> (file name -> bytes)`.
@@ -609,6 +610,43 @@ fn stub_cmdline_corpus() -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Store images: a toolstack-like store whole, the changes of a session
+/// of writes and removals since its snapshot, and an empty change.
+fn store_image_corpus() -> BTreeMap<String, Vec<u8>> {
+    let mut e = Engine::new(Config::default());
+    e.handle(xenstored_lite::engine::Input::Connect {
+        conn: 1,
+        kind: xenstored_lite::engine::ConnKind::Socket,
+    });
+    let mut write = |e: &mut Engine, path: &str, value: &[u8]| {
+        let payload = build_path_value(path.as_bytes(), value);
+        let msg = Message::new(MsgType::Write, 1, 0, payload).expect("a message");
+        e.handle(xenstored_lite::engine::Input::Request { conn: 1, msg: &msg });
+    };
+    for d in 1..4 {
+        write(
+            &mut e,
+            &format!("/local/domain/{d}/name"),
+            format!("guest{d}").as_bytes(),
+        );
+        write(
+            &mut e,
+            &format!("/local/domain/{d}/device/vif/0/state"),
+            b"4",
+        );
+    }
+    let base = e.store().clone();
+    let mut out = BTreeMap::new();
+    out.insert("whole".to_string(), base.image(None));
+    out.insert("no-change".to_string(), base.image(Some(&base)));
+    write(&mut e, "/local/domain/2/name", b"renamed");
+    write(&mut e, "/vm/new", b"x");
+    let rm = Message::new(MsgType::Rm, 2, 0, b"/local/domain/3\0".to_vec()).expect("a message");
+    e.handle(xenstored_lite::engine::Input::Request { conn: 1, msg: &rm });
+    out.insert("changes".to_string(), e.store().image(Some(&base)));
+    out
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -623,6 +661,7 @@ fn corpus() -> Corpus {
         ("recording", recording_corpus()),
         ("crash_journal", crash_journal_corpus()),
         ("stub_cmdline", stub_cmdline_corpus()),
+        ("store_image", store_image_corpus()),
     ])
 }
 

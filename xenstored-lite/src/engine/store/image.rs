@@ -20,7 +20,7 @@ use xenring::path::{validate_path, PathKind};
 use xenring::{Perm, PermKind};
 
 use super::pmap::Change;
-use super::{accounted, Children, Node, Path, Store};
+use super::{accounted, basename, join, parent, Children, Node, Path, Store};
 
 const MAGIC: &[u8; 8] = b"XSLSIMG1";
 
@@ -56,6 +56,11 @@ pub enum ImageError {
     /// The result has no `/`.
     #[error("store image: the store has no root node")]
     NoRoot,
+    /// The result is not a tree: a node whose parent is missing or does
+    /// not list it, a listed child that is missing, or a node left under a
+    /// removed one.
+    #[error("store image: the tree is broken at {0:?}")]
+    NotATree(String),
 }
 
 impl Store {
@@ -126,6 +131,10 @@ impl Store {
         }
         let version = r.u64()?;
         let next_generation = r.u64()?;
+        // What the tree check after looks at: every node set (and the
+        // children it had), every node removed (and its children).
+        let mut touched: Vec<(Path, Option<Arc<Node>>)> = Vec::new();
+        let mut removed: Vec<(Path, Arc<Node>)> = Vec::new();
         for _ in 0..r.u32()? {
             let path = r.path()?;
             let value: Arc<[u8]> = Arc::from(r.bytes()?);
@@ -148,6 +157,10 @@ impl Store {
             for _ in 0..r.u32()? {
                 let name = core::str::from_utf8(r.bytes()?)
                     .map_err(|_| ImageError::BadPath(path.to_string()))?;
+                // A name is one path element, listed once.
+                if name.is_empty() || name.contains(['/', '\0']) || children.contains(name) {
+                    return Err(ImageError::NotATree(join(&path, name)));
+                }
                 children.insert(Arc::from(name));
             }
             let node = Arc::new(Node {
@@ -157,6 +170,7 @@ impl Store {
                 created,
                 generation,
             });
+            touched.push((path.clone(), self.nodes.get(&path).cloned()));
             self.uncharge(&path);
             if accounted(&path) {
                 self.charge(
@@ -169,10 +183,12 @@ impl Store {
         }
         for _ in 0..r.u32()? {
             let path = r.path()?;
-            if !self.uncharge(&path) {
+            let Some(old) = self.nodes.get(&path).cloned() else {
                 return Err(ImageError::NotThere(path.to_string()));
-            }
+            };
+            self.uncharge(&path);
             self.nodes.remove(&path);
+            removed.push((path, old));
         }
         if r.left() != 0 {
             return Err(ImageError::Trailing(r.left()));
@@ -180,8 +196,59 @@ impl Store {
         if self.nodes.get("/").is_none() {
             return Err(ImageError::NoRoot);
         }
+        self.check_touched(&touched, &removed)?;
         self.version = version;
         self.next_generation = next_generation;
+        Ok(())
+    }
+
+    /// The tree is whole around what an image changed (the rest was, in
+    /// the store it applied to): each node set is listed by its parent and
+    /// its children exist, a child it no longer lists is gone, and nothing
+    /// is left under or listed for a node removed. Cost: the changes and
+    /// their children.
+    fn check_touched(
+        &self,
+        touched: &[(Path, Option<Arc<Node>>)],
+        removed: &[(Path, Arc<Node>)],
+    ) -> Result<(), ImageError> {
+        let broken = |p: &str| ImageError::NotATree(p.to_string());
+        let listed_by_parent = |p: &str| match parent(p) {
+            None => Some(true),
+            Some(up) => self.nodes.get(up).map(|n| n.children.contains(basename(p))),
+        };
+        for (path, old) in touched {
+            if listed_by_parent(path) != Some(true) {
+                return Err(broken(path));
+            }
+            let Some(node) = self.nodes.get(path) else {
+                return Err(broken(path));
+            };
+            for child in &node.children {
+                if !self.nodes.contains_key(join(path, child).as_str()) {
+                    return Err(broken(&join(path, child)));
+                }
+            }
+            if let Some(old) = old {
+                for child in &old.children {
+                    let cp = join(path, child);
+                    if !node.children.contains(child) && self.nodes.contains_key(cp.as_str()) {
+                        return Err(broken(&cp));
+                    }
+                }
+            }
+        }
+        for (path, old) in removed {
+            if self.nodes.contains_key(path) || listed_by_parent(path) == Some(true) {
+                return Err(broken(path));
+            }
+            for child in &old.children {
+                let cp = join(path, child);
+                if self.nodes.contains_key(cp.as_str()) {
+                    return Err(broken(&cp));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -328,6 +395,43 @@ mod tests {
             delta.len() < s.image(None).len(),
             "a delta is not the whole store"
         );
+    }
+
+    #[test]
+    fn test_an_image_that_breaks_the_tree_is_refused() {
+        let mut s = Store::new(0);
+        s.put_node(Arc::from("/a"), Arc::from(&b""[..]), perms(3));
+        s.put_node(Arc::from("/a/b"), Arc::from(&b"v"[..]), perms(3));
+        s.put_node(Arc::from("/c"), Arc::from(&b""[..]), perms(3));
+        let base = s.clone();
+        let refused = |mut store: Store, image: &[u8]| match store.apply_image(image) {
+            Err(ImageError::NotATree(p)) => p,
+            other => panic!("applied: {other:?}"),
+        };
+        // /a removed alone: /a/b is left under it, and / still lists it.
+        let mut broken = s.clone();
+        broken.nodes.remove("/a");
+        assert_eq!(refused(base.clone(), &broken.image(Some(&base))), "/a");
+        // A node whose listed child is missing.
+        let mut broken = s.clone();
+        broken.nodes.remove("/a/b");
+        assert_eq!(refused(Store::empty(), &broken.image(None)), "/a/b");
+        assert_eq!(refused(base.clone(), &broken.image(Some(&base))), "/a/b");
+        // A node its parent does not list.
+        let mut broken = s.clone();
+        let mut root = (**broken.nodes.get("/").unwrap()).clone();
+        root.children.remove("c");
+        broken.nodes.insert(Arc::from("/"), Arc::new(root));
+        assert_eq!(refused(Store::empty(), &broken.image(None)), "/c");
+        // A parent that drops a child still there.
+        assert_eq!(refused(base.clone(), &broken.image(Some(&base))), "/c");
+        // The right change applies.
+        let mut fine = s.clone();
+        fine.remove_tree("/a");
+        let mut again = base.clone();
+        again.apply_image(&fine.image(Some(&base))).unwrap();
+        assert!(again.check().is_empty());
+        assert!(again.get("/a/b").is_none());
     }
 
     #[test]
