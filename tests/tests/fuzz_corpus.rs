@@ -618,7 +618,7 @@ fn store_image_corpus() -> BTreeMap<String, Vec<u8>> {
         conn: 1,
         kind: xenstored_lite::engine::ConnKind::Socket,
     });
-    let mut write = |e: &mut Engine, path: &str, value: &[u8]| {
+    let write = |e: &mut Engine, path: &str, value: &[u8]| {
         let payload = build_path_value(path.as_bytes(), value);
         let msg = Message::new(MsgType::Write, 1, 0, payload).expect("a message");
         e.handle(xenstored_lite::engine::Input::Request { conn: 1, msg: &msg });
