@@ -984,6 +984,32 @@ mod tests {
     }
 
     #[test]
+    fn test_a_message_longer_than_expected_is_refused() {
+        let (ours, theirs) = channel().unwrap();
+        send(&ours, &[STATE; 40], &[]).unwrap();
+        let mut small = [0u8; 8];
+        assert!(matches!(
+            receive(&theirs, &mut small),
+            Err(PrecopyError::Protocol(_))
+        ));
+        // Too many descriptors for the control buffer.
+        let files: Vec<OwnedFd> = (0..FDS_PER_MESSAGE + 20)
+            .map(|_| split::memfd_with("f", b"").unwrap())
+            .collect();
+        let raw: Vec<RawFd> = files.iter().map(AsRawFd::as_raw_fd).collect();
+        send(&ours, &[FDS], &raw).unwrap();
+        let mut buf = [0u8; 8];
+        assert!(matches!(
+            receive(&theirs, &mut buf),
+            Err(PrecopyError::Protocol(_))
+        ));
+        // What fits is taken.
+        send(&ours, &[TOOK], &raw[..3]).unwrap();
+        let (n, fds) = receive(&theirs, &mut buf).unwrap();
+        assert_eq!((n, fds.len()), (1, 3));
+    }
+
+    #[test]
     fn test_a_failed_take_over_is_told_back() {
         let (ours, theirs) = channel().unwrap();
         let incoming = Incoming {
