@@ -434,7 +434,7 @@ impl Engine {
     pub(super) fn queue(&mut self, conn: ConnId, mut msg: Message, event: bool) {
         let now = self.now;
         if !event {
-            self.replies += 1;
+            self.replies = self.replies.wrapping_add(1);
             if self.config.test_alter_reply == Some(self.replies) {
                 match msg.payload.first_mut() {
                     Some(b) => *b ^= 0x20,

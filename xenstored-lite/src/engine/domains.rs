@@ -88,7 +88,7 @@ impl Engine {
             return Err(XsErrno::EBUSY);
         }
         let token = self.next_token;
-        self.next_token += 1;
+        self.next_token = self.next_token.wrapping_add(1);
         self.pending_introduce.insert(
             token,
             PendingIntroduce {

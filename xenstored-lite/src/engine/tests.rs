@@ -188,6 +188,23 @@ fn ok() -> R {
 mod requests {
     use super::*;
 
+    /// Counters restored from a crash journal's `Counters` event may hold
+    /// anything (the crash_journal fuzz target found u64::MAX): they wrap.
+    #[test]
+    fn test_restored_counters_at_their_maximum_wrap() {
+        let mut h = H::new();
+        h.e.set_counters(&Counters {
+            next_token: u64::MAX,
+            replies: u64::MAX,
+            next_tx: Vec::new(),
+        });
+        assert_eq!(h.write(SOCK, 0, "/a", "v"), ok());
+        assert_eq!(h.read(SOCK, 0, "/a"), Ok(b"v".to_vec()));
+        assert_eq!(h.e.counters().replies, 1);
+        h.dom(5);
+        assert_eq!(h.e.counters().next_token, 0);
+    }
+
     #[test]
     fn test_write_missing_parents_created_and_readable() {
         let mut h = H::new();
