@@ -9,7 +9,9 @@
 //! each starting and stopping 2 guests in transactions under shared
 //! parents). Both processes are pinned to one CPU for the latency figures,
 //! so that scheduler placement (a cross-CPU wakeup costs 20-40 us in this
-//! VM) does not decide them.
+//! VM) does not decide them. Each latency figure is measured in rounds
+//! that alternate with its reference's (see [`alternate`]).
+//! `DAEMON_BENCH_ONLY=socket|idle|ring|storm` runs one part alone.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,9 +78,34 @@ struct Stats {
     p50: Duration,
     p99: Duration,
     ops: f64,
+    /// With [`alternate`]: the median, lowest and highest over the rounds
+    /// of this figure's p50 divided by the reference's p50 of the same
+    /// round.
+    rounds: Option<(f64, f64, f64)>,
+    /// With [`alternate`]: the CPU time the serving process spent per
+    /// call (its `/proc/PID/schedstat` run time, which counts
+    /// nanoseconds), if it was named.
+    server_cpu: Option<Duration>,
+    /// With [`alternate`]: the CPU time this (the client's) process spent
+    /// per call.
+    client_cpu: Option<Duration>,
 }
 
-fn measure(n: usize, mut op: impl FnMut(usize)) -> Stats {
+/// How long `pid` has run on a CPU, in all its threads, from
+/// `/proc/PID/schedstat` (nanoseconds; `None` if it cannot be read).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// Latencies of `n` calls of `op` (after a warm-up of up to 200), in call
+/// order, and the wall time they took.
+fn sample(n: usize, op: &mut dyn FnMut(usize)) -> (Vec<Duration>, Duration) {
     for i in 0..n.min(200) {
         op(i);
     }
@@ -89,24 +116,119 @@ fn measure(n: usize, mut op: impl FnMut(usize)) -> Stats {
         op(i);
         lat.push(t.elapsed());
     }
-    let total = start.elapsed();
+    (lat, start.elapsed())
+}
+
+fn percentile(sorted: &[Duration], per_cent: usize) -> Duration {
+    sorted[(sorted.len() * per_cent / 100).min(sorted.len() - 1)]
+}
+
+fn stats(mut lat: Vec<Duration>, total: Duration) -> Stats {
     lat.sort();
     Stats {
-        p50: lat[lat.len() / 2],
-        p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
-        ops: n as f64 / total.as_secs_f64(),
+        p50: percentile(&lat, 50),
+        p99: percentile(&lat, 99),
+        ops: lat.len() as f64 / total.as_secs_f64(),
+        rounds: None,
+        server_cpu: None,
+        client_cpu: None,
     }
 }
 
+fn measure(n: usize, mut op: impl FnMut(usize)) -> Stats {
+    let (lat, total) = sample(n, &mut op);
+    stats(lat, total)
+}
+
+/// Measures every one of `ops` in `rounds` alternating rounds of `n /
+/// rounds` calls each (the first of `ops` is the reference), so that the
+/// drift of this machine's speed over a run (it reached 2x between one
+/// phase and the next) falls on all of them alike. Each figure's p50 and
+/// p99 are over all its calls; its ratio is the median over the rounds of
+/// its p50 over the reference's p50 in the same round. `servers[k]`, if
+/// given, is the process that answers op `k`: its CPU time per call is
+/// reported too.
+fn alternate(
+    n: usize,
+    rounds: usize,
+    ops: &mut [&mut dyn FnMut(usize)],
+    servers: &[Option<u32>],
+) -> Vec<Stats> {
+    let per_round = (n / rounds).max(1);
+    let mut lat: Vec<Vec<Duration>> = ops.iter().map(|_| Vec::new()).collect();
+    let mut total = vec![Duration::ZERO; ops.len()];
+    let mut cpu: Vec<Option<Duration>> =
+        servers.iter().map(|s| s.map(|_| Duration::ZERO)).collect();
+    let mut own = vec![Some(Duration::ZERO); ops.len()];
+    let mut calls = vec![0u32; ops.len()];
+    let mut ratios: Vec<Vec<f64>> = ops.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        let mut p50s = Vec::with_capacity(ops.len());
+        for (k, op) in ops.iter_mut().enumerate() {
+            let server = servers.get(k).copied().flatten();
+            let before = server.and_then(cpu_time);
+            let own_before = cpu_time(std::process::id());
+            let (mut l, t) = sample(per_round, *op);
+            let own_after = cpu_time(std::process::id());
+            let after = server.and_then(cpu_time);
+            own[k] = match (own[k], own_before, own_after) {
+                (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(b)),
+                _ => None,
+            };
+            cpu[k] = match (cpu[k], before, after) {
+                (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(b)),
+                _ => None,
+            };
+            calls[k] += u32::try_from(per_round + per_round.min(200)).unwrap_or(u32::MAX);
+            total[k] += t;
+            lat[k].extend_from_slice(&l);
+            l.sort();
+            p50s.push(percentile(&l, 50).as_secs_f64());
+        }
+        for (k, p50) in p50s.iter().enumerate() {
+            ratios[k].push(p50 / p50s[0]);
+        }
+    }
+    lat.into_iter()
+        .zip(total)
+        .zip(ratios)
+        .zip(cpu.into_iter().zip(own).zip(calls))
+        .map(|(((l, t), mut r), ((cpu, own), calls))| {
+            r.sort_by(f64::total_cmp);
+            let mut s = stats(l, t);
+            s.rounds = Some((r[r.len() / 2], r[0], r[r.len() - 1]));
+            s.server_cpu = cpu.map(|c| c / calls.max(1));
+            s.client_cpu = own.map(|c| c / calls.max(1));
+            s
+        })
+        .collect()
+}
+
 fn print(label: &str, s: &Stats, baseline: Option<(&Stats, &str)>) {
-    let ratio = baseline.map_or(String::new(), |(b, what)| {
-        format!(
+    let ratio = match (baseline, s.rounds) {
+        (Some((_, what)), Some((median, low, high))) => {
+            format!("   {median:.2}x {what} (rounds {low:.2}-{high:.2})")
+        }
+        (Some((b, what)), None) => format!(
             "   {:.2}x {what}",
             s.p50.as_secs_f64() / b.p50.as_secs_f64()
+        ),
+        (None, _) => String::new(),
+    };
+    let us = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| format!("{:.2}", d.as_secs_f64() * 1e6))
+    };
+    let cpu = if s.server_cpu.is_some() || s.client_cpu.is_some() {
+        format!(
+            "  CPU us/req server {:>5} client {:>5}",
+            us(s.server_cpu),
+            us(s.client_cpu)
         )
-    });
+    } else {
+        String::new()
+    };
     println!(
-        "  {label:<34} p50 {:>7.2} us  p99 {:>7.2} us  {:>9.0} ops/s{ratio}",
+        "  {label:<34} p50 {:>7.2} us  p99 {:>7.2} us  {:>9.0} ops/s{cpu}{ratio}",
         s.p50.as_secs_f64() * 1e6,
         s.p99.as_secs_f64() * 1e6,
         s.ops
@@ -130,27 +252,31 @@ fn pong(path: &str) {
     }
 }
 
-fn raw_ping_pong(dir: &Path, n: usize) -> Stats {
+/// A raw ping-pong peer in another process: the process (killed on
+/// drop) and a connection to it.
+fn raw_ping_pong(dir: &Path) -> (Proc, UnixStream) {
     let path = dir.join("pong.sock");
     let child = Command::new(std::env::current_exe().expect("exe"))
         .args(["--pong", path.to_str().expect("utf-8 path")])
         .spawn()
         .expect("pong");
-    let _p = Proc(child);
+    let p = Proc(child);
     wait_for(&path);
-    let mut s = connect(&path);
-    // A READ-sized request and reply.
-    let msg = [7u8; 24];
-    let mut back = [0u8; 24];
-    measure(n, |_| {
-        s.write_all(&msg).expect("write");
-        s.read_exact(&mut back).expect("read");
-    })
+    (p, connect(&path))
+}
+
+/// How many alternating rounds the latency figures take.
+fn rounds() -> usize {
+    if quick() {
+        2
+    } else {
+        10
+    }
 }
 
 fn socket_latencies(dir: &Path, n: usize) {
-    let (_d, socket) = start_daemon(dir);
-    let raw = raw_ping_pong(dir, n);
+    let (daemon, socket) = start_daemon(dir);
+    let (pong, mut s) = raw_ping_pong(dir);
     let mut c = client(&socket);
     let small = b"x".to_vec();
     let big = vec![b'y'; 2000];
@@ -160,41 +286,63 @@ fn socket_latencies(dir: &Path, n: usize) {
         c.write(0, &format!("/bench/dir/entry{i}"), b"")
             .expect("write");
     }
-    println!("over the Unix socket, one client, both processes on CPU 0 ({n} requests each):");
-    print("raw Unix-socket ping-pong (24 B)", &raw, None);
-    print(
+    let rounds = rounds();
+    println!(
+        "over the Unix socket, one client, both processes on CPU 0 ({n} requests each, \
+         in {rounds} alternating rounds):"
+    );
+    // A READ-sized request and reply.
+    let msg = [7u8; 24];
+    let mut back = [0u8; 24];
+    let c = std::cell::RefCell::new(c);
+    let figures = alternate(
+        n,
+        rounds,
+        &mut [
+            &mut |_| {
+                s.write_all(&msg).expect("write");
+                s.read_exact(&mut back).expect("read");
+            },
+            &mut |_| drop(c.borrow_mut().read(0, "/bench/small").expect("read")),
+            &mut |_| drop(c.borrow_mut().read(0, "/bench/big").expect("read")),
+            &mut |_| {
+                c.borrow_mut()
+                    .write(0, "/bench/small", &small)
+                    .expect("write")
+            },
+            &mut |_| c.borrow_mut().write(0, "/bench/big", &big).expect("write"),
+            &mut |_| drop(c.borrow_mut().directory(0, "/bench/dir").expect("dir")),
+            &mut |_| {
+                let mut c = c.borrow_mut();
+                let tx = c.transaction_start().expect("start");
+                c.transaction_end(tx, true).expect("commit");
+            },
+        ],
+        &[
+            Some(pong.0.id()),
+            Some(daemon.0.id()),
+            Some(daemon.0.id()),
+            Some(daemon.0.id()),
+            Some(daemon.0.id()),
+            Some(daemon.0.id()),
+            Some(daemon.0.id()),
+        ],
+    );
+    let labels = [
+        "raw Unix-socket ping-pong (24 B)",
         "READ 1 B",
-        &measure(n, |_| drop(c.read(0, "/bench/small").expect("read"))),
-        Some((&raw, "raw")),
-    );
-    print(
         "READ 2000 B",
-        &measure(n, |_| drop(c.read(0, "/bench/big").expect("read"))),
-        Some((&raw, "raw")),
-    );
-    print(
         "WRITE 1 B",
-        &measure(n, |_| c.write(0, "/bench/small", &small).expect("write")),
-        Some((&raw, "raw")),
-    );
-    print(
         "WRITE 2000 B",
-        &measure(n, |_| c.write(0, "/bench/big", &big).expect("write")),
-        Some((&raw, "raw")),
-    );
-    print(
         "DIRECTORY (50 entries)",
-        &measure(n, |_| drop(c.directory(0, "/bench/dir").expect("dir"))),
-        Some((&raw, "raw")),
-    );
-    print(
         "empty transaction (start + commit)",
-        &measure(n, |_| {
-            let tx = c.transaction_start().expect("start");
-            c.transaction_end(tx, true).expect("commit");
-        }),
-        Some((&raw, "raw")),
-    );
+    ];
+    let raw = &figures[0];
+    print(labels[0], raw, None);
+    for (label, figure) in labels.iter().zip(&figures).skip(1) {
+        print(label, figure, Some((raw, "raw")));
+    }
+    let mut c = c.into_inner();
     let mut other = client(&socket);
     let mut conflicts = 0usize;
     print(
@@ -209,7 +357,7 @@ fn socket_latencies(dir: &Path, n: usize) {
                 conflicts += 1;
             }
         }),
-        Some((&raw, "raw")),
+        Some((raw, "raw")),
     );
     assert_eq!(conflicts, n + n.min(200), "every one conflicted");
 }
@@ -362,32 +510,29 @@ fn eventfd_pong(rx: &str, tx: &str, count: &str) {
     }
 }
 
-fn eventfd_rtt(n: usize) -> Stats {
+/// An eventfd ping-pong peer in another process, answering `count`
+/// pings: the process (killed on drop) and the ping and pong eventfds.
+fn eventfd_peer(count: usize) -> (Proc, nix::sys::eventfd::EventFd, nix::sys::eventfd::EventFd) {
     use nix::sys::eventfd::{EfdFlags, EventFd};
     use std::os::fd::AsRawFd;
     let ping = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
     let pong = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
-    let warm = n.min(200);
     let child = Command::new(std::env::current_exe().expect("exe"))
         .args([
             "--eventfd-pong".to_string(),
             ping.as_raw_fd().to_string(),
             pong.as_raw_fd().to_string(),
-            (n + warm).to_string(),
+            count.to_string(),
         ])
         .spawn()
         .expect("eventfd pong");
-    let _p = Proc(child);
-    measure(n, |_| {
-        ping.write(1).expect("ping");
-        pong.read().expect("pong");
-    })
+    (Proc(child), ping, pong)
 }
 
 /// A guest (this process) reading over its ring from the daemon (another
 /// process), with event-channel notifications both ways through mock-xen.
 fn ring_latency(dir: &Path, n: usize) {
-    let (_d, socket) = start_daemon(dir);
+    let (daemon, socket) = start_daemon(dir);
     let hv = dir.join("run").join("mock-xen.sock");
     let connector = mock_xen::Connector::remote(&hv);
     let ts = mock_xen::Toolstack::open(&connector).expect("toolstack");
@@ -403,13 +548,30 @@ fn ring_latency(dir: &Path, n: usize) {
     ts.introduce(&mut dom0, &rec).expect("introduce");
     let guest = mock_xen::Guest::attach(&connector, &rec).expect("guest");
     let mut c = Client::new(guest);
-    let raw = eventfd_rtt(n);
-    println!("over a mock-xen ring from a guest (this process) to the daemon, both on CPU 0:");
-    print("eventfd ping-pong (2 processes)", &raw, None);
+    let rounds = rounds();
+    // Each round warms up with up to 200 before its share.
+    let (peer, ping, pong) = eventfd_peer(n + rounds * 200);
+    println!(
+        "over a mock-xen ring from a guest (this process) to the daemon, both on CPU 0 \
+         ({rounds} alternating rounds):"
+    );
+    let figures = alternate(
+        n,
+        rounds,
+        &mut [
+            &mut |_| {
+                ping.write(1).expect("ping");
+                pong.read().expect("pong");
+            },
+            &mut |_| drop(c.read(0, "k").expect("read")),
+        ],
+        &[Some(peer.0.id()), Some(daemon.0.id())],
+    );
+    print("eventfd ping-pong (2 processes)", &figures[0], None);
     print(
         "READ over the ring",
-        &measure(n, |_| drop(c.read(0, "k").expect("read"))),
-        Some((&raw, "eventfd")),
+        &figures[1],
+        Some((&figures[0], "eventfd")),
     );
 }
 
@@ -428,12 +590,24 @@ fn main() {
     let _ = std::fs::create_dir_all(&dir);
     let n = if quick() { 300 } else { 20_000 };
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    // `DAEMON_BENCH_ONLY=socket|idle|ring|storm` runs one part (to
+    // profile it); unset, all of them.
+    let only = std::env::var("DAEMON_BENCH_ONLY").ok();
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     set_cpus(&[0]);
-    socket_latencies(&dir.join("lat"), n);
-    idle_connections(&dir.join("idle"), n);
-    ring_latency(&dir.join("ring"), n);
+    if part("socket") {
+        socket_latencies(&dir.join("lat"), n);
+    }
+    if part("idle") {
+        idle_connections(&dir.join("idle"), n);
+    }
+    if part("ring") {
+        ring_latency(&dir.join("ring"), n);
+    }
     set_cpus(&(0..cpus).collect::<Vec<_>>());
-    let (clients, guests) = if quick() { (10, 2) } else { (300, 2) };
-    storm(&dir.join("storm"), clients, guests);
+    if part("storm") {
+        let (clients, guests) = if quick() { (10, 2) } else { (300, 2) };
+        storm(&dir.join("storm"), clients, guests);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
