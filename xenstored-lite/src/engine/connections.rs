@@ -310,7 +310,12 @@ impl Engine {
     /// Connections with queued output, ordered (kept as a set, so that
     /// this costs nothing for the idle ones).
     pub fn conns_with_output(&self) -> Vec<ConnId> {
-        self.with_output.iter().copied().collect()
+        self.conns_with_output_iter().collect()
+    }
+
+    /// [`Engine::conns_with_output`] without collecting them.
+    pub fn conns_with_output_iter(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.with_output.iter().copied()
     }
 
     /// Whether the shell should read another request from `conn` now: an

@@ -20,6 +20,7 @@
 #![deny(unsafe_code)]
 
 mod access_log;
+mod connset;
 mod crash;
 #[cfg(test)]
 mod crash_tests;
@@ -62,6 +63,7 @@ use xenring::{DomId, RingErrorCode, XsErrno};
 use crate::engine::{Action, ConnId, Engine};
 use crate::replay::format::{BoundaryEvent, ConnectKind, Recorder};
 use access_log::AccessLog;
+use connset::ConnSet;
 use platform::Platform;
 use state::ShellState;
 use transport::{Received, Ring, Transport, TransportError};
@@ -184,7 +186,7 @@ pub struct Daemon {
     last_time: u64,
     access_log: Option<AccessLog>,
     stop: Arc<AtomicBool>,
-    dirty: BTreeSet<ConnId>,
+    dirty: ConnSet,
     epoll: Epoll,
     /// What each socket is registered for in `epoll`.
     interest: BTreeMap<ConnId, EpollFlags>,
@@ -214,7 +216,7 @@ pub struct Daemon {
     accept_paused: Option<Instant>,
     /// Rings read since their reads were last released to the guest (the
     /// journal holds what was read first: [`Daemon::sync_point`]).
-    unreleased: BTreeSet<ConnId>,
+    unreleased: ConnSet,
     /// The clock's value at start (a recovered daemon goes on from the
     /// journal's last time, so that the engine's time never goes back).
     clock_base: u64,
@@ -226,6 +228,9 @@ pub struct Daemon {
     read_buf: Vec<u8>,
     /// What `epoll_wait` fills in ([`EPOLL_EVENTS`] entries).
     events: Vec<EpollEvent>,
+    /// The loop's scratch vectors, kept across turns so that a turn
+    /// allocates nothing of its own ([`Scratch`]).
+    scratch: Scratch,
     /// A pre-copy's continuation handed its state over: it ends.
     handed_over: bool,
     /// The old daemon's continuation after a pre-copy, until reaped.
@@ -248,6 +253,24 @@ const READ_BUF: usize = 8192;
 
 /// How many ready descriptors one `epoll_wait` reports at most.
 const EPOLL_EVENTS: usize = 256;
+
+/// Vectors the loop fills and empties every turn, kept so that their
+/// buffers are allocated once. Each is taken out of the daemon while it is
+/// in use (a nested use would find an empty one and allocate, nothing
+/// worse).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The sockets `epoll_wait` reported ready.
+    ready: Vec<ConnId>,
+    /// The event-channel ports that fired.
+    fired: Vec<Port>,
+    /// The connections a settle turn looks at.
+    dirty: Vec<ConnId>,
+    /// Those and the connections with output queued.
+    touched: Vec<ConnId>,
+    /// The rings whose reads a sync point releases.
+    unreleased: Vec<ConnId>,
+}
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_EVTCHN: u64 = 1;
@@ -370,7 +393,7 @@ impl Daemon {
             last_time: 0,
             access_log,
             stop: Arc::new(AtomicBool::new(false)),
-            dirty: BTreeSet::new(),
+            dirty: ConnSet::default(),
             epoll,
             interest: BTreeMap::new(),
             rundir: config.rundir.clone(),
@@ -385,12 +408,13 @@ impl Daemon {
             accept_refusing: false,
             accept_refused_total: 0,
             accept_paused: None,
-            unreleased: BTreeSet::new(),
+            unreleased: ConnSet::default(),
             clock_base: 0,
             journal_limit: config.journal.unwrap_or(u64::MAX),
             snapshot_job: None,
             read_buf: vec![0; READ_BUF],
             events: vec![EpollEvent::empty(); EPOLL_EVENTS],
+            scratch: Scratch::default(),
         };
         Ok(daemon)
     }
@@ -470,7 +494,9 @@ impl Daemon {
                 j.sync();
             }
         }
-        for conn in std::mem::take(&mut self.unreleased) {
+        let mut unreleased = std::mem::take(&mut self.scratch.unreleased);
+        self.unreleased.take_into(&mut unreleased);
+        for &conn in &unreleased {
             let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
@@ -486,6 +512,7 @@ impl Daemon {
                 Err(e) => self.fail(conn, &Failure::Transport(e)),
             }
         }
+        self.scratch.unreleased = unreleased;
     }
 
     fn add_ring(&mut self, page: Box<dyn ForeignPage>, port: Port, domid: DomId) -> ConnId {
@@ -562,7 +589,7 @@ impl Daemon {
             self.core.flush_recording();
             self.last_flush = Instant::now();
         }
-        let (listener_ready, evtchn_ready, ready) = self.wait(timeout_ms)?;
+        let (listener_ready, evtchn_ready) = self.wait(timeout_ms)?;
         self.resume_listener();
         if listener_ready {
             self.accept_all()?;
@@ -570,9 +597,11 @@ impl Daemon {
         if evtchn_ready {
             self.service_events();
         }
-        for conn in ready {
+        let ready = std::mem::take(&mut self.scratch.ready);
+        for &conn in &ready {
             self.service_socket(conn);
         }
+        self.scratch.ready = ready;
         self.settle();
         if self.live_update.is_some() {
             // Between requests: the one point where a hand-over may happen.
@@ -585,7 +614,9 @@ impl Daemon {
         Ok(())
     }
 
-    fn wait(&mut self, timeout_ms: Option<u16>) -> io::Result<(bool, bool, Vec<ConnId>)> {
+    /// Waits for readiness; the sockets that are ready are left in
+    /// `self.scratch.ready`.
+    fn wait(&mut self, timeout_ms: Option<u16>) -> io::Result<(bool, bool)> {
         // A throttled domain resumes at its wake-up: wait no longer than
         // that (and do not spin before it).
         let wakeup = self
@@ -611,7 +642,9 @@ impl Daemon {
             Err(nix::errno::Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
         };
-        let (mut listener, mut evtchn, mut socks) = (false, false, Vec::new());
+        let (mut listener, mut evtchn) = (false, false);
+        let socks = &mut self.scratch.ready;
+        socks.clear();
         for ev in &self.events[..n] {
             match ev.data() {
                 TOKEN_LISTENER => listener = true,
@@ -623,7 +656,7 @@ impl Daemon {
                 }
             }
         }
-        Ok((listener, evtchn, socks))
+        Ok((listener, evtchn))
     }
 
     /// Keeps a socket's epoll registration in line with what it needs:
@@ -758,7 +791,8 @@ impl Daemon {
     }
 
     fn service_events(&mut self) {
-        let mut fired = Vec::new();
+        let mut fired = std::mem::take(&mut self.scratch.fired);
+        fired.clear();
         if let Err(e) = self.platform.evtchn.read_pending(&mut fired) {
             tracing::warn!("reading pending event channels failed: {e}");
             // Treat every port as pending (the overflow case).
@@ -775,6 +809,7 @@ impl Daemon {
         if let Err(e) = self.platform.evtchn.unmask(&fired) {
             tracing::warn!("unmasking event channels failed: {e}");
         }
+        self.scratch.fired = fired;
     }
 
     /// Tells the engine what the hypervisor says of every domain it knows
@@ -853,7 +888,7 @@ impl Daemon {
         };
         if c.transport.reconnect_requested() {
             self.core.apply_infallible(BoundaryEvent::Reset { conn });
-            self.unreleased.remove(&conn);
+            self.unreleased.remove(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.transport.complete_reconnect();
             }
@@ -953,8 +988,10 @@ impl Daemon {
     }
 
     fn settle_turns(&mut self) {
+        let mut dirty = std::mem::take(&mut self.scratch.dirty);
+        let mut touched = std::mem::take(&mut self.scratch.touched);
         for _ in 0..64 {
-            let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
+            self.dirty.take_into(&mut dirty);
             for &conn in &dirty {
                 // Sockets are read when epoll says so; rings when marked.
                 if self
@@ -967,16 +1004,14 @@ impl Daemon {
             }
             self.do_actions();
             let mut again = false;
-            let touched: BTreeSet<ConnId> = self
-                .core
-                .conns_with_output()
-                .into_iter()
-                .chain(dirty)
-                .collect();
+            touched.clear();
+            touched.extend(self.core.engine().conns_with_output_iter());
+            touched.extend_from_slice(&dirty);
+            connset::sort_dedup(&mut touched);
             for &conn in &touched {
                 again |= self.flush(conn);
             }
-            for conn in touched {
+            for &conn in &touched {
                 self.update_interest(conn);
             }
             // A guest whose watch events another connection took (or
@@ -988,9 +1023,11 @@ impl Daemon {
             }
             self.do_actions();
             if !again && self.dirty.is_empty() {
-                return;
+                break;
             }
         }
+        self.scratch.dirty = dirty;
+        self.scratch.touched = touched;
     }
 
     /// Writes what is queued for `conn`; returns whether the connection can
