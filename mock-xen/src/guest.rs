@@ -36,6 +36,8 @@ pub struct Guest {
     port: Port,
     drop_notifications: bool,
     block_limit: Duration,
+    /// The ports a wait saw fire (kept, so that a wait allocates none).
+    fired: Vec<Port>,
     _mapper: MockPageMapper,
 }
 
@@ -55,6 +57,7 @@ impl Guest {
             page,
             port,
             drop_notifications: false,
+            fired: Vec::new(),
             block_limit: GUEST_BLOCK_LIMIT,
             _mapper: mapper,
         })
@@ -90,12 +93,12 @@ impl Guest {
 
     /// Waits for an event on the store port (or `limit`), then unmasks it.
     pub fn wait_event(&mut self, limit: Duration) -> io::Result<()> {
-        let mut fired = Vec::new();
+        self.fired.clear();
         self.evtchn
-            .wait(Some(limit), &mut fired)
+            .wait(Some(limit), &mut self.fired)
             .map_err(io::Error::other)?;
-        if !fired.is_empty() {
-            self.evtchn.unmask(&fired).map_err(io::Error::other)?;
+        if !self.fired.is_empty() {
+            self.evtchn.unmask(&self.fired).map_err(io::Error::other)?;
         }
         Ok(())
     }

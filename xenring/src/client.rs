@@ -15,7 +15,7 @@ use std::string::{String, ToString};
 use std::vec::Vec;
 use std::{format, vec};
 
-use crate::codec::{build_args, build_path_value, split_args, Decoder, Message};
+use crate::codec::{build_args, split_args, Decoder, Message};
 use crate::error::Error;
 use crate::page::{RingErrorCode, RING_SIZE_U32};
 use crate::perms::{format_perm_list, parse_perm_list, DomId, Perm};
@@ -81,6 +81,10 @@ pub struct Client<T> {
     /// first `sent` of them have been used.
     sent: u64,
     rbuf: Vec<u8>,
+    /// The request being sent (kept, so that a request allocates none).
+    wbuf: Vec<u8>,
+    /// The messages one read completed (kept, likewise).
+    received: Vec<Message>,
     events: VecDeque<WatchEvent>,
     replies: BTreeMap<u32, Message>,
     in_flight: BTreeMap<u32, MsgType>,
@@ -107,6 +111,8 @@ impl<T: Read + Write> Client<T> {
             next_req_id: FIRST_REQ_ID,
             sent: 0,
             rbuf: vec![0; HEADER_SIZE + PAYLOAD_MAX],
+            wbuf: Vec::new(),
+            received: Vec::new(),
             events: VecDeque::new(),
             replies: BTreeMap::new(),
             in_flight: BTreeMap::new(),
@@ -131,11 +137,30 @@ impl<T: Read + Write> Client<T> {
 
     /// Sends a request without waiting; returns its `req_id`.
     pub fn submit(&mut self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<u32, Error> {
+        self.submit_parts(ty, tx_id, &[payload])
+    }
+
+    /// [`Client::submit`] of the payload `parts` make one after another
+    /// (built in the client's own buffer, not in a payload of its own).
+    fn submit_parts(&mut self, ty: MsgType, tx_id: u32, parts: &[&[u8]]) -> Result<u32, Error> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(len)
+            .ok()
+            .filter(|&len| len as usize <= PAYLOAD_MAX)
+            .ok_or(Error::PayloadTooLong {
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+            })?;
+        // The id is taken only once the request is sure to go out: the ids
+        // sent stay `FIRST_REQ_ID..` without a gap (see `was_sent`).
         let req_id = self.next_req_id;
+        self.wbuf.clear();
+        self.wbuf
+            .extend_from_slice(&Header::new(ty, req_id, tx_id, len).to_bytes());
+        for part in parts {
+            self.wbuf.extend_from_slice(part);
+        }
         self.next_req_id = self.next_req_id.wrapping_add(1);
-        let mut bytes = Vec::with_capacity(HEADER_SIZE + payload.len());
-        crate::codec::encode(&mut bytes, ty, req_id, tx_id, payload)?;
-        self.io.write_all(&bytes)?;
+        self.io.write_all(&self.wbuf)?;
         self.io.flush()?;
         self.sent = self.sent.saturating_add(1);
         self.in_flight.insert(req_id, ty);
@@ -186,14 +211,16 @@ impl<T: Read + Write> Client<T> {
         if n == 0 {
             return Err(Error::Closed);
         }
-        let mut msgs = Vec::new();
+        let mut msgs = core::mem::take(&mut self.received);
+        msgs.clear();
         let decoded = self.decoder.decode_all(&self.rbuf[..n], &mut msgs);
         let mut first_error = None;
-        for msg in msgs {
+        for msg in msgs.drain(..) {
             if let Err(e) = self.file(msg) {
                 first_error.get_or_insert(e);
             }
         }
+        self.received = msgs;
         match first_error.or(decoded.err()) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -233,6 +260,17 @@ impl<T: Read + Write> Client<T> {
         self.wait_reply(req_id)
     }
 
+    /// [`Client::request`] of the payload `parts` make one after another.
+    fn request_parts(
+        &mut self,
+        ty: MsgType,
+        tx_id: u32,
+        parts: &[&[u8]],
+    ) -> Result<Message, Error> {
+        let req_id = self.submit_parts(ty, tx_id, parts)?;
+        self.wait_reply(req_id)
+    }
+
     /// Sends a request whose success reply is `OK`.
     fn request_ok(&mut self, ty: MsgType, tx_id: u32, payload: &[u8]) -> Result<(), Error> {
         self.request(ty, tx_id, payload).map(|_| ())
@@ -247,17 +285,14 @@ impl<T: Read + Write> Client<T> {
     /// `XS_READ`.
     pub fn read(&mut self, tx_id: u32, path: &str) -> Result<Vec<u8>, Error> {
         Ok(self
-            .request(MsgType::Read, tx_id, &build_args(&[path.as_bytes()]))?
+            .request_parts(MsgType::Read, tx_id, &[path.as_bytes(), b"\0"])?
             .payload)
     }
 
     /// `XS_WRITE` (creates missing parents).
     pub fn write(&mut self, tx_id: u32, path: &str, value: &[u8]) -> Result<(), Error> {
-        self.request_ok(
-            MsgType::Write,
-            tx_id,
-            &build_path_value(path.as_bytes(), value),
-        )
+        self.request_parts(MsgType::Write, tx_id, &[path.as_bytes(), b"\0", value])
+            .map(|_| ())
     }
 
     /// `XS_MKDIR`.
@@ -272,7 +307,7 @@ impl<T: Read + Write> Client<T> {
 
     /// `XS_DIRECTORY`: the children's leaf names.
     pub fn directory(&mut self, tx_id: u32, path: &str) -> Result<Vec<String>, Error> {
-        let reply = self.request(MsgType::Directory, tx_id, &build_args(&[path.as_bytes()]))?;
+        let reply = self.request_parts(MsgType::Directory, tx_id, &[path.as_bytes(), b"\0"])?;
         Ok(string_list(&reply.payload))
     }
 
