@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use evtchn::{DomId, EventChannel, Port, Virq};
 use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
 use crate::conn::{Conn, Connector};
 use crate::error::Error;
@@ -50,7 +52,22 @@ pub struct MockEventChannel {
     /// [`EventChannel::wait`]'s epoll set, `eventfd` in it edge-triggered
     /// (made at the first wait).
     waiter: Option<Epoll>,
+    /// A timer firing every [`WAIT_TICK`], armed once, in `waiter`'s set
+    /// (made at the first long wait): a wait with more than two ticks to
+    /// go blocks without a timeout of its own and looks at the clock at
+    /// each tick, so the kernel does not arm and cancel a timer on every
+    /// wait (0.4 us of each round trip on a KVM guest). The last two
+    /// ticks' worth are waited with the exact timeout: a deadline is kept
+    /// to the same precision as without it.
+    tick: Option<TimerFd>,
 }
+
+/// [`MockEventChannel::tick`]'s period.
+const WAIT_TICK: Duration = Duration::from_millis(100);
+
+/// `waiter`'s token of the eventfd, and of the tick.
+const WAKE_EVENTFD: u64 = 0;
+const WAKE_TICK: u64 = 1;
 
 fn op_error(op: &'static str, e: Error) -> evtchn::Error {
     evtchn::Error::Ioctl {
@@ -83,6 +100,7 @@ impl MockEventChannel {
             routes: BTreeMap::new(),
             edge: false,
             waiter: None,
+            tick: None,
         })
     }
 
@@ -112,6 +130,7 @@ impl MockEventChannel {
             routes: BTreeMap::new(),
             edge: false,
             waiter: None,
+            tick: None,
         };
         // Events raised while nobody was polling stay pending; make sure the
         // new program's first poll sees them.
@@ -189,13 +208,36 @@ impl MockEventChannel {
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
             epoll.add(
                 &self.eventfd,
-                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+                EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, WAKE_EVENTFD),
             )?;
             self.waiter = Some(epoll);
         }
         self.waiter
             .as_ref()
             .ok_or_else(|| io::Error::other("no epoll set"))
+    }
+
+    /// Whether the tick runs, starting it if need be (false if the
+    /// system refuses a timer: waits then carry their own timeouts).
+    fn ticking(&mut self) -> bool {
+        if self.tick.is_some() {
+            return true;
+        }
+        let Ok(epoll) = self.waiter() else {
+            return false;
+        };
+        let made = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .and_then(|tick| {
+            let period = TimeSpec::from_duration(WAIT_TICK);
+            tick.set(Expiration::Interval(period), TimerSetTimeFlags::empty())?;
+            epoll.add(&tick, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TICK))?;
+            Ok(tick)
+        });
+        self.tick = made.ok();
+        self.tick.is_some()
     }
 
     fn drain_eventfd(&self) {
@@ -333,7 +375,11 @@ impl EventChannel for MockEventChannel {
                     if left.is_zero() {
                         return Ok(());
                     }
-                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                    if left > 2 * WAIT_TICK && self.ticking() {
+                        PollTimeout::NONE
+                    } else {
+                        PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                    }
                 }
             };
             let poll_error = |e: io::Error| evtchn::Error::Poll { source: e };
@@ -345,7 +391,16 @@ impl EventChannel for MockEventChannel {
                 .map_err(poll_error)?
                 .wait(&mut events, poll_timeout)
             {
-                Ok(_) => {}
+                Ok(n) => {
+                    if events[..n].iter().any(|e| e.data() == WAKE_TICK) {
+                        if let Some(tick) = &self.tick {
+                            // Level-triggered: take the expiries, so that
+                            // it stops being readable (non-blocking).
+                            let mut count = [0u8; 8];
+                            let _ = nix::unistd::read(tick, &mut count);
+                        }
+                    }
+                }
                 // A signal: report nothing, as the device's poll would.
                 Err(nix::errno::Errno::EINTR) => return Ok(()),
                 Err(e) => return Err(poll_error(io::Error::from(e))),

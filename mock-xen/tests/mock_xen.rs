@@ -410,6 +410,41 @@ fn test_evtchn_port_masked_until_unmasked_then_redelivered() {
     );
 }
 
+/// A wait long enough to go by the channel's tick (more than two 100 ms
+/// ticks) still ends at its deadline, not before, reporting nothing; and
+/// a notification wakes such a wait long before its deadline.
+#[test]
+fn test_evtchn_long_wait_keeps_its_deadline_and_wakes_on_notify() {
+    let connector = Connector::new_local().unwrap();
+    let (_ts, _rec, mut guest, mut dom0) = guest_and_dom0(&connector);
+    let timeout = Duration::from_millis(450);
+    let start = Instant::now();
+    let mut fired = Vec::new();
+    dom0.evtchn.wait(Some(timeout), &mut fired).unwrap();
+    let took = start.elapsed();
+    assert!(fired.is_empty(), "nothing fired, nothing reported");
+    assert!(
+        took >= timeout,
+        "returned after {took:?}, before its {timeout:?}"
+    );
+    assert!(took < LIMIT, "returned after {took:?}");
+
+    // Now from another thread, while we wait for up to LIMIT.
+    let notifier = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        guest.notify().unwrap();
+        guest
+    });
+    let start = Instant::now();
+    let mut fired = Vec::new();
+    while fired.is_empty() && start.elapsed() < LIMIT {
+        dom0.evtchn.wait(Some(LIMIT), &mut fired).unwrap();
+    }
+    assert_eq!(fired, vec![dom0.port], "the notification woke the wait");
+    assert!(start.elapsed() < LIMIT);
+    notifier.join().unwrap();
+}
+
 /// Whether an edge-triggered epoll set holding `evtchn`'s descriptor
 /// reports it now (without waiting).
 fn edge_ready(epoll: &nix::sys::epoll::Epoll) -> bool {
