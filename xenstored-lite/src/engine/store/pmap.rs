@@ -149,7 +149,16 @@ impl<K: Hash + Eq, V> PMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = hash_of(key);
+        self.find(hash_of(key), key).map(|(k, v, _)| (k, v))
+    }
+
+    /// The entry for `key` (whose hash is `hash`), and where it is in its
+    /// collision list (0 for a leaf).
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<(&K, &V, usize)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         let mut node = self.root.as_ref()?;
         let mut shift = 0;
         loop {
@@ -157,13 +166,13 @@ impl<K: Hash + Eq, V> PMap<K, V> {
             if node.bitmap & bit == 0 {
                 return None;
             }
-            match &node.slots[at] {
+            match node.slots.get(at)? {
                 Slot::Leaf {
                     hash: h,
                     key: k,
                     value,
                 } => {
-                    return (*h == hash && k.borrow() == key).then_some((k, value));
+                    return (*h == hash && k.borrow() == key).then_some((k, value, 0));
                 }
                 Slot::Collision { hash: h, entries } => {
                     if *h != hash {
@@ -171,8 +180,9 @@ impl<K: Hash + Eq, V> PMap<K, V> {
                     }
                     return entries
                         .iter()
-                        .find(|(k, _)| k.borrow() == key)
-                        .map(|(k, v)| (k, v));
+                        .enumerate()
+                        .find(|(_, (k, _))| k.borrow() == key)
+                        .map(|(i, (k, v))| (k, v, i));
                 }
                 Slot::Branch(sub) => {
                     node = sub;
@@ -209,25 +219,19 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        // Look first, so that a miss copies nothing.
-        self.get_key_value(key)?;
+        // Look first, so that a miss copies nothing; the walk down again
+        // follows the same path to the same entry (nothing changed in
+        // between), so it needs neither the hash again nor a comparison.
         let hash = hash_of(key);
+        let (_, _, index) = self.find(hash, key)?;
         let mut node = self.root.as_mut()?;
         let mut shift = 0;
         loop {
-            let (bit, at) = locate(node.bitmap, hash, shift);
-            if node.bitmap & bit == 0 {
-                return None;
-            }
-            match &mut Arc::make_mut(&mut node.slots)[at] {
-                Slot::Leaf { key: k, value, .. } => {
-                    return ((*k).borrow() == key).then_some(value);
-                }
+            let (_, at) = locate(node.bitmap, hash, shift);
+            match Arc::make_mut(&mut node.slots).get_mut(at)? {
+                Slot::Leaf { value, .. } => return Some(value),
                 Slot::Collision { entries, .. } => {
-                    return Arc::make_mut(entries)
-                        .iter_mut()
-                        .find(|(k, _)| (*k).borrow() == key)
-                        .map(|(_, v)| v);
+                    return Arc::make_mut(entries).get_mut(index).map(|(_, v)| v);
                 }
                 Slot::Branch(sub) => {
                     node = sub;
@@ -260,10 +264,10 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         // Look first, so that a miss copies nothing.
-        if self.get_key_value(key).is_none() {
+        let hash = hash_of(key);
+        if self.find(hash, key).is_none() {
             return false;
         }
-        let hash = hash_of(key);
         let Some(root) = self.root.as_mut() else {
             return false;
         };
