@@ -497,14 +497,26 @@ impl Store {
     }
 
     fn charge(&mut self, owner: DomId, nodes: i64, memory: i64) {
-        let mut acct = self.account(owner);
-        acct.nodes = u32::try_from(i64::from(acct.nodes) + nodes).unwrap_or(0);
-        acct.memory =
-            u64::try_from(i64::try_from(acct.memory).unwrap_or(i64::MAX) + memory).unwrap_or(0);
-        if acct == Account::default() {
-            self.accounts.remove(&owner);
-        } else {
-            self.accounts.insert(owner, acct);
+        let moved = |acct: &mut Account| {
+            acct.nodes = u32::try_from(i64::from(acct.nodes) + nodes).unwrap_or(0);
+            acct.memory =
+                u64::try_from(i64::try_from(acct.memory).unwrap_or(i64::MAX) + memory).unwrap_or(0);
+            *acct == Account::default()
+        };
+        // An account that exists is changed where it is (one lookup); an
+        // account left empty is removed, as none is kept.
+        match self.accounts.get_mut(&owner) {
+            Some(acct) => {
+                if moved(acct) {
+                    self.accounts.remove(&owner);
+                }
+            }
+            None => {
+                let mut acct = Account::default();
+                if !moved(&mut acct) {
+                    self.accounts.insert(owner, acct);
+                }
+            }
         }
     }
 
@@ -568,10 +580,24 @@ impl Store {
             return false;
         };
         let (old_owner, old_cost) = (slot.owner(), Node::cost(path, &slot.value, &slot.perms));
-        let node = Arc::make_mut(slot);
-        node.value = value;
-        node.perms = perms;
-        node.generation = generation;
+        match Arc::get_mut(slot) {
+            Some(node) => {
+                node.value = value;
+                node.perms = perms;
+                node.generation = generation;
+            }
+            // Shared with a snapshot: a new node, not a copy of the old
+            // one whose value and permissions are then replaced.
+            None => {
+                *slot = Arc::new(Node {
+                    value,
+                    perms,
+                    children: slot.children.clone(),
+                    created: slot.created,
+                    generation,
+                });
+            }
+        }
         self.version += 1;
         self.next_generation += 1;
         if accounted(path) {

@@ -8,9 +8,13 @@
 //! layout on every run. Iteration follows the hash, so callers whose
 //! output depends on the order sort what they collect.
 //!
-//! Each trie node is one `Arc<[Slot]>` holding its entries inline (the
-//! node's bitmap lives in the slot that points to it), so that a lookup
-//! touches one allocation per level.
+//! Each trie node's slots are held inline in two halves, one `Arc<[Slot]>`
+//! for positions 0–15 and one for 16–31 (none for a half with nothing in
+//! it); the node's bitmap and both pointers live in the slot that points
+//! to it, so that a lookup still touches one allocation per level, and a
+//! copy of a node that a snapshot shares copies only the half the path
+//! goes through (its slots' reference counts are most of the cost of a
+//! copy, each on a line of its own), sharing the other.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -40,7 +44,51 @@ enum Slot<K, V> {
 #[derive(Clone)]
 struct Node<K, V> {
     bitmap: u32,
-    slots: Arc<[Slot<K, V>]>,
+    slots: Halves<K, V>,
+}
+
+/// Positions in one half of a node.
+const HALF: u32 = 16;
+
+/// A node's slots: those of positions below [`HALF`], then the others,
+/// each half in position order and its own allocation (`None` if empty).
+#[derive(Clone)]
+struct Halves<K, V> {
+    lo: Option<Arc<[Slot<K, V>]>>,
+    hi: Option<Arc<[Slot<K, V>]>>,
+}
+
+impl<K, V> Halves<K, V> {
+    /// Half `hi`'s slots.
+    fn half(&self, hi: bool) -> &[Slot<K, V>] {
+        let half = if hi { &self.hi } else { &self.lo };
+        half.as_deref().unwrap_or(&[])
+    }
+
+    /// Every slot, in position order.
+    fn iter(&self) -> impl Iterator<Item = &Slot<K, V>> {
+        self.half(false).iter().chain(self.half(true).iter())
+    }
+}
+
+impl<K: Clone, V: Clone> Halves<K, V> {
+    /// Slot `at` of half `hi`, to change (the half copied first if a
+    /// snapshot shares it).
+    fn slot_mut(&mut self, hi: bool, at: usize) -> Option<&mut Slot<K, V>> {
+        let half = if hi { &mut self.hi } else { &mut self.lo };
+        half.as_mut().and_then(|h| Arc::make_mut(h).get_mut(at))
+    }
+
+    /// Half `hi` rebuilt by `f` from its slots (a new allocation, as the
+    /// half changes length).
+    fn rebuild(&mut self, hi: bool, f: impl FnOnce(&[Slot<K, V>], &mut Vec<Slot<K, V>>)) {
+        let half = if hi { &mut self.hi } else { &mut self.lo };
+        let old = half.take();
+        let old = old.as_deref().unwrap_or(&[]);
+        let mut slots = Vec::with_capacity(old.len() + 1);
+        f(old, &mut slots);
+        *half = (!slots.is_empty()).then(|| Arc::from(slots));
+    }
 }
 
 /// A persistent map from `K` to `V`.
@@ -60,38 +108,52 @@ fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
     FixedState::default().hash_one(key)
 }
 
-/// The position's bit and the slot index it maps to in `bitmap`.
-fn locate(bitmap: u32, hash: u64, shift: u32) -> (u32, usize) {
+/// The position's bit, its half, and the slot index it maps to in that
+/// half given `bitmap`.
+fn locate(bitmap: u32, hash: u64, shift: u32) -> (u32, bool, usize) {
     // The mask keeps 5 bits: the shift stays below 32.
-    let bit = 1u32 << ((hash >> shift) & MASK) as u32;
-    (bit, (bitmap & (bit - 1)).count_ones() as usize)
+    let pos = ((hash >> shift) & MASK) as u32;
+    let bit = 1u32 << pos;
+    let hi = pos >= HALF;
+    let below = bitmap & (bit - 1);
+    let below = if hi { below >> HALF } else { below };
+    (bit, hi, below.count_ones() as usize)
 }
 
 impl<K, V> Node<K, V> {
-    fn new(bitmap: u32, slots: Vec<Slot<K, V>>) -> Self {
+    /// A node of `slots` in position order, `bitmap` their positions.
+    fn new(bitmap: u32, mut slots: Vec<Slot<K, V>>) -> Self {
+        let low = (bitmap & ((1 << HALF) - 1)).count_ones() as usize;
+        let hi = slots.split_off(low.min(slots.len()));
+        let half = |v: Vec<Slot<K, V>>| (!v.is_empty()).then(|| Arc::from(v));
         Self {
             bitmap,
-            slots: Arc::from(slots),
+            slots: Halves {
+                lo: half(slots),
+                hi: half(hi),
+            },
         }
     }
 }
 
 impl<K: Clone, V: Clone> Node<K, V> {
-    /// A copy of the slots with `slot` inserted at `at`.
-    fn with_inserted(&self, bit: u32, at: usize, slot: Slot<K, V>) -> Self {
-        let mut slots = Vec::with_capacity(self.slots.len() + 1);
-        slots.extend_from_slice(&self.slots[..at]);
-        slots.push(slot);
-        slots.extend_from_slice(&self.slots[at..]);
-        Self::new(self.bitmap | bit, slots)
+    /// `slot` inserted at `at` of half `hi`, at the position `bit`.
+    fn insert_slot(&mut self, bit: u32, hi: bool, at: usize, slot: Slot<K, V>) {
+        self.slots.rebuild(hi, |old, new| {
+            new.extend_from_slice(&old[..at]);
+            new.push(slot);
+            new.extend_from_slice(&old[at..]);
+        });
+        self.bitmap |= bit;
     }
 
-    /// A copy of the slots without the one at `at`.
-    fn without(&self, bit: u32, at: usize) -> Self {
-        let mut slots = Vec::with_capacity(self.slots.len().saturating_sub(1));
-        slots.extend_from_slice(&self.slots[..at]);
-        slots.extend_from_slice(&self.slots[at + 1..]);
-        Self::new(self.bitmap & !bit, slots)
+    /// The slot at `at` of half `hi` (position `bit`) taken out.
+    fn remove_slot(&mut self, bit: u32, hi: bool, at: usize) {
+        self.slots.rebuild(hi, |old, new| {
+            new.extend_from_slice(&old[..at]);
+            new.extend_from_slice(&old[at + 1..]);
+        });
+        self.bitmap &= !bit;
     }
 }
 
@@ -132,7 +194,7 @@ impl<K, V> PMap<K, V> {
     pub fn iter(&self) -> Iter<'_, K, V> {
         let mut stack = Vec::new();
         if let Some(root) = &self.root {
-            stack.push(root.slots.iter());
+            push_halves(&mut stack, root);
         }
         Iter {
             stack,
@@ -149,21 +211,30 @@ impl<K: Hash + Eq, V> PMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let hash = hash_of(key);
+        self.find(hash_of(key), key).map(|(k, v, _)| (k, v))
+    }
+
+    /// The entry for `key` (whose hash is `hash`), and where it is in its
+    /// collision list (0 for a leaf).
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<(&K, &V, usize)>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
         let mut node = self.root.as_ref()?;
         let mut shift = 0;
         loop {
-            let (bit, at) = locate(node.bitmap, hash, shift);
+            let (bit, hi, at) = locate(node.bitmap, hash, shift);
             if node.bitmap & bit == 0 {
                 return None;
             }
-            match &node.slots[at] {
+            match node.slots.half(hi).get(at)? {
                 Slot::Leaf {
                     hash: h,
                     key: k,
                     value,
                 } => {
-                    return (*h == hash && k.borrow() == key).then_some((k, value));
+                    return (*h == hash && k.borrow() == key).then_some((k, value, 0));
                 }
                 Slot::Collision { hash: h, entries } => {
                     if *h != hash {
@@ -171,8 +242,9 @@ impl<K: Hash + Eq, V> PMap<K, V> {
                     }
                     return entries
                         .iter()
-                        .find(|(k, _)| k.borrow() == key)
-                        .map(|(k, v)| (k, v));
+                        .enumerate()
+                        .find(|(_, (k, _))| k.borrow() == key)
+                        .map(|(i, (k, v))| (k, v, i));
                 }
                 Slot::Branch(sub) => {
                     node = sub;
@@ -209,25 +281,19 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        // Look first, so that a miss copies nothing.
-        self.get_key_value(key)?;
+        // Look first, so that a miss copies nothing; the walk down again
+        // follows the same path to the same entry (nothing changed in
+        // between), so it needs neither the hash again nor a comparison.
         let hash = hash_of(key);
+        let (_, _, index) = self.find(hash, key)?;
         let mut node = self.root.as_mut()?;
         let mut shift = 0;
         loop {
-            let (bit, at) = locate(node.bitmap, hash, shift);
-            if node.bitmap & bit == 0 {
-                return None;
-            }
-            match &mut Arc::make_mut(&mut node.slots)[at] {
-                Slot::Leaf { key: k, value, .. } => {
-                    return ((*k).borrow() == key).then_some(value);
-                }
+            let (_, hi, at) = locate(node.bitmap, hash, shift);
+            match node.slots.slot_mut(hi, at)? {
+                Slot::Leaf { value, .. } => return Some(value),
                 Slot::Collision { entries, .. } => {
-                    return Arc::make_mut(entries)
-                        .iter_mut()
-                        .find(|(k, _)| (*k).borrow() == key)
-                        .map(|(_, v)| v);
+                    return Arc::make_mut(entries).get_mut(index).map(|(_, v)| v);
                 }
                 Slot::Branch(sub) => {
                     node = sub;
@@ -241,7 +307,7 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let hash = hash_of(&key);
         let Some(root) = self.root.as_mut() else {
-            let (bit, _) = locate(0, hash, 0);
+            let (bit, _, _) = locate(0, hash, 0);
             self.root = Some(Node::new(bit, alloc::vec![Slot::Leaf { hash, key, value }]));
             self.len = 1;
             return None;
@@ -260,10 +326,10 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         // Look first, so that a miss copies nothing.
-        if self.get_key_value(key).is_none() {
+        let hash = hash_of(key);
+        if self.find(hash, key).is_none() {
             return false;
         }
-        let hash = hash_of(key);
         let Some(root) = self.root.as_mut() else {
             return false;
         };
@@ -285,12 +351,12 @@ fn insert_at<K: Eq + Clone, V: Clone>(
     key: K,
     value: V,
 ) -> Option<V> {
-    let (bit, at) = locate(node.bitmap, hash, shift);
-    if node.bitmap & bit == 0 {
-        *node = node.with_inserted(bit, at, Slot::Leaf { hash, key, value });
+    let (bit, hi, at) = locate(node.bitmap, hash, shift);
+    let present = node.bitmap & bit != 0;
+    let Some(slot) = present.then(|| node.slots.slot_mut(hi, at)).flatten() else {
+        node.insert_slot(bit, hi, at, Slot::Leaf { hash, key, value });
         return None;
-    }
-    let slot = &mut Arc::make_mut(&mut node.slots)[at];
+    };
     match slot {
         Slot::Leaf {
             hash: h,
@@ -347,11 +413,13 @@ fn remove_at<K: Borrow<Q> + Clone, V: Clone, Q: Eq + ?Sized>(
     hash: u64,
     key: &Q,
 ) -> bool {
-    let (bit, at) = locate(node.bitmap, hash, shift);
+    let (bit, hi, at) = locate(node.bitmap, hash, shift);
     if node.bitmap & bit == 0 {
         return false;
     }
-    let slot = &mut Arc::make_mut(&mut node.slots)[at];
+    let Some(slot) = node.slots.slot_mut(hi, at) else {
+        return false;
+    };
     let emptied = match slot {
         Slot::Leaf { key: k, .. } => {
             if (*k).borrow() != key {
@@ -389,18 +457,26 @@ fn remove_at<K: Borrow<Q> + Clone, V: Clone, Q: Eq + ?Sized>(
             // A node left with one leaf (or collision) moves up into its
             // parent's slot, so that the trie stays as shallow as its keys
             // need, whatever the order of inserts and removes.
-            match &sub.slots[..] {
-                [] => true,
-                [only @ (Slot::Leaf { .. } | Slot::Collision { .. })] => {
-                    *slot = only.clone();
-                    false
+            if sub.bitmap == 0 {
+                true
+            } else {
+                let lone = match sub.slots.iter().next() {
+                    Some(only @ (Slot::Leaf { .. } | Slot::Collision { .. }))
+                        if sub.bitmap.count_ones() == 1 =>
+                    {
+                        Some(only.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(only) = lone {
+                    *slot = only;
                 }
-                _ => false,
+                false
             }
         }
     };
     if emptied {
-        *node = node.without(bit, at);
+        node.remove_slot(bit, hi, at);
     }
     true
 }
@@ -430,15 +506,15 @@ impl<K: Eq, V> PMap<K, V> {
         match (&old.root, &self.root) {
             (None, None) => {}
             (Some(o), Some(n)) => diff_nodes(o, n, same, out),
-            (None, Some(n)) => entries_of(&n.slots, &mut |k, v| out(Change::Set(k, v))),
-            (Some(o), None) => entries_of(&o.slots, &mut |k, _| out(Change::Removed(k))),
+            (None, Some(n)) => entries_of(n, &mut |k, v| out(Change::Set(k, v))),
+            (Some(o), None) => entries_of(o, &mut |k, _| out(Change::Removed(k))),
         }
     }
 }
 
-/// Every entry below `slots`.
-fn entries_of<'a, K, V>(slots: &'a [Slot<K, V>], f: &mut impl FnMut(&'a K, &'a V)) {
-    for slot in slots {
+/// Every entry below `node`.
+fn entries_of<'a, K, V>(node: &'a Node<K, V>, f: &mut impl FnMut(&'a K, &'a V)) {
+    for slot in node.slots.iter() {
         slot_entries(slot, f);
     }
 }
@@ -447,7 +523,7 @@ fn slot_entries<'a, K, V>(slot: &'a Slot<K, V>, f: &mut impl FnMut(&'a K, &'a V)
     match slot {
         Slot::Leaf { key, value, .. } => f(key, value),
         Slot::Collision { entries, .. } => entries.iter().for_each(|(k, v)| f(k, v)),
-        Slot::Branch(sub) => entries_of(&sub.slots, f),
+        Slot::Branch(sub) => entries_of(sub, f),
     }
 }
 
@@ -457,26 +533,38 @@ fn diff_nodes<'a, K: Eq, V>(
     same: &impl Fn(&V, &V) -> bool,
     out: &mut impl FnMut(Change<'a, K, V>),
 ) {
-    if Arc::ptr_eq(&old.slots, &new.slots) {
-        return;
-    }
-    let (mut io, mut inew) = (0usize, 0usize);
-    for pos in 0..32u32 {
-        let bit = 1u32 << pos;
-        let o = (old.bitmap & bit != 0).then(|| {
-            io += 1;
-            &old.slots[io - 1]
-        });
-        let n = (new.bitmap & bit != 0).then(|| {
-            inew += 1;
-            &new.slots[inew - 1]
-        });
-        match (o, n) {
-            (None, None) => {}
-            (Some(o), None) => slot_entries(o, &mut |k, _| out(Change::Removed(k))),
-            (None, Some(n)) => slot_entries(n, &mut |k, v| out(Change::Set(k, v))),
-            (Some(Slot::Branch(o)), Some(Slot::Branch(n))) => diff_nodes(o, n, same, out),
-            (Some(o), Some(n)) => diff_slots(o, n, same, out),
+    for hi in [false, true] {
+        let (o, n) = if hi {
+            (&old.slots.hi, &new.slots.hi)
+        } else {
+            (&old.slots.lo, &new.slots.lo)
+        };
+        // A half the two share is the same slots at the same positions.
+        if let (Some(o), Some(n)) = (o, n) {
+            if Arc::ptr_eq(o, n) {
+                continue;
+            }
+        }
+        let (o, n) = (old.slots.half(hi), new.slots.half(hi));
+        let (mut io, mut inew) = (0usize, 0usize);
+        let first = if hi { HALF } else { 0 };
+        for pos in first..first + HALF {
+            let bit = 1u32 << pos;
+            let o = (old.bitmap & bit != 0).then(|| {
+                io += 1;
+                o.get(io - 1)
+            });
+            let n = (new.bitmap & bit != 0).then(|| {
+                inew += 1;
+                n.get(inew - 1)
+            });
+            match (o.flatten(), n.flatten()) {
+                (None, None) => {}
+                (Some(o), None) => slot_entries(o, &mut |k, _| out(Change::Removed(k))),
+                (None, Some(n)) => slot_entries(n, &mut |k, v| out(Change::Set(k, v))),
+                (Some(Slot::Branch(o)), Some(Slot::Branch(n))) => diff_nodes(o, n, same, out),
+                (Some(o), Some(n)) => diff_slots(o, n, same, out),
+            }
         }
     }
 }
@@ -538,7 +626,7 @@ impl<'a, K, V> Iterator for Iter<'a, K, V> {
                     return Some((key, value));
                 }
                 Some(Slot::Collision { entries, .. }) => self.collision = entries.iter(),
-                Some(Slot::Branch(sub)) => self.stack.push(sub.slots.iter()),
+                Some(Slot::Branch(sub)) => push_halves(&mut self.stack, sub),
             }
         }
     }
@@ -549,6 +637,16 @@ impl<'a, K, V> Iterator for Iter<'a, K, V> {
 }
 
 impl<K, V> ExactSizeIterator for Iter<'_, K, V> {}
+
+/// `node`'s halves onto an iterator's stack, the low one on top.
+fn push_halves<'a, K, V>(stack: &mut Vec<core::slice::Iter<'a, Slot<K, V>>>, node: &'a Node<K, V>) {
+    if let Some(hi) = &node.slots.hi {
+        stack.push(hi.iter());
+    }
+    if let Some(lo) = &node.slots.lo {
+        stack.push(lo.iter());
+    }
+}
 
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for PMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

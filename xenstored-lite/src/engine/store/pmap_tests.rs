@@ -296,3 +296,93 @@ fn test_diff_from_skips_what_a_snapshot_shares() {
     assert_eq!(set, ["Set(5, 99)"]);
     assert!(looked.get() <= 32, "{} values compared", looked.get());
 }
+
+/// The trie's invariants below `n`: each half holds as many slots as its
+/// bitmap says, an empty half has no allocation, and no node below the
+/// root is left with a lone leaf or collision (it would have moved up).
+fn check_node<K, V>(n: &super::Node<K, V>, root: bool) {
+    for hi in [false, true] {
+        let (bits, half) = if hi {
+            (n.bitmap >> super::HALF, &n.slots.hi)
+        } else {
+            (n.bitmap & ((1 << super::HALF) - 1), &n.slots.lo)
+        };
+        assert_eq!(bits.count_ones() as usize, n.slots.half(hi).len());
+        assert_eq!(half.is_some(), bits != 0, "an empty half is None");
+    }
+    if !root {
+        let lone = n.bitmap.count_ones() == 1
+            && matches!(
+                n.slots.iter().next(),
+                Some(super::Slot::Leaf { .. } | super::Slot::Collision { .. })
+            );
+        assert!(!lone, "a lone entry below the root moves up");
+    }
+    for s in n.slots.iter() {
+        if let super::Slot::Branch(sub) = s {
+            check_node(sub, false);
+        }
+    }
+}
+
+/// Where a hash puts a key in iteration order: its 5-bit positions from
+/// the root down (the order is position order, level by level).
+fn trie_order(hash: u64) -> Vec<u64> {
+    (0..13).map(|i| (hash >> (5 * i)) & 31).collect()
+}
+
+proptest::proptest! {
+    #[test]
+    fn prop_halves_keep_the_trie_and_its_order(
+        ops in proptest::collection::vec((0u32..600, 0u8..10), 0..700),
+        clash in proptest::bool::ANY,
+    ) {
+        fn go<K: Ord + Clone + core::hash::Hash + Eq + core::fmt::Debug>(
+            key: impl Fn(u32) -> K,
+            ops: &[(u32, u8)],
+            spread: bool,
+        ) {
+            let mut map: PMap<K, u32> = PMap::new();
+            let mut model = BTreeMap::new();
+            let mut snaps = Vec::new();
+            for (step, &(k, op)) in ops.iter().enumerate() {
+                let step = u32::try_from(step).unwrap_or(u32::MAX);
+                match op {
+                    0..=4 => assert_eq!(map.insert(key(k), step), model.insert(key(k), step)),
+                    5..=7 => assert_eq!(map.remove(&key(k)), model.remove(&key(k)).is_some()),
+                    8 => {
+                        if let Some(v) = map.get_mut(&key(k)) {
+                            *v = step;
+                        }
+                        if let Some(v) = model.get_mut(&key(k)) {
+                            *v = step;
+                        }
+                    }
+                    _ => snaps.push((map.clone(), model.clone())),
+                }
+            }
+            snaps.push((map, model));
+            for (map, model) in &snaps {
+                same(map, model);
+                if let Some(root) = &map.root {
+                    check_node(root, true);
+                }
+                if spread {
+                    // Keys that do not collide come in the order of their
+                    // positions, whatever the history: the layout of a
+                    // 32-way trie, one node per level.
+                    let order: Vec<Vec<u64>> =
+                        map.iter().map(|(k, _)| trie_order(super::hash_of(k))).collect();
+                    let mut sorted = order.clone();
+                    sorted.sort();
+                    assert_eq!(order, sorted);
+                }
+            }
+        }
+        if clash {
+            go(Clash, &ops, false);
+        } else {
+            go(|k| alloc::format!("/local/domain/{k}"), &ops, true);
+        }
+    }
+}
