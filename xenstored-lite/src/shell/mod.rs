@@ -289,6 +289,37 @@ const TOKEN_TICK: u64 = u64::MAX;
 /// The period of the loop's tick ([`Daemon::tick`]), in milliseconds.
 const TICK_MS: u16 = 1000;
 
+/// How long a turn's wait may block: not at all while connections wait
+/// to be served (`busy`); at most 10 ms while a dry run is under way or
+/// recorded events wait to be written out (`soon`); else no longer than
+/// the caller's limit and a throttled domain's `wakeup` (both in ms). A
+/// limit of a tick or more needs no timeout of its own when the loop's
+/// tick runs (`ticking`): the tick ends the wait within [`TICK_MS`], no
+/// later than the limit, and the next turn looks again at what is left.
+fn wait_timeout(
+    busy: bool,
+    soon: bool,
+    timeout_ms: Option<u16>,
+    wakeup: Option<u16>,
+    ticking: bool,
+) -> EpollTimeout {
+    if busy {
+        return EpollTimeout::ZERO;
+    }
+    if soon {
+        return EpollTimeout::from(wakeup.map_or(10u16, |w| w.min(10)));
+    }
+    let limit = match (timeout_ms, wakeup) {
+        (Some(t), Some(w)) => Some(t.min(w)),
+        (t, w) => t.or(w),
+    };
+    match limit {
+        Some(l) if l >= TICK_MS && ticking => EpollTimeout::NONE,
+        Some(l) => EpollTimeout::from(l),
+        None => EpollTimeout::NONE,
+    }
+}
+
 /// The loop's tick ([`Daemon::tick`]): a non-blocking timer firing every
 /// [`TICK_MS`], in `epoll` under [`TOKEN_TICK`]. `None` (logged) if the
 /// system refuses one.
@@ -662,25 +693,13 @@ impl Daemon {
             .engine()
             .next_wakeup()
             .map(|at| u16::try_from(at.saturating_sub(self.now_ms())).unwrap_or(u16::MAX));
-        let timeout = if !self.dirty.is_empty() {
-            EpollTimeout::ZERO
-        } else if self.live_update_pending() || self.core.recording_pending() {
-            // A dry run is under way, or recorded events wait to be
-            // written out: look again soon.
-            EpollTimeout::from(wakeup.map_or(10u16, |w| w.min(10)))
-        } else {
-            let limit = match (timeout_ms, wakeup) {
-                (Some(t), Some(w)) => Some(t.min(w)),
-                (t, w) => t.or(w),
-            };
-            match limit {
-                // The tick ends the wait within TICK_MS, no later than the
-                // limit; the turn then looks again at what is left of it.
-                Some(l) if l >= TICK_MS && self.tick.is_some() => EpollTimeout::NONE,
-                Some(l) => EpollTimeout::from(l),
-                None => EpollTimeout::NONE,
-            }
-        };
+        let timeout = wait_timeout(
+            !self.dirty.is_empty(),
+            self.live_update_pending() || self.core.recording_pending(),
+            timeout_ms,
+            wakeup,
+            self.tick.is_some(),
+        );
         let n = match self.epoll.wait(&mut self.events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
@@ -1370,6 +1389,64 @@ mod loop_tests {
         }
         w.daemon.turn(Some(super::TICK_MS)).unwrap();
         assert!(!tick_readable(&w), "the turn left the tick's expiry unread");
+    }
+
+    /// The wait's timeout: exact below a tick, left to the tick from a
+    /// tick on, and exact again when there is no tick.
+    #[test]
+    fn wait_timeout_leaves_only_long_limits_to_the_tick() {
+        use super::{wait_timeout, EpollTimeout, TICK_MS};
+        let ms = EpollTimeout::from;
+        // Connections wait: do not block, whatever else holds.
+        assert_eq!(
+            wait_timeout(true, true, Some(1000), Some(5), true),
+            EpollTimeout::ZERO
+        );
+        // A dry run or recorded events: 10 ms, or a sooner wake-up.
+        assert_eq!(wait_timeout(false, true, Some(1000), None, true), ms(10u16));
+        assert_eq!(wait_timeout(false, true, None, Some(3), true), ms(3u16));
+        assert_eq!(wait_timeout(false, true, None, Some(30), true), ms(10u16));
+        // A throttled domain's wake-up sooner than a tick is kept exactly.
+        assert_eq!(
+            wait_timeout(false, false, Some(1000), Some(50), true),
+            ms(50u16)
+        );
+        assert_eq!(
+            wait_timeout(false, false, None, Some(999), true),
+            ms(999u16)
+        );
+        assert_eq!(wait_timeout(false, false, Some(20), None, true), ms(20u16));
+        // From a tick on, the tick ends the wait.
+        assert_eq!(
+            wait_timeout(false, false, Some(TICK_MS), None, true),
+            EpollTimeout::NONE
+        );
+        assert_eq!(
+            wait_timeout(false, false, Some(5000), Some(2000), true),
+            EpollTimeout::NONE
+        );
+        assert_eq!(
+            wait_timeout(false, false, None, Some(TICK_MS), true),
+            EpollTimeout::NONE
+        );
+        // Without a tick, the limit itself.
+        assert_eq!(
+            wait_timeout(false, false, Some(TICK_MS), None, false),
+            ms(TICK_MS)
+        );
+        assert_eq!(
+            wait_timeout(false, false, Some(5000), Some(2000), false),
+            ms(2000u16)
+        );
+        // No limit at all: block until something happens.
+        assert_eq!(
+            wait_timeout(false, false, None, None, false),
+            EpollTimeout::NONE
+        );
+        assert_eq!(
+            wait_timeout(false, false, None, None, true),
+            EpollTimeout::NONE
+        );
     }
 
     /// Without a tick every wait carries its timeout: an idle turn still
