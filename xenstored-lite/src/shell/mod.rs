@@ -1391,6 +1391,19 @@ mod loop_tests {
         assert!(!tick_readable(&w), "the turn left the tick's expiry unread");
     }
 
+    /// The tick is read without blocking and does not leak into the new
+    /// binary of a live update.
+    #[test]
+    fn the_tick_is_non_blocking_and_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let w = World::new();
+        let tick = w.daemon.tick.as_ref().expect("a tick");
+        let fd = fcntl(tick, FcntlArg::F_GETFD).expect("F_GETFD");
+        assert!(FdFlag::from_bits_truncate(fd).contains(FdFlag::FD_CLOEXEC));
+        let fl = fcntl(tick, FcntlArg::F_GETFL).expect("F_GETFL");
+        assert!(OFlag::from_bits_truncate(fl).contains(OFlag::O_NONBLOCK));
+    }
+
     /// The wait's timeout: exact below a tick, left to the tick from a
     /// tick on, and exact again when there is no tick.
     #[test]
