@@ -220,24 +220,24 @@ impl MockEventChannel {
     /// Whether the tick runs, starting it if need be (false if the
     /// system refuses a timer: waits then carry their own timeouts).
     fn ticking(&mut self) -> bool {
-        if self.tick.is_some() {
-            return true;
+        if self.tick.is_none() {
+            let period = TimeSpec::from_duration(WAIT_TICK);
+            self.tick = self.start_tick(Expiration::Interval(period)).ok();
         }
-        let Ok(epoll) = self.waiter() else {
-            return false;
-        };
-        let made = TimerFd::new(
+        self.tick.is_some()
+    }
+
+    /// A non-blocking, close-on-exec timer expiring as `expiration` says,
+    /// in `waiter`'s set under [`WAKE_TICK`].
+    fn start_tick(&mut self, expiration: Expiration) -> io::Result<TimerFd> {
+        let epoll = self.waiter()?;
+        let tick = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )
-        .and_then(|tick| {
-            let period = TimeSpec::from_duration(WAIT_TICK);
-            tick.set(Expiration::Interval(period), TimerSetTimeFlags::empty())?;
-            epoll.add(&tick, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TICK))?;
-            Ok(tick)
-        });
-        self.tick = made.ok();
-        self.tick.is_some()
+        )?;
+        tick.set(expiration, TimerSetTimeFlags::empty())?;
+        epoll.add(&tick, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TICK))?;
+        Ok(tick)
     }
 
     fn drain_eventfd(&self) {
@@ -430,5 +430,63 @@ impl EventChannel for MockEventChannel {
             kick(&self.eventfd);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    use nix::poll::{poll, PollFd, PollFlags};
+
+    fn channel() -> MockEventChannel {
+        let connector = Connector::new_local().expect("a local mock-xen");
+        MockEventChannel::open(&connector, 0).expect("a channel")
+    }
+
+    fn readable(tick: &TimerFd) -> bool {
+        let mut fds = [PollFd::new(tick.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
+    }
+
+    /// A long wait starts the tick: non-blocking and close-on-exec.
+    #[test]
+    fn a_long_wait_starts_a_non_blocking_close_on_exec_tick() {
+        let mut ch = channel();
+        let mut fired = Vec::new();
+        ch.wait(Some(3 * WAIT_TICK), &mut fired).expect("wait");
+        let tick = ch.tick.as_ref().expect("the tick was started");
+        let fd = fcntl(tick, FcntlArg::F_GETFD).expect("F_GETFD");
+        assert!(FdFlag::from_bits_truncate(fd).contains(FdFlag::FD_CLOEXEC));
+        let fl = fcntl(tick, FcntlArg::F_GETFL).expect("F_GETFL");
+        assert!(OFlag::from_bits_truncate(fl).contains(OFlag::O_NONBLOCK));
+    }
+
+    /// A wait takes the tick's expiries when it fires (else, level-
+    /// triggered, it would wake every later wait at once). The tick here
+    /// fires once, so what is left readable after the wait is exact; the
+    /// wait is short enough to carry its own timeout (a long one counts on
+    /// the tick firing again).
+    #[test]
+    fn a_wait_takes_the_ticks_expiries() {
+        let mut ch = channel();
+        let once = TimeSpec::from_duration(Duration::from_millis(1));
+        ch.tick = Some(ch.start_tick(Expiration::OneShot(once)).expect("a tick"));
+        let start = Instant::now();
+        while !ch.tick.as_ref().is_some_and(readable) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the tick never fired"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut fired = Vec::new();
+        ch.wait(Some(WAIT_TICK + WAIT_TICK / 2), &mut fired)
+            .expect("wait");
+        assert!(fired.is_empty());
+        assert!(
+            !ch.tick.as_ref().is_some_and(readable),
+            "the expiry was left unread"
+        );
     }
 }
