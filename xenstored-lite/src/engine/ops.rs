@@ -249,7 +249,9 @@ fn write(
     overwrite: bool,
     events: &mut Vec<Change>,
 ) -> OpResult {
-    if let Some(node) = store.get(path) {
+    // The look that finds an existing node also says where it is, for
+    // the change (one lookup).
+    if let Some((node, spot)) = store.get_at(path) {
         if !access(&ctx.who, &node.perms).write {
             return Err(XsErrno::EACCES);
         }
@@ -266,7 +268,7 @@ fn write(
                 return Err(MEMORY_QUOTA);
             }
         }
-        store.overwrite(path, Arc::from(value), Arc::clone(&perms));
+        store.overwrite_at(path, spot, Arc::from(value), Arc::clone(&perms));
         events.push(Change {
             path: path.to_string(),
             perms: vec![perms],
