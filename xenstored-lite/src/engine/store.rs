@@ -466,18 +466,56 @@ impl Store {
     /// not a rebuild.
     pub fn listing(&mut self, path: &str) -> Option<Listing> {
         let node = self.nodes.get(path)?;
+        Some(Self::listing_of(
+            &mut self.listings,
+            &mut self.listing_bytes_built,
+            path,
+            node,
+        ))
+    }
+
+    /// [`Store::listing`] after a check, on one lookup of the node:
+    /// `check` is given the store and the node (`None` if there is none)
+    /// and may refuse it, or take what it needs of it; then the listing
+    /// follows (`None` if there is no node, as [`Store::listing`] says).
+    pub fn listing_checked<T, E>(
+        &mut self,
+        path: &str,
+        check: impl FnOnce(&Store, Option<&Arc<Node>>) -> Result<T, E>,
+    ) -> Result<(T, Option<Listing>), E> {
+        let node = self.nodes.get(path);
+        let taken = check(self, node)?;
+        let listing = node.map(|node| {
+            Self::listing_of(
+                &mut self.listings,
+                &mut self.listing_bytes_built,
+                path,
+                node,
+            )
+        });
+        Ok((taken, listing))
+    }
+
+    /// `node`'s listing, from `listings` or built (and counted in
+    /// `built`): [`Store::listing`]'s work once the node is found.
+    fn listing_of(
+        listings: &mut ListingCache,
+        built: &mut u64,
+        path: &str,
+        node: &Node,
+    ) -> Listing {
         let generation = node.generation;
-        if let Some(list) = self.listings.get(path, generation) {
-            return Some(Listing::Cached(list));
+        if let Some(list) = listings.get(path, generation) {
+            return Listing::Cached(list);
         }
         let list = node.children_payload();
         if list.len() <= LISTING_CACHE_MIN {
-            return Some(Listing::Built(list));
+            return Listing::Built(list);
         }
-        self.listing_bytes_built = self.listing_bytes_built.wrapping_add(list.len() as u64);
+        *built = built.wrapping_add(list.len() as u64);
         let list: Arc<[u8]> = Arc::from(list);
-        self.listings.put(path, generation, Arc::clone(&list));
-        Some(Listing::Cached(list))
+        listings.put(path, generation, Arc::clone(&list));
+        Listing::Cached(list)
     }
 
     /// Bytes of large listings [`Store::listing`] has built (not served

@@ -565,3 +565,46 @@ fn test_overwrite_is_put_node_of_an_existing_node() {
     assert_eq!(s.version(), removed);
     assert!(s.check().is_empty(), "{:?}", s.check());
 }
+
+#[test]
+fn test_listing_checked_is_listing_after_its_check() {
+    let five = perms(&[(PermKind::None, 5)]);
+    let mut s = Store::new(0);
+    put(&mut s, "/a", b"", &five);
+    put(&mut s, "/a/x", b"", &five);
+    put(&mut s, "/a/y", b"", &five);
+    let big = "z".repeat(100);
+    put(&mut s, "/big", b"", &five);
+    for i in 0..50 {
+        put(&mut s, &format!("/big/{i:02}{big}"), b"", &five);
+    }
+    for path in ["/a", "/a/x", "/big", "/missing"] {
+        let want = s.clone().listing(path).map(|l| l.as_slice().to_vec());
+        let generation = s.get(path).map(|n| n.generation);
+        let (seen, got) = s
+            .listing_checked(path, |store, node| {
+                assert!(store.get("/a").is_some());
+                Ok::<_, ()>(node.map(|n| n.generation))
+            })
+            .unwrap();
+        assert_eq!(seen, generation, "{path}");
+        assert_eq!(got.map(|l| l.as_slice().to_vec()), want, "{path}");
+    }
+    // Served from the cache the second time, as by `listing`.
+    let built = s.listing_bytes_built();
+    assert!(built > 0);
+    let (_, again) = s.listing_checked("/big", |_, _| Ok::<_, ()>(())).unwrap();
+    assert!(matches!(again, Some(Listing::Cached(_))));
+    assert_eq!(s.listing_bytes_built(), built);
+    // A refusal builds nothing.
+    let mut fresh = s.clone();
+    put(&mut fresh, "/big/new", b"", &five);
+    let before = fresh.listing_bytes_built();
+    assert_eq!(
+        fresh
+            .listing_checked("/big", |_, _| Err::<(), _>("no"))
+            .err(),
+        Some("no")
+    );
+    assert_eq!(fresh.listing_bytes_built(), before);
+}
