@@ -480,20 +480,17 @@ impl Engine {
         if event {
             c.event_added();
         }
+        // Read now, while the connection is in hand: what follows changes
+        // neither (no second lookup of it).
+        let out_bytes = c.out_bytes;
         self.with_output.insert(conn);
         if event {
             if let Some((src, seq)) = current {
                 self.hold(src, seq);
             }
         }
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !privileged && max > 0 && c.out_bytes > max {
-            let reason = format!(
-                "{} bytes of output queued (limit {max}) and not read",
-                c.out_bytes
-            );
+        if !privileged && max > 0 && out_bytes > max {
+            let reason = format!("{out_bytes} bytes of output queued (limit {max}) and not read");
             self.kill(conn, reason);
         } else if privileged && event {
             self.bound_priv_events(conn);

@@ -3,6 +3,7 @@
 //! header's type, so that a request costs one bounds-checked index before
 //! its handler runs.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use bitflags::bitflags;
@@ -260,6 +261,9 @@ impl Engine {
             return self.reply_err(conn, &hdr, XsErrno::ENOENT);
         }
         let open_before = c.transactions.len();
+        // A tree request's relative paths start at the connection's home,
+        // taken from the lookup above rather than a second one.
+        let home = matches!(entry.run, Run::Store(..)).then(|| Arc::clone(&c.home));
         let req = Request {
             conn,
             who,
@@ -272,7 +276,7 @@ impl Engine {
         // The watch events it causes, and its reply, are counted against it.
         self.begin_request(conn, who.privileged);
         let result = match entry.run {
-            Run::Store(op, _) => self.store_request(&req, op),
+            Run::Store(op, _) => self.store_request(&req, op, home.as_deref()),
             Run::Engine(handler) => handler(self, &req),
         };
         self.count_transactions(conn, open_before);
@@ -296,16 +300,11 @@ impl Engine {
     }
 
     /// A request on the tree (READ, WRITE, ...: [`ops`]), on the committed
-    /// store, or in a transaction.
-    fn store_request(&mut self, req: &Request<'_>, op: ops::Op) -> Reply {
+    /// store, or in a transaction; `home` is the connection's.
+    fn store_request(&mut self, req: &Request<'_>, op: ops::Op, home: Option<&str>) -> Reply {
         let who = req.who;
         let limits = self.limits_for(&who, req.flags.contains(Flags::WRITES));
-        let home = self.home(req.conn);
-        let ctx = Ctx {
-            who,
-            limits,
-            home: home.as_deref(),
-        };
+        let ctx = Ctx { who, limits, home };
         if req.tx_id != 0 {
             return self.in_transaction(req, &ctx, op);
         }

@@ -124,7 +124,18 @@ pub fn one_arg(payload: &[u8]) -> Result<&[u8], XsErrno> {
 /// also if it does not exist but its nearest existing ancestor is unreadable
 /// (so that existence is not revealed); else `ENOENT`.
 pub fn readable<'s>(store: &'s Store, who: &Who, path: &str) -> Result<&'s Arc<Node>, XsErrno> {
-    match store.get(path) {
+    readable_found(store, who, path, store.get(path))
+}
+
+/// [`readable`] of the node a lookup of `path` found (`None`: there is
+/// none).
+fn readable_found<'n>(
+    store: &Store,
+    who: &Who,
+    path: &str,
+    found: Option<&'n Arc<Node>>,
+) -> Result<&'n Arc<Node>, XsErrno> {
+    match found {
         Some(node) if access(who, &node.perms).read => Ok(node),
         Some(_) => Err(XsErrno::EACCES),
         None => Err(missing(store, who, path)),
@@ -177,8 +188,11 @@ pub fn directory(
     _: &mut Vec<Change>,
 ) -> OpResult {
     let path = canonical(ctx, one_arg(payload)?, false)?;
-    readable(store, &ctx.who, &path)?;
-    let list = store.listing(&path).ok_or(XsErrno::ENOENT)?;
+    // One lookup for the check and the listing.
+    let ((), list) = store.listing_checked(&path, |store, node| {
+        readable_found(store, &ctx.who, &path, node).map(|_| ())
+    })?;
+    let list = list.ok_or(XsErrno::ENOENT)?;
     // Too long for one reply: said before copying it (what the dispatch
     // would answer after).
     if list.as_slice().len() > xenring::wire::PAYLOAD_MAX {
@@ -249,7 +263,9 @@ fn write(
     overwrite: bool,
     events: &mut Vec<Change>,
 ) -> OpResult {
-    if let Some(node) = store.get(path) {
+    // The look that finds an existing node also says where it is, for
+    // the change (one lookup).
+    if let Some((node, spot)) = store.get_at(path) {
         if !access(&ctx.who, &node.perms).write {
             return Err(XsErrno::EACCES);
         }
@@ -266,7 +282,7 @@ fn write(
                 return Err(MEMORY_QUOTA);
             }
         }
-        store.overwrite(path, Arc::from(value), Arc::clone(&perms));
+        store.overwrite_at(path, spot, Arc::from(value), Arc::clone(&perms));
         events.push(Change {
             path: path.to_string(),
             perms: vec![perms],
@@ -428,8 +444,10 @@ pub fn directory_part(
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(XsErrno::EINVAL)?;
-    let generation = readable(store, &ctx.who, &path)?.generation;
-    let listing = store.listing(&path).ok_or(XsErrno::ENOENT)?;
+    let (generation, listing) = store.listing_checked(&path, |store, node| {
+        readable_found(store, &ctx.who, &path, node).map(|n| n.generation)
+    })?;
+    let listing = listing.ok_or(XsErrno::ENOENT)?;
     let list = listing.as_slice();
     let mut out = generation.to_string().into_bytes();
     out.push(0);

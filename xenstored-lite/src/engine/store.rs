@@ -17,7 +17,7 @@ use core::fmt;
 
 use xenring::{DomId, Perm};
 
-use self::pmap::PMap;
+use self::pmap::{PMap, Spot};
 
 mod image;
 mod pmap;
@@ -279,6 +279,10 @@ pub struct Store {
     listing_bytes_built: u64,
 }
 
+/// Where [`Store::get_at`] found a node, for [`Store::overwrite_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeSpot(Spot);
+
 /// A `DIRECTORY` listing: built for this request, or shared from the
 /// cache.
 #[derive(Debug, Clone)]
@@ -447,6 +451,14 @@ impl Store {
         self.nodes.get(path)
     }
 
+    /// A node, and where it is: for a look before a change that may not
+    /// happen ([`Store::overwrite_at`]).
+    pub fn get_at(&self, path: &str) -> Option<(&Arc<Node>, NodeSpot)> {
+        self.nodes
+            .get_spot(path)
+            .map(|(node, spot)| (node, NodeSpot(spot)))
+    }
+
     /// A node's `DIRECTORY` listing (its children's names, each
     /// NUL-terminated), `None` if there is no such node. A large one is
     /// built once per generation of the node and then shared, so that a
@@ -454,18 +466,56 @@ impl Store {
     /// not a rebuild.
     pub fn listing(&mut self, path: &str) -> Option<Listing> {
         let node = self.nodes.get(path)?;
+        Some(Self::listing_of(
+            &mut self.listings,
+            &mut self.listing_bytes_built,
+            path,
+            node,
+        ))
+    }
+
+    /// [`Store::listing`] after a check, on one lookup of the node:
+    /// `check` is given the store and the node (`None` if there is none)
+    /// and may refuse it, or take what it needs of it; then the listing
+    /// follows (`None` if there is no node, as [`Store::listing`] says).
+    pub fn listing_checked<T, E>(
+        &mut self,
+        path: &str,
+        check: impl FnOnce(&Store, Option<&Arc<Node>>) -> Result<T, E>,
+    ) -> Result<(T, Option<Listing>), E> {
+        let node = self.nodes.get(path);
+        let taken = check(self, node)?;
+        let listing = node.map(|node| {
+            Self::listing_of(
+                &mut self.listings,
+                &mut self.listing_bytes_built,
+                path,
+                node,
+            )
+        });
+        Ok((taken, listing))
+    }
+
+    /// `node`'s listing, from `listings` or built (and counted in
+    /// `built`): [`Store::listing`]'s work once the node is found.
+    fn listing_of(
+        listings: &mut ListingCache,
+        built: &mut u64,
+        path: &str,
+        node: &Node,
+    ) -> Listing {
         let generation = node.generation;
-        if let Some(list) = self.listings.get(path, generation) {
-            return Some(Listing::Cached(list));
+        if let Some(list) = listings.get(path, generation) {
+            return Listing::Cached(list);
         }
         let list = node.children_payload();
         if list.len() <= LISTING_CACHE_MIN {
-            return Some(Listing::Built(list));
+            return Listing::Built(list);
         }
-        self.listing_bytes_built = self.listing_bytes_built.wrapping_add(list.len() as u64);
+        *built = built.wrapping_add(list.len() as u64);
         let list: Arc<[u8]> = Arc::from(list);
-        self.listings.put(path, generation, Arc::clone(&list));
-        Some(Listing::Cached(list))
+        listings.put(path, generation, Arc::clone(&list));
+        Listing::Cached(list)
     }
 
     /// Bytes of large listings [`Store::listing`] has built (not served
@@ -572,11 +622,27 @@ impl Store {
     /// snapshot is changed in place). Accounting follows the owner;
     /// `false`, and nothing done, if there is no such node.
     pub fn overwrite(&mut self, path: &str, value: Arc<[u8]>, perms: Arc<[Perm]>) -> bool {
+        match self.nodes.get_spot(path) {
+            Some((_, spot)) => self.overwrite_at(path, NodeSpot(spot), value, perms),
+            None => false,
+        }
+    }
+
+    /// [`Store::overwrite`] of the node [`Store::get_at`] found at `spot`,
+    /// without hashing its path again (the walk down checks it finds
+    /// `path`: `false`, and nothing done, if the node has gone since or
+    /// `spot` is another node's).
+    pub fn overwrite_at(
+        &mut self,
+        path: &str,
+        spot: NodeSpot,
+        value: Arc<[u8]>,
+        perms: Arc<[Perm]>,
+    ) -> bool {
         let new_owner = perms.first().map_or(0, |p| p.domid);
         let new_cost = Node::cost(path, &value, &perms);
-        // One lookup finds it and makes it ours to change.
         let generation = self.next_generation;
-        let Some(slot) = self.nodes.get_mut(path) else {
+        let Some(slot) = self.nodes.get_mut_at(path, spot.0) else {
             return false;
         };
         let (old_owner, old_cost) = (slot.owner(), Node::cost(path, &slot.value, &slot.perms));

@@ -519,6 +519,11 @@ fn test_overwrite_is_put_node_of_an_existing_node() {
             let snapshot = shared.then(|| by_overwrite.clone());
             put(&mut by_put, path, value, p);
             assert!(by_overwrite.overwrite(path, Arc::from(value), Arc::clone(p)));
+            // The same, at the spot a look found.
+            let mut by_spot = base.clone();
+            let spot_snapshot = shared.then(|| by_spot.clone());
+            let spot = by_spot.get_at(path).map(|(_, spot)| spot).unwrap();
+            assert!(by_spot.overwrite_at(path, spot, Arc::from(value), Arc::clone(p)));
             let dump = |s: &Store| {
                 let nodes: Vec<_> = s
                     .parents_first()
@@ -528,6 +533,10 @@ fn test_overwrite_is_put_node_of_an_existing_node() {
                 (nodes, s.accounts(), s.version())
             };
             assert_eq!(dump(&by_overwrite), dump(&by_put), "{path} {shared}");
+            assert_eq!(dump(&by_spot), dump(&by_put), "{path} {shared} at its spot");
+            if let Some(snapshot) = spot_snapshot {
+                assert_eq!(dump(&snapshot), dump(&base), "the snapshot is left alone");
+            }
             assert!(
                 by_overwrite.check().is_empty(),
                 "{:?}",
@@ -542,4 +551,60 @@ fn test_overwrite_is_put_node_of_an_existing_node() {
     assert!(!s.overwrite("/a/missing", Arc::from(&b"v"[..]), Arc::clone(&five)));
     assert!(s.get("/a/missing").is_none());
     assert_eq!(s.version(), base.version());
+    // A spot is only its own node's: another path's, or one its node left,
+    // changes nothing.
+    let spot = s.get_at("/a/b").map(|(_, spot)| spot).unwrap();
+    assert!(s.get_at("/a/missing").is_none());
+    for other in ["/a", "/a/d", "/a/b/c", "/a/missing"] {
+        assert!(!s.overwrite_at(other, spot, Arc::from(&b"v"[..]), Arc::clone(&five)));
+    }
+    s.remove_tree("/a/b");
+    let removed = s.version();
+    assert!(!s.overwrite_at("/a/b", spot, Arc::from(&b"v"[..]), Arc::clone(&five)));
+    assert!(s.get("/a/b").is_none());
+    assert_eq!(s.version(), removed);
+    assert!(s.check().is_empty(), "{:?}", s.check());
+}
+
+#[test]
+fn test_listing_checked_is_listing_after_its_check() {
+    let five = perms(&[(PermKind::None, 5)]);
+    let mut s = Store::new(0);
+    put(&mut s, "/a", b"", &five);
+    put(&mut s, "/a/x", b"", &five);
+    put(&mut s, "/a/y", b"", &five);
+    let big = "z".repeat(100);
+    put(&mut s, "/big", b"", &five);
+    for i in 0..50 {
+        put(&mut s, &format!("/big/{i:02}{big}"), b"", &five);
+    }
+    for path in ["/a", "/a/x", "/big", "/missing"] {
+        let want = s.clone().listing(path).map(|l| l.as_slice().to_vec());
+        let generation = s.get(path).map(|n| n.generation);
+        let (seen, got) = s
+            .listing_checked(path, |store, node| {
+                assert!(store.get("/a").is_some());
+                Ok::<_, ()>(node.map(|n| n.generation))
+            })
+            .unwrap();
+        assert_eq!(seen, generation, "{path}");
+        assert_eq!(got.map(|l| l.as_slice().to_vec()), want, "{path}");
+    }
+    // Served from the cache the second time, as by `listing`.
+    let built = s.listing_bytes_built();
+    assert!(built > 0);
+    let (_, again) = s.listing_checked("/big", |_, _| Ok::<_, ()>(())).unwrap();
+    assert!(matches!(again, Some(Listing::Cached(_))));
+    assert_eq!(s.listing_bytes_built(), built);
+    // A refusal builds nothing.
+    let mut fresh = s.clone();
+    put(&mut fresh, "/big/new", b"", &five);
+    let before = fresh.listing_bytes_built();
+    assert_eq!(
+        fresh
+            .listing_checked("/big", |_, _| Err::<(), _>("no"))
+            .err(),
+        Some("no")
+    );
+    assert_eq!(fresh.listing_bytes_built(), before);
 }

@@ -273,6 +273,29 @@ impl<K: Hash + Eq, V> PMap<K, V> {
     }
 }
 
+/// Where [`PMap::get_spot`] found a key: what [`PMap::get_mut_at`] needs
+/// to walk to it again without hashing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spot {
+    hash: u64,
+    /// Its place in its collision list (0 for a leaf).
+    index: usize,
+}
+
+impl<K: Hash + Eq, V> PMap<K, V> {
+    /// The value for `key`, and where it is: a look before a change
+    /// ([`PMap::get_mut_at`]) that may not happen.
+    pub fn get_spot<Q>(&self, key: &Q) -> Option<(&V, Spot)>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = hash_of(key);
+        self.find(hash, key)
+            .map(|(_, v, index)| (v, Spot { hash, index }))
+    }
+}
+
 impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
     /// The value for `key`, to change in place (the nodes on its path that
     /// a snapshot shares are copied first).
@@ -286,13 +309,44 @@ impl<K: Hash + Eq + Clone, V: Clone> PMap<K, V> {
         // between), so it needs neither the hash again nor a comparison.
         let hash = hash_of(key);
         let (_, _, index) = self.find(hash, key)?;
+        self.walk_mut(Spot { hash, index }, |_| true)
+    }
+
+    /// The value for `key`, which [`PMap::get_spot`] found at `spot`, to
+    /// change in place as [`PMap::get_mut`] does, without hashing or
+    /// looking it up again. The entry the walk reaches is checked to be
+    /// `key`'s: `None` if it is not (the map changed since, or `spot` is
+    /// another key's), and then only the sharing of the nodes on the way
+    /// with a snapshot may have been lost, not what the map holds.
+    pub fn get_mut_at<Q>(&mut self, key: &Q, spot: Spot) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.walk_mut(spot, |k| k.borrow() == key)
+    }
+
+    /// Down to the entry at `spot` (whose key `is_key` accepts), copying
+    /// the halves on the way that a snapshot shares.
+    fn walk_mut(&mut self, spot: Spot, is_key: impl Fn(&K) -> bool) -> Option<&mut V> {
+        let Spot { hash, index } = spot;
         let mut node = self.root.as_mut()?;
         let mut shift = 0;
         loop {
-            let (_, hi, at) = locate(node.bitmap, hash, shift);
+            let (bit, hi, at) = locate(node.bitmap, hash, shift);
+            if node.bitmap & bit == 0 {
+                return None;
+            }
             match node.slots.slot_mut(hi, at)? {
-                Slot::Leaf { value, .. } => return Some(value),
-                Slot::Collision { entries, .. } => {
+                Slot::Leaf {
+                    hash: h,
+                    key,
+                    value,
+                } => return (*h == hash && is_key(key)).then_some(value),
+                Slot::Collision { hash: h, entries } => {
+                    if *h != hash || !entries.get(index).is_some_and(|(k, _)| is_key(k)) {
+                        return None;
+                    }
                     return Arc::make_mut(entries).get_mut(index).map(|(_, v)| v);
                 }
                 Slot::Branch(sub) => {

@@ -65,7 +65,20 @@ fn run<K: Ord + Clone + core::hash::Hash + Eq + core::fmt::Debug>(
             0..=4 => assert_eq!(map.insert(k.clone(), step), model.insert(k, step)),
             5..=7 => assert_eq!(map.remove(&k), model.remove(&k).is_some()),
             8 => {
-                if let (Some(v), Some(m)) = (map.get_mut(&k), model.get_mut(&k)) {
+                // Half of the changes look first and change at the spot
+                // found, as a write does.
+                let v = if step % 2 == 0 {
+                    map.get_mut(&k)
+                } else {
+                    match map.get_spot(&k) {
+                        Some((v, spot)) => {
+                            assert_eq!(Some(v), model.get(&k));
+                            map.get_mut_at(&k, spot)
+                        }
+                        None => None,
+                    }
+                };
+                if let (Some(v), Some(m)) = (v, model.get_mut(&k)) {
                     *v += 1;
                     *m += 1;
                 }
@@ -122,6 +135,43 @@ fn test_pmap_small_integer_keys_and_debug() {
     // Strings are looked up by `&str`.
     assert_eq!(one.get("a"), Some(&1));
     assert_eq!(one.get_key_value("a").map(|(k, _)| k.as_str()), Some("a"));
+}
+
+#[test]
+fn test_pmap_spot_changes_only_the_key_it_was_found_for() {
+    fn go<K: Ord + Clone + core::hash::Hash + Eq + core::fmt::Debug>(key: impl Fn(u32) -> K) {
+        let mut map: PMap<K, u32> = PMap::new();
+        for k in 0..200 {
+            map.insert(key(k), k);
+        }
+        let snap = map.clone();
+        // Found and changed at its spot: the snapshot keeps the old value.
+        let (v, spot) = map.get_spot(&key(5)).map(|(v, s)| (*v, s)).unwrap();
+        assert_eq!(v, 5);
+        *map.get_mut_at(&key(5), spot).unwrap() = 1000;
+        assert_eq!(map.get(&key(5)), Some(&1000));
+        assert_eq!(snap.get(&key(5)), Some(&5));
+        // Another key's spot, or a spot the key left, finds nothing and
+        // changes nothing.
+        for k in 0..200 {
+            if k != 5 {
+                assert!(map.get_mut_at(&key(k), spot).is_none(), "{k:?}");
+            }
+        }
+        assert!(map.get_mut_at(&key(500), spot).is_none());
+        assert!(map.remove(&key(5)));
+        assert!(map.get_mut_at(&key(5), spot).is_none());
+        assert!(map.get_spot(&key(5)).is_none());
+        for k in 0..200 {
+            assert_eq!(snap.get(&key(k)), Some(&k));
+            assert_eq!(map.get(&key(k)), (k != 5).then_some(&k));
+        }
+        // An empty map has no spot to go to.
+        let mut empty: PMap<K, u32> = PMap::new();
+        assert!(empty.get_mut_at(&key(5), spot).is_none());
+    }
+    go(|n| alloc::format!("/local/domain/{n}"));
+    go(Clash);
 }
 
 /// The trie's shape: each node's bitmap and its slots (`L` leaf, `C<n>`
