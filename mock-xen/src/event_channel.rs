@@ -360,7 +360,8 @@ impl EventChannel for MockEventChannel {
         timeout: Option<Duration>,
         out: &mut Vec<Port>,
     ) -> Result<(), evtchn::Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The clock is read only when there is something to wait for.
+        let mut deadline = None;
         let before = out.len();
         loop {
             // Anything already pending is reported without a system call.
@@ -368,10 +369,13 @@ impl EventChannel for MockEventChannel {
             if out.len() > before {
                 return Ok(());
             }
-            let poll_timeout = match deadline {
+            let poll_timeout = match timeout {
                 None => PollTimeout::NONE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
+                Some(t) => {
+                    let now = Instant::now();
+                    let left = deadline
+                        .get_or_insert(now + t)
+                        .saturating_duration_since(now);
                     if left.is_zero() {
                         return Ok(());
                     }

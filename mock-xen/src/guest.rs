@@ -103,6 +103,16 @@ impl Guest {
         Ok(())
     }
 
+    /// How long a blocking read or write may still wait: the first call
+    /// sets its deadline [`Guest::set_block_limit`] from now, later ones
+    /// count down to it (one clock reading each).
+    fn time_left(&self, deadline: &mut Option<Instant>) -> Duration {
+        let now = Instant::now();
+        deadline
+            .get_or_insert(now + self.block_limit)
+            .saturating_duration_since(now)
+    }
+
     fn check_error_word(&self) -> io::Result<()> {
         match self.end().error() {
             RingErrorCode::None => Ok(()),
@@ -256,7 +266,8 @@ impl Read for Guest {
         if buf.is_empty() {
             return Ok(0);
         }
-        let deadline = Instant::now() + self.block_limit;
+        // The clock is read only when there is something to wait for.
+        let mut deadline = None;
         loop {
             // As Linux's xenbus driver does: tell the server about freed
             // space only when the ring was full since the old consumer
@@ -275,7 +286,7 @@ impl Read for Guest {
                 return Ok(n);
             }
             self.check_error_word()?;
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = self.time_left(&mut deadline);
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -292,7 +303,7 @@ impl Write for Guest {
         if buf.is_empty() {
             return Ok(0);
         }
-        let deadline = Instant::now() + self.block_limit;
+        let mut deadline = None;
         loop {
             self.check_error_word()?;
             let n = self.end().write(buf).map_err(io::Error::other)?;
@@ -300,7 +311,7 @@ impl Write for Guest {
                 self.notify()?;
                 return Ok(n);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = self.time_left(&mut deadline);
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
