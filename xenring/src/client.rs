@@ -143,13 +143,7 @@ impl<T: Read + Write> Client<T> {
     /// [`Client::submit`] of the payload `parts` make one after another
     /// (built in the client's own buffer, not in a payload of its own).
     fn submit_parts(&mut self, ty: MsgType, tx_id: u32, parts: &[&[u8]]) -> Result<u32, Error> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = u32::try_from(len)
-            .ok()
-            .filter(|&len| len as usize <= PAYLOAD_MAX)
-            .ok_or(Error::PayloadTooLong {
-                len: u32::try_from(len).unwrap_or(u32::MAX),
-            })?;
+        let len = crate::codec::checked_payload_len(parts.iter().map(|p| p.len()).sum())?;
         // The id is taken only once the request is sure to go out: the ids
         // sent stay `FIRST_REQ_ID..` without a gap (see `was_sent`).
         let req_id = self.next_req_id;

@@ -81,7 +81,13 @@ impl Message {
 }
 
 fn payload_len(payload: &[u8]) -> Result<u32, Error> {
-    match u32::try_from(payload.len()) {
+    checked_payload_len(payload.len())
+}
+
+/// A payload length as the header carries it, if the wire allows it
+/// (at most 4096 bytes).
+pub(crate) fn checked_payload_len(len: usize) -> Result<u32, Error> {
+    match u32::try_from(len) {
         Ok(len) if len <= PAYLOAD_MAX_U32 => Ok(len),
         Ok(len) => Err(Error::PayloadTooLong { len }),
         Err(_) => Err(Error::PayloadTooLong { len: u32::MAX }),
