@@ -41,8 +41,7 @@ impl ConnSet {
     pub(super) fn take_into(&mut self, out: &mut Vec<ConnId>) {
         out.clear();
         std::mem::swap(&mut self.ids, out);
-        out.sort_unstable();
-        out.dedup();
+        sort_dedup(out);
     }
 }
 
