@@ -103,6 +103,16 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// `sum` plus the CPU time from `before` to `after`; `None` once any
+/// reading failed.
+fn add_cpu(
+    sum: Option<Duration>,
+    before: Option<Duration>,
+    after: Option<Duration>,
+) -> Option<Duration> {
+    Some(sum? + after?.saturating_sub(before?))
+}
+
 /// Latencies of `n` calls of `op` (after a warm-up of up to 200), in call
 /// order, and the wall time they took.
 fn sample(n: usize, op: &mut dyn FnMut(usize)) -> (Vec<Duration>, Duration) {
@@ -171,14 +181,8 @@ fn alternate(
             let (mut l, t) = sample(per_round, *op);
             let own_after = cpu_time(std::process::id());
             let after = server.and_then(cpu_time);
-            own[k] = match (own[k], own_before, own_after) {
-                (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(b)),
-                _ => None,
-            };
-            cpu[k] = match (cpu[k], before, after) {
-                (Some(sum), Some(b), Some(a)) => Some(sum + a.saturating_sub(b)),
-                _ => None,
-            };
+            own[k] = add_cpu(own[k], own_before, own_after);
+            cpu[k] = add_cpu(cpu[k], before, after);
             calls[k] += u32::try_from(per_round + per_round.min(200)).unwrap_or(u32::MAX);
             total[k] += t;
             lat[k].extend_from_slice(&l);
