@@ -46,6 +46,11 @@ impl QuotaKind {
         QuotaKind::NodeSize,
     ];
 
+    /// Its place in [`QuotaKind::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name C xenstored uses.
     pub const fn name(self) -> &'static str {
         match self {
@@ -90,24 +95,19 @@ impl QuotaKind {
     }
 }
 
-/// Hard and soft limits for every quota.
+/// Hard and soft limits for every quota, indexed by [`QuotaKind::index`]
+/// (every request reads some: an array, not a search).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quotas {
-    hard: BTreeMap<QuotaKind, u64>,
-    soft: BTreeMap<QuotaKind, u64>,
+    hard: [u64; QuotaKind::ALL.len()],
+    soft: [u64; QuotaKind::ALL.len()],
 }
 
 impl Default for Quotas {
     fn default() -> Self {
         Self {
-            hard: QuotaKind::ALL
-                .iter()
-                .map(|&q| (q, q.default_hard()))
-                .collect(),
-            soft: QuotaKind::ALL
-                .iter()
-                .map(|&q| (q, q.default_soft()))
-                .collect(),
+            hard: QuotaKind::ALL.map(QuotaKind::default_hard),
+            soft: QuotaKind::ALL.map(QuotaKind::default_soft),
         }
     }
 }
@@ -115,22 +115,22 @@ impl Default for Quotas {
 impl Quotas {
     /// The hard limit (0: unlimited).
     pub fn hard(&self, q: QuotaKind) -> u64 {
-        self.hard.get(&q).copied().unwrap_or(0)
+        self.hard[q.index()]
     }
 
     /// The soft limit (0: none).
     pub fn soft(&self, q: QuotaKind) -> u64 {
-        self.soft.get(&q).copied().unwrap_or(0)
+        self.soft[q.index()]
     }
 
     /// Sets the hard limit.
     pub fn set_hard(&mut self, q: QuotaKind, value: u64) {
-        self.hard.insert(q, value);
+        self.hard[q.index()] = value;
     }
 
     /// Sets the soft limit.
     pub fn set_soft(&mut self, q: QuotaKind, value: u64) {
-        self.soft.insert(q, value);
+        self.soft[q.index()] = value;
     }
 }
 
@@ -151,4 +151,41 @@ pub fn effective(global: &Quotas, domain: Option<&DomainQuotas>, q: QuotaKind) -
 /// Whether `used` fits a limit (0: unlimited).
 pub fn within(limit: u64, used: u64) -> bool {
     limit == 0 || used <= limit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_index_is_place_in_all() {
+        for (i, q) in QuotaKind::ALL.into_iter().enumerate() {
+            assert_eq!(q.index(), i, "{}", q.name());
+        }
+    }
+
+    #[test]
+    fn test_set_changes_only_its_own_kind() {
+        let mut quotas = Quotas::default();
+        quotas.set_hard(QuotaKind::PathMax, 7);
+        quotas.set_soft(QuotaKind::Nodes, 9);
+        for q in QuotaKind::ALL {
+            let hard = if q == QuotaKind::PathMax {
+                7
+            } else {
+                q.default_hard()
+            };
+            let soft = if q == QuotaKind::Nodes {
+                9
+            } else {
+                q.default_soft()
+            };
+            assert_eq!(
+                (quotas.hard(q), quotas.soft(q)),
+                (hard, soft),
+                "{}",
+                q.name()
+            );
+        }
+    }
 }
