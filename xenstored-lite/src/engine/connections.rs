@@ -237,6 +237,33 @@ fn release_hold(holds: &mut EventHolds, conns: &mut IdMap<Conn>, seq: u64) {
     }
 }
 
+/// `q` left connection `conn` (`c`)'s queue: its counts follow, and
+/// `with_output` once the queue is empty.
+fn counted_out(
+    c: &mut Conn,
+    conn: ConnId,
+    q: &Queued,
+    with_output: &mut IdMap<()>,
+    actions: &mut Vec<Action>,
+) {
+    c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
+    c.message_removed(q);
+    if q.event {
+        c.event_bytes = c.event_bytes.saturating_sub(q.msg.wire_len());
+    } else {
+        c.replies_queued = c.replies_queued.saturating_sub(1);
+    }
+    if c.out.is_empty() {
+        with_output.remove(&conn);
+        if c.overflow_dropped > 0 {
+            let n = core::mem::take(&mut c.overflow_dropped);
+            actions.push(Action::Log(format!(
+                "connection {conn}: its queue is empty again; {n} watch event(s) had been dropped from it"
+            )));
+        }
+    }
+}
+
 impl Engine {
     /// Takes the actions produced so far, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
@@ -245,9 +272,11 @@ impl Engine {
 
     /// The next message queued for `conn` (replies and events, in order).
     pub fn pop_output(&mut self, conn: ConnId) -> Option<Message> {
+        // The connection in hand counts it out (no second lookup).
         let c = self.conns.get_mut(&conn)?;
         let q = c.out.pop_front()?;
-        self.dequeued(conn, &q);
+        counted_out(c, conn, &q, &mut self.with_output, &mut self.actions);
+        settle_hold(&mut self.events, &mut self.conns, &q);
         Some(q.msg)
     }
 
@@ -256,22 +285,7 @@ impl Engine {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.out_bytes = c.out_bytes.saturating_sub(q.msg.wire_len());
-        c.message_removed(q);
-        if q.event {
-            c.event_bytes = c.event_bytes.saturating_sub(q.msg.wire_len());
-        } else {
-            c.replies_queued = c.replies_queued.saturating_sub(1);
-        }
-        if c.out.is_empty() {
-            self.with_output.remove(&conn);
-            if c.overflow_dropped > 0 {
-                let n = core::mem::take(&mut c.overflow_dropped);
-                self.actions.push(Action::Log(format!(
-                    "connection {conn}: its queue is empty again; {n} watch event(s) had been dropped from it"
-                )));
-            }
-        }
+        counted_out(c, conn, q, &mut self.with_output, &mut self.actions);
         settle_hold(&mut self.events, &mut self.conns, q);
     }
 
@@ -280,6 +294,9 @@ impl Engine {
     /// another connection were taken or dropped, or were held too long):
     /// the shell should read them again.
     pub fn take_unblocked(&mut self) -> Vec<ConnId> {
+        if self.events.unblocked.is_empty() {
+            return Vec::new(); // the usual case, on every loop turn
+        }
         core::mem::take(&mut self.events.unblocked)
             .into_iter()
             .collect()
@@ -310,12 +327,13 @@ impl Engine {
     /// Connections with queued output, ordered (kept as a set, so that
     /// this costs nothing for the idle ones).
     pub fn conns_with_output(&self) -> Vec<ConnId> {
-        self.conns_with_output_iter().collect()
+        self.with_output.keys().copied().collect()
     }
 
-    /// [`Engine::conns_with_output`] without collecting them.
+    /// [`Engine::conns_with_output`] without collecting or ordering them:
+    /// for a caller that sorts them itself.
     pub fn conns_with_output_iter(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.with_output.iter().copied()
+        self.with_output.keys_unordered()
     }
 
     /// Whether the shell should read another request from `conn` now: an
@@ -483,7 +501,7 @@ impl Engine {
         // Read now, while the connection is in hand: what follows changes
         // neither (no second lookup of it).
         let out_bytes = c.out_bytes;
-        self.with_output.insert(conn);
+        self.with_output.insert(conn, ());
         if event {
             if let Some((src, seq)) = current {
                 self.hold(src, seq);
@@ -613,7 +631,7 @@ impl Engine {
         // Only connections with something queued can hold stale events.
         let candidates: Vec<ConnId> = self
             .with_output
-            .iter()
+            .keys()
             .copied()
             .filter(|id| self.conns.get(id).is_some_and(|c| !self.who(c).privileged))
             .collect();
@@ -754,7 +772,7 @@ impl Engine {
                     "connection {id}: de-duplication set differs from its queue"
                 ));
             }
-            if c.out.is_empty() == self.with_output.contains(id) {
+            if c.out.is_empty() == self.with_output.contains_key(id) {
                 problems.push(format!("connection {id}: with_output is wrong"));
             }
             for q in c.out.iter().filter(|q| q.event) {

@@ -97,6 +97,12 @@ impl<V> IdMap<V> {
     pub fn values(&self) -> impl Iterator<Item = &V> + '_ {
         self.iter().map(|(_, v)| v)
     }
+
+    /// The keys in the hash table's order, unsorted and without
+    /// allocating: for a caller that sorts them itself.
+    pub fn keys_unordered(&self) -> impl Iterator<Item = u32> + '_ {
+        self.map.keys().copied()
+    }
 }
 
 impl<'a, V> IntoIterator for &'a IdMap<V> {

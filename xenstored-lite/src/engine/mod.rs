@@ -286,8 +286,9 @@ pub struct Engine {
     now: Time,
     requests: u64,
     last_result: Option<Result<(), XsErrno>>,
-    /// Connections whose output queue is not empty.
-    with_output: BTreeSet<ConnId>,
+    /// Connections whose output queue is not empty (a hashed set: one
+    /// insertion and one removal per request).
+    with_output: IdMap<()>,
     /// Replies queued so far (for `test_alter_reply`).
     replies: u64,
     /// Domains whose memory use was last seen above the soft memory quota
@@ -358,7 +359,7 @@ impl Engine {
             now: 0,
             requests: 0,
             last_result: None,
-            with_output: BTreeSet::new(),
+            with_output: IdMap::new(),
             replies: 0,
             over_soft: BTreeSet::new(),
             soft_log: BTreeMap::new(),
