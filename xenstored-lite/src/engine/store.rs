@@ -362,16 +362,23 @@ pub fn parent(path: &str) -> Option<&str> {
     if path == "/" || path.starts_with('@') {
         return None;
     }
-    match path.rfind('/') {
+    match last_slash(path) {
         Some(0) => Some("/"),
         Some(i) => Some(&path[..i]),
         None => None,
     }
 }
 
+/// Where the last `/` of `path` is: a plain walk back over its bytes,
+/// cheaper on a short path than `str::rfind`'s general search (`/` is
+/// ASCII: never part of another character).
+fn last_slash(path: &str) -> Option<usize> {
+    path.as_bytes().iter().rposition(|&b| b == b'/')
+}
+
 /// The leaf name of a canonical absolute path.
 pub fn basename(path: &str) -> &str {
-    match path.rfind('/') {
+    match last_slash(path) {
         Some(i) => &path[i + 1..],
         None => path,
     }

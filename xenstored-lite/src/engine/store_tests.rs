@@ -61,6 +61,26 @@ fn test_children_set_and_order() {
 }
 
 #[test]
+fn test_parent_and_basename_split_at_the_last_slash() {
+    for path in [
+        "/", "/a", "/a/b", "/a/bc/d", "a", "a/b", "", "/a/", "@x", "/é/ü",
+    ] {
+        let expected_parent = if path == "/" || path.starts_with('@') {
+            None
+        } else {
+            match path.rfind('/') {
+                Some(0) => Some("/"),
+                Some(i) => Some(&path[..i]),
+                None => None,
+            }
+        };
+        assert_eq!(parent(path), expected_parent, "{path:?}");
+        let expected_base = path.rfind('/').map_or(path, |i| &path[i + 1..]);
+        assert_eq!(basename(path), expected_base, "{path:?}");
+    }
+}
+
+#[test]
 fn test_path_helpers_edges() {
     assert_eq!(parent("@releaseDomain/5"), None);
     assert_eq!(parent("/a/b/c"), Some("/a/b"));

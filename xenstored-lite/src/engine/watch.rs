@@ -37,7 +37,7 @@ use super::lu_state::RestoreError;
 use super::ops::{self, canonical, Change, Ctx};
 use super::perms::access;
 use super::quota::{within, QuotaKind};
-use super::store::{depth_below, is_child_of, parent};
+use super::store::{depth_below, is_child_of};
 use super::{parse_num, text, ConnId, Engine};
 
 /// One registered watch.
@@ -212,14 +212,26 @@ impl Watches {
     /// or any ancestor, within their depth. Ordered by registration.
     pub fn matching(&self, event: &str) -> Vec<&Watch> {
         let mut ids: Vec<WatchId> = Vec::new();
-        let mut at = Some(event);
-        while let Some(p) = at {
+        // `event` and its ancestors (what `parent` gives, one after the
+        // other), found in one walk back over the path's bytes: a search
+        // from the end for each was a visible part of every write.
+        let bytes = event.as_bytes();
+        let mut end = bytes.len();
+        loop {
+            let p = &event[..end];
             if self.lengths.get(p.len()).is_some_and(|&n| n > 0) {
                 if let Some(v) = self.by_path.get(p) {
                     ids.extend(v.iter().copied());
                 }
             }
-            at = parent(p);
+            if p == "/" || p.starts_with('@') {
+                break;
+            }
+            match bytes[..end].iter().rposition(|&b| b == b'/') {
+                Some(0) => end = 1,
+                Some(i) => end = i,
+                None => break,
+            }
         }
         ids.sort_unstable();
         ids.iter()
@@ -652,6 +664,30 @@ mod tests {
         ws.remove_conn(4);
         recount(&ws);
         assert!(ws.lengths.iter().all(|&n| n == 0));
+    }
+
+    /// An event fires the watches on it and on each of its ancestors (as
+    /// `parent` walks them, up to `/`), and a special path's only its own.
+    #[test]
+    fn test_watches_matching_walks_every_ancestor() {
+        let mut ws = Watches::default();
+        for (i, p) in ["/", "/a", "/a/b", "/a/b/c", "/ab", "@introduceDomain"]
+            .into_iter()
+            .enumerate()
+        {
+            ws.add(watch(1, p, &i.to_string()));
+        }
+        let fired = |p: &str| -> Vec<String> {
+            let mut t: Vec<String> = ws.matching(p).iter().map(|w| w.token.clone()).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(fired("/a/b/c/d"), ["0", "1", "2", "3"]);
+        assert_eq!(fired("/a/b"), ["0", "1", "2"]);
+        assert_eq!(fired("/ab/c"), ["0", "4"]);
+        assert_eq!(fired("/"), ["0"]);
+        assert_eq!(fired("/x"), ["0"]);
+        assert_eq!(fired("@introduceDomain"), ["5"]);
     }
 
     /// A connection's 20,000 watches on one path go in one
