@@ -130,11 +130,23 @@ pub const RECORDING_FILE: &str = "xenstored-lite.rec";
 /// A connection's transport; its framing and buffers are the core's.
 struct Conn {
     transport: Transport,
+    /// A socket's reads stopped before it was empty (the engine took no
+    /// more requests): its registration is edge-triggered, so no event
+    /// comes for what is already there, and [`Daemon::update_interest`]
+    /// re-arms it once the engine takes requests again.
+    undrained: bool,
+    /// A socket's registration with the daemon's epoll (`None` until
+    /// registered).
+    interest: Option<EpollFlags>,
 }
 
 impl Conn {
     fn new(transport: Transport) -> Self {
-        Self { transport }
+        Self {
+            transport,
+            undrained: false,
+            interest: None,
+        }
     }
 
     fn domid(&self) -> Option<DomId> {
@@ -190,8 +202,6 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     dirty: ConnSet,
     epoll: Epoll,
-    /// What each socket is registered for in `epoll`.
-    interest: BTreeMap<ConnId, EpollFlags>,
     rundir: PathBuf,
     exec_args: Vec<OsString>,
     live_update: Option<live_update::Session>,
@@ -463,7 +473,6 @@ impl Daemon {
             stop: Arc::new(AtomicBool::new(false)),
             dirty: ConnSet::default(),
             epoll,
-            interest: BTreeMap::new(),
             rundir: config.rundir.clone(),
             exec_args: config.exec_args.clone(),
             live_update: None,
@@ -735,30 +744,44 @@ impl Daemon {
     /// Keeps a socket's epoll registration in line with what it needs:
     /// readable while the engine takes its requests, writable while output
     /// waits.
+    ///
+    /// The registration is edge-triggered: an event comes when bytes
+    /// arrive or space frees, not again for bytes still there, which saves
+    /// the kernel a poll of the socket on every wait. So reads go on until
+    /// the socket is empty (a short read or `EAGAIN`), writes until
+    /// `EAGAIN`, and a socket whose reads stopped early (`undrained`) is
+    /// re-armed here (a modification polls it again) once the engine takes
+    /// its requests.
     fn update_interest(&mut self, conn: ConnId) {
-        let Some(fd) = self.conns.get(&conn).and_then(|c| c.transport.poll_fd()) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut want = EpollFlags::empty();
-        if self.core.is_live(conn) && self.core.accepts_requests(conn) {
+        let Some(fd) = c.transport.poll_fd() else {
+            return;
+        };
+        let mut want = EpollFlags::EPOLLET;
+        let (reads, writes) = self.core.socket_needs(conn);
+        if reads {
             want |= EpollFlags::EPOLLIN;
         }
-        if self.core.has_buffered_output(conn) {
+        if writes {
             want |= EpollFlags::EPOLLOUT;
         }
-        if self.interest.get(&conn) == Some(&want) {
+        let rearm = c.undrained && want.contains(EpollFlags::EPOLLIN);
+        if rearm {
+            c.undrained = false;
+        }
+        if !rearm && c.interest == Some(want) {
             return;
         }
         let mut ev = EpollEvent::new(want, TOKEN_BASE + u64::from(conn));
-        let result = if self.interest.contains_key(&conn) {
+        let result = if c.interest.is_some() {
             self.epoll.modify(fd, &mut ev)
         } else {
             self.epoll.add(fd, ev)
         };
         match result {
-            Ok(()) => {
-                self.interest.insert(conn, want);
-            }
+            Ok(()) => c.interest = Some(want),
             Err(e) => tracing::warn!("epoll registration of connection {conn} failed: {e}"),
         }
     }
@@ -983,11 +1006,15 @@ impl Daemon {
     fn read_into(&mut self, conn: ConnId, buf: &mut [u8]) {
         loop {
             if !self.core.accepts_requests(conn) {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.undrained = true;
+                }
                 break;
             }
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            c.undrained = false;
             let (n, last) = match c.transport.read(buf) {
                 Ok(Received::Data(n)) => (n, false),
                 Ok(Received::Last(n)) => (n, true),
@@ -1046,7 +1073,6 @@ impl Daemon {
         if self.core.has(conn) {
             self.core.apply_infallible(BoundaryEvent::Close { conn });
         }
-        self.interest.remove(&conn);
         if let Some(c) = self.conns.remove(&conn) {
             self.teardown(c.transport);
         }
@@ -1135,8 +1161,7 @@ impl Daemon {
         if wrote {
             self.notify(conn);
         }
-        let after = self.core.accepts_requests(conn);
-        if !before && after {
+        if !before && self.core.accepts_requests(conn) {
             self.dirty.insert(conn);
             if self
                 .conns
@@ -1483,5 +1508,103 @@ mod loop_tests {
             .ask(&mut w.daemon, MsgType::Read, 0, build_args(&[b"/k"]))
             .unwrap();
         assert_eq!(got, b"v");
+    }
+
+    /// Sockets are edge-triggered: the bytes already there when reads
+    /// stopped bring no new event. A socket marked undrained is re-armed
+    /// by `update_interest` and read on the next turn.
+    #[test]
+    fn an_undrained_socket_is_read_once_re_armed() {
+        use nix::sys::epoll::EpollEvent;
+        let mut w = World::new();
+        let mut c = w.connect();
+        let req = c.send(MsgType::GetDomainPath, 0, build_args(&[b"0"]));
+        // Take the event its bytes brought without reading them, as a
+        // read that stopped early leaves them.
+        let mut events = [EpollEvent::empty(); 8];
+        let n = w
+            .daemon
+            .epoll
+            .wait(&mut events, super::EpollTimeout::ZERO)
+            .unwrap();
+        let token = super::TOKEN_BASE + u64::from(c.id);
+        assert!(events[..n].iter().any(|e| e.data() == token));
+        for _ in 0..3 {
+            w.daemon.turn(Some(1)).unwrap();
+        }
+        c.no_answer_yet(req);
+        // Nothing changed and nothing was left undrained: no re-arm.
+        w.daemon.update_interest(c.id);
+        w.daemon.turn(Some(1)).unwrap();
+        c.no_answer_yet(req);
+        w.daemon.conns.get_mut(&c.id).unwrap().undrained = true;
+        w.daemon.update_interest(c.id);
+        assert!(
+            !w.daemon.conns[&c.id].undrained,
+            "re-armed once, not on every call"
+        );
+        w.daemon.turn(Some(1)).unwrap();
+        c.poll();
+        assert!(
+            c.inbox.iter().any(|m| m.header.req_id == req),
+            "the re-armed socket was read in the turn after"
+        );
+    }
+
+    /// Under edge-triggered readiness every byte is still read and every
+    /// reply written: a burst larger than the read buffer in one go, and
+    /// replies larger than the socket's buffer to a client that reads
+    /// only later (the daemon writes until EAGAIN and goes on when the
+    /// client makes room).
+    #[test]
+    fn bursts_both_ways_arrive_whole_under_edge_triggering() {
+        use nix::sys::epoll::EpollFlags;
+        use xenring::codec::build_path_value;
+        use xenring::Message;
+        let mut w = World::new();
+        let mut c = w.connect();
+        let value = vec![b'v'; 2000];
+        let mut burst = Vec::new();
+        let mut writes = Vec::new();
+        for i in 0..13u32 {
+            let path = format!("/burst/{i}");
+            let m = Message::new(
+                MsgType::Write,
+                1000 + i,
+                0,
+                build_path_value(path.as_bytes(), &value),
+            );
+            burst.extend_from_slice(&m.unwrap().to_bytes());
+            writes.push(1000 + i);
+        }
+        assert!(burst.len() > 3 * super::READ_BUF);
+        c.send_raw(&burst);
+        for req in writes {
+            let m = c.answer(&mut w.daemon, req);
+            assert_eq!(m.header.msg_type, MsgType::Write.raw(), "{}", req);
+        }
+        // 400 replies of 2000 octets, asked for without reading any.
+        // In one write: each write is a buffer the socket charges apart.
+        let mut reads = Vec::new();
+        let mut asks = Vec::new();
+        for i in 0..400u32 {
+            let path = format!("/burst/{}", i % 13);
+            let m = Message::new(MsgType::Read, 2000 + i, 0, build_args(&[path.as_bytes()]));
+            asks.extend_from_slice(&m.unwrap().to_bytes());
+            reads.push(2000 + i);
+        }
+        c.send_raw(&asks);
+        for _ in 0..20 {
+            w.daemon.turn(Some(1)).unwrap();
+        }
+        // Output waits: the socket is registered for room to write too.
+        assert_eq!(
+            w.daemon.conns[&c.id].interest,
+            Some(EpollFlags::EPOLLET | EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT)
+        );
+        for req in reads {
+            let m = c.answer(&mut w.daemon, req);
+            assert_eq!(m.payload, value);
+        }
     }
 }

@@ -48,6 +48,16 @@ impl StateConn {
             held: Vec::new(),
         }
     }
+
+    /// Whether bytes of its current message wait to be written.
+    fn has_buffered_output(&self) -> bool {
+        !self.dead && self.out_off < self.out.len()
+    }
+
+    /// Its transport took `n` octets of the current message.
+    fn advance(&mut self, n: usize) {
+        self.out_off += n.min(self.out.len() - self.out_off);
+    }
 }
 
 /// A connection's pending bytes, for a migration stream.
@@ -206,6 +216,20 @@ impl ShellState {
             && self.engine.accepts_requests(conn)
     }
 
+    /// What a socket's registration follows, from one lookup: whether
+    /// `conn` takes requests now (live, as [`ShellState::is_live`], and
+    /// [`ShellState::accepts_requests`]) and whether bytes wait in its
+    /// buffer ([`ShellState::has_buffered_output`]).
+    pub fn socket_needs(&self, conn: ConnId) -> (bool, bool) {
+        match self.conns.get(&conn) {
+            None => (false, false),
+            Some(c) => (
+                !c.dead && c.held.is_empty() && self.engine.accepts_requests(conn),
+                c.has_buffered_output(),
+            ),
+        }
+    }
+
     /// Whether new TRANSACTION_STARTs are held ([`BoundaryEvent::Hold`]).
     pub fn holding(&self) -> bool {
         self.holding
@@ -235,7 +259,7 @@ impl ShellState {
     pub fn has_buffered_output(&self, conn: ConnId) -> bool {
         self.conns
             .get(&conn)
-            .is_some_and(|c| !c.dead && c.out_off < c.out.len())
+            .is_some_and(StateConn::has_buffered_output)
     }
 
     /// The engine's actions so far (effects for the live shell; replay
@@ -401,7 +425,13 @@ impl ShellState {
         on_request: OnRequest<'_>,
     ) -> Result<(), xenring::Error> {
         let mut input = bytes;
+        let mut decoded = false;
         loop {
+            // After a whole message, nothing left decodes to nothing: the
+            // connection is not looked up again for it.
+            if decoded && input.is_empty() {
+                return Ok(());
+            }
             let Some(c) = self.conns.get_mut(&conn) else {
                 return Ok(());
             };
@@ -409,6 +439,7 @@ impl ShellState {
             let Some(msg) = c.decoder.decode(&mut input)? else {
                 return Ok(());
             };
+            decoded = true;
             if self.skip == Some((conn, msg.header)) {
                 self.skip = None;
                 tracing::warn!(
@@ -466,6 +497,8 @@ impl ShellState {
     /// What to write to `conn` next: the rest of the current message, or
     /// the next queued one; `None` if nothing waits.
     pub fn next_output(&mut self, conn: ConnId) -> Option<&[u8]> {
+        // One lookup (it runs at least twice for every reply): the engine
+        // does not touch this state's connections.
         let c = self.conns.get_mut(&conn)?;
         if c.dead {
             return None;
@@ -475,10 +508,8 @@ impl ShellState {
             c.out_off = 0;
             let msg = self.engine.pop_output(conn)?;
             self.popped = true;
-            let c = self.conns.get_mut(&conn)?;
             msg.encode_into(&mut c.out);
         }
-        let c = self.conns.get(&conn)?;
         Some(&c.out[c.out_off..])
     }
 
@@ -487,7 +518,7 @@ impl ShellState {
     /// buffer, so it is recorded from there (no copy) and then carried out
     /// as [`ShellState::apply`] carries out a replayed one.
     pub fn wrote(&mut self, conn: ConnId, n: usize) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let n = n.min(c.out.len() - c.out_off);
@@ -504,7 +535,9 @@ impl ShellState {
                 j.record(&event);
             }
         }
-        self.advance(conn, n);
+        // `advance`, on the connection in hand.
+        self.popped = false;
+        c.advance(n);
     }
 
     /// An `Output` event: `conn`'s transport took `n` octets.
@@ -513,7 +546,7 @@ impl ShellState {
             return;
         };
         self.popped = false;
-        c.out_off += n.min(c.out.len() - c.out_off);
+        c.advance(n);
     }
 
     /// A connection's pending bytes (left in place), with `extra` appended
@@ -800,6 +833,54 @@ mod tests {
         core
     }
 
+    /// `socket_needs` says what the three questions it replaces say, for
+    /// a connection unknown, idle, with bytes half written, holding a
+    /// request, and dead.
+    #[test]
+    fn test_socket_needs_answers_as_the_three_it_replaces() {
+        let mut core = socket_core();
+        let separate = |core: &ShellState, conn| {
+            (
+                core.is_live(conn) && core.accepts_requests(conn),
+                core.has_buffered_output(conn),
+            )
+        };
+        let check = |core: &ShellState, conn, expected: (bool, bool), when: &str| {
+            assert_eq!(core.socket_needs(conn), expected, "{when}");
+            assert_eq!(
+                separate(core, conn),
+                expected,
+                "{when} (the separate questions)"
+            );
+        };
+        check(&core, 9, (false, false), "unknown");
+        check(&core, 1, (true, false), "idle");
+        core.input(
+            1,
+            &request(MsgType::Read, 1, build_args(&[b"/"])),
+            &mut |_, _, _, _| {},
+        )
+        .unwrap();
+        assert!(core.next_output(1).is_some());
+        core.wrote(1, 3);
+        check(&core, 1, (true, true), "half written");
+        drain(&mut core, 1);
+        check(&core, 1, (true, false), "drained");
+        core.apply_infallible(BoundaryEvent::Hold { on: true });
+        core.input(
+            1,
+            &request(MsgType::TransactionStart, 2, Vec::new()),
+            &mut |_, _, _, _| {},
+        )
+        .unwrap();
+        check(&core, 1, (false, false), "holding a request");
+        core.apply_infallible(BoundaryEvent::Hold { on: false });
+        assert!(core.next_output(1).is_some());
+        core.wrote(1, 1);
+        core.apply_infallible(BoundaryEvent::Violation { conn: 1 });
+        check(&core, 1, (false, false), "dead, with bytes left");
+    }
+
     /// Everything `conn` has to write, written in full.
     fn drain(core: &mut ShellState, conn: ConnId) -> Vec<u8> {
         let mut out = Vec::new();
@@ -981,6 +1062,39 @@ mod tests {
                 .to_bytes();
             assert_eq!(reply, expected, "cut after {cut} octets");
         }
+    }
+
+    #[test]
+    fn test_input_carries_out_every_whole_message_and_keeps_the_rest() {
+        let all = requests();
+        // Whole messages, then half of one, in a single input and cut at
+        // every point: the same requests reach the engine either way.
+        let mut whole = socket_core();
+        let mut seen = Vec::new();
+        whole
+            .input(1, &all, &mut |_, _, _, m| seen.push(m.header.req_id))
+            .unwrap();
+        assert_eq!(seen, [1, 2, 3, 4]);
+        let expected = drain(&mut whole, 1);
+        for cut in 0..=all.len() {
+            let mut core = socket_core();
+            let mut seen = Vec::new();
+            for part in [&all[..cut], &all[cut..]] {
+                core.input(1, part, &mut |_, _, _, m| seen.push(m.header.req_id))
+                    .unwrap();
+            }
+            assert_eq!(seen, [1, 2, 3, 4], "cut at {cut}");
+            assert_eq!(drain(&mut core, 1), expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn test_a_poisoned_decoder_fails_even_on_an_empty_input() {
+        let mut core = socket_core();
+        let mut too_long = [0u8; xenring::wire::HEADER_SIZE];
+        too_long[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(core.input(1, &too_long, &mut |_, _, _, _| {}).is_err());
+        assert!(core.input(1, &[], &mut |_, _, _, _| {}).is_err());
     }
 
     #[test]
