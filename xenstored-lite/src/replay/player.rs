@@ -182,15 +182,26 @@ fn config_from_args(args: &[String], index: u64) -> Result<crate::engine::Config
     })
 }
 
-/// Replays the recording in `dir`. The file is read whole into memory,
-/// with ordinary reads (the events then borrow their bytes from it).
+/// Replays the recording in `dir`. The file is mapped, not read: the
+/// events borrow their bytes from the page cache, memory does not grow
+/// with the recording, and nothing is copied or zeroed first.
 pub fn replay(dir: &Path, opts: &Options) -> Result<Summary, ReplayError> {
     let path = dir.join(crate::shell::RECORDING_FILE);
-    let data = std::fs::read(&path).map_err(|source| ReplayError::Io {
+    let io = |source| ReplayError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    replay_bytes(&data, opts)
+    };
+    let file = std::fs::File::open(&path).map_err(io)?;
+    // SAFETY: the map is read-only and private to this process, and the
+    // bytes are only read through the slice below while the map lives.
+    // What the slice cannot guard against is the file shrinking under it
+    // (SIGBUS): a daemon never truncates a recording (it appends, and one
+    // that starts a recording afresh replaces the file, leaving this map
+    // on the old one), so only someone truncating it by hand can do that.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    // Read front to back, once: the kernel may read ahead and drop behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    replay_bytes(&map, opts)
 }
 
 /// Replays a recording held in memory.
@@ -330,4 +341,51 @@ pub(crate) fn observe(
     summary.outputs += 1;
     summary.output_bytes += bytes.len() as u64;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::format::{encode, header};
+
+    fn recording(dir: &Path, events: &[BoundaryEvent<'_>]) {
+        let mut data = header().to_vec();
+        for e in events {
+            encode(e, &mut data);
+        }
+        std::fs::write(dir.join(crate::shell::RECORDING_FILE), data).unwrap();
+    }
+
+    #[test]
+    fn test_replay_maps_the_recording_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        recording(
+            dir.path(),
+            &[
+                BoundaryEvent::Start { args: vec![] },
+                BoundaryEvent::Time(5),
+                BoundaryEvent::Time(9),
+            ],
+        );
+        let s = replay(dir.path(), &Options::default()).unwrap();
+        assert_eq!((s.events, s.processes, s.recorded_ms), (3, 1, 4));
+        assert_eq!(s.truncated_at, None);
+    }
+
+    #[test]
+    fn test_replay_names_what_it_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = replay(dir.path(), &Options::default()).unwrap_err();
+        assert!(
+            matches!(&err, ReplayError::Io { path, .. } if path.ends_with(crate::shell::RECORDING_FILE)),
+            "{err}"
+        );
+        // An empty file maps to nothing, and is not a recording.
+        std::fs::write(dir.path().join(crate::shell::RECORDING_FILE), b"").unwrap();
+        let err = replay(dir.path(), &Options::default()).unwrap_err();
+        assert!(
+            matches!(err, ReplayError::Format(FormatError::NotARecording)),
+            "{err}"
+        );
+    }
 }

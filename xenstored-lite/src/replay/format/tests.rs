@@ -113,6 +113,42 @@ fn test_recorder_writes_what_encode_writes() {
 }
 
 #[test]
+fn test_a_fresh_recording_replaces_the_file_and_leaves_a_reader_the_old_one() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r");
+    let old = [BoundaryEvent::Time(1)];
+    {
+        let mut r = Recorder::open(&path, false).unwrap();
+        r.record(&old[0]);
+    }
+    // A replay holds the old recording open (mapped, in `player::replay`).
+    let mut reader = std::fs::File::open(&path).unwrap();
+    let new = [BoundaryEvent::Close { conn: 3 }];
+    {
+        let mut r = Recorder::open(&path, false).unwrap();
+        r.record(&new[0]);
+    }
+    let mut seen = Vec::new();
+    reader.read_to_end(&mut seen).unwrap();
+    assert_eq!(
+        seen,
+        file(&old),
+        "the old recording changed under its reader"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), file(&new));
+    // Continuing (a live update's new process) appends to the same file.
+    {
+        let mut r = Recorder::open(&path, true).unwrap();
+        r.record(&old[0]);
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        file(&[new[0].clone(), old[0].clone()])
+    );
+}
+
+#[test]
 fn test_every_kind_round_trips() {
     let events = all_kinds();
     let data = file(&events);

@@ -253,6 +253,14 @@ impl Recorder {
     /// update's new process).
     pub fn open(path: &std::path::Path, append: bool) -> io::Result<Self> {
         let existing = append && path.metadata().map(|m| m.len() > 0).unwrap_or(false);
+        if !append {
+            // A new file, not the old one truncated: a replay that maps
+            // the old recording keeps reading it (see `player::replay`).
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         // 0600 whatever the umask: the recording holds the whole store.
         let mut file = crate::shell::os::open_private(
             std::fs::OpenOptions::new()
