@@ -11,7 +11,8 @@
 //! so that scheduler placement (a cross-CPU wakeup costs 20-40 us in this
 //! VM) does not decide them. Each latency figure is measured in rounds
 //! that alternate with its reference's (see [`alternate`]).
-//! `DAEMON_BENCH_ONLY=socket|idle|ring|storm` runs one part alone.
+//! `DAEMON_BENCH_ONLY=socket|idle|ring|storm` runs one part alone;
+//! `DAEMON_BENCH_N` sets the requests per latency figure (default 20,000).
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -491,7 +492,7 @@ fn storm(dir: &Path, clients: usize, guests: usize) {
 
 /// The other end of the eventfd ping-pong: waits on inherited eventfd RX,
 /// answers on TX, COUNT times.
-fn eventfd_pong(rx: &str, tx: &str, count: &str) {
+fn eventfd_pong(rx: &str, tx: &str, count: &str, epoll: bool) {
     let (Ok(rx), Ok(tx), Ok(count)) = (rx.parse::<i32>(), tx.parse::<i32>(), count.parse::<u64>())
     else {
         return;
@@ -504,6 +505,19 @@ fn eventfd_pong(rx: &str, tx: &str, count: &str) {
             std::os::fd::BorrowedFd::borrow_raw(tx),
         )
     };
+    if epoll {
+        // As the daemon waits: in an epoll set, edge-triggered, without
+        // reading the eventfd's count (a write is an edge each time).
+        let Ok(waiter) = EdgeWaiter::new(rx) else {
+            return;
+        };
+        for _ in 0..count {
+            if waiter.wait().is_err() || nix::unistd::write(tx, &1u64.to_ne_bytes()).is_err() {
+                return;
+            }
+        }
+        return;
+    }
     let mut buf = [0u8; 8];
     for _ in 0..count {
         if nix::unistd::read(rx, &mut buf).is_err()
@@ -514,19 +528,61 @@ fn eventfd_pong(rx: &str, tx: &str, count: &str) {
     }
 }
 
+/// An epoll set holding one eventfd, edge-triggered: how the daemon and
+/// mock-xen's guests wait for an event channel.
+struct EdgeWaiter(nix::sys::epoll::Epoll);
+
+impl EdgeWaiter {
+    fn new(fd: impl std::os::fd::AsFd) -> nix::Result<Self> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        ep.add(
+            fd,
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+        )?;
+        Ok(Self(ep))
+    }
+
+    /// Until the next write to the eventfd.
+    fn wait(&self) -> nix::Result<()> {
+        let mut events = [nix::sys::epoll::EpollEvent::empty()];
+        loop {
+            match self
+                .0
+                .wait(&mut events, nix::sys::epoll::EpollTimeout::NONE)
+            {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// An eventfd ping-pong peer in another process, answering `count`
 /// pings: the process (killed on drop) and the ping and pong eventfds.
-fn eventfd_peer(count: usize) -> (Proc, nix::sys::eventfd::EventFd, nix::sys::eventfd::EventFd) {
+/// With `epoll`, the peer waits in an epoll set (see [`EdgeWaiter`]) and
+/// the eventfds do not block, so that this side can wait so too.
+fn eventfd_peer(
+    count: usize,
+    epoll: bool,
+) -> (Proc, nix::sys::eventfd::EventFd, nix::sys::eventfd::EventFd) {
     use nix::sys::eventfd::{EfdFlags, EventFd};
     use std::os::fd::AsRawFd;
-    let ping = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
-    let pong = EventFd::from_value_and_flags(0, EfdFlags::empty()).expect("eventfd");
+    let flags = if epoll {
+        EfdFlags::EFD_NONBLOCK
+    } else {
+        EfdFlags::empty()
+    };
+    let ping = EventFd::from_value_and_flags(0, flags).expect("eventfd");
+    let pong = EventFd::from_value_and_flags(0, flags).expect("eventfd");
     let child = Command::new(std::env::current_exe().expect("exe"))
         .args([
             "--eventfd-pong".to_string(),
             ping.as_raw_fd().to_string(),
             pong.as_raw_fd().to_string(),
             count.to_string(),
+            if epoll { "epoll" } else { "read" }.to_string(),
         ])
         .spawn()
         .expect("eventfd pong");
@@ -554,7 +610,11 @@ fn ring_latency(dir: &Path, n: usize) {
     let mut c = Client::new(guest);
     let rounds = rounds();
     // Each round warms up with up to 200 before its share.
-    let (peer, ping, pong) = eventfd_peer(n + rounds * 200);
+    let (peer, ping, pong) = eventfd_peer(n + rounds * 200, false);
+    // The same through epoll on both sides: what waiting as the daemon and
+    // the guest do costs over a plain read (the floor for this path).
+    let (epeer, eping, epong) = eventfd_peer(n + rounds * 200, true);
+    let ewaiter = EdgeWaiter::new(&epong).expect("epoll");
     println!(
         "over a mock-xen ring from a guest (this process) to the daemon, both on CPU 0 \
          ({rounds} alternating rounds):"
@@ -568,14 +628,27 @@ fn ring_latency(dir: &Path, n: usize) {
                 pong.read().expect("pong");
             },
             &mut |_| drop(c.read(0, "k").expect("read")),
+            &mut |_| {
+                eping.write(1).expect("ping");
+                ewaiter.wait().expect("pong");
+            },
         ],
-        &[Some(peer.0.id()), Some(daemon.0.id())],
+        &[Some(peer.0.id()), Some(daemon.0.id()), Some(epeer.0.id())],
     );
     print("eventfd ping-pong (2 processes)", &figures[0], None);
     print(
         "READ over the ring",
         &figures[1],
         Some((&figures[0], "eventfd")),
+    );
+    print(
+        "eventfd ping-pong, both in epoll",
+        &figures[2],
+        Some((&figures[0], "eventfd")),
+    );
+    println!(
+        "  READ over the ring / eventfd ping-pong in epoll (p50s): {:.2}x",
+        figures[1].p50.as_secs_f64() / figures[2].p50.as_secs_f64()
     );
 }
 
@@ -586,13 +659,24 @@ fn main() {
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--eventfd-pong") {
-        eventfd_pong(&args[i + 1], &args[i + 2], &args[i + 3]);
+        eventfd_pong(
+            &args[i + 1],
+            &args[i + 2],
+            &args[i + 3],
+            args.get(i + 4).is_some_and(|m| m == "epoll"),
+        );
         return;
     }
     raise_fd_limit();
     let dir = std::env::temp_dir().join(format!("xsl-daemon-bench-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let n = if quick() { 300 } else { 20_000 };
+    // `DAEMON_BENCH_N` sets the requests per latency figure (more, to
+    // profile one part).
+    let n = std::env::var("DAEMON_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(if quick() { 300 } else { 20_000 });
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     // `DAEMON_BENCH_ONLY=socket|idle|ring|storm` runs one part (to
     // profile it); unset, all of them.
