@@ -7,7 +7,7 @@
 //! while waiting for a reply are queued and handed out by
 //! [`Client::next_watch_event`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -86,8 +86,51 @@ pub struct Client<T> {
     /// The messages one read completed (kept, likewise).
     received: Vec<Message>,
     events: VecDeque<WatchEvent>,
-    replies: BTreeMap<u32, Message>,
-    in_flight: BTreeMap<u32, MsgType>,
+    /// Replies received and not yet collected, by `req_id`.
+    replies: ById<Message>,
+    /// Requests sent and not yet answered, with what they were.
+    in_flight: ById<MsgType>,
+}
+
+/// A few values keyed by `req_id`, in the order they were added: what a
+/// client keeps per request in flight. A client has few in flight, and
+/// answers mostly come in the order the requests went out, so a scan from
+/// the oldest finds one at once. Two trees (as before) took a ping-pong
+/// `read` 1,855 instructions, this 1,539 (callgrind, 22,000 READs over a
+/// mock-xen ring); a client with very many requests in flight pays a
+/// scan for each.
+#[derive(Debug)]
+struct ById<V>(VecDeque<(u32, V)>);
+
+impl<V> ById<V> {
+    fn new() -> Self {
+        Self(VecDeque::new())
+    }
+
+    fn position(&self, id: u32) -> Option<usize> {
+        self.0.iter().position(|(k, _)| *k == id)
+    }
+
+    /// Sets `id`'s value (replacing one it had).
+    fn insert(&mut self, id: u32, value: V) {
+        match self.position(id) {
+            Some(i) => self.0[i].1 = value,
+            None => self.0.push_back((id, value)),
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<&V> {
+        self.position(id).map(|i| &self.0[i].1)
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.position(id).is_some()
+    }
+
+    fn remove(&mut self, id: u32) -> Option<V> {
+        let i = self.position(id)?;
+        self.0.remove(i).map(|(_, v)| v)
+    }
 }
 
 impl Client<UnixStream> {
@@ -114,8 +157,8 @@ impl<T: Read + Write> Client<T> {
             wbuf: Vec::new(),
             received: Vec::new(),
             events: VecDeque::new(),
-            replies: BTreeMap::new(),
-            in_flight: BTreeMap::new(),
+            replies: ById::new(),
+            in_flight: ById::new(),
         }
     }
 
@@ -169,19 +212,19 @@ impl<T: Read + Write> Client<T> {
     /// its reply, when it comes, is still its first one, and a later call may
     /// wait for it again.
     pub fn wait_reply(&mut self, req_id: u32) -> Result<Message, Error> {
-        let sent = *self.in_flight.get(&req_id).ok_or(Error::UnexpectedReply {
+        let sent = *self.in_flight.get(req_id).ok_or(Error::UnexpectedReply {
             sent: "nothing",
             req_id,
             got_type: 0,
             got_req_id: req_id,
         })?;
         let reply = loop {
-            if let Some(reply) = self.replies.remove(&req_id) {
+            if let Some(reply) = self.replies.remove(req_id) {
                 break reply;
             }
             self.receive_one()?;
         };
-        self.in_flight.remove(&req_id);
+        self.in_flight.remove(req_id);
         match reply.msg_type() {
             Ok(MsgType::Error) => Err(Error::Xs(
                 XsErrno::from_wire(&reply.payload).unwrap_or(XsErrno::EINVAL),
@@ -229,10 +272,10 @@ impl<T: Read + Write> Client<T> {
         if msg_type == MsgType::WatchEvent.raw() {
             self.events.push_back(WatchEvent::parse(&msg.payload)?);
             Ok(())
-        } else if self.replies.contains_key(&req_id) {
+        } else if self.replies.contains(req_id) {
             // Answered already in this read or an earlier one, not collected.
             Err(Error::DuplicateReply { req_id, msg_type })
-        } else if self.in_flight.contains_key(&req_id) {
+        } else if self.in_flight.contains(req_id) {
             self.replies.insert(req_id, msg);
             Ok(())
         } else if self.was_sent(req_id) {
