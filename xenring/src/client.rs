@@ -1346,6 +1346,24 @@ mod tests {
     }
 
     #[test]
+    fn test_by_id_keeps_one_value_per_id_in_order() {
+        let mut t = ById::new();
+        for id in [7, 3, 9] {
+            t.insert(id, id * 10);
+        }
+        t.insert(3, 31); // replaced, not added
+        assert_eq!(
+            t.0.iter().map(|&(k, v)| (k, v)).collect::<Vec<_>>(),
+            [(7, 70), (3, 31), (9, 90)]
+        );
+        assert_eq!((t.get(9), t.get(4)), (Some(&90), None));
+        assert!(t.contains(7) && !t.contains(8));
+        assert_eq!(t.remove(3), Some(31)); // from the middle
+        assert_eq!(t.remove(3), None);
+        assert_eq!(t.0.iter().map(|&(k, _)| k).collect::<Vec<_>>(), [7, 9]);
+    }
+
+    #[test]
     fn test_client_pipelined_replies_matched_by_req_id() {
         let (a, b) = UnixStream::pair().unwrap();
         // Answers every second request only after the next one, out of order.
