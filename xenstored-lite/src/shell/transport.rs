@@ -69,7 +69,8 @@ pub(super) enum Received {
     /// `n` bytes; more may follow at once.
     Data(usize),
     /// `n` bytes, the last there are for now (a socket's short read: it is
-    /// reported readable again if anything is left).
+    /// reported readable again if anything is left; a ring read that took
+    /// all it held: its release says if more came).
     Last(usize),
     /// Nothing to read now.
     Empty,
@@ -204,13 +205,21 @@ impl Transport {
             Self::Ring(r) => {
                 // Full at any read (what we hold unreleased counts): the
                 // guest may be waiting for the space a release makes.
-                r.was_full |= matches!(r.end().readable(), Ok(RING_SIZE_U32));
+                let readable = r.end().readable();
+                r.was_full |= matches!(readable, Ok(RING_SIZE_U32));
                 match r.end().peek(r.unreleased, buf)? {
                     0 => Ok(Received::Empty),
                     n => {
                         // At most a ring's worth is ever queued.
                         r.unreleased += u32::try_from(n).unwrap_or(RING_SIZE_U32);
-                        Ok(Received::Data(n))
+                        // All that was there is taken: no second look
+                        // (what the guest writes from now on, the release
+                        // finds, `Released::more`).
+                        if matches!(readable, Ok(k) if k <= r.unreleased) {
+                            Ok(Received::Last(n))
+                        } else {
+                            Ok(Received::Data(n))
+                        }
                     }
                 }
             }
@@ -360,7 +369,7 @@ mod tests {
         let mut buf = [0u8; 3];
         assert_eq!(t.read(&mut buf).unwrap(), Received::Data(3));
         assert_eq!(&buf, b"hel");
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(2));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(2), "all taken");
         assert_eq!(&buf[..2], b"lo");
         assert_eq!(t.read(&mut buf).unwrap(), Received::Empty);
         // Read, not released: the guest's space is still taken.
@@ -378,7 +387,7 @@ mod tests {
         assert_eq!(t.release_reads().unwrap(), Released::default());
         // Written while the reads were held: the release says so.
         assert_eq!(guest.write(b"ab").unwrap(), 2);
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(2));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(2));
         assert_eq!(guest.write(b"cd").unwrap(), 2);
         let r = t.release_reads().unwrap();
         assert!(r.more && !r.was_full, "{r:?}");
@@ -392,18 +401,18 @@ mod tests {
         let mut buf = [0u8; 2048];
         // Not full at the first read...
         assert_eq!(guest.write(&[1u8; 500]).unwrap(), 500);
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(500));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(500));
         // ...then the guest fills what is left and waits for space.
         let rest = (RING_SIZE_U32 - 500) as usize;
         assert_eq!(guest.write(&vec![2u8; 2000]).unwrap(), rest);
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(rest));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(rest));
         assert!(
             t.release_reads().unwrap().was_full,
             "the guest must be told"
         );
         // Full only after the last read, before the release.
         assert_eq!(guest.write(&[3u8; 100]).unwrap(), 100);
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(100));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(100));
         assert_eq!(guest.write(&vec![4u8; 2000]).unwrap(), rest + 400);
         assert!(t.release_reads().unwrap().was_full, "full at the release");
     }
@@ -425,7 +434,7 @@ mod tests {
         let guest = GuestEnd::new(page.0.ring());
         assert_eq!(guest.write(b"abc").unwrap(), 3);
         let mut buf = [0u8; 8];
-        assert_eq!(t.read(&mut buf).unwrap(), Received::Data(3));
+        assert_eq!(t.read(&mut buf).unwrap(), Received::Last(3));
         t.complete_reconnect();
         assert_eq!(t.journaled_indices(), Some((0, 0)));
         assert_eq!(t.release_reads().unwrap(), Released::default());
