@@ -37,7 +37,7 @@ use super::lu_state::RestoreError;
 use super::ops::{self, canonical, Change, Ctx};
 use super::perms::access;
 use super::quota::{within, QuotaKind};
-use super::store::{depth_below, is_child_of};
+use super::store::{depth_below, is_child_of, parent};
 use super::{parse_num, text, ConnId, Engine};
 
 /// One registered watch.
@@ -212,26 +212,16 @@ impl Watches {
     /// or any ancestor, within their depth. Ordered by registration.
     pub fn matching(&self, event: &str) -> Vec<&Watch> {
         let mut ids: Vec<WatchId> = Vec::new();
-        // `event` and its ancestors (what `parent` gives, one after the
-        // other), found in one walk back over the path's bytes: a search
-        // from the end for each was a visible part of every write.
-        let bytes = event.as_bytes();
-        let mut end = bytes.len();
-        loop {
-            let p = &event[..end];
+        // `event` and its ancestors: each `parent` walks back over the
+        // bytes from where the one before stopped.
+        let mut at = Some(event);
+        while let Some(p) = at {
             if self.lengths.get(p.len()).is_some_and(|&n| n > 0) {
                 if let Some(v) = self.by_path.get(p) {
                     ids.extend(v.iter().copied());
                 }
             }
-            if p == "/" || p.starts_with('@') {
-                break;
-            }
-            match bytes[..end].iter().rposition(|&b| b == b'/') {
-                Some(0) => end = 1,
-                Some(i) => end = i,
-                None => break,
-            }
+            at = parent(p);
         }
         ids.sort_unstable();
         ids.iter()
