@@ -49,9 +49,19 @@ impl StateConn {
         }
     }
 
+    /// Not cut off.
+    fn is_live(&self) -> bool {
+        !self.dead
+    }
+
+    /// No request of it is held (only then may the engine take more).
+    fn holds_nothing(&self) -> bool {
+        self.held.is_empty()
+    }
+
     /// Whether bytes of its current message wait to be written.
     fn has_buffered_output(&self) -> bool {
-        !self.dead && self.out_off < self.out.len()
+        self.is_live() && self.out_off < self.out.len()
     }
 
     /// Its transport took `n` octets of the current message.
@@ -196,7 +206,7 @@ impl ShellState {
 
     /// Whether `conn` is known (and not cut off).
     pub fn is_live(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| !c.dead)
+        self.conns.get(&conn).is_some_and(StateConn::is_live)
     }
 
     /// Whether `conn` is known at all.
@@ -212,7 +222,7 @@ impl ShellState {
     /// Whether the engine takes another request from `conn` now (not
     /// while `conn` has a held request).
     pub fn accepts_requests(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_none_or(|c| c.held.is_empty())
+        self.conns.get(&conn).is_none_or(StateConn::holds_nothing)
             && self.engine.accepts_requests(conn)
     }
 
@@ -224,7 +234,7 @@ impl ShellState {
         match self.conns.get(&conn) {
             None => (false, false),
             Some(c) => (
-                !c.dead && c.held.is_empty() && self.engine.accepts_requests(conn),
+                c.is_live() && c.holds_nothing() && self.engine.accepts_requests(conn),
                 c.has_buffered_output(),
             ),
         }
