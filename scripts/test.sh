@@ -19,7 +19,8 @@
 # It installs what it needs first (scripts/install-test-deps.sh, an
 # idempotent apt-get). Every tier runs even when an earlier one failed; the
 # output ends with one line per tier saying whether it ran, passed, failed
-# or was SKIPPED (and why), then the test totals. A real-Xen script exits
+# (with what failed under it: a script's "FAILED: " lines, the failed
+# tests' names) or was SKIPPED (and why), then the test totals. A real-Xen script exits
 # (or the package test) exits 77 after printing "SKIPPED: <reason>" only
 # when QEMU or Debian's packages cannot be had. This is the README's test command and what CI runs.
 set -uo pipefail
@@ -92,6 +93,12 @@ tier() {
       ;;
     *)
       results+=("$(printf 'tier %-9s ran, FAILED with status %d (%d s)' "$name" "$rc" "$wall")")
+      # What failed, named in the summary: a script's "FAILED: <what>"
+      # lines and the tests libtest reports failed (at most 10).
+      local what
+      while IFS= read -r what; do
+        results+=("  $what")
+      done < <(grep -aE '^FAILED: |^---- .* stdout ----$' "$out" | sed 's/^---- \(.*\) stdout ----$/FAILED: test \1/' | head -10)
       failed=$((failed + 1))
       ;;
   esac

@@ -51,7 +51,9 @@
 # XENQEMU_STUB_KERNEL=ELF boots that stub kernel instead of building one.
 # Prints "SKIPPED: <reason>" and exits 77 only when QEMU or the Debian
 # packages cannot be installed or downloaded; when a step fails, prints the
-# daemon's log, the guest's console and dom0's console, and exits 1.
+# daemon's log, the guest's console and dom0's console, and at the end a
+# line "FAILED: <scenario>: <the step's reason>" for each failed scenario,
+# and exits 1.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,6 +86,7 @@ case " $SCENARIOS " in
 esac
 
 passed=0 failed=0
+failures=()
 for scenario in $SCENARIOS; do
   cmd=$ROOT/scripts/xen-qemu/$scenario.sh
   [ -f "$cmd" ] || { echo "unknown scenario $scenario"; exit 2; }
@@ -111,7 +114,12 @@ for scenario in $SCENARIOS; do
     tr -d '\r' < "$log" | grep -a '^(XEN)' | tail -40
     echo "==== $scenario: FAIL (rc=$rc) in $wall s ===="
     failed=$((failed + 1))
+    # The step that failed, again at the end: the console above may be
+    # more than a reader of the output's last lines sees.
+    why=$(tr -d '\r' < "$log" | grep -a -m1 'XENQEMU\[[0-9.]*\]: FAIL: ' | sed 's/^.*\]: FAIL: //' || true)
+    failures+=("FAILED: $scenario: ${why:-no step said why (rc=$rc: the VM timed out or crashed)}")
   fi
 done
 echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] || printf '%s\n' "${failures[@]}"
 [ "$failed" -eq 0 ]

@@ -148,4 +148,7 @@ if [ "$rc" -eq 0 ]; then
   [ "$npass" = "$nwant" ] || { echo "only $npass of $nwant device tests passed in dom0"; rc=1; }
 fi
 echo "==== devtests: rc=$rc in $(( $(date +%s) - start )) s ===="
+# Each failed test named again on the last lines.
+[ "$rc" -eq 0 ] || tr -d '\r' < "$WORK/stdout.log" \
+  | sed -n 's/^XENQEMU\[[0-9.]*\]: FAIL \(.*\)$/FAILED: devtests: \1/p' | head -10
 exit "$rc"
