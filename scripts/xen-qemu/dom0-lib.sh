@@ -205,9 +205,9 @@ destroy_guest() {
 # data/loop/) that committed, its EAGAIN replies, its retries, loop
 # transactions that ended other than committed, and the committed loop
 # transactions in order, W for the one writing data/loop/k0..k7 and R for
-# the one reading them back (x for one doing both or another request), "-" when
-# there are none. Keyed by transaction id, not connection: a live update
-# renumbers connections (the access log's "conn" changes) while a
+# the one reading them back (x for one doing both or another request),
+# "-" when there are none. Keyed by transaction id, not connection: a live
+# update renumbers connections (the access log's "conn" changes) while a
 # transaction open across it keeps its id, and the guest has one ring.
 guest_transactions() {
   awk -v d="$1" '
@@ -252,18 +252,18 @@ check_guest_transactions() {
   sed '$d' /tmp/tx.out | sed 's/^/  tx| /'
   set -- $(tail -1 /tmp/tx.out)
   starts=$1 ends=$2 ok=$3 eagain=$4 retries=$5 bad=$6 shape=$7
-  case $shape in R*) first=read ;; W*) first=write ;; *) first="" ;; esac
+  # The log may begin with the read of an iteration whose write C
+  # committed; from there on, write and read alternate.
+  case $shape in
+    -) body="" lead=0 first="" ;;
+    R*) body=${shape#R} lead=1 first=read ;;
+    W*) body=$shape lead=0 first=write ;;
+    *) body=$shape lead=0 first="" ;;
+  esac
   xq_log "guest $D's transactions in the access log: $starts started, $ends ended, $ok loop transactions committed${first:+, the first a $first} (loop: $tx_n iterations${tx_before:+, $tx_before of them before the log began}), $eagain EAGAIN, $retries retries, $bad loop transactions not committed"
   [ "$eagain" = 0 ] && [ "$retries" = 0 ] && [ "$bad" = 0 ] \
     || fail "the daemon answered the guest EAGAIN $eagain times (retries $retries, loop transactions not committed $bad)"
   [ "$starts" = "$ends" ] || fail "the guest started $starts transactions and ended $ends"
-  # The log may begin with the read of an iteration whose write C
-  # committed; from there on, write and read alternate.
-  case $shape in
-    -) body="" lead=0 ;;
-    R*) body=${shape#R} lead=1 ;;
-    *) body=$shape lead=0 ;;
-  esac
   echo "$body" | grep -qxE '(WR)*' \
     || fail "the loop transactions committed are not write, read in turn: $shape"
   if [ -z "$tx_before" ]; then
