@@ -136,6 +136,11 @@ impl Decoder {
         if let Some(len) = self.poisoned {
             return Err(Error::PayloadTooLong { len });
         }
+        if self.header_len == 0 && self.current.is_none() {
+            if let Some(msg) = Self::whole(input) {
+                return Ok(Some(msg));
+            }
+        }
         let header = match self.current {
             Some(header) => header,
             None => {
@@ -153,7 +158,9 @@ impl Decoder {
                     return Err(Error::PayloadTooLong { len: header.len });
                 }
                 self.current = Some(header);
-                self.payload.reserve_exact(header.len as usize);
+                // The payload left empty by the last message's `take`:
+                // allocated once, at its size.
+                self.payload = Vec::with_capacity(header.len as usize);
                 header
             }
         };
@@ -170,6 +177,23 @@ impl Decoder {
             header,
             payload: core::mem::take(&mut self.payload),
         }))
+    }
+
+    /// At a message boundary, the message `input` holds whole (header and
+    /// payload), taken from it without going through the decoder's
+    /// buffers; `None` (nothing taken) if it holds less than one.
+    fn whole(input: &mut &[u8]) -> Option<Message> {
+        let (head, rest) = input.split_first_chunk::<HEADER_SIZE>()?;
+        let header = Header::from_bytes(head);
+        if header.len > PAYLOAD_MAX_U32 {
+            return None; // the slow path poisons the decoder
+        }
+        let (payload, rest) = rest.split_at_checked(header.len as usize)?;
+        *input = rest;
+        Some(Message {
+            header,
+            payload: payload.to_vec(),
+        })
     }
 
     /// Decodes every complete message in `input`, appending them to `out`.
