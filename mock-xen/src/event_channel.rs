@@ -11,11 +11,10 @@
 //! event fewer on either side of a ring. (Its counter would fill after 2^64
 //! kicks.)
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evtchn::{DomId, EventChannel, Port, Virq};
@@ -44,7 +43,7 @@ pub struct MockEventChannel {
     conn: Conn,
     eventfd: OwnedFd,
     slot: u32,
-    ports: BTreeSet<u32>,
+    ports: PortSet,
     routes: BTreeMap<u32, Route>,
     /// The caller polls `eventfd` edge-triggered: `read_pending` leaves
     /// it alone.
@@ -60,6 +59,44 @@ pub struct MockEventChannel {
     /// ticks' worth are waited with the exact timeout: a deadline is kept
     /// to the same precision as without it.
     tick: Option<TimerFd>,
+}
+
+/// The ports bound through a handle, kept sorted in a vector: every
+/// wake-up walks them all ([`MockEventChannel::collect`]) and every
+/// notification looks one up, which a vector does with less work than a
+/// tree; binding and unbinding, rare, shift the rest.
+#[derive(Debug, Default)]
+struct PortSet(Vec<u32>);
+
+impl FromIterator<u32> for PortSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(ports: I) -> Self {
+        let mut v: Vec<u32> = ports.into_iter().collect();
+        v.sort_unstable();
+        v.dedup();
+        Self(v)
+    }
+}
+
+impl PortSet {
+    fn insert(&mut self, port: u32) {
+        if let Err(i) = self.0.binary_search(&port) {
+            self.0.insert(i, port);
+        }
+    }
+
+    fn remove(&mut self, port: u32) {
+        if let Ok(i) = self.0.binary_search(&port) {
+            self.0.remove(i);
+        }
+    }
+
+    fn contains(&self, port: u32) -> bool {
+        self.0.binary_search(&port).is_ok()
+    }
+
+    fn iter(&self) -> core::slice::Iter<'_, u32> {
+        self.0.iter()
+    }
 }
 
 /// [`MockEventChannel::tick`]'s period.
@@ -96,7 +133,7 @@ impl MockEventChannel {
             conn,
             eventfd,
             slot,
-            ports: BTreeSet::new(),
+            ports: PortSet::default(),
             routes: BTreeMap::new(),
             edge: false,
             waiter: None,
@@ -162,17 +199,24 @@ impl MockEventChannel {
         self.ports.iter().map(|&p| Port::new(p))
     }
 
-    fn route(&mut self, port: u32) -> Result<Option<&Route>, Error> {
-        let stale = match self.routes.get(&port) {
+    /// Where `port`'s notifications go (its peer's event word and the
+    /// eventfd that wakes the peer), asked of the hypervisor when not
+    /// known or stale (the peer's word is of another generation).
+    fn route<'r>(
+        conn: &Conn,
+        routes: &'r mut BTreeMap<u32, Route>,
+        port: u32,
+    ) -> Result<Option<&'r Route>, Error> {
+        let stale = match routes.get(&port) {
             None => true,
             Some(r) => {
-                let word = self.conn.events().word(event_index(r.slot, r.port));
+                let word = conn.events().word(event_index(r.slot, r.port));
                 word.is_none_or(|w| w.load(Ordering::SeqCst) & EV_GEN_MASK != r.gen)
             }
         };
         if stale {
-            self.routes.remove(&port);
-            let (response, fds) = self.conn.call(&Request::PeerOf { port })?;
+            routes.remove(&port);
+            let (response, fds) = conn.call(&Request::PeerOf { port })?;
             match response {
                 Response::Peer {
                     slot,
@@ -184,7 +228,7 @@ impl MockEventChannel {
                         (true, Some(fd)) => Some(fd),
                         _ => None,
                     };
-                    self.routes.insert(
+                    routes.insert(
                         port,
                         Route {
                             slot,
@@ -198,7 +242,7 @@ impl MockEventChannel {
                 _ => return Err(Error::Protocol("unexpected answer to peer_of")),
             }
         }
-        Ok(self.routes.get(&port))
+        Ok(routes.get(&port))
     }
 
     /// The epoll set [`EventChannel::wait`] sleeps in: `eventfd`,
@@ -248,7 +292,7 @@ impl MockEventChannel {
 
     fn collect(&self, out: &mut Vec<Port>) {
         let events = self.conn.events();
-        for &port in &self.ports {
+        for &port in self.ports.iter() {
             let Some(word) = events.word(event_index(self.slot, port)) else {
                 continue;
             };
@@ -266,6 +310,78 @@ impl MockEventChannel {
                     }
                     Err(now) => old = now,
                 }
+            }
+        }
+    }
+
+    /// [`EventChannel::wait`] for a caller that waits more than once for
+    /// one thing: the `timeout` counts from this wait's clock reading
+    /// (made only if it blocks) unless an earlier one set `deadline`
+    /// already; their waits together end by the one deadline.
+    pub fn wait_by(
+        &mut self,
+        deadline: &mut Option<Instant>,
+        timeout: Duration,
+        out: &mut Vec<Port>,
+    ) -> Result<(), evtchn::Error> {
+        self.wait_inner(Some(timeout), deadline, out)
+    }
+
+    /// The wait, by `deadline` if it is set, else `timeout` from the
+    /// first clock reading (which sets it).
+    fn wait_inner(
+        &mut self,
+        timeout: Option<Duration>,
+        deadline: &mut Option<Instant>,
+        out: &mut Vec<Port>,
+    ) -> Result<(), evtchn::Error> {
+        // The clock is read only when there is something to wait for.
+        let before = out.len();
+        loop {
+            // Anything already pending is reported without a system call.
+            self.collect(out);
+            if out.len() > before {
+                return Ok(());
+            }
+            let poll_timeout = match timeout {
+                None => PollTimeout::NONE,
+                Some(t) => {
+                    let now = Instant::now();
+                    let left = deadline
+                        .get_or_insert(now + t)
+                        .saturating_duration_since(now);
+                    if left.is_zero() {
+                        return Ok(());
+                    }
+                    if left > 2 * WAIT_TICK && self.ticking() {
+                        PollTimeout::NONE
+                    } else {
+                        PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                    }
+                }
+            };
+            let poll_error = |e: io::Error| evtchn::Error::Poll { source: e };
+            let mut events = [EpollEvent::empty()];
+            // Edge-triggered: a kick since the last wait (or before the set
+            // was made) wakes it once, stale or not; the loop looks again.
+            match self
+                .waiter()
+                .map_err(poll_error)?
+                .wait(&mut events, poll_timeout)
+            {
+                Ok(n) => {
+                    if events[..n].iter().any(|e| e.data() == WAKE_TICK) {
+                        if let Some(tick) = &self.tick {
+                            // Level-triggered: take the expiries, so that
+                            // it stops being readable (non-blocking).
+                            let mut count = [0u8; 8];
+                            let _ = nix::unistd::read(tick, &mut count);
+                        }
+                    }
+                }
+                // A signal: report nothing, as the device's poll would.
+                Err(nix::errno::Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(poll_error(io::Error::from(e))),
             }
         }
     }
@@ -321,23 +437,26 @@ impl EventChannel for MockEventChannel {
         self.conn
             .call_ok(&Request::Unbind { port: port.get() })
             .map_err(|e| op_error("unbind", e))?;
-        self.ports.remove(&port.get());
+        self.ports.remove(port.get());
         self.routes.remove(&port.get());
         Ok(())
     }
 
     fn notify(&mut self, port: Port) -> Result<(), evtchn::Error> {
-        if !self.ports.contains(&port.get()) {
+        if !self.ports.contains(port.get()) {
             return Err(evtchn::Error::Ioctl {
                 op: "notify",
                 source: io::Error::from_raw_os_error(nix::libc::EINVAL),
             });
         }
-        let events = Arc::clone(self.conn.events());
-        let Some(route) = self.route(port.get()).map_err(|e| op_error("notify", e))? else {
+        // The route and the event words are borrowed apart (no reference
+        // count taken per notification).
+        let Some(route) = Self::route(&self.conn, &mut self.routes, port.get())
+            .map_err(|e| op_error("notify", e))?
+        else {
             return Ok(());
         };
-        if let Some(word) = events.word(event_index(route.slot, route.port)) {
+        if let Some(word) = self.conn.events().word(event_index(route.slot, route.port)) {
             if raise(word) {
                 if let Some(fd) = &route.wake {
                     kick(fd.as_fd());
@@ -360,56 +479,7 @@ impl EventChannel for MockEventChannel {
         timeout: Option<Duration>,
         out: &mut Vec<Port>,
     ) -> Result<(), evtchn::Error> {
-        // The clock is read only when there is something to wait for.
-        let mut deadline = None;
-        let before = out.len();
-        loop {
-            // Anything already pending is reported without a system call.
-            self.collect(out);
-            if out.len() > before {
-                return Ok(());
-            }
-            let poll_timeout = match timeout {
-                None => PollTimeout::NONE,
-                Some(t) => {
-                    let now = Instant::now();
-                    let left = deadline
-                        .get_or_insert(now + t)
-                        .saturating_duration_since(now);
-                    if left.is_zero() {
-                        return Ok(());
-                    }
-                    if left > 2 * WAIT_TICK && self.ticking() {
-                        PollTimeout::NONE
-                    } else {
-                        PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-                    }
-                }
-            };
-            let poll_error = |e: io::Error| evtchn::Error::Poll { source: e };
-            let mut events = [EpollEvent::empty()];
-            // Edge-triggered: a kick since the last wait (or before the set
-            // was made) wakes it once, stale or not; the loop looks again.
-            match self
-                .waiter()
-                .map_err(poll_error)?
-                .wait(&mut events, poll_timeout)
-            {
-                Ok(n) => {
-                    if events[..n].iter().any(|e| e.data() == WAKE_TICK) {
-                        if let Some(tick) = &self.tick {
-                            // Level-triggered: take the expiries, so that
-                            // it stops being readable (non-blocking).
-                            let mut count = [0u8; 8];
-                            let _ = nix::unistd::read(tick, &mut count);
-                        }
-                    }
-                }
-                // A signal: report nothing, as the device's poll would.
-                Err(nix::errno::Errno::EINTR) => return Ok(()),
-                Err(e) => return Err(poll_error(io::Error::from(e))),
-            }
-        }
+        self.wait_inner(timeout, &mut None, out)
     }
 
     /// Yes: each raise writes the eventfd, one edge each.
@@ -422,7 +492,7 @@ impl EventChannel for MockEventChannel {
         let events = self.conn.events();
         let mut rewake = false;
         for port in ports {
-            if !self.ports.contains(&port.get()) {
+            if !self.ports.contains(port.get()) {
                 continue;
             }
             if let Some(word) = events.word(event_index(self.slot, port.get())) {

@@ -93,9 +93,17 @@ impl Guest {
 
     /// Waits for an event on the store port (or `limit`), then unmasks it.
     pub fn wait_event(&mut self, limit: Duration) -> io::Result<()> {
+        self.wait_event_by(&mut None, limit)
+    }
+
+    /// [`Guest::wait_event`] by `deadline`, or (unset) for `limit` from
+    /// the wait's clock reading, which sets it: a blocking read's or
+    /// write's waits share one deadline, without a clock reading of the
+    /// caller's own before the first.
+    fn wait_event_by(&mut self, deadline: &mut Option<Instant>, limit: Duration) -> io::Result<()> {
         self.fired.clear();
         self.evtchn
-            .wait(Some(limit), &mut self.fired)
+            .wait_by(deadline, limit, &mut self.fired)
             .map_err(io::Error::other)?;
         if !self.fired.is_empty() {
             self.evtchn.unmask(&self.fired).map_err(io::Error::other)?;
@@ -103,14 +111,10 @@ impl Guest {
         Ok(())
     }
 
-    /// How long a blocking read or write may still wait: the first call
-    /// sets its deadline [`Guest::set_block_limit`] from now, later ones
-    /// count down to it (one clock reading each).
-    fn time_left(&self, deadline: &mut Option<Instant>) -> Duration {
-        let now = Instant::now();
-        deadline
-            .get_or_insert(now + self.block_limit)
-            .saturating_duration_since(now)
+    /// Whether a blocking read's or write's `deadline` (set by its first
+    /// wait) has passed.
+    fn timed_out(deadline: Option<Instant>) -> bool {
+        deadline.is_some_and(|d| Instant::now() >= d)
     }
 
     fn check_error_word(&self) -> io::Result<()> {
@@ -286,14 +290,13 @@ impl Read for Guest {
                 return Ok(n);
             }
             self.check_error_word()?;
-            let left = self.time_left(&mut deadline);
-            if left.is_zero() {
+            if Self::timed_out(deadline) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no response from the xenstore server",
                 ));
             }
-            self.wait_event(left)?;
+            self.wait_event_by(&mut deadline, self.block_limit)?;
         }
     }
 }
@@ -311,14 +314,13 @@ impl Write for Guest {
                 self.notify()?;
                 return Ok(n);
             }
-            let left = self.time_left(&mut deadline);
-            if left.is_zero() {
+            if Self::timed_out(deadline) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request ring stayed full",
                 ));
             }
-            self.wait_event(left)?;
+            self.wait_event_by(&mut deadline, self.block_limit)?;
         }
     }
 
