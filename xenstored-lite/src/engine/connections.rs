@@ -91,6 +91,21 @@ pub(super) struct EventHolds {
     log_pending: BTreeSet<ConnId>,
 }
 
+impl EventHolds {
+    /// Starts the handling of a request from `conn`: the watch events it
+    /// causes are counted against it if it is unprivileged (until
+    /// [`Engine::end_request`]).
+    pub(super) fn begin(&mut self, conn: ConnId, privileged: bool) {
+        self.current = if privileged {
+            None
+        } else {
+            let seq = self.next;
+            self.next += 1;
+            Some((conn, seq))
+        };
+    }
+}
+
 /// What a connection's log lines stand for that has not been written yet,
 /// and when the last was.
 #[derive(Debug, Default, Clone)]
@@ -265,6 +280,12 @@ fn counted_out(
 }
 
 impl Engine {
+    /// Whether actions were produced since the last take (most requests
+    /// produce none).
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// Takes the actions produced so far, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         core::mem::take(&mut self.actions)
@@ -300,18 +321,6 @@ impl Engine {
         core::mem::take(&mut self.events.unblocked)
             .into_iter()
             .collect()
-    }
-
-    /// Starts the handling of a request from `conn`: the watch events it
-    /// causes are counted against it if it is unprivileged.
-    pub(super) fn begin_request(&mut self, conn: ConnId, privileged: bool) {
-        self.events.current = if privileged {
-            None
-        } else {
-            let seq = self.events.next;
-            self.events.next += 1;
-            Some((conn, seq))
-        };
     }
 
     /// Ends it: later events (WATCH's first one, as C) are nobody's.

@@ -261,9 +261,6 @@ impl Engine {
             return self.reply_err(conn, &hdr, XsErrno::ENOENT);
         }
         let open_before = c.transactions.len();
-        // A tree request's relative paths start at the connection's home,
-        // taken from the lookup above rather than a second one.
-        let home = matches!(entry.run, Run::Store(..)).then(|| Arc::clone(&c.home));
         let req = Request {
             conn,
             who,
@@ -273,10 +270,37 @@ impl Engine {
             tx_id,
             payload: &msg.payload,
         };
-        // The watch events it causes, and its reply, are counted against it.
-        self.begin_request(conn, who.privileged);
+        // The watch events it causes, and its reply, are counted against it
+        // (the connection's borrow is still held: see below).
+        self.events.begin(conn, who.privileged);
         let result = match entry.run {
-            Run::Store(op, _) => self.store_request(&req, op, home.as_deref()),
+            Run::Store(op, _) => {
+                // A tree request's relative paths start at the connection's
+                // home: borrowed from the lookup above (no second lookup,
+                // no reference count taken per request) for a request on
+                // the committed store; a transaction's run takes its own.
+                let limits = self.limits_for(&who, req.flags.contains(Flags::WRITES));
+                if tx_id == 0 {
+                    let ctx = Ctx {
+                        who,
+                        limits,
+                        home: Some(&c.home),
+                    };
+                    let mut events = Vec::new();
+                    let built = self.store.listing_bytes_built();
+                    let result = op(&mut self.store, &ctx, req.payload, &mut events);
+                    self.store_request_done(&who, built, &events);
+                    result.map(Some)
+                } else {
+                    let home = Arc::clone(&c.home);
+                    let ctx = Ctx {
+                        who,
+                        limits,
+                        home: Some(&home),
+                    };
+                    self.in_transaction(&req, &ctx, op)
+                }
+            }
             Run::Engine(handler) => handler(self, &req),
         };
         self.count_transactions(conn, open_before);
@@ -299,25 +323,17 @@ impl Engine {
         self.end_request();
     }
 
-    /// A request on the tree (READ, WRITE, ...: [`ops`]), on the committed
-    /// store, or in a transaction; `home` is the connection's.
-    fn store_request(&mut self, req: &Request<'_>, op: ops::Op, home: Option<&str>) -> Reply {
-        let who = req.who;
-        let limits = self.limits_for(&who, req.flags.contains(Flags::WRITES));
-        let ctx = Ctx { who, limits, home };
-        if req.tx_id != 0 {
-            return self.in_transaction(req, &ctx, op);
-        }
-        let mut events = Vec::new();
-        let built = self.store.listing_bytes_built();
-        let result = op(&mut self.store, &ctx, req.payload, &mut events);
-        self.charge_listing(&who, self.store.listing_bytes_built().wrapping_sub(built));
-        self.record_writes(&who, &events);
-        for e in &events {
+    /// After a request on the tree (READ, WRITE, ...: [`ops`]) ran on the
+    /// committed store for `who`, with the store's listing count at
+    /// `built` before it, and made `events`: the listing charged, the
+    /// writes noted, the watches fired, the memory checked.
+    fn store_request_done(&mut self, who: &Who, built: u64, events: &[Change]) {
+        self.charge_listing(who, self.store.listing_bytes_built().wrapping_sub(built));
+        self.record_writes(who, events);
+        for e in events {
             self.fire(e);
         }
-        self.check_soft_memory(&events);
-        result.map(Some)
+        self.check_soft_memory(events);
     }
 }
 

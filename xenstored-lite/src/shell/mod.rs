@@ -1177,6 +1177,9 @@ impl Daemon {
 
     fn do_actions(&mut self) {
         let actions = self.core.take_actions();
+        if actions.is_empty() {
+            return;
+        }
         self.carry_out(actions);
     }
 

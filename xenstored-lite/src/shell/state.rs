@@ -276,6 +276,9 @@ impl ShellState {
     /// drops them: their outcomes are recorded as inputs). A released
     /// ring's buffers go here, since the engine has forgotten it.
     pub fn take_actions(&mut self) -> Vec<Action> {
+        if !self.engine.has_actions() {
+            return Vec::new(); // the usual case, twice a loop turn
+        }
         let actions = self.engine.take_actions();
         for action in &actions {
             if let Action::Release { conn, .. } = action {
